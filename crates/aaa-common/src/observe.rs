@@ -1,0 +1,62 @@
+//! Logs and metrics.
+//!
+//! Following Vector's internal events: each observable event is a type whose
+//! `emit` both logs and counts, so logs and metrics cannot drift apart.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+use crate::Error;
+
+/// Something that happened, logged and counted in one place.
+pub trait InternalEvent {
+    fn emit(self);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for machines: Kubernetes, tests).
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// Logs go to stdout, filtered by `AAA_LOG` (default `info`). Secrets are
+/// never logged: configuration types redact them in `Debug`.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("AAA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    // A second init (tests running several services in-process) is harmless.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Latency buckets in seconds, from 0.5 ms to X's 3 s delivery limit and past it.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0, 10.0,
+];
+
+/// Installs the global Prometheus recorder. Metrics named `*_seconds` are
+/// histograms with latency buckets; everything else keeps the defaults.
+pub fn install_metrics() -> Result<PrometheusHandle, Error> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|e| Error::Metrics(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| Error::Metrics(e.to_string()))?;
+    // Without the exporter's own HTTP listener, histograms need periodic upkeep.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    metrics::gauge!("aaa_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}

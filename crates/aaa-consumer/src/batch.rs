@@ -1,0 +1,199 @@
+//! Pure planning of one batch: Kafka records in, rows to write out.
+//! Every record ends up as event rows, dead-letter rows, or both; none is
+//! skipped, so committing the batch's offsets afterwards loses nothing.
+
+use std::collections::BTreeMap;
+
+use aaa_events::parse_envelope;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// One record as read from the raw topic.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+    pub webhook_id: Option<String>,
+    pub request_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    pub webhook_id: Option<String>,
+    pub for_user_id: Option<String>,
+    pub kind: String,
+    /// Bounded label for metrics.
+    pub kind_label: &'static str,
+    pub natural_key: String,
+    pub event_time: Option<DateTime<Utc>>,
+    pub payload: Value,
+    pub context: Value,
+    pub activity_index: i32,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub request_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRow {
+    pub webhook_id: Option<String>,
+    /// -1: the whole body; otherwise the activity's position.
+    pub activity_index: i32,
+    pub error_kind: &'static str,
+    pub reason: String,
+    pub raw: Vec<u8>,
+    pub raw_sha256: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub request_id: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct BatchPlan {
+    pub events: Vec<EventRow>,
+    pub dead_letters: Vec<DeadLetterRow>,
+    /// Next offset to commit per (topic, partition): highest seen + 1.
+    pub commit: BTreeMap<(String, i32), i64>,
+}
+
+pub fn plan(records: &[RawRecord]) -> BatchPlan {
+    let mut plan = BatchPlan::default();
+    for record in records {
+        let next = plan
+            .commit
+            .entry((record.topic.clone(), record.partition))
+            .or_insert(record.offset + 1);
+        *next = (*next).max(record.offset + 1);
+        plan_record(record, &mut plan);
+    }
+    plan
+}
+
+fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
+    let raw = record.payload.as_deref().unwrap_or_default();
+    let dead = |index: i32, error_kind: &'static str, reason: String| DeadLetterRow {
+        webhook_id: record.webhook_id.clone(),
+        activity_index: index,
+        error_kind,
+        reason,
+        raw: raw.to_vec(),
+        raw_sha256: hex::encode(Sha256::digest(raw)),
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+        request_id: record.request_id.clone(),
+        received_at: record.received_at,
+    };
+    let envelope = match parse_envelope(raw) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            let (kind, reason) = match record.payload {
+                None => ("empty", "record has no payload".to_owned()),
+                Some(_) => (err.as_label(), err.to_string()),
+            };
+            plan.dead_letters.push(dead(-1, kind, reason));
+            return;
+        }
+    };
+    let context = Value::Object(envelope.context);
+    for (index, activity) in envelope.activities.into_iter().enumerate() {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        match activity {
+            Ok(activity) => plan.events.push(EventRow {
+                webhook_id: record.webhook_id.clone(),
+                for_user_id: envelope.for_user_id.clone(),
+                kind: activity.kind.to_string(),
+                kind_label: activity.kind.as_str(),
+                natural_key: activity.natural_key,
+                event_time: activity.event_time,
+                payload: activity.payload,
+                context: context.clone(),
+                activity_index: index,
+                topic: record.topic.clone(),
+                partition: record.partition,
+                offset: record.offset,
+                request_id: record.request_id.clone(),
+                received_at: record.received_at,
+            }),
+            Err(err) => plan
+                .dead_letters
+                .push(dead(index, "invalid_activity", err.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64, partition: i32, body: Option<&str>) -> RawRecord {
+        RawRecord {
+            topic: "aaa.raw".into(),
+            partition,
+            offset,
+            payload: body.map(|b| b.as_bytes().to_vec()),
+            webhook_id: Some("w1".into()),
+            request_id: Some(format!("r{offset}")),
+            received_at: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_record_becomes_rows_and_offsets_advance_per_partition() {
+        let plan = plan(&[
+            record(
+                7,
+                0,
+                Some(r#"{"for_user_id":"1","favorite_events":[{"id":"a"},{"id":"b"}]}"#),
+            ),
+            record(3, 1, Some("not json")),
+            record(
+                8,
+                0,
+                Some(r#"{"for_user_id":"1","favorite_events":[{"nope":1}]}"#),
+            ),
+            record(4, 1, None),
+        ]);
+        assert_eq!(plan.events.len(), 2);
+        assert_eq!(plan.events[1].natural_key, "b");
+        assert_eq!(plan.events[1].activity_index, 1);
+        assert_eq!(plan.events[0].for_user_id.as_deref(), Some("1"));
+
+        let kinds: Vec<_> = plan
+            .dead_letters
+            .iter()
+            .map(|d| (d.offset, d.activity_index, d.error_kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (3, -1, "not_json"),
+                (8, 0, "invalid_activity"),
+                (4, -1, "empty")
+            ]
+        );
+        assert_eq!(plan.dead_letters[0].raw, b"not json");
+
+        let commit: Vec<_> = plan.commit.into_iter().collect();
+        assert_eq!(
+            commit,
+            [(("aaa.raw".into(), 0), 9), (("aaa.raw".into(), 1), 5)]
+        );
+    }
+
+    #[test]
+    fn identical_bodies_produce_identical_keys() {
+        let body = r#"{"for_user_id":"9","follow_events":[{"created_timestamp":"1","source":{"id":"2"},"target":{"id":"3"}}]}"#;
+        let plan = plan(&[record(1, 0, Some(body)), record(2, 0, Some(body))]);
+        assert_eq!(plan.events[0].natural_key, plan.events[1].natural_key);
+        assert_eq!(plan.events[0].kind, "follow_events");
+    }
+}

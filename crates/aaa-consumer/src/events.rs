@@ -1,0 +1,93 @@
+//! Everything the consumer reports: each type logs and counts in one place.
+
+use std::time::Duration;
+
+use aaa_common::observe::InternalEvent;
+
+use crate::store::WriteStats;
+
+pub const EVENTS: &str = "aaa_consumer_events_total";
+pub const DEAD_LETTERS: &str = "aaa_consumer_dead_letters_total";
+pub const RECORDS: &str = "aaa_consumer_records_total";
+pub const BATCH_RECORDS: &str = "aaa_consumer_batch_records";
+pub const WRITE_SECONDS: &str = "aaa_consumer_write_duration_seconds";
+pub const WRITE_FAILURES: &str = "aaa_consumer_write_failures_total";
+pub const COMMIT_FAILURES: &str = "aaa_consumer_commit_failures_total";
+pub const KAFKA_ERRORS: &str = "aaa_consumer_kafka_errors_total";
+
+pub struct BatchStored<'a> {
+    pub records: usize,
+    pub stats: &'a WriteStats,
+    pub dead_letter_kinds: Vec<&'static str>,
+    pub elapsed: Duration,
+}
+
+impl InternalEvent for BatchStored<'_> {
+    fn emit(self) {
+        let inserted: u64 = self.stats.inserted.values().sum();
+        let duplicates: u64 = self.stats.duplicates.values().sum();
+        tracing::info!(
+            message = "batch stored",
+            records = self.records,
+            inserted,
+            duplicates,
+            dead_letters = self.stats.dead_letters,
+            write_ms = self.elapsed.as_millis() as u64
+        );
+        metrics::counter!(RECORDS).increment(self.records as u64);
+        metrics::histogram!(BATCH_RECORDS).record(self.records as f64);
+        metrics::histogram!(WRITE_SECONDS).record(self.elapsed.as_secs_f64());
+        for (kind, n) in &self.stats.inserted {
+            metrics::counter!(EVENTS, "kind" => *kind, "outcome" => "inserted").increment(*n);
+        }
+        for (kind, n) in &self.stats.duplicates {
+            metrics::counter!(EVENTS, "kind" => *kind, "outcome" => "duplicate").increment(*n);
+        }
+        for kind in self.dead_letter_kinds {
+            tracing::warn!(message = "delivery dead-lettered", error_kind = kind);
+            metrics::counter!(DEAD_LETTERS, "error_kind" => kind).increment(1);
+        }
+    }
+}
+
+pub struct WriteFailed<'a> {
+    pub error: &'a sqlx::Error,
+    pub attempt: u32,
+    pub retry_in: Duration,
+}
+
+impl InternalEvent for WriteFailed<'_> {
+    fn emit(self) {
+        tracing::error!(
+            message = "writing batch to Postgres failed; retrying without committing offsets",
+            error = %self.error,
+            attempt = self.attempt,
+            retry_in_ms = self.retry_in.as_millis() as u64
+        );
+        metrics::counter!(WRITE_FAILURES).increment(1);
+    }
+}
+
+pub struct CommitFailed<'a> {
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl InternalEvent for CommitFailed<'_> {
+    fn emit(self) {
+        // Safe: the rows are in Postgres, and whoever reads these records
+        // again writes nothing new.
+        tracing::warn!(message = "offset commit failed; records will be re-read and deduplicated", error = %self.error);
+        metrics::counter!(COMMIT_FAILURES).increment(1);
+    }
+}
+
+pub struct KafkaReadFailed<'a> {
+    pub error: &'a rdkafka::error::KafkaError,
+}
+
+impl InternalEvent for KafkaReadFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(message = "reading from Kafka failed", error = %self.error);
+        metrics::counter!(KAFKA_ERRORS).increment(1);
+    }
+}

@@ -1,0 +1,315 @@
+//! `aaa consumer`: Kafka consumer group → Postgres.
+//!
+//! Per batch: plan rows (pure), write them in one transaction, and only then
+//! commit the offsets. A crash anywhere re-reads uncommitted records, and the
+//! natural-key constraints turn the second write into a no-op.
+
+mod batch;
+mod events;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aaa_common::Clock;
+use aaa_common::admin::{self, Readiness};
+use aaa_common::kafka::{KafkaArgs, headers};
+use aaa_common::observe::InternalEvent;
+use aaa_db::DatabaseArgs;
+use chrono::{DateTime, Utc};
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub use batch::{BatchPlan, RawRecord, plan};
+use events::{BatchStored, CommitFailed, KafkaReadFailed, WriteFailed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Database(#[from] aaa_db::Error),
+    #[error("Kafka consumer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Common(#[from] aaa_common::Error),
+}
+
+/// Configuration of `aaa consumer`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumerArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "AAA_ADMIN_LISTEN", default_value = "0.0.0.0:9091")]
+    pub admin_listen: SocketAddr,
+    /// Consumer group; replicas in one group share the partitions.
+    #[arg(long, env = "AAA_CONSUMER_GROUP", default_value = "aaa-consumer")]
+    pub group_id: String,
+    /// Most records written in one transaction.
+    #[arg(long, env = "AAA_BATCH_MAX_RECORDS", default_value_t = 500)]
+    pub batch_max_records: usize,
+    /// Longest wait for a batch to fill after its first record.
+    #[arg(long, env = "AAA_BATCH_MAX_WAIT_MS", default_value_t = 200)]
+    pub batch_max_wait_ms: u64,
+    /// Ceiling of the backoff between failed writes to Postgres.
+    #[arg(long, env = "AAA_WRITE_BACKOFF_MAX_MS", default_value_t = 30_000)]
+    pub write_backoff_max_ms: u64,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+/// Logs group membership changes: operators (and tests) see when this
+/// replica starts and stops owning partitions.
+struct GroupContext;
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(message = "partitions assigned", partitions = tpl.count())
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(message = "partitions revoked", partitions = tpl.count())
+            }
+            Rebalance::Error(err) => tracing::warn!(message = "rebalance failed", error = %err),
+        }
+    }
+}
+
+type GroupConsumer = StreamConsumer<GroupContext>;
+
+struct ConsumerReadiness {
+    pool: PgPool,
+    consumer: Arc<GroupConsumer>,
+}
+
+impl Readiness for ConsumerReadiness {
+    fn check(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(|e| format!("database unreachable: {e}"))?;
+            let consumer = self.consumer.clone();
+            tokio::task::spawn_blocking(move || {
+                consumer
+                    .fetch_metadata(None, Timeout::After(Duration::from_secs(2)))
+                    .map(|_| ())
+                    .map_err(|e| format!("broker unreachable: {e}"))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+}
+
+pub async fn run(
+    args: ConsumerArgs,
+    clock: Clock,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let pool = args.database.pool()?;
+    if !wait_for_schema(&pool, &shutdown).await? {
+        return Ok(());
+    }
+
+    let mut config = args.kafka.client_config(&[
+        ("auto.offset.reset", "earliest"),
+        // A first group join in seconds rather than tens of seconds.
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "1000"),
+    ])?;
+    // Not overridable: offsets are committed only after Postgres committed.
+    config
+        .set("group.id", &args.group_id)
+        .set("enable.auto.commit", "false");
+    let consumer: Arc<GroupConsumer> = Arc::new(config.create_with_context(GroupContext)?);
+    consumer.subscribe(&[args.kafka.raw_topic.as_str()])?;
+    tracing::info!(message = "consuming", topic = %args.kafka.raw_topic, group = %args.group_id);
+
+    let admin_listener = admin::bind("admin", args.admin_listen).await?;
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        metrics,
+        ConsumerReadiness {
+            pool: pool.clone(),
+            consumer: consumer.clone(),
+        },
+        shutdown.clone(),
+    ));
+
+    let batch_wait = Duration::from_millis(args.batch_max_wait_ms);
+    let backoff_max = Duration::from_millis(args.write_backoff_max_ms);
+    while let Some(records) = next_batch(
+        &consumer,
+        args.batch_max_records,
+        batch_wait,
+        clock,
+        &shutdown,
+    )
+    .await
+    {
+        let plan = batch::plan(&records);
+        if !write_until_stored(&pool, &plan, records.len(), backoff_max, &shutdown).await {
+            break; // shutting down mid-retry: offsets stay uncommitted, records are re-read
+        }
+        commit(&consumer, &plan);
+    }
+    admin_task.abort();
+    tracing::info!(message = "consumer stopped");
+    Ok(())
+}
+
+/// Waits until the database is reachable and its schema is current. `false`
+/// when shutdown came first. A schema that is behind is fatal at once.
+async fn wait_for_schema(pool: &PgPool, shutdown: &CancellationToken) -> Result<bool, Error> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match aaa_db::ensure_schema_current(pool).await {
+            Ok(()) => return Ok(true),
+            Err(err @ aaa_db::Error::SchemaBehind { .. }) => return Err(err.into()),
+            Err(err) => {
+                tracing::warn!(message = "database not ready; retrying", error = %err);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The next batch: waits for a first record, then up to `wait` for more.
+/// `None` once shutdown is requested.
+async fn next_batch(
+    consumer: &GroupConsumer,
+    max: usize,
+    wait: Duration,
+    clock: Clock,
+    shutdown: &CancellationToken,
+) -> Option<Vec<RawRecord>> {
+    let mut records = Vec::new();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    while records.len() < max.max(1) {
+        let until_deadline = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            _ = until_deadline => break,
+            message = consumer.recv() => match message {
+                Ok(message) => {
+                    records.push(raw_record(&message, clock));
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + wait);
+                }
+                Err(error) => {
+                    KafkaReadFailed { error: &error }.emit();
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+    Some(records)
+}
+
+fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+}
+
+fn raw_record(message: &BorrowedMessage<'_>, clock: Clock) -> RawRecord {
+    let text = |name| {
+        header(message, name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned)
+    };
+    let received_at = text(headers::RECEIVED_AT_MS)
+        .and_then(|ms| ms.parse::<i64>().ok())
+        .or_else(|| message.timestamp().to_millis())
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .unwrap_or_else(|| clock.now());
+    RawRecord {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        payload: message.payload().map(<[u8]>::to_vec),
+        webhook_id: text(headers::WEBHOOK_ID),
+        request_id: text(headers::REQUEST_ID),
+        received_at,
+    }
+}
+
+/// Writes the batch, retrying with capped exponential backoff until it is
+/// stored. `false` if shutdown interrupts the retries.
+async fn write_until_stored(
+    pool: &PgPool,
+    plan: &BatchPlan,
+    records: usize,
+    backoff_max: Duration,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        let started = Instant::now();
+        match store::write(pool, plan).await {
+            Ok(stats) => {
+                BatchStored {
+                    records,
+                    stats: &stats,
+                    dead_letter_kinds: plan.dead_letters.iter().map(|d| d.error_kind).collect(),
+                    elapsed: started.elapsed(),
+                }
+                .emit();
+                return true;
+            }
+            Err(error) => {
+                WriteFailed {
+                    error: &error,
+                    attempt,
+                    retry_in: delay,
+                }
+                .emit();
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(backoff_max);
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn commit(consumer: &GroupConsumer, plan: &BatchPlan) {
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), next) in &plan.commit {
+        if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            CommitFailed { error: &error }.emit();
+            return;
+        }
+    }
+    if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+        CommitFailed { error: &error }.emit();
+    }
+}

@@ -1,0 +1,106 @@
+//! Postgres plumbing shared by every service that touches the database.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// Every migration in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid database URL: {0}")]
+    Url(#[source] sqlx::Error),
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "database schema is at version {applied} but this build needs {required}: run `aaa migrate` first"
+    )]
+    SchemaBehind { applied: i64, required: i64 },
+    #[error("database query failed: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// Connection settings. The URL holds a password, so it is a secret: it comes
+/// from the environment (or a file via the shell), never from logs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// Postgres URL, e.g. postgres://aaa_writer@db:5432/aaa. Read from the
+    /// environment only, so the password never shows in a process list.
+    #[arg(
+        long = "database-url",
+        env = "AAA_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub url: SecretString,
+    /// Maximum pool size.
+    #[arg(
+        long = "database-max-connections",
+        env = "AAA_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 8
+    )]
+    pub max_connections: u32,
+}
+
+impl DatabaseArgs {
+    /// A lazily connecting pool: services start (and report not-ready) while
+    /// Postgres is down, instead of crash-looping.
+    pub fn pool(&self) -> Result<PgPool, Error> {
+        let options: PgConnectOptions = self.url.expose_secret().parse().map_err(Error::Url)?;
+        Ok(PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options.application_name("aaa")))
+    }
+}
+
+/// The newest migration this build carries.
+pub fn required_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// Applies pending migrations; returns the schema version afterwards.
+pub async fn migrate(pool: &PgPool) -> Result<i64, Error> {
+    MIGRATOR.run(pool).await?;
+    applied_version(pool).await
+}
+
+/// Highest successfully applied migration, 0 on an empty database.
+pub async fn applied_version(pool: &PgPool) -> Result<i64, Error> {
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(pool)
+        .await
+        .map_err(Error::Connect)?;
+    if table.is_none() {
+        return Ok(0);
+    }
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
+    Ok(version.unwrap_or(0))
+}
+
+/// Refuses a schema that is behind this build, with a message that says what
+/// to do. A newer schema is allowed (migrations are additive, and during a
+/// rolling upgrade old replicas run against it) but logged.
+pub async fn ensure_schema_current(pool: &PgPool) -> Result<(), Error> {
+    let applied = applied_version(pool).await?;
+    let required = required_version();
+    if applied < required {
+        return Err(Error::SchemaBehind { applied, required });
+    }
+    if applied > required {
+        tracing::warn!(
+            message = "database schema is newer than this build",
+            applied,
+            required
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::kind::ActivityKind;
+use crate::natural_key::natural_key;
+use crate::time::parse_event_time;
+
+/// One delivered body, split into its activities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The subscribed account the delivery is for; absent on `user_event`
+    /// and `replay_job_status`.
+    pub for_user_id: Option<String>,
+    /// Every top-level field that is not an activity (`for_user_id`, the
+    /// `users`/`apps` side maps, block flags ...). Together with each
+    /// activity's payload this reconstructs the delivery without loss.
+    pub context: Map<String, Value>,
+    /// One entry per activity, in delivery order. A bad activity does not
+    /// hide its good siblings.
+    pub activities: Vec<Result<Activity, ActivityError>>,
+}
+
+/// One activity, ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activity {
+    pub kind: ActivityKind,
+    pub natural_key: String,
+    pub event_time: Option<DateTime<Utc>>,
+    /// The activity item exactly as X sent it.
+    pub payload: Value,
+}
+
+/// The body as a whole could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("body is JSON but not an object")]
+    NotAnObject,
+    #[error("envelope holds no activity (keys: {0})")]
+    NoActivity(String),
+}
+
+impl EnvelopeError {
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            EnvelopeError::NotJson(_) => "not_json",
+            EnvelopeError::NotAnObject => "not_an_object",
+            EnvelopeError::NoActivity(_) => "no_activity",
+        }
+    }
+}
+
+/// One activity inside a readable envelope could not be identified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}[{index}]: missing or invalid field `{path}`")]
+pub struct ActivityError {
+    pub kind: String,
+    /// Position among all activities of the envelope.
+    pub index: usize,
+    /// JSON path, inside the activity item, of the offending field.
+    pub path: String,
+}
+
+pub fn parse_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+    let Value::Object(object) = value else {
+        return Err(EnvelopeError::NotAnObject);
+    };
+    let keys = object.keys().cloned().collect::<Vec<_>>().join(", ");
+
+    let mut context = Map::new();
+    let mut activities = Vec::new();
+    for (key, value) in object {
+        let kind = match ActivityKind::from_envelope_key(&key) {
+            // Scalars under unknown keys are metadata, not activities.
+            Some(ActivityKind::Unknown(_)) if !(value.is_array() || value.is_object()) => None,
+            other => other,
+        };
+        let Some(kind) = kind else {
+            context.insert(key, value);
+            continue;
+        };
+        let items = match value {
+            Value::Array(items) => items,
+            single => vec![single],
+        };
+        for item in items {
+            let index = activities.len();
+            activities.push(activity(kind.clone(), item, index));
+        }
+    }
+    if activities.is_empty() {
+        return Err(EnvelopeError::NoActivity(keys));
+    }
+    let for_user_id = match context.get("for_user_id") {
+        Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
+        Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
+        _ => None,
+    };
+    Ok(Envelope {
+        for_user_id,
+        context,
+        activities,
+    })
+}
+
+fn activity(kind: ActivityKind, payload: Value, index: usize) -> Result<Activity, ActivityError> {
+    match natural_key(&kind, &payload) {
+        Ok(natural_key) => Ok(Activity {
+            event_time: parse_event_time(&payload),
+            kind,
+            natural_key,
+            payload,
+        }),
+        Err(missing) => Err(ActivityError {
+            kind: kind.to_string(),
+            index,
+            path: missing.0,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Envelope {
+        parse_envelope(value.to_string().as_bytes()).expect("a readable envelope")
+    }
+
+    #[test]
+    fn splits_several_activities_and_keeps_context() {
+        let env = parse(json!({
+            "for_user_id": "2244994945",
+            "users": {"3001": {"id": "3001"}},
+            "direct_message_events": [
+                {"type": "message_create", "id": "11", "created_timestamp": "1000"},
+                {"type": "message_create", "id": "12", "created_timestamp": "2000"}
+            ]
+        }));
+        assert_eq!(env.for_user_id.as_deref(), Some("2244994945"));
+        assert!(env.context.contains_key("users"));
+        let keys: Vec<_> = env
+            .activities
+            .iter()
+            .map(|a| a.as_ref().unwrap().natural_key.clone())
+            .collect();
+        assert_eq!(keys, ["11", "12"]);
+    }
+
+    #[test]
+    fn a_bad_item_does_not_hide_its_siblings() {
+        let env = parse(json!({
+            "for_user_id": "1",
+            "favorite_events": [{"id": "a"}, {"no_id": true}, {"id": "c"}]
+        }));
+        assert_eq!(env.activities.len(), 3);
+        assert!(env.activities[0].is_ok());
+        let err = env.activities[1].as_ref().unwrap_err();
+        assert_eq!((err.index, err.path.as_str()), (1, "id"));
+        assert!(env.activities[2].is_ok());
+    }
+
+    #[test]
+    fn object_valued_activities_and_unknown_kinds() {
+        let env = parse(json!({"replay_job_status": {"job_id": "9", "job_state": "Complete"}}));
+        assert_eq!(env.for_user_id, None);
+        assert_eq!(
+            env.activities[0].as_ref().unwrap().kind,
+            ActivityKind::ReplayJobStatus
+        );
+
+        let env = parse(json!({"for_user_id": "1", "spaces_events": [{"x": 1}], "new_flag": true}));
+        let activity = env.activities[0].as_ref().unwrap();
+        assert_eq!(activity.kind.to_string(), "unknown:spaces_events");
+        assert_eq!(env.context.get("new_flag"), Some(&json!(true)));
+        assert_eq!(env.activities.len(), 1);
+    }
+
+    #[test]
+    fn unreadable_bodies_are_typed_errors() {
+        assert!(matches!(
+            parse_envelope(b"{not json"),
+            Err(EnvelopeError::NotJson(_))
+        ));
+        assert_eq!(parse_envelope(b"[1]"), Err(EnvelopeError::NotAnObject));
+        assert!(matches!(
+            parse_envelope(br#"{"for_user_id":"1"}"#),
+            Err(EnvelopeError::NoActivity(keys)) if keys == "for_user_id"
+        ));
+        assert!(matches!(
+            parse_envelope(b""),
+            Err(EnvelopeError::NotJson(_))
+        ));
+    }
+
+    #[test]
+    fn event_time_comes_with_the_activity() {
+        let env = parse(json!({"for_user_id": "1", "tweet_create_events": [
+            {"id_str": "5", "created_at": "Wed Oct 10 20:19:24 +0000 2018", "timestamp_ms": "1539202764662"}
+        ]}));
+        let activity = env.activities[0].as_ref().unwrap();
+        assert_eq!(
+            activity.event_time.map(|t| t.timestamp_millis()),
+            Some(1539202764662)
+        );
+    }
+}

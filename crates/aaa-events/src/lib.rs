@@ -1,0 +1,65 @@
+//! The pure core of ingestion: turn one delivered body into activities, each
+//! with a kind, a deterministic natural key and an event time.
+//!
+//! No I/O here. The receiver only calls [`probe_partition_key`]; the consumer
+//! calls [`parse_envelope`]. Both must never panic on any input.
+
+mod envelope;
+mod kind;
+mod natural_key;
+mod time;
+
+pub use envelope::{Activity, ActivityError, Envelope, EnvelopeError, parse_envelope};
+pub use kind::ActivityKind;
+pub use natural_key::canonical_json;
+pub use time::parse_event_time;
+
+/// Finds `for_user_id` (string or integer) without building the whole
+/// document: the receiver needs only the Kafka key. `None` when the body is
+/// not JSON or carries no `for_user_id` (e.g. `replay_job_status`).
+pub fn probe_partition_key(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        for_user_id: Option<IdValue>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum IdValue {
+        Text(String),
+        Integer(u64),
+    }
+    match serde_json::from_slice::<Probe>(body).ok()?.for_user_id? {
+        IdValue::Text(id) if !id.is_empty() => Some(id),
+        IdValue::Text(_) => None,
+        IdValue::Integer(id) => Some(id.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_finds_string_and_numeric_ids() {
+        assert_eq!(
+            probe_partition_key(br#"{"for_user_id":"42","tweet_create_events":[]}"#).as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            probe_partition_key(
+                br#"{"tweet_create_events":[{"a":1}],"for_user_id":1234567890123456789}"#
+            )
+            .as_deref(),
+            Some("1234567890123456789")
+        );
+    }
+
+    #[test]
+    fn probe_tolerates_missing_and_garbage() {
+        assert_eq!(probe_partition_key(br#"{"replay_job_status":{}}"#), None);
+        assert_eq!(probe_partition_key(b"not json"), None);
+        assert_eq!(probe_partition_key(b"[1,2]"), None);
+        assert_eq!(probe_partition_key(br#"{"for_user_id":""}"#), None);
+        assert_eq!(probe_partition_key(br#"{"for_user_id":1.5}"#), None);
+    }
+}

@@ -1,0 +1,122 @@
+//! `aaa receiver`: the only component X talks to.
+//!
+//! It answers CRC challenges, verifies every delivery's signature, writes the
+//! raw bytes to Kafka and answers 200 only after the broker acknowledged.
+//! There is no database on this path: a slow Postgres never makes X retry.
+
+mod events;
+mod http;
+mod producer;
+pub mod webhooks;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aaa_common::Clock;
+use aaa_common::admin::{self, Readiness};
+use aaa_common::kafka::KafkaArgs;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use events::Outcome;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("webhook configuration: {0}")]
+    Webhooks(String),
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[source] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Common(#[from] aaa_common::Error),
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Configuration of `aaa receiver`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReceiverArgs {
+    /// Address X's deliveries and CRC challenges arrive on.
+    #[arg(long, env = "AAA_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics (keep it off the public port).
+    #[arg(long, env = "AAA_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    /// TOML file listing the webhooks to serve (id, path, where their consumer
+    /// secrets are); see the aaa-receiver crate docs for the format.
+    #[arg(long, env = "AAA_WEBHOOKS_FILE")]
+    pub webhooks_file: PathBuf,
+    /// Largest delivery body accepted; larger ones get 413.
+    #[arg(long, env = "AAA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long to wait for the broker's acknowledgement before answering 503.
+    /// Keep it under X's 3 s delivery limit.
+    #[arg(long, env = "AAA_PRODUCE_TIMEOUT_MS", default_value_t = 2500)]
+    pub produce_timeout_ms: u64,
+    /// How long in-flight requests may take to finish on shutdown.
+    #[arg(long, env = "AAA_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    pub drain_timeout_ms: u64,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+struct BrokerReadiness(Arc<producer::RawProducer>);
+
+impl Readiness for BrokerReadiness {
+    fn check(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(self.0.check_broker())
+    }
+}
+
+/// Runs the receiver until `shutdown` is cancelled, then drains: stop
+/// accepting, finish in-flight requests, flush the producer.
+pub async fn run(
+    args: ReceiverArgs,
+    clock: Clock,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let webhooks = webhooks::load(&args.webhooks_file, |var| std::env::var(var).ok())?;
+    let produce_timeout = Duration::from_millis(args.produce_timeout_ms);
+    let producer = Arc::new(producer::RawProducer::new(
+        args.kafka.client_config(&[])?,
+        produce_timeout,
+    )?);
+    for webhook in &webhooks {
+        tracing::info!(message = "serving webhook", webhook = %webhook.id, path = %webhook.path);
+    }
+    let state = Arc::new(http::AppState {
+        producer: producer.clone(),
+        topic: args.kafka.raw_topic.clone(),
+        clock,
+    });
+    let app = http::router(state, webhooks, args.max_body_bytes);
+
+    let public = admin::bind("public", args.listen).await?;
+    let admin_listener = admin::bind("admin", args.admin_listen).await?;
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        metrics,
+        BrokerReadiness(producer.clone()),
+        shutdown.clone(),
+    ));
+
+    let drain = Duration::from_millis(args.drain_timeout_ms);
+    let serve = axum::serve(public, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        result = serve => result.map_err(Error::Serve)?,
+        // Graceful shutdown waits for in-flight requests, but not forever.
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(message = "drain timeout: abandoning in-flight requests");
+        }
+    }
+    if let Err(err) = producer.flush(drain).await {
+        tracing::error!(message = "producer flush on shutdown failed", error = %err);
+    }
+    admin_task.abort();
+    tracing::info!(message = "receiver stopped");
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The test harness every end-to-end test stands on (after zero2prod): each
+//! test gets a fresh database in the project's throwaway Postgres cluster, its
+//! own real Kafka-protocol broker on a free loopback port, and the `aaa`
+//! services as real processes that can be killed, paused and restarted.
+//!
+//! `scripts/test.sh` starts the cluster and exports `AAA_TEST_DATABASE_URL`
+//! and `AAA_NISSHI_BIN`; outside it these tests explain what to run.
+
+mod broker;
+mod process;
+mod stack;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use broker::Broker;
+pub use process::Service;
+pub use stack::{Stack, StackOptions};
+
+/// Polls `probe` until it returns `Some`, or panics after `timeout` naming
+/// `what`. The one way tests wait: on a condition, never on a bare sleep.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if started.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A fresh, migrated (or empty) database for one test.
+pub struct TestDb {
+    pub url: String,
+    pub pool: sqlx::PgPool,
+}
+
+impl TestDb {
+    fn admin_url() -> String {
+        std::env::var("AAA_TEST_DATABASE_URL").unwrap_or_else(|_| {
+            panic!("AAA_TEST_DATABASE_URL is not set: run the tests through scripts/test.sh")
+        })
+    }
+
+    /// A new database with every migration applied.
+    pub async fn migrated() -> TestDb {
+        let db = TestDb::empty().await;
+        aaa_db::migrate(&db.pool).await.expect("migrations apply");
+        db
+    }
+
+    /// A new database with nothing in it.
+    pub async fn empty() -> TestDb {
+        let admin_url = Self::admin_url();
+        let admin = sqlx::PgPool::connect(&admin_url)
+            .await
+            .expect("connect to the test cluster");
+        let name = format!("aaa_test_{}", uuid::Uuid::new_v4().simple());
+        // The name is ours (a UUID), not input: safe to splice.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let (base, _) = admin_url.rsplit_once('/').expect("URL has a database path");
+        let url = format!("{base}/{name}");
+        let pool = sqlx::PgPool::connect(&url)
+            .await
+            .expect("connect to test database");
+        TestDb { url, pool }
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+/// A free port on 127.0.0.1 (for processes that cannot report one they bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The demo: Postgres + broker + receiver + consumer, the X simulator sending
+# signed activity of every kind, and what landed in Postgres.
+#   scripts/demo.sh            run, show, keep the stack up until Ctrl-C
+#   scripts/demo.sh --once     run, show, stop
+#   scripts/demo.sh --count N  deliveries to send (default 500)
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$AAA_ROOT"
+
+once=
+count=500
+while [ $# -gt 0 ]; do
+  case $1 in
+    --once) once=1 ;;
+    --count) count=$2; shift ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+  shift
+done
+
+ensure_toolchain
+ensure_postgres
+ensure_nisshi
+apt_install curl
+say "building aaa"
+quietly cargo build --locked --bin aaa
+aaa=$AAA_ROOT/target/debug/aaa
+
+state=$AAA_ROOT/.stack
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do stop_pid "$pid"; done
+  pg_stop "$state/pg"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+# A previous demo that was killed hard may have left its cluster running.
+pg_stop "$state/pg"
+[ -f "$state/broker/pid" ] && stop_pid "$(cat "$state/broker/pid")"
+rm -rf "$state"; mkdir -p "$state"; chmod 755 "$state"
+
+say "starting Postgres and the broker"
+pg_start "$state/pg"
+psql -q "$PG_URL" -c "CREATE DATABASE aaa" >/dev/null
+export AAA_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/aaa"
+broker_start "$state/broker"
+pids+=("$BROKER_PID")
+broker_topic aaa.raw 6
+
+export AAA_KAFKA_BROKERS=$BROKER_ADDR AAA_LOG_FORMAT=json
+"$aaa" migrate >/dev/null
+
+# The webhook's consumer secret lives only in the environment.
+export DEMO_CONSUMER_SECRET
+DEMO_CONSUMER_SECRET=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
+cat >"$state/webhooks.toml" <<TOML
+[[webhooks]]
+id = "1146654567674912769"
+path = "/webhooks/x"
+consumer_secret_env = ["DEMO_CONSUMER_SECRET"]
+TOML
+
+receiver_port=$(free_port); receiver_admin=$(free_port); consumer_admin=$(free_port)
+say "starting receiver (:$receiver_port) and consumer"
+AAA_LISTEN=127.0.0.1:$receiver_port AAA_ADMIN_LISTEN=127.0.0.1:$receiver_admin \
+  AAA_WEBHOOKS_FILE=$state/webhooks.toml "$aaa" receiver >"$state/receiver.log" 2>&1 &
+pids+=($!)
+AAA_ADMIN_LISTEN=127.0.0.1:$consumer_admin "$aaa" consumer >"$state/consumer.log" 2>&1 &
+pids+=($!)
+for port in "$receiver_admin" "$consumer_admin"; do
+  for _ in $(seq 1 300); do
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || die "service on :$port not ready (logs in $state)"
+done
+
+target=http://127.0.0.1:$receiver_port/webhooks/x
+token=$(curl -fsS "$target?crc_token=demo")
+say "CRC challenge answered: $token"
+
+say "simulator: sending $count signed deliveries of every kind"
+AAA_SIM_CONSUMER_SECRET=$DEMO_CONSUMER_SECRET "$aaa" sim send --target "$target" --count "$count"
+
+stored=0
+for _ in $(seq 1 600); do
+  stored=$(psql -tA "$AAA_DATABASE_URL" -c "SELECT count(*) FROM events")
+  [ "$stored" -ge "$count" ] && break
+  sleep 0.1
+done
+[ "$stored" -ge "$count" ] || die "only $stored of $count events stored (logs in $state)"
+
+query="SELECT kind, count(*) AS events, count(DISTINCT for_user_id) AS accounts, min(event_time) AS first, max(event_time) AS last FROM events GROUP BY kind ORDER BY events DESC"
+say "what landed in Postgres"
+psql "$AAA_DATABASE_URL" -c "$query"
+psql "$AAA_DATABASE_URL" -c "SELECT count(*) AS dead_letters FROM dead_letters"
+echo "Re-run it yourself:"
+echo "  psql '$AAA_DATABASE_URL' -c '$query'"
+echo "Metrics: http://127.0.0.1:$receiver_admin/metrics  http://127.0.0.1:$consumer_admin/metrics"
+echo "Logs:    $state/*.log"
+
+if [ -z "$once" ]; then
+  say "stack is running; Ctrl-C stops it"
+  wait "${pids[1]}"
+fi

@@ -1,0 +1,288 @@
+//! End-to-end: signed webhook → receiver → real broker → consumer → real
+//! Postgres, every service a real process.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aaa_sim::generate::Generator;
+use aaa_testkit::{Stack, StackOptions, TestDb, eventually};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aaa");
+const LANDING: Duration = Duration::from_secs(60);
+
+fn deliveries(seed: u64, n: usize) -> Vec<aaa_sim::generate::Delivery> {
+    Generator::new(seed, 20, "2026-11-01T00:00:00Z".parse().unwrap()).take(n)
+}
+
+async fn metric(admin: &str, name_and_labels: &str) -> f64 {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn wait_for_rows(db: &TestDb, sql: &'static str, expected: i64) {
+    eventually(LANDING, &format!("{sql} = {expected}"), || async {
+        (db.count(sql).await == expected).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crc_challenge_is_answered_with_the_hmac_of_the_token() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let response = reqwest::get(format!("{}?crc_token=abc123", stack.webhook_url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["response_token"],
+        aaa_signing::crc_response_token(stack.secret.as_bytes(), "abc123")
+    );
+
+    for url in [
+        stack.webhook_url.clone(),
+        format!("{}?crc_token=", stack.webhook_url),
+    ] {
+        let status = reqwest::get(url).await.unwrap().status();
+        assert_eq!(status, 400);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_deliveries_with_100_redeliveries_store_900_rows() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let unique = deliveries(11, 900);
+    let mut bodies: Vec<Vec<u8>> = unique.iter().map(|d| d.to_bytes()).collect();
+    // X redelivers exactly the same bytes.
+    bodies.extend(unique.iter().step_by(9).take(100).map(|d| d.to_bytes()));
+    assert_eq!(bodies.len(), 1000);
+
+    stack
+        .sender()
+        .deliver_all(&bodies, 8)
+        .await
+        .expect("every delivery acknowledged");
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 900).await;
+
+    // Per kind, the table holds exactly what was sent.
+    let mut sent: BTreeMap<String, i64> = BTreeMap::new();
+    for d in &unique {
+        let stored = match d.kind {
+            "spaces_events" => "unknown:spaces_events".to_owned(),
+            kind => kind.to_owned(),
+        };
+        *sent.entry(stored).or_default() += 1;
+    }
+    let stored: BTreeMap<String, i64> =
+        sqlx::query_as("SELECT kind, count(*) FROM events GROUP BY kind")
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(stored, sent);
+    assert_eq!(stack.db.count("SELECT count(*) FROM dead_letters").await, 0);
+
+    let ok = metric(&stack.receiver_admin, "aaa_receiver_requests_total{").await;
+    assert_eq!(ok, 1000.0, "every request counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_killed_consumer_restarts_with_nothing_missing_or_doubled() {
+    let mut stack = Stack::start(
+        BIN,
+        StackOptions {
+            batch_max_records: 10,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let unique = deliveries(23, 1000);
+    let bodies: Vec<Vec<u8>> = unique.iter().map(|d| d.to_bytes()).collect();
+
+    // Deliver in the background, at most 4 at a time, while we kill the consumer.
+    let sender = stack.sender();
+    let sending = tokio::spawn(async move { sender.deliver_all(&bodies, 4).await });
+
+    eventually(LANDING, "the consumer to store its first rows", || async {
+        (stack.db.count("SELECT count(*) FROM events").await >= 50).then_some(())
+    })
+    .await;
+    assert!(!sending.is_finished(), "the kill must land mid-stream");
+    stack.consumer.kill();
+    let at_kill = stack.db.count("SELECT count(*) FROM events").await;
+    assert!(
+        at_kill < 1000,
+        "consumer was killed mid-stream ({at_kill} rows)"
+    );
+
+    sending.await.unwrap().expect("every delivery acknowledged");
+    stack.consumer = stack.spawn_consumer();
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 1000).await;
+
+    // Exactly the sent keys, each once.
+    let mut expected: Vec<(String, String)> = unique
+        .iter()
+        .map(|d| {
+            let env = aaa_events::parse_envelope(&d.to_bytes()).unwrap();
+            let a = env.activities[0].as_ref().unwrap();
+            (a.kind.to_string(), a.natural_key.clone())
+        })
+        .collect();
+    expected.sort();
+    let mut stored: Vec<(String, String)> = sqlx::query_as("SELECT kind, natural_key FROM events")
+        .fetch_all(&stack.db.pool)
+        .await
+        .unwrap();
+    stored.sort();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_broker_gets_503_never_200_and_retries_land_once_it_is_back() {
+    let produce_timeout = Duration::from_millis(1500);
+    let stack = Stack::start(
+        BIN,
+        StackOptions {
+            produce_timeout_ms: produce_timeout.as_millis() as u64,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let sender = stack.sender();
+    let warmup = deliveries(31, 1)[0].to_bytes();
+    assert_eq!(sender.post(&warmup).await.unwrap(), 200);
+
+    stack.broker.pause();
+    let outage = deliveries(37, 5);
+    for delivery in &outage {
+        let started = Instant::now();
+        let status = sender.post(&delivery.to_bytes()).await.unwrap();
+        assert_eq!(status, 503, "no 2xx while the broker cannot acknowledge");
+        assert!(
+            started.elapsed() < produce_timeout + Duration::from_secs(1),
+            "answered within the produce timeout, took {:?}",
+            started.elapsed()
+        );
+    }
+    stack.broker.resume();
+
+    // X retries what it did not get a 2xx for.
+    for delivery in &outage {
+        let body = delivery.to_bytes();
+        eventually(LANDING, "a retried delivery to be acknowledged", || async {
+            (sender.post(&body).await.ok()? == 200).then_some(())
+        })
+        .await;
+    }
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 6).await;
+    let unavailable = metric(&stack.receiver_admin, "aaa_receiver_requests_total{webhook=\"1146654567674912769\",route=\"delivery\",outcome=\"broker_unavailable\"}").await;
+    assert!(unavailable >= 5.0, "503s counted, got {unavailable}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_counted_or_dead_lettered_never_lost() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let client = reqwest::Client::new();
+    let good = deliveries(41, 2);
+
+    // Wrong secret → 401, nothing written.
+    let forged = good[0].to_bytes();
+    let status = client
+        .post(&stack.webhook_url)
+        .header(
+            aaa_signing::SIGNATURE_HEADER,
+            aaa_signing::sign(b"not-the-secret", &forged),
+        )
+        .body(forged.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+    let unsigned = client
+        .post(&stack.webhook_url)
+        .body(forged.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(unsigned, 401);
+
+    // 2 MiB body → 413.
+    let sender = stack.sender();
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    assert_eq!(sender.post(&huge).await.unwrap(), 413);
+
+    // Authentic but unparseable → exactly one dead letter with its raw bytes.
+    let garbage = b"{\"for_user_id\": \"1\", \"tweet_create_events\": [".to_vec();
+    assert_eq!(sender.post(&garbage).await.unwrap(), 200);
+
+    // A fence: a good delivery for the forged one's account, so it shares
+    // its partition. Once it is stored, a forged record (had one reached
+    // Kafka) would have been processed too.
+    let mut fence = good[1].body.clone();
+    fence["for_user_id"] = good[0].body["for_user_id"].clone();
+    assert_eq!(
+        sender.post(fence.to_string().as_bytes()).await.unwrap(),
+        200
+    );
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 1).await;
+    wait_for_rows(&stack.db, "SELECT count(*) FROM dead_letters", 1).await;
+
+    let (raw, kind): (Vec<u8>, String) = sqlx::query_as("SELECT raw, error_kind FROM dead_letters")
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(raw, garbage);
+    assert_eq!(kind, "not_json");
+    let forged_key = aaa_events::parse_envelope(&forged).unwrap().activities[0]
+        .as_ref()
+        .unwrap()
+        .natural_key
+        .clone();
+    let forged_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE natural_key = $1")
+        .bind(&forged_key)
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(forged_rows, 0, "a forged delivery must not be stored");
+
+    let admin = &stack.receiver_admin;
+    let label = |outcome: &str| {
+        format!(
+            "aaa_receiver_requests_total{{webhook=\"{}\",route=\"delivery\",outcome=\"{outcome}\"}}",
+            stack.webhook_id
+        )
+    };
+    assert_eq!(metric(admin, &label("bad_signature")).await, 2.0);
+    assert_eq!(metric(admin, &label("too_large")).await, 1.0);
+    assert_eq!(metric(admin, &label("ok")).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consumer_refuses_a_schema_that_is_behind() {
+    let db = TestDb::empty().await;
+    let mut consumer = aaa_testkit::Service::spawn(
+        "consumer",
+        std::path::Path::new(BIN),
+        &["consumer"],
+        &[
+            ("AAA_DATABASE_URL", db.url.clone()),
+            ("AAA_ADMIN_LISTEN", "127.0.0.1:0".into()),
+            ("AAA_KAFKA_BROKERS", "127.0.0.1:1".into()),
+        ],
+    );
+    let status = consumer.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let output = consumer.output().join("\n");
+    assert!(output.contains("run `aaa migrate` first"), "{output}");
+}
