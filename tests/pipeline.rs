@@ -14,15 +14,16 @@ fn deliveries(seed: u64, n: usize) -> Vec<aaa_sim::generate::Delivery> {
     Generator::new(seed, 20, "2026-11-01T00:00:00Z".parse().unwrap()).take(n)
 }
 
+/// Sum of the samples on `/metrics` whose line starts with `name_and_labels`.
 async fn metric(admin: &str, name_and_labels: &str) -> f64 {
-    let text = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    metric_where(admin, |line| line.starts_with(name_and_labels)).await
+}
+
+async fn metric_where(admin: &str, select: impl Fn(&str) -> bool) -> f64 {
+    let response = reqwest::get(format!("{admin}/metrics")).await.unwrap();
+    let text = response.text().await.unwrap();
     text.lines()
-        .filter(|l| l.starts_with(name_and_labels))
+        .filter(|l| select(l))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -58,7 +59,7 @@ async fn crc_challenge_is_answered_with_the_hmac_of_the_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_deliveries_with_100_redeliveries_store_900_rows() {
-    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let mut stack = Stack::start(BIN, StackOptions::default()).await;
     let unique = deliveries(11, 900);
     let mut bodies: Vec<Vec<u8>> = unique.iter().map(|d| d.to_bytes()).collect();
     // X redelivers exactly the same bytes.
@@ -93,6 +94,34 @@ async fn a_thousand_deliveries_with_100_redeliveries_store_900_rows() {
 
     let ok = metric(&stack.receiver_admin, "aaa_receiver_requests_total{").await;
     assert_eq!(ok, 1000.0, "every request counted");
+    let consumer_admin = format!("http://{}", stack.consumer.addr("admin").await);
+    // The last redeliveries may still be in flight after row 900 landed.
+    eventually(
+        LANDING,
+        "1000 activities counted by the consumer",
+        || async {
+            (metric(&consumer_admin, "aaa_consumer_events_total{").await == 1000.0).then_some(())
+        },
+    )
+    .await;
+    let counted = |outcome: &'static str| {
+        let label = format!("outcome=\"{outcome}\"");
+        let admin = consumer_admin.clone();
+        async move {
+            metric_where(&admin, |l| {
+                l.starts_with("aaa_consumer_events_total{") && l.contains(&label)
+            })
+            .await
+        }
+    };
+    assert_eq!(counted("inserted").await, 900.0);
+    assert_eq!(counted("duplicate").await, 100.0);
+
+    // Graceful stops exit cleanly.
+    stack.consumer.sigterm();
+    assert!(stack.consumer.wait_exit(LANDING).await.success());
+    stack.receiver.sigterm();
+    assert!(stack.receiver.wait_exit(LANDING).await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,7 +190,15 @@ async fn a_paused_broker_gets_503_never_200_and_retries_land_once_it_is_back() {
     let warmup = deliveries(31, 1)[0].to_bytes();
     assert_eq!(sender.post(&warmup).await.unwrap(), 200);
 
+    let readyz = format!("{}/readyz", stack.receiver_admin);
+    assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 200);
+
     stack.broker.pause();
+    assert_eq!(
+        reqwest::get(&readyz).await.unwrap().status(),
+        503,
+        "not ready without a broker"
+    );
     let outage = deliveries(37, 5);
     for delivery in &outage {
         let started = Instant::now();
@@ -285,4 +322,138 @@ async fn the_consumer_refuses_a_schema_that_is_behind() {
     assert!(!status.success());
     let output = consumer.output().join("\n");
     assert!(output.contains("run `aaa migrate` first"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_receiver_serves_several_webhooks_each_with_its_own_secret() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let crc = |url: &str| format!("{url}?crc_token=token-2");
+    let answer: serde_json::Value = reqwest::get(crc(&stack.second_webhook_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["response_token"],
+        aaa_signing::crc_response_token(stack.second_secret.as_bytes(), "token-2")
+    );
+
+    let body = deliveries(53, 1)[0].to_bytes();
+    let first_secret = aaa_sim::send::Sender::new(
+        stack.second_webhook_url.clone(),
+        stack.secret.clone().into(),
+    )
+    .unwrap();
+    assert_eq!(
+        first_secret.post(&body).await.unwrap(),
+        401,
+        "another webhook's secret is refused"
+    );
+    let own_secret = aaa_sim::send::Sender::new(
+        stack.second_webhook_url.clone(),
+        stack.second_secret.clone().into(),
+    )
+    .unwrap();
+    assert_eq!(own_secret.post(&body).await.unwrap(), 200);
+
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 1).await;
+    let webhook: String = sqlx::query_scalar("SELECT webhook_id FROM events")
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(webhook, aaa_testkit::SECOND_WEBHOOK_ID);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_deliveries_before_the_receiver_exits() {
+    let mut stack = Stack::start(
+        BIN,
+        StackOptions {
+            produce_timeout_ms: 20_000,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let admin = stack.receiver_admin.clone();
+    assert_eq!(
+        reqwest::get(format!("{admin}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // A delivery held in flight: the broker cannot acknowledge it yet.
+    stack.broker.pause();
+    let body = deliveries(59, 1)[0].to_bytes();
+    let request = reqwest::Client::new()
+        .post(&stack.webhook_url)
+        .header(
+            aaa_signing::SIGNATURE_HEADER,
+            aaa_signing::sign(stack.secret.as_bytes(), &body),
+        )
+        .body(body);
+    let in_flight = tokio::spawn(request.send());
+    eventually(LANDING, "the delivery to be in flight", || async {
+        (metric(&admin, "aaa_receiver_in_flight_requests").await == 1.0).then_some(())
+    })
+    .await;
+
+    stack.receiver.sigterm();
+    stack
+        .receiver
+        .wait_for_log("the drain to start", LANDING, |e| {
+            e["message"] == "shutdown requested: draining"
+        })
+        .await;
+    stack.broker.resume();
+
+    let status = in_flight
+        .await
+        .unwrap()
+        .expect("an answer, not a dropped connection")
+        .status();
+    assert_eq!(
+        status, 200,
+        "the in-flight delivery was acknowledged after the broker acked"
+    );
+    assert!(stack.receiver.wait_exit(LANDING).await.success());
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_holds_offsets_and_everything_lands_once_it_is_back() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let consumer_admin = format!("http://{}", stack.consumer.addr("admin").await);
+    stack.db.go_down().await;
+
+    let unique = deliveries(61, 200);
+    let bodies: Vec<Vec<u8>> = unique.iter().map(|d| d.to_bytes()).collect();
+    // The receiver has no database on its path: X still gets its 200s.
+    stack
+        .sender()
+        .deliver_all(&bodies, 8)
+        .await
+        .expect("acknowledged while Postgres is down");
+    stack
+        .consumer
+        .wait_for_log("a failed write", LANDING, |e| {
+            e["message"] == "writing batch to Postgres failed; retrying without committing offsets"
+        })
+        .await;
+    assert!(metric(&consumer_admin, "aaa_consumer_write_failures_total").await >= 1.0);
+    let ready = reqwest::get(format!("{consumer_admin}/readyz"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(ready, 503, "not ready while the database is down");
+
+    stack.db.come_back().await;
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 200).await;
+    let ready = reqwest::get(format!("{consumer_admin}/readyz"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(ready, 200);
 }

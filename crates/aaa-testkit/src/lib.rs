@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 pub use broker::Broker;
 pub use process::Service;
-pub use stack::{Stack, StackOptions};
+pub use stack::{SECOND_WEBHOOK_ID, Stack, StackOptions};
 
 /// Polls `probe` until it returns `Some`, or panics after `timeout` naming
 /// `what`. The one way tests wait: on a condition, never on a bare sleep.
@@ -75,6 +75,42 @@ impl TestDb {
             .await
             .expect("connect to test database");
         TestDb { url, pool }
+    }
+
+    fn name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or_default()
+    }
+
+    async fn set_allow_connections(&self, allow: bool) {
+        let admin = sqlx::PgPool::connect(&Self::admin_url())
+            .await
+            .expect("connect to the test cluster");
+        // The name is ours (a UUID), not input: safe to splice.
+        let alter = format!("ALTER DATABASE {} ALLOW_CONNECTIONS {allow}", self.name());
+        sqlx::query(sqlx::AssertSqlSafe(alter))
+            .execute(&admin)
+            .await
+            .expect("ALTER DATABASE");
+        if !allow {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(self.name())
+            .execute(&admin)
+            .await
+            .expect("terminate connections");
+        }
+        admin.close().await;
+    }
+
+    /// Makes this database unreachable, as if its server were down: new
+    /// connections are refused and open ones are terminated.
+    pub async fn go_down(&self) {
+        self.set_allow_connections(false).await;
+    }
+
+    pub async fn come_back(&self) {
+        self.set_allow_connections(true).await;
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {

@@ -119,10 +119,9 @@ impl Service {
         }
     }
 
-    /// SIGTERM, then wait for the exit.
-    pub async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+    /// Asks the service to shut down gracefully (SIGTERM); see [`Self::wait_exit`].
+    pub fn sigterm(&self) {
         kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
-        self.wait_exit(timeout).await
     }
 
     /// Waits for the process to exit on its own.

@@ -3,6 +3,8 @@ use std::time::Duration;
 
 use crate::{Broker, Service, TestDb};
 
+pub const SECOND_WEBHOOK_ID: &str = "2000000000000000002";
+
 /// Knobs a test may turn; defaults suit most.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -33,6 +35,9 @@ pub struct Stack {
     pub consumer: Service,
     pub webhook_id: String,
     pub webhook_url: String,
+    /// The second webhook (id [`SECOND_WEBHOOK_ID`]) and its secret.
+    pub second_webhook_url: String,
+    pub second_secret: String,
     pub receiver_admin: String,
     pub secret: String,
     pub topic: String,
@@ -51,10 +56,18 @@ impl Stack {
         let config_dir = tempfile::tempdir().expect("config dir");
         let webhook_id = "1146654567674912769".to_owned();
         let webhooks_file = config_dir.path().join("webhooks.toml");
+        // A second webhook, its secret in a file, checks that one receiver
+        // serves several webhooks, each with its own secret.
+        let second_secret = format!("second-{}", uuid::Uuid::new_v4().simple());
+        let second_secret_file = config_dir.path().join("second-secret");
+        std::fs::write(&second_secret_file, format!("{second_secret}\n"))
+            .expect("write secret file");
         std::fs::write(
             &webhooks_file,
             format!(
-                "[[webhooks]]\nid = \"{webhook_id}\"\npath = \"/webhooks/x\"\nconsumer_secret_env = [\"TEST_CONSUMER_SECRET\"]\n"
+                "[[webhooks]]\nid = \"{webhook_id}\"\npath = \"/webhooks/x\"\nconsumer_secret_env = [\"TEST_CONSUMER_SECRET\"]\n\
+                 [[webhooks]]\nid = \"{SECOND_WEBHOOK_ID}\"\npath = \"/webhooks/second\"\nconsumer_secret_files = [\"{}\"]\n",
+                second_secret_file.display()
             ),
         )
         .expect("write webhooks file");
@@ -103,6 +116,8 @@ impl Stack {
             receiver,
             webhook_id,
             webhook_url: format!("http://{public}/webhooks/x"),
+            second_webhook_url: format!("http://{public}/webhooks/second"),
+            second_secret,
             receiver_admin: format!("http://{admin}"),
             secret,
             topic,
