@@ -8,6 +8,7 @@
 
 mod broker;
 mod process;
+mod sim;
 mod stack;
 
 use std::future::Future;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use broker::Broker;
 pub use process::Service;
+pub use sim::{SIM_BEARER, SimProcess};
 pub use stack::{SECOND_WEBHOOK_ID, Stack, StackOptions};
 
 /// Polls `probe` until it returns `Some`, or panics after `timeout` naming

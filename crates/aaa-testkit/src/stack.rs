@@ -138,6 +138,20 @@ impl Stack {
         Service::spawn("consumer", &self.bin, &["consumer"], &self.consumer_env)
     }
 
+    /// The X simulator, registered on this stack's webhook with all of its
+    /// accounts subscribed, signing with the webhook's secret.
+    pub async fn start_sim(&self, args: &[&str]) -> crate::SimProcess {
+        let mut all = vec!["--register-webhook", self.webhook_url.as_str()];
+        all.extend_from_slice(args);
+        let sim = crate::SimProcess::start(&self.bin, &self.secret, &all).await;
+        sim.service
+            .wait_for_log("the webhook registration", Duration::from_secs(30), |e| {
+                e["message"] == "webhook registered and accounts subscribed"
+            })
+            .await;
+        sim
+    }
+
     /// A sender that signs with this stack's webhook secret, as X does.
     pub fn sender(&self) -> aaa_sim::send::Sender {
         aaa_sim::send::Sender::new(self.webhook_url.clone(), self.secret.clone().into())

@@ -1,0 +1,137 @@
+//! Delivering what X owes: signed POSTs, success only on a 2xx within 3 s,
+//! X's retry schedule for live deliveries, no retries for replayed ones.
+
+use crate::Sim;
+use crate::state::{Attempt, Route};
+
+async fn post(sim: &Sim, url: &str, body: &[u8]) -> (String, bool) {
+    let signature = aaa_signing::sign(sim.consumer_secret(), body);
+    let result = sim
+        .http
+        .post(url)
+        .header(aaa_signing::SIGNATURE_HEADER, signature)
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await;
+    match result {
+        Ok(response) => (
+            response.status().as_u16().to_string(),
+            response.status().is_success(),
+        ),
+        Err(e) if e.is_timeout() => ("timeout".to_owned(), false),
+        Err(_) => ("connection_error".to_owned(), false),
+    }
+}
+
+fn record(sim: &Sim, seq: u64, route: Route, job_id: Option<&str>, outcome: &str, ok: bool) {
+    let label = match route {
+        Route::Live => "live",
+        Route::Replay => "replay",
+    };
+    let result = if ok { "ok" } else { "failed" };
+    metrics::counter!("aaa_sim_deliveries_total", "route" => label, "result" => result)
+        .increment(1);
+    let at = sim.clock.now();
+    let mut world = sim.world();
+    if let Some(owed) = world.owed.get_mut(seq as usize) {
+        owed.attempts.push(Attempt {
+            at,
+            route,
+            job_id: job_id.map(str::to_owned),
+            outcome: outcome.to_owned(),
+            ok,
+        });
+        match route {
+            Route::Live => owed.delivered_live |= ok,
+            Route::Replay => owed.delivered_by_replay |= ok,
+        }
+    }
+}
+
+fn settle(sim: &Sim, seq: u64) {
+    if let Some(owed) = sim.world().owed.get_mut(seq as usize) {
+        owed.pending = false;
+    }
+}
+
+/// Starts (or continues, after `failures` failed attempts) a live delivery.
+pub fn spawn_live(sim: Sim, seq: u64, failures: usize) {
+    tokio::spawn(async move { live(sim, seq, failures).await });
+}
+
+async fn live(sim: Sim, seq: u64, failures: usize) {
+    let now = sim.clock.now();
+    let (target, body, faults) = {
+        let world = sim.world();
+        let Some(owed) = world.owed.get(seq as usize) else {
+            return;
+        };
+        let target = world
+            .webhooks
+            .get(&owed.webhook_id)
+            .map(|w| (w.url.clone(), w.valid));
+        (target, owed.body.clone(), world.faults.clone())
+    };
+    let reason = match target {
+        None => Some("webhook_deleted"),
+        Some((_, false)) => Some("webhook_invalid"),
+        Some(_) if faults.in_outage(now) => Some("outage"),
+        Some(_) if sim.chance(faults.drop_share) => Some("dropped"),
+        Some(_) => None,
+    };
+    if let Some(reason) = reason {
+        // X neither delivers nor retries: this one can only come back by replay.
+        record(&sim, seq, Route::Live, None, reason, false);
+        settle(&sim, seq);
+        return;
+    }
+    let Some((url, _)) = target else { return };
+    let pause = faults.delay_ms + sim.random_below(faults.reorder_ms);
+    if pause > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    }
+    let (outcome, ok) = {
+        let _permit = sim.deliveries.acquire().await;
+        post(&sim, &url, &body).await
+    };
+    record(&sim, seq, Route::Live, None, &outcome, ok);
+    if ok && sim.chance(faults.duplicate_share) {
+        let (outcome, ok) = post(&sim, &url, &body).await;
+        record(
+            &sim,
+            seq,
+            Route::Live,
+            None,
+            &format!("duplicate {outcome}"),
+            ok,
+        );
+    }
+    if ok {
+        settle(&sim, seq);
+        return;
+    }
+    let schedule = sim.args.retry_schedule();
+    match schedule.get(failures) {
+        Some(delay) => {
+            let wait = sim.clock.real_duration(delay.to_std().unwrap_or_default());
+            tokio::time::sleep(wait).await;
+            Box::pin(live(sim, seq, failures + 1)).await;
+        }
+        None => settle(&sim, seq),
+    }
+}
+
+/// One replayed delivery: a single attempt, never retried.
+pub async fn replay_once(sim: &Sim, seq: u64, url: &str, job_id: &str) -> bool {
+    let body = match sim.world().owed.get(seq as usize) {
+        Some(owed) => owed.body.clone(),
+        None => return false,
+    };
+    let (outcome, ok) = {
+        let _permit = sim.deliveries.acquire().await;
+        post(sim, url, &body).await
+    };
+    record(sim, seq, Route::Replay, Some(job_id), &outcome, ok);
+    ok
+}

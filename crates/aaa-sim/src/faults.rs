@@ -1,0 +1,46 @@
+//! Faults the simulator injects on command (control API or CLI flags).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Share of live deliveries X loses outright (never sent, never retried).
+    pub drop_share: f64,
+    /// Extra delay before every delivery, in real milliseconds.
+    pub delay_ms: u64,
+    /// Share of deliveries sent twice.
+    pub duplicate_share: f64,
+    /// Random extra delay up to this many real milliseconds, so deliveries
+    /// overtake each other.
+    pub reorder_ms: u64,
+    /// Share of API calls answered 503.
+    pub api_error_share: f64,
+    /// A full delivery outage (simulated time): nothing is delivered or
+    /// retried inside it; what falls in it is owed and can only be replayed.
+    pub outage: Option<Outage>,
+    /// What the next replay job does.
+    pub next_replay: Option<ReplayFault>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Outage {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayFault {
+    /// Stops halfway and reports `Incomplete`.
+    Incomplete,
+    /// Never finishes: the webhook stays busy (ReplayConflictError).
+    NeverFinish,
+}
+
+impl Faults {
+    pub fn in_outage(&self, now: DateTime<Utc>) -> bool {
+        self.outage.is_some_and(|o| o.from <= now && now < o.to)
+    }
+}

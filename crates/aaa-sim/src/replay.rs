@@ -1,0 +1,121 @@
+//! Replay jobs: one per webhook at a time; every event of the window is
+//! re-delivered once (no retries), then `replay_job_status` says Complete or
+//! Incomplete and the webhook is free again.
+
+use aaa_replay_window::Window;
+use chrono::TimeDelta;
+use serde_json::json;
+
+use crate::faults::ReplayFault;
+use crate::state::Job;
+use crate::{Sim, delivery};
+
+/// X replays an event only once it is 10 minutes old.
+const REPLAYABLE_AFTER: TimeDelta = TimeDelta::minutes(10);
+
+/// Registers a running job for `webhook_id`, unless one is running already
+/// (then `Err(ReplayConflictError)`). Checked under the same lock as the
+/// insert, so two requests can never both start a job.
+pub fn open_job(
+    sim: &Sim,
+    webhook_id: &str,
+    window: Window,
+    endpoint: &'static str,
+) -> Result<Job, ()> {
+    let now = sim.clock.now();
+    let mut world = sim.world();
+    if world.running_job(webhook_id).is_some() {
+        return Err(());
+    }
+    let job = Job {
+        job_id: world.new_job_id(),
+        webhook_id: webhook_id.to_owned(),
+        from: window.from,
+        to_exclusive: window.to_exclusive,
+        created_at: now,
+        state: "running".into(),
+        endpoint,
+    };
+    world.jobs.push(job.clone());
+    metrics::counter!("aaa_sim_replay_jobs_total", "state" => "started").increment(1);
+    Ok(job)
+}
+
+pub fn spawn(sim: Sim, job: Job) {
+    tokio::spawn(async move { run(sim, job).await });
+}
+
+async fn run(sim: Sim, job: Job) {
+    let window = Window {
+        from: job.from,
+        to_exclusive: job.to_exclusive,
+    };
+    let (url, seqs, fault) = {
+        let cutoff = sim.clock.now() - REPLAYABLE_AFTER;
+        let mut world = sim.world();
+        let url = world.webhooks.get(&job.webhook_id).map(|w| w.url.clone());
+        let seqs: Vec<u64> = world
+            .owed
+            .iter()
+            .filter(|o| o.webhook_id == job.webhook_id && o.kind != "replay_job_status")
+            .filter(|o| window.contains(o.created_at) && o.created_at <= cutoff)
+            .map(|o| o.seq)
+            .collect();
+        (url, seqs, world.faults.next_replay.take())
+    };
+    let Some(url) = url else {
+        finish(&sim, &job, "Incomplete", "webhook was deleted");
+        return;
+    };
+    let to_send = match fault {
+        Some(ReplayFault::Incomplete) => &seqs[..seqs.len() / 2],
+        _ => &seqs[..],
+    };
+    let results = futures::future::join_all(
+        to_send
+            .iter()
+            .map(|seq| delivery::replay_once(&sim, *seq, &url, &job.job_id)),
+    )
+    .await;
+    let delivered = results.iter().filter(|ok| **ok).count();
+    tracing::info!(message = "replay job delivered", job_id = %job.job_id, events = seqs.len(), delivered);
+    match fault {
+        Some(ReplayFault::NeverFinish) => {
+            tracing::warn!(message = "replay job will never finish (fault)", job_id = %job.job_id);
+        }
+        Some(ReplayFault::Incomplete) => {
+            finish(&sim, &job, "Incomplete", "job failed partway (fault)")
+        }
+        None if delivered < seqs.len() => finish(
+            &sim,
+            &job,
+            "Incomplete",
+            "some events could not be delivered",
+        ),
+        None => finish(&sim, &job, "Complete", "Job completed successfully"),
+    }
+}
+
+/// Frees the webhook and sends `replay_job_status`, like any other delivery.
+fn finish(sim: &Sim, job: &Job, state: &'static str, description: &str) {
+    let now = sim.clock.now();
+    let body = json!({"replay_job_status": {
+        "webhook_id": job.webhook_id, "job_state": state, "job_state_description": description, "job_id": job.job_id,
+    }});
+    let seq = {
+        let mut world = sim.world();
+        if let Some(j) = world.jobs.iter_mut().find(|j| j.job_id == job.job_id) {
+            j.state = state.to_owned();
+        }
+        world.owe(
+            0,
+            &job.webhook_id,
+            None,
+            "replay_job_status",
+            now,
+            body.to_string().into_bytes(),
+        )
+    };
+    metrics::counter!("aaa_sim_replay_jobs_total", "state" => state).increment(1);
+    delivery::spawn_live(sim.clone(), seq, 0);
+}

@@ -1,0 +1,271 @@
+//! What the simulated X knows: its app, accounts, webhooks, subscriptions,
+//! replay jobs, and the ground truth of everything it owed and sent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+
+use crate::faults::Faults;
+use crate::generate::{Generator, account_id};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct App {
+    pub app_id: String,
+    pub consumer_key: String,
+    pub consumer_secret: String,
+    pub bearer_token: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    pub user_id: String,
+    pub screen_name: String,
+    pub access_token: String,
+    pub access_token_secret: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    pub valid: bool,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub last_crc_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    Live,
+    Replay,
+}
+
+/// One attempt to deliver something owed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub at: DateTime<Utc>,
+    pub route: Route,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// `2xx` status, other status, or why nothing was answered.
+    pub outcome: String,
+    pub ok: bool,
+}
+
+/// Ground truth: one delivery owed to one webhook.
+#[derive(Debug, Clone, Serialize)]
+pub struct Owed {
+    pub seq: u64,
+    pub activity_id: u64,
+    pub webhook_id: String,
+    pub for_user_id: Option<String>,
+    pub kind: &'static str,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub body: Arc<Vec<u8>>,
+    pub attempts: Vec<Attempt>,
+    pub delivered_live: bool,
+    pub delivered_by_replay: bool,
+    /// Queued or waiting for a retry.
+    pub pending: bool,
+}
+
+impl Owed {
+    pub fn delivered(&self) -> bool {
+        self.delivered_live || self.delivered_by_replay
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub job_id: String,
+    pub webhook_id: String,
+    pub from: DateTime<Utc>,
+    pub to_exclusive: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    /// running, Complete or Incomplete
+    pub state: String,
+    pub endpoint: &'static str,
+}
+
+/// Counts for `/sim/truth/summary`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub activities: u64,
+    pub owed: u64,
+    pub delivered: u64,
+    pub delivered_live: u64,
+    pub delivered_by_replay_only: u64,
+    pub missing: u64,
+    pub pending: u64,
+    pub attempts: u64,
+    pub by_kind: BTreeMap<&'static str, u64>,
+}
+
+pub struct World {
+    pub app: App,
+    pub accounts: Vec<Account>,
+    pub webhooks: BTreeMap<String, Webhook>,
+    /// webhook id → subscribed user ids
+    pub subscriptions: BTreeMap<String, BTreeSet<String>>,
+    pub owed: Vec<Owed>,
+    pub jobs: Vec<Job>,
+    pub faults: Faults,
+    pub generator: Generator,
+    pub activities: u64,
+    next_webhook: u64,
+    next_job: u64,
+    nonces: HashSet<(String, String)>,
+    rate_windows: HashMap<&'static str, VecDeque<DateTime<Utc>>>,
+}
+
+impl World {
+    pub fn new(app: App, accounts: usize, seed: u64, generator: Generator) -> World {
+        let accounts = (0..accounts.max(1))
+            .map(|i| {
+                let user_id = account_id(i);
+                Account {
+                    screen_name: format!("user{}", &user_id[user_id.len() - 4..]),
+                    access_token: format!("{user_id}-tok{seed:x}{i:x}"),
+                    access_token_secret: format!("secret-{seed:x}-{i:x}"),
+                    user_id,
+                }
+            })
+            .collect();
+        World {
+            app,
+            accounts,
+            webhooks: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            owed: Vec::new(),
+            jobs: Vec::new(),
+            faults: Faults::default(),
+            generator,
+            activities: 0,
+            next_webhook: 1_900_000_000_000_000_001,
+            next_job: 1_600_000_000,
+            nonces: HashSet::new(),
+            rate_windows: HashMap::new(),
+        }
+    }
+
+    pub fn add_webhook(&mut self, url: String, now: DateTime<Utc>) -> Webhook {
+        let id = self.next_webhook.to_string();
+        self.next_webhook += 1;
+        let webhook = Webhook {
+            id: id.clone(),
+            url,
+            valid: true,
+            created_at: now,
+            last_crc_at: now,
+        };
+        self.webhooks.insert(id.clone(), webhook.clone());
+        self.subscriptions.entry(id).or_default();
+        webhook
+    }
+
+    pub fn account_by_token(&self, token: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.access_token == token)
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.values().map(BTreeSet::len).sum()
+    }
+
+    /// Every account subscribed on some webhook.
+    pub fn subscribed_accounts(&self) -> Vec<String> {
+        let all: BTreeSet<&String> = self.subscriptions.values().flatten().collect();
+        all.into_iter().cloned().collect()
+    }
+
+    pub fn remember_nonce(&mut self, consumer_key: &str, nonce: &str) -> bool {
+        self.nonces
+            .insert((consumer_key.to_owned(), nonce.to_owned()))
+    }
+
+    /// Sliding-window rate limit: `Ok` and counted, or `Err(reset)`.
+    pub fn take_rate(
+        &mut self,
+        endpoint: &'static str,
+        limit: u32,
+        window: TimeDelta,
+        now: DateTime<Utc>,
+    ) -> Result<(), DateTime<Utc>> {
+        let calls = self.rate_windows.entry(endpoint).or_default();
+        while calls.front().is_some_and(|t| *t <= now - window) {
+            calls.pop_front();
+        }
+        if calls.len() as u32 >= limit {
+            return Err(calls.front().copied().unwrap_or(now) + window);
+        }
+        calls.push_back(now);
+        Ok(())
+    }
+
+    pub fn new_job_id(&mut self) -> String {
+        self.next_job += 1;
+        self.next_job.to_string()
+    }
+
+    pub fn running_job(&self, webhook_id: &str) -> Option<&Job> {
+        self.jobs
+            .iter()
+            .find(|j| j.webhook_id == webhook_id && j.state == "running")
+    }
+
+    /// Records one owed delivery; returns its sequence number.
+    pub fn owe(
+        &mut self,
+        activity_id: u64,
+        webhook_id: &str,
+        for_user_id: Option<String>,
+        kind: &'static str,
+        created_at: DateTime<Utc>,
+        body: Vec<u8>,
+    ) -> u64 {
+        let seq = self.owed.len() as u64;
+        self.owed.push(Owed {
+            seq,
+            activity_id,
+            webhook_id: webhook_id.to_owned(),
+            for_user_id,
+            kind,
+            created_at,
+            body: Arc::new(body),
+            attempts: Vec::new(),
+            delivered_live: false,
+            delivered_by_replay: false,
+            pending: true,
+        });
+        seq
+    }
+
+    pub fn summary(&self) -> Summary {
+        let mut summary = Summary {
+            activities: self.activities,
+            ..Summary::default()
+        };
+        for owed in &self.owed {
+            summary.owed += 1;
+            summary.attempts += owed.attempts.len() as u64;
+            *summary.by_kind.entry(owed.kind).or_default() += 1;
+            if owed.delivered() {
+                summary.delivered += 1;
+            }
+            if owed.delivered_live {
+                summary.delivered_live += 1;
+            } else if owed.delivered_by_replay {
+                summary.delivered_by_replay_only += 1;
+            }
+            if owed.pending {
+                summary.pending += 1;
+            } else if !owed.delivered() {
+                summary.missing += 1;
+            }
+        }
+        summary
+    }
+}

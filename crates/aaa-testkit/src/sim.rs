@@ -1,0 +1,123 @@
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::{Service, eventually};
+
+/// `aaa sim serve` as a real process, with helpers for its control API.
+pub struct SimProcess {
+    pub service: Service,
+    /// Base URL of the simulated X API and the control API.
+    pub url: String,
+    pub bearer: String,
+    client: reqwest::Client,
+}
+
+pub const SIM_BEARER: &str = "test-bearer-token";
+
+impl SimProcess {
+    /// Starts the simulator signing with `consumer_secret`; `args` go after
+    /// `aaa sim serve`.
+    pub async fn start(bin: &Path, consumer_secret: &str, args: &[&str]) -> SimProcess {
+        let mut all = vec!["sim", "serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let service = Service::spawn(
+            "sim",
+            bin,
+            &all,
+            &[
+                ("AAA_SIM_CONSUMER_SECRET", consumer_secret.to_owned()),
+                ("AAA_SIM_BEARER_TOKEN", SIM_BEARER.to_owned()),
+            ],
+        );
+        let addr = service.addr("sim").await;
+        SimProcess {
+            service,
+            url: format!("http://{addr}"),
+            bearer: SIM_BEARER.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// A request to the simulated X API with the app's bearer token.
+    pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.bearer)
+    }
+
+    async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.client.request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("simulator control API");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.expect("JSON from the control API")
+    }
+
+    /// Generates `n` activities now; returns how many deliveries are owed.
+    pub async fn generate(&self, n: usize) -> u64 {
+        let answer = self
+            .control(
+                reqwest::Method::POST,
+                "/sim/generate",
+                Some(serde_json::json!({"count": n})),
+            )
+            .await;
+        answer["owed"].as_u64().expect("owed count")
+    }
+
+    pub async fn summary(&self) -> Value {
+        self.control(reqwest::Method::GET, "/sim/truth/summary", None)
+            .await
+    }
+
+    pub async fn set_faults(&self, faults: Value) {
+        self.control(reqwest::Method::PUT, "/sim/faults", Some(faults))
+            .await;
+    }
+
+    pub async fn accounts(&self) -> Value {
+        self.control(reqwest::Method::GET, "/sim/accounts", None)
+            .await
+    }
+
+    pub async fn jobs(&self) -> Value {
+        self.control(reqwest::Method::GET, "/sim/jobs", None).await
+    }
+
+    /// Every owed delivery with its body and attempts.
+    pub async fn truth(&self) -> Vec<Value> {
+        let text = self
+            .client
+            .get(format!("{}/sim/truth.jsonl", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    /// Waits until nothing is queued or waiting for a retry; returns the summary.
+    pub async fn settled(&self, timeout: Duration) -> Value {
+        eventually(
+            timeout,
+            "the simulator to settle (nothing pending)",
+            || async {
+                let summary = self.summary().await;
+                (summary["pending"] == 0).then_some(summary)
+            },
+        )
+        .await
+    }
+}

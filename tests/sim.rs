@@ -1,0 +1,592 @@
+//! The X simulator from the outside: CRC, OAuth 1.0a subscriptions with
+//! every error reason, and replay with validation, conflicts, rate limits,
+//! completion messages. Its webhook here is a small signed-delivery
+//! recorder, because these tests need to make the webhook answer CRC
+//! wrongly or slowly on command.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aaa_common::Clock;
+use aaa_testkit::{SimProcess, eventually};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use chrono::{DateTime, TimeDelta, Utc};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aaa");
+const SECRET: &str = "sim-test-consumer-secret";
+const WAIT: Duration = Duration::from_secs(60);
+
+const CORRECT: u8 = 0;
+const WRONG: u8 = 1;
+const SLOW: u8 = 2;
+
+#[derive(Clone)]
+struct Hook {
+    url: String,
+    mode: Arc<AtomicU8>,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Hook {
+    async fn start() -> Hook {
+        let mode = Arc::new(AtomicU8::new(CORRECT));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let state = (mode.clone(), received.clone());
+        let app = axum::Router::new()
+            .route("/hook", get(crc).post(deliver))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Hook {
+            url,
+            mode,
+            received,
+        }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+type HookState = (Arc<AtomicU8>, Arc<Mutex<Vec<Value>>>);
+
+async fn crc(
+    State((mode, _)): State<HookState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> axum::Json<Value> {
+    let token = q.get("crc_token").cloned().unwrap_or_default();
+    let mode = mode.load(Ordering::SeqCst);
+    if mode == SLOW {
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+    }
+    let secret = if mode == WRONG {
+        "not-the-secret"
+    } else {
+        SECRET
+    };
+    axum::Json(
+        json!({"response_token": aaa_signing::crc_response_token(secret.as_bytes(), &token)}),
+    )
+}
+
+async fn deliver(
+    State((_, received)): State<HookState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let signature = headers
+        .get(aaa_signing::SIGNATURE_HEADER)
+        .map(|v| v.as_bytes());
+    if aaa_signing::verify(&[SECRET], signature, &body).is_err() {
+        return StatusCode::UNAUTHORIZED;
+    }
+    received
+        .lock()
+        .unwrap()
+        .push(serde_json::from_slice(&body).unwrap());
+    StatusCode::OK
+}
+
+async fn reason(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["title"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+async fn register(sim: &SimProcess, url: &str) -> String {
+    let response = sim
+        .api(Method::POST, "/2/webhooks")
+        .json(&json!({"url": url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["valid"], true);
+    body["data"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn webhook_valid(sim: &SimProcess) -> bool {
+    let list: Value = sim
+        .api(Method::GET, "/2/webhooks")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"][0]["valid"] == true
+}
+
+/// An OAuth 1.0a user-context request, signed as account `index`.
+async fn as_user(
+    sim: &SimProcess,
+    index: usize,
+    method: Method,
+    path: &str,
+    timestamp_offset: i64,
+) -> reqwest::RequestBuilder {
+    let creds = sim.accounts().await;
+    let account = &creds["accounts"][index];
+    let credentials = aaa_oauth1::Credentials {
+        consumer_key: creds["app"]["consumer_key"].as_str().unwrap().into(),
+        consumer_secret: creds["app"]["consumer_secret"].as_str().unwrap().into(),
+        token: account["access_token"].as_str().unwrap().into(),
+        token_secret: account["access_token_secret"].as_str().unwrap().into(),
+    };
+    let url = format!("{}{path}", sim.url);
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let timestamp = (Utc::now().timestamp() + timestamp_offset) as u64;
+    let header = aaa_oauth1::authorization_header(
+        method.as_str(),
+        &url,
+        &[],
+        &credentials,
+        &nonce,
+        timestamp,
+    );
+    reqwest::Client::new()
+        .request(method, url)
+        .header("authorization", header)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_slow_crc_answers_invalidate_the_webhook_and_put_recovers_it() {
+    let hook = Hook::start().await;
+    let sim = SimProcess::start(BIN.as_ref(), SECRET, &[]).await;
+    let id = register(&sim, &hook.url).await;
+    let (status, _) = reason(
+        as_user(
+            &sim,
+            0,
+            Method::POST,
+            &format!("/2/account_activity/webhooks/{id}/subscriptions/all"),
+            0,
+        )
+        .await
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    hook.set(WRONG);
+    let put = sim
+        .api(Method::PUT, &format!("/2/webhooks/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reason(put).await, (400, "CrcValidationFailed".into()));
+    assert!(!webhook_valid(&sim).await);
+
+    // While invalid, X neither delivers nor retries.
+    let owed = sim.generate(5).await;
+    let summary = sim.settled(WAIT).await;
+    assert_eq!(summary["missing"], owed);
+    assert!(hook.received().is_empty());
+    let attempts: Vec<Value> = sim
+        .truth()
+        .await
+        .iter()
+        .flat_map(|l| l["attempts"].as_array().unwrap().clone())
+        .collect();
+    assert!(
+        attempts.iter().all(|a| a["outcome"] == "webhook_invalid"),
+        "{attempts:?}"
+    );
+
+    hook.set(CORRECT);
+    let put = sim
+        .api(Method::PUT, &format!("/2/webhooks/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    assert!(webhook_valid(&sim).await);
+    let more = sim.generate(5).await;
+    sim.settled(WAIT).await;
+    assert_eq!(hook.received().len() as u64, more);
+
+    // Slower than X's 3 s is as bad as wrong.
+    hook.set(SLOW);
+    let started = Instant::now();
+    let put = sim
+        .api(Method::PUT, &format!("/2/webhooks/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reason(put).await, (400, "CrcValidationFailed".into()));
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(!webhook_valid(&sim).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_crc_invalidates_a_webhook_that_answers_wrongly() {
+    let hook = Hook::start().await;
+    let epoch = Utc::now().to_rfc3339();
+    // One simulated CRC interval (60 s) per real second.
+    let sim = SimProcess::start(
+        BIN.as_ref(),
+        SECRET,
+        &[
+            "--clock-speed",
+            "60",
+            "--clock-real-epoch",
+            &epoch,
+            "--crc-interval-secs",
+            "60",
+        ],
+    )
+    .await;
+    register(&sim, &hook.url).await;
+    hook.set(WRONG);
+    eventually(
+        WAIT,
+        "the scheduled CRC to invalidate the webhook",
+        || async { (!webhook_valid(&sim).await).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_need_a_valid_oauth_signature_and_report_every_reason() {
+    let hook = Hook::start().await;
+    let sim = SimProcess::start(BIN.as_ref(), SECRET, &["--provisioned-count", "2"]).await;
+    let id = register(&sim, &hook.url).await;
+    let path = format!("/2/account_activity/webhooks/{id}/subscriptions/all");
+
+    let ok = as_user(&sim, 0, Method::POST, &path, 0)
+        .await
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let again = as_user(&sim, 0, Method::POST, &path, 0)
+        .await
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(again).await,
+        (400, "DuplicateSubscriptionFailed".into())
+    );
+    let check: Value = as_user(&sim, 0, Method::GET, &path, 0)
+        .await
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["data"]["subscribed"], true);
+
+    // Tampered: signed for one URL, sent to another; a stale timestamp; a replayed nonce.
+    let signed_elsewhere = as_user(
+        &sim,
+        1,
+        Method::POST,
+        "/2/account_activity/webhooks/999/subscriptions/all",
+        0,
+    )
+    .await
+    .build()
+    .unwrap();
+    let mut tampered = signed_elsewhere;
+    *tampered.url_mut() = format!("{}{path}", sim.url).parse().unwrap();
+    assert_eq!(
+        reqwest::Client::new()
+            .execute(tampered)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let stale = as_user(&sim, 1, Method::POST, &path, -3_600)
+        .await
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 401);
+    let once = as_user(&sim, 1, Method::GET, &path, 0)
+        .await
+        .build()
+        .unwrap();
+    let replayed = once.try_clone().unwrap();
+    assert_eq!(
+        reqwest::Client::new().execute(once).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        reqwest::Client::new()
+            .execute(replayed)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let unknown = as_user(
+        &sim,
+        1,
+        Method::POST,
+        "/2/account_activity/webhooks/999/subscriptions/all",
+        0,
+    )
+    .await
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(reason(unknown).await, (400, "WebhookIdInvalid".into()));
+
+    assert_eq!(
+        as_user(&sim, 1, Method::POST, &path, 0)
+            .await
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let over = as_user(&sim, 2, Method::POST, &path, 0)
+        .await
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        reason(over).await,
+        (400, "SubscriptionLimitExceeded".into())
+    );
+
+    let list: Value = sim
+        .api(Method::GET, &format!("{path}/list"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"]["subscriptions"].as_array().unwrap().len(), 2);
+    let count: Value = sim
+        .api(Method::GET, "/2/account_activity/subscriptions/count")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(count["data"]["subscriptions_count_all"], "2");
+
+    let user1 = sim.accounts().await["accounts"][1]["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let remove = format!("/2/account_activity/webhooks/{id}/subscriptions/{user1}/all");
+    assert_eq!(
+        sim.api(Method::DELETE, &remove)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let gone = sim.api(Method::DELETE, &remove).send().await.unwrap();
+    assert_eq!(reason(gone).await, (400, "SubscriptionNotFound".into()));
+    let no_bearer = reqwest::Client::new()
+        .get(format!("{}{path}/list", sim.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_bearer.status(), 401);
+}
+
+fn minute(t: DateTime<Utc>) -> String {
+    aaa_replay_window::format_minute(t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_validates_redelivers_the_window_and_honours_one_job_per_webhook() {
+    let hook = Hook::start().await;
+    let real_epoch = Utc::now();
+    // Ten simulated minutes per real second.
+    let clock = Clock::Scaled {
+        real_epoch,
+        sim_epoch: real_epoch,
+        speed: 600.0,
+    };
+    let epoch = real_epoch.to_rfc3339();
+    let sim = SimProcess::start(
+        BIN.as_ref(),
+        SECRET,
+        &[
+            "--clock-speed",
+            "600",
+            "--clock-real-epoch",
+            &epoch,
+            "--register-webhook",
+            &hook.url,
+            "--subscribe",
+            "5",
+            "--interaction-share",
+            "0",
+            "--revoke-share",
+            "0",
+        ],
+    )
+    .await;
+    let id = eventually(WAIT, "the bootstrap webhook", || async {
+        let list: Value = sim
+            .api(Method::GET, "/2/webhooks")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        list["data"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+
+    let owed = sim.generate(30).await;
+    sim.settled(WAIT).await;
+    assert_eq!(hook.received().len() as u64, owed);
+    let created: Vec<DateTime<Utc>> = sim
+        .truth()
+        .await
+        .iter()
+        .map(|l| l["created_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let first = *created.iter().min().unwrap();
+    let last = *created.iter().max().unwrap();
+    let from = first - TimeDelta::minutes(1);
+    let to = last + TimeDelta::minutes(2);
+    // Wait (in simulated time) until the window is replayable: to ≤ now − 10 min, from ≤ now − 31 min.
+    eventually(WAIT, "the window to age", || async {
+        let now = clock.now();
+        (to <= now - TimeDelta::minutes(11) && from <= now - TimeDelta::minutes(32)).then_some(())
+    })
+    .await;
+    let replay = |from: String, to: String, webhook: String| {
+        sim.api(Method::POST, "/2/webhooks/replay")
+            .json(&json!({"webhook_id": webhook, "from_date": from, "to_date": to}))
+            .send()
+    };
+
+    assert_eq!(
+        reason(
+            replay("2026-11-25".into(), minute(to), id.clone())
+                .await
+                .unwrap()
+        )
+        .await,
+        (400, "QueryParamInvalid".into())
+    );
+    assert_eq!(
+        reason(replay(minute(to), minute(from), id.clone()).await.unwrap()).await,
+        (400, "QueryParamInvalid".into())
+    );
+    assert_eq!(
+        reason(replay(minute(from), minute(to), "42".into()).await.unwrap()).await,
+        (400, "WebhookIdInvalid".into())
+    );
+
+    // A full job: every event of the window again, then replay_job_status Complete.
+    let accepted: Value = replay(minute(from), minute(to), id.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = accepted["data"]["job_id"]
+        .as_str()
+        .expect("a job id")
+        .to_owned();
+    let status = |state: &'static str, job_id: String| {
+        let hook = hook.clone();
+        async move {
+            hook.received().into_iter().find(|b| {
+                b["replay_job_status"]["job_id"] == job_id.as_str()
+                    && b["replay_job_status"]["job_state"] == state
+            })
+        }
+    };
+    eventually(WAIT, "replay_job_status Complete", || {
+        status("Complete", job_id.clone())
+    })
+    .await;
+    let bodies = hook.received();
+    assert_eq!(
+        bodies.len() as u64,
+        2 * owed + 1,
+        "every event of the window re-delivered once, plus the status"
+    );
+
+    // A job that fails partway says Incomplete.
+    sim.set_faults(json!({"next_replay": "incomplete"})).await;
+    let accepted: Value = sim.api(Method::POST, &format!("/2/account_activity/replay/webhooks/{id}/subscriptions/all?from_date={}&to_date={}", minute(from), minute(to)))
+        .send().await.unwrap().json().await.unwrap();
+    let job_id = accepted["data"]["job_id"]
+        .as_str()
+        .expect("a job id")
+        .to_owned();
+    eventually(WAIT, "replay_job_status Incomplete", || {
+        status("Incomplete", job_id.clone())
+    })
+    .await;
+
+    // X runs a CRC first.
+    hook.set(WRONG);
+    assert_eq!(
+        reason(replay(minute(from), minute(to), id.clone()).await.unwrap()).await,
+        (400, "CrcValidationFailed".into())
+    );
+    hook.set(CORRECT);
+
+    // One job per webhook.
+    sim.set_faults(json!({"next_replay": "never_finish"})).await;
+    assert_eq!(
+        replay(minute(from), minute(to), id.clone())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reason(replay(minute(from), minute(to), id.clone()).await.unwrap()).await,
+        (409, "ReplayConflictError".into())
+    );
+
+    // The Account Activity endpoint allows 5 requests per 15 minutes.
+    let aa = format!(
+        "/2/account_activity/replay/webhooks/{id}/subscriptions/all?from_date=bad&to_date=bad"
+    );
+    let mut last_response = None;
+    for _ in 0..6 {
+        last_response = Some(sim.api(Method::POST, &aa).send().await.unwrap());
+    }
+    let limited = last_response.unwrap();
+    assert_eq!(limited.status(), 429);
+    let reset: i64 = limited.headers()["x-rate-limit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        reset > clock.now().timestamp() - 60,
+        "reset {reset} is in the (simulated) future"
+    );
+}
