@@ -3,7 +3,7 @@
 # signed activity of every kind, and what landed in Postgres.
 #   scripts/demo.sh            run, show, keep the stack up until Ctrl-C
 #   scripts/demo.sh --once     run, show, stop
-#   scripts/demo.sh --count N  deliveries to send (default 500)
+#   scripts/demo.sh --count N  activities the simulator generates (default 500)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$AAA_ROOT"
@@ -23,7 +23,7 @@ done
 ensure_toolchain
 ensure_postgres
 ensure_nisshi
-apt_install curl
+apt_install curl jq
 say "building aaa"
 quietly cargo build --locked --bin aaa
 aaa=$AAA_ROOT/target/debug/aaa
@@ -78,19 +78,38 @@ for port in "$receiver_admin" "$consumer_admin"; do
 done
 
 target=http://127.0.0.1:$receiver_port/webhooks/x
-token=$(curl -fsS "$target?crc_token=demo")
-say "CRC challenge answered: $token"
+sim_port=$(free_port)
+sim=http://127.0.0.1:$sim_port
+say "starting the X simulator (:$sim_port): it registers the webhook (CRC first) and subscribes 50 accounts"
+AAA_SIM_CONSUMER_SECRET=$DEMO_CONSUMER_SECRET "$aaa" sim serve --listen "127.0.0.1:$sim_port" \
+  --accounts 50 --seed 7 --register-webhook "$target" --duplicate-share 0.05 --reorder-ms 20 \
+  >"$state/sim.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 300); do
+  grep -q 'webhook registered and accounts subscribed' "$state/sim.log" 2>/dev/null && break
+  kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/sim.log" >&2; die "simulator exited"; }
+  sleep 0.1
+done
 
-say "simulator: sending $count signed deliveries of every kind"
-AAA_SIM_CONSUMER_SECRET=$DEMO_CONSUMER_SECRET "$aaa" sim send --target "$target" --count "$count"
-
+say "simulator: generating $count activities of every kind (5% sent twice, some reordered)"
+owed=$(curl -fsS -X POST "$sim/sim/generate" -H 'content-type: application/json' -d "{\"count\": $count}" | jq .owed)
+for _ in $(seq 1 600); do
+  [ "$(curl -fsS "$sim/sim/truth/summary" | jq .pending)" = 0 ] && break
+  sleep 0.1
+done
+summary=$(curl -fsS "$sim/sim/truth/summary")
+delivered=$(jq .delivered <<<"$summary")
 stored=0
 for _ in $(seq 1 600); do
   stored=$(psql -tA "$AAA_DATABASE_URL" -c "SELECT count(*) FROM events")
-  [ "$stored" -ge "$count" ] && break
+  [ "$stored" -ge "$delivered" ] && break
   sleep 0.1
 done
-[ "$stored" -ge "$count" ] || die "only $stored of $count events stored (logs in $state)"
+
+say "ground truth from the simulator"
+jq -c '{activities, owed, delivered, delivered_live, missing, pending, attempts}' <<<"$summary"
+echo "owed deliveries: $owed   delivered (2xx): $delivered   rows in Postgres: $stored"
+[ "$stored" = "$delivered" ] || die "Postgres holds $stored rows but X delivered $delivered (logs in $state)"
 
 query="SELECT kind, count(*) AS events, count(DISTINCT for_user_id) AS accounts, min(event_time) AS first, max(event_time) AS last FROM events GROUP BY kind ORDER BY events DESC"
 say "what landed in Postgres"
@@ -98,7 +117,9 @@ psql "$AAA_DATABASE_URL" -c "$query"
 psql "$AAA_DATABASE_URL" -c "SELECT count(*) AS dead_letters FROM dead_letters"
 echo "Re-run it yourself:"
 echo "  psql '$AAA_DATABASE_URL' -c '$query'"
-echo "Metrics: http://127.0.0.1:$receiver_admin/metrics  http://127.0.0.1:$consumer_admin/metrics"
+echo "Metrics: http://127.0.0.1:$receiver_admin/metrics  http://127.0.0.1:$consumer_admin/metrics  $sim/metrics"
+echo "Ground truth: curl $sim/sim/truth/summary   curl $sim/sim/truth.jsonl"
+echo "More activity: curl -X POST $sim/sim/generate -H 'content-type: application/json' -d '{\"count\": 100}'"
 echo "Logs:    $state/*.log"
 
 if [ -z "$once" ]; then
