@@ -590,3 +590,102 @@ async fn replay_validates_redelivers_the_window_and_honours_one_job_per_webhook(
         "reset {reset} is in the (simulated) future"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_on_command_lose_duplicate_and_refuse_as_ordered() {
+    let hook = Hook::start().await;
+    let sim = SimProcess::start(
+        BIN.as_ref(),
+        SECRET,
+        &[
+            "--register-webhook",
+            &hook.url,
+            "--subscribe",
+            "3",
+            "--interaction-share",
+            "0",
+            "--revoke-share",
+            "0",
+        ],
+    )
+    .await;
+    let id = eventually(WAIT, "the bootstrap webhook", || async {
+        let list: Value = sim
+            .api(Method::GET, "/2/webhooks")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        list["data"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await;
+    let outcomes = |outcome: &'static str| {
+        let sim = &sim;
+        async move {
+            sim.truth()
+                .await
+                .iter()
+                .filter(|l| {
+                    l["attempts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|a| a["outcome"] == outcome)
+                })
+                .count()
+        }
+    };
+
+    sim.set_faults(json!({"api_error_share": 1.0})).await;
+    assert_eq!(
+        sim.api(Method::GET, "/2/webhooks")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+
+    sim.set_faults(json!({"duplicate_share": 1.0})).await;
+    let owed = sim.generate(5).await;
+    sim.settled(WAIT).await;
+    eventually(WAIT, "every delivery twice", || async {
+        (hook.received().len() as u64 == 2 * owed).then_some(())
+    })
+    .await;
+
+    sim.set_faults(json!({"drop_share": 1.0})).await;
+    let dropped = sim.generate(5).await;
+    let summary = sim.settled(WAIT).await;
+    assert_eq!(summary["missing"], dropped);
+    assert_eq!(outcomes("dropped").await as u64, dropped);
+
+    let now = Utc::now();
+    sim.set_faults(
+        json!({"outage": {"from": now - TimeDelta::minutes(1), "to": now + TimeDelta::hours(1)}}),
+    )
+    .await;
+    let in_outage = sim.generate(3).await;
+    let summary = sim.settled(WAIT).await;
+    assert_eq!(summary["missing"], dropped + in_outage);
+    assert_eq!(outcomes("outage").await as u64, in_outage);
+
+    sim.set_faults(json!({})).await;
+    let invalidated = reqwest::Client::new()
+        .post(format!("{}/sim/webhooks/{id}/invalidate", sim.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalidated.status(), 200);
+    assert!(!webhook_valid(&sim).await);
+    let while_invalid = sim.generate(2).await;
+    let summary = sim.settled(WAIT).await;
+    assert_eq!(summary["missing"], dropped + in_outage + while_invalid);
+    assert_eq!(
+        hook.received().len() as u64,
+        2 * owed,
+        "nothing reached the webhook after the duplicates"
+    );
+}

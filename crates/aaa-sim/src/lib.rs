@@ -339,40 +339,43 @@ pub fn generate(sim: &Sim, n: usize) -> usize {
     {
         let now = sim.clock.now();
         let mut world = sim.world();
+        // Computed once per call (100,000 accounts make it costly); revokes
+        // below keep it current.
+        let mut subscribed = world.subscribed_accounts();
         for _ in 0..n {
-            let subscribed = world.subscribed_accounts();
             let Some(activity) = world.generator.next_activity(&subscribed, now) else {
                 break;
             };
             world.activities += 1;
             let activity_id = world.activities;
             metrics::counter!("aaa_sim_activities_total", "kind" => activity.kind).increment(1);
-            let webhooks: Vec<(String, std::collections::BTreeSet<String>)> = world
-                .subscriptions
-                .iter()
-                .map(|(id, users)| (id.clone(), users.clone()))
-                .collect();
             for delivery in &activity.deliveries {
                 // Revokes carry no for_user_id: they go where the actor is subscribed.
                 let owner = delivery.for_user_id.as_ref().unwrap_or(&activity.actor);
-                for (webhook_id, users) in &webhooks {
-                    if users.contains(owner) {
-                        let seq = world.owe(
-                            activity_id,
-                            webhook_id,
-                            delivery.for_user_id.clone(),
-                            delivery.kind,
-                            activity.at,
-                            delivery.to_bytes(),
-                        );
-                        queued.push(seq);
-                    }
+                let webhooks: Vec<String> = world
+                    .subscriptions
+                    .iter()
+                    .filter(|(_, users)| users.contains(owner))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for webhook_id in webhooks {
+                    let body = delivery.to_bytes();
+                    let seq = world.owe(
+                        activity_id,
+                        &webhook_id,
+                        delivery.for_user_id.clone(),
+                        delivery.kind,
+                        activity.at,
+                        body,
+                    );
+                    queued.push(seq);
                 }
             }
             if activity.kind == "user_event" {
                 for users in world.subscriptions.values_mut() {
                     users.remove(&activity.actor);
                 }
+                subscribed.retain(|id| *id != activity.actor);
             }
         }
     }
