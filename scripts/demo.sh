@@ -50,6 +50,10 @@ pids+=("$BROKER_PID")
 broker_topic aaa.raw 6
 
 export AAA_KAFKA_BROKERS=$BROKER_ADDR AAA_LOG_FORMAT=json
+# Every process shares one scaled clock: a real minute is a simulated hour,
+# so X's 31-minute replay rule is met after about half a real minute.
+export AAA_CLOCK_SPEED=60 AAA_CLOCK_REAL_EPOCH
+AAA_CLOCK_REAL_EPOCH=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
 "$aaa" migrate >/dev/null
 
 # The webhook's consumer secret lives only in the environment.
@@ -80,9 +84,9 @@ done
 target=http://127.0.0.1:$receiver_port/webhooks/x
 sim_port=$(free_port)
 sim=http://127.0.0.1:$sim_port
-say "starting the X simulator (:$sim_port): it registers the webhook (CRC first) and subscribes 50 accounts"
+say "starting the X simulator (:$sim_port): it registers the webhook (CRC first) and subscribes 40 of its 50 accounts"
 AAA_SIM_CONSUMER_SECRET=$DEMO_CONSUMER_SECRET "$aaa" sim serve --listen "127.0.0.1:$sim_port" \
-  --accounts 50 --seed 7 --register-webhook "$target" --duplicate-share 0.05 --reorder-ms 20 \
+  --accounts 50 --subscribe 40 --seed 7 --register-webhook "$target" --duplicate-share 0.05 --reorder-ms 20 \
   >"$state/sim.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 300); do
@@ -90,6 +94,22 @@ for _ in $(seq 1 300); do
   kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/sim.log" >&2; die "simulator exited"; }
   sleep 0.1
 done
+
+# Everything an operator needs to drive the simulated X with `aaa webhooks|subscriptions|replay`.
+(
+  umask 077
+  curl -fsS "$sim/sim/accounts" | jq -r --arg url "$sim" --arg db "$AAA_DATABASE_URL" --arg secret "$DEMO_CONSUMER_SECRET" \
+    --arg speed "$AAA_CLOCK_SPEED" --arg epoch "$AAA_CLOCK_REAL_EPOCH" '
+    "export AAA_X_API_BASE_URL=\($url)",
+    "export AAA_X_BEARER_TOKEN=\(.app.bearer_token)",
+    "export AAA_X_CONSUMER_KEY=\(.app.consumer_key)",
+    "export AAA_X_CONSUMER_SECRET=\($secret)",
+    "export AAA_X_ACCESS_TOKEN=\(.accounts[-1].access_token)",
+    "export AAA_X_ACCESS_TOKEN_SECRET=\(.accounts[-1].access_token_secret)",
+    "export AAA_DATABASE_URL=\($db)",
+    "export AAA_CLOCK_SPEED=\($speed) AAA_CLOCK_REAL_EPOCH=\($epoch)",
+    "export PATH=\"'"$(dirname "$aaa")"':$PATH\""' >"$state/operator.env"
+)
 
 say "simulator: generating $count activities of every kind (5% sent twice, some reordered)"
 owed=$(curl -fsS -X POST "$sim/sim/generate" -H 'content-type: application/json' -d "{\"count\": $count}" | jq .owed)
@@ -121,6 +141,7 @@ echo "Metrics: http://127.0.0.1:$receiver_admin/metrics  http://127.0.0.1:$consu
 echo "Ground truth: curl $sim/sim/truth/summary   curl $sim/sim/truth.jsonl"
 echo "More activity: curl -X POST $sim/sim/generate -H 'content-type: application/json' -d '{\"count\": 100}'"
 echo "Logs:    $state/*.log"
+echo "Operate the simulated X (see README, 'Operating'): source $state/operator.env && aaa webhooks list"
 
 if [ -z "$once" ]; then
   say "stack is running; Ctrl-C stops it"

@@ -6,6 +6,7 @@ use aaa_common::clock::ClockArgs;
 use aaa_common::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
+mod ops;
 mod sim_cli;
 
 #[derive(Parser)]
@@ -46,12 +47,95 @@ enum Command {
     /// The X simulator: generate and deliver signed activity.
     #[command(subcommand)]
     Sim(sim_cli::SimCommand),
+    /// Manage webhooks at X (credentials: AAA_X_BEARER_TOKEN or _FILE).
+    Webhooks {
+        #[command(flatten)]
+        ops: ops::OpsArgs,
+        #[command(subcommand)]
+        command: ops::WebhooksCommand,
+    },
+    /// Manage subscriptions (add/check sign as the user: AAA_X_CONSUMER_KEY,
+    /// AAA_X_CONSUMER_SECRET, AAA_X_ACCESS_TOKEN, AAA_X_ACCESS_TOKEN_SECRET,
+    /// each also as _FILE).
+    Subscriptions {
+        #[command(flatten)]
+        ops: ops::OpsArgs,
+        #[command(subcommand)]
+        command: ops::SubscriptionsCommand,
+    },
+    /// Submit replays, and see the jobs' outcomes.
+    Replay {
+        #[command(flatten)]
+        ops: ops::OpsArgs,
+        #[command(subcommand)]
+        command: ReplayCli,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplayCli {
+    #[command(flatten)]
+    Submit(ops::ReplayCommand),
+    /// Replay jobs' outcomes as the pipeline stored them (AAA_DATABASE_URL).
+    Status {
+        #[arg(long)]
+        webhook: Option<String>,
+        #[command(flatten)]
+        database: aaa_db::DatabaseArgs,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     observe::init_logging(cli.log_format);
+    // Operator commands: one clear line on failure, and an exit code that
+    // says whose fault it was.
+    let clock = match cli.clock.clock() {
+        Ok(clock) => clock,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let x_result = match &cli.command {
+        Command::Webhooks { ops, command } => Some(
+            ops::webhooks(ops, command.clone())
+                .await
+                .map_err(|e| (ops.json, e)),
+        ),
+        Command::Subscriptions { ops, command } => Some(
+            ops::subscriptions(ops, command.clone())
+                .await
+                .map_err(|e| (ops.json, e)),
+        ),
+        Command::Replay {
+            ops,
+            command: ReplayCli::Submit(command),
+        } => Some(
+            ops::replay(ops, command.clone(), clock)
+                .await
+                .map_err(|e| (ops.json, e)),
+        ),
+        _ => None,
+    };
+    if let Some(result) = x_result {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((json, err)) => {
+                if json {
+                    let reason = err.reason().map(|r| r.name().to_owned());
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"error": err.to_string(), "reason": reason, "body": err.body()})
+                    );
+                } else {
+                    eprintln!("error: {err}");
+                }
+                ops::exit_code(&err)
+            }
+        };
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -87,6 +171,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("schema at version {after} (was {before})");
         }
         Command::Sim(command) => sim_cli::run(command, clock).await?,
+        Command::Replay {
+            ops,
+            command: ReplayCli::Status { webhook, database },
+        } => ops::replay_status(&ops, &database, webhook).await?,
+        Command::Webhooks { .. } | Command::Subscriptions { .. } | Command::Replay { .. } => {
+            unreachable!("operator commands are handled in main")
+        }
     }
     Ok(())
 }

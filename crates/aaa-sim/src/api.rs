@@ -198,8 +198,9 @@ impl aaa_oauth1::Verifier for OAuthCheck<'_> {
             .account_by_token(token)
             .map(|a| a.access_token_secret.clone())
     }
+    /// OAuth timestamps are the client's real time, whatever the simulated clock says.
     fn now(&self) -> u64 {
-        self.0.clock.now().timestamp().max(0) as u64
+        chrono::Utc::now().timestamp().max(0) as u64
     }
     fn remember_nonce(&self, consumer_key: &str, nonce: &str, _timestamp: u64) -> bool {
         self.0.world().remember_nonce(consumer_key, nonce)

@@ -1,0 +1,361 @@
+use std::time::{Duration, Instant};
+
+use aaa_replay_window::{Rules, Window};
+use chrono::{DateTime, TimeDelta, Utc};
+use rand::Rng;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{Credentials, XApiArgs, XError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayEndpoint {
+    /// POST /2/webhooks/replay (X's current endpoint).
+    Webhooks,
+    /// POST /2/account_activity/replay/webhooks/:id/subscriptions/all (deprecated).
+    AccountActivity,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: String,
+    pub url: String,
+    #[serde(default)]
+    pub valid: bool,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayJob {
+    pub job_id: String,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// What was sent, for the operator.
+    #[serde(default)]
+    pub from_date: String,
+    #[serde(default)]
+    pub to_date: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionCount {
+    pub provisioned_count: String,
+    pub subscriptions_count_all: String,
+}
+
+pub struct XClient {
+    http: reqwest::Client,
+    base: String,
+    credentials: Credentials,
+    timeout: Duration,
+    replay_endpoint: ReplayEndpoint,
+    webhooks_replay_to_inclusive: bool,
+}
+
+/// Attempts for idempotent reads; writes get one.
+const READ_ATTEMPTS: u32 = 3;
+
+impl XClient {
+    pub fn new(args: &XApiArgs, credentials: Credentials) -> Result<XClient, XError> {
+        let http = reqwest::Client::builder()
+            .timeout(args.timeout())
+            .build()
+            .map_err(|e| XError::Invalid(format!("HTTP client: {e}")))?;
+        Ok(XClient {
+            http,
+            base: args.base_url.trim_end_matches('/').to_owned(),
+            credentials,
+            timeout: args.timeout(),
+            replay_endpoint: args.replay_endpoint,
+            webhooks_replay_to_inclusive: args.webhooks_replay_to_inclusive,
+        })
+    }
+
+    /// The window rules of the replay endpoint in use.
+    pub fn replay_rules(&self) -> Rules {
+        match self.replay_endpoint {
+            ReplayEndpoint::AccountActivity => Rules::ACCOUNT_ACTIVITY,
+            ReplayEndpoint::Webhooks => Rules {
+                to_inclusive: self.webhooks_replay_to_inclusive,
+            },
+        }
+    }
+
+    pub fn replay_endpoint(&self) -> ReplayEndpoint {
+        self.replay_endpoint
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn bearer(&self, method: Method, path: &str) -> Result<reqwest::RequestBuilder, XError> {
+        Ok(self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(self.credentials.bearer()?))
+    }
+
+    /// A request signed with OAuth 1.0a user context (no query parameters).
+    fn user(&self, method: Method, path: &str) -> Result<reqwest::RequestBuilder, XError> {
+        let credentials = self.credentials.user()?;
+        let url = self.url(path);
+        let nonce = format!("{:032x}", rand::rng().random::<u128>());
+        let timestamp = Utc::now().timestamp().max(0) as u64;
+        let header = aaa_oauth1::authorization_header(
+            method.as_str(),
+            &url,
+            &[],
+            &credentials,
+            &nonce,
+            timestamp,
+        );
+        Ok(self
+            .http
+            .request(method, url)
+            .header(reqwest::header::AUTHORIZATION, header))
+    }
+
+    /// Sends, maps errors, counts; retries idempotent reads with backoff.
+    async fn call(
+        &self,
+        endpoint: &'static str,
+        idempotent: bool,
+        build: impl Fn() -> Result<reqwest::RequestBuilder, XError>,
+    ) -> Result<Value, XError> {
+        let attempts = if idempotent { READ_ATTEMPTS } else { 1 };
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            let result = self.once(build()?).await;
+            metrics::histogram!("aaa_xapi_request_duration_seconds", "endpoint" => endpoint)
+                .record(started.elapsed().as_secs_f64());
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(err) => err.label(),
+            };
+            metrics::counter!("aaa_xapi_requests_total", "endpoint" => endpoint, "outcome" => outcome).increment(1);
+            match result {
+                Err(err)
+                    if attempt < attempts
+                        && err.is_retryable()
+                        && !matches!(err, XError::RateLimited { .. }) =>
+                {
+                    tracing::warn!(message = "X API call failed; retrying", endpoint, attempt, error = %err);
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn once(&self, request: reqwest::RequestBuilder) -> Result<Value, XError> {
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                XError::Timeout(self.timeout)
+            } else {
+                XError::Transport(e.to_string())
+            }
+        })?;
+        let status = response.status().as_u16();
+        let reset = response
+            .headers()
+            .get("x-rate-limit-reset")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .text()
+            .await
+            .map_err(|e| XError::Transport(e.to_string()))?;
+        if !(200..300).contains(&status) {
+            return Err(XError::from_response(status, reset.as_deref(), body));
+        }
+        if body.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&body).map_err(|e| XError::Unexpected(format!("{e}: {body}")))
+    }
+
+    fn data<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, XError> {
+        // Some X docs show responses unwrapped: accept both.
+        let inner = match value.get("data") {
+            Some(data) => data.clone(),
+            None => value,
+        };
+        serde_json::from_value(inner.clone())
+            .map_err(|e| XError::Unexpected(format!("{e}: {inner}")))
+    }
+
+    pub async fn register_webhook(&self, url: &str) -> Result<Webhook, XError> {
+        let body = json!({"url": url});
+        let value = self
+            .call("webhooks_register", false, || {
+                Ok(self.bearer(Method::POST, "/2/webhooks")?.json(&body))
+            })
+            .await?;
+        Self::data(value)
+    }
+
+    pub async fn list_webhooks(&self) -> Result<Vec<Webhook>, XError> {
+        let value = self
+            .call("webhooks_list", true, || {
+                self.bearer(Method::GET, "/2/webhooks")
+            })
+            .await?;
+        Self::data(value)
+    }
+
+    /// Asks X to re-run CRC; `Ok(true)` when the webhook is valid again.
+    pub async fn validate_webhook(&self, id: &str) -> Result<bool, XError> {
+        let path = format!("/2/webhooks/{id}");
+        let value = self
+            .call("webhooks_validate", false, || {
+                self.bearer(Method::PUT, &path)
+            })
+            .await?;
+        Ok(Self::data::<Value>(value)?["valid"]
+            .as_bool()
+            .unwrap_or(false))
+    }
+
+    pub async fn delete_webhook(&self, id: &str) -> Result<(), XError> {
+        let path = format!("/2/webhooks/{id}");
+        self.call("webhooks_delete", false, || {
+            self.bearer(Method::DELETE, &path)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    fn subscription_path(webhook_id: &str) -> String {
+        format!("/2/account_activity/webhooks/{webhook_id}/subscriptions/all")
+    }
+
+    /// Subscribes the user whose access token is configured.
+    pub async fn subscribe(&self, webhook_id: &str) -> Result<(), XError> {
+        let path = Self::subscription_path(webhook_id);
+        self.call("subscriptions_add", false, || {
+            self.user(Method::POST, &path)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Whether the configured user is subscribed.
+    pub async fn check_subscription(&self, webhook_id: &str) -> Result<bool, XError> {
+        let path = Self::subscription_path(webhook_id);
+        let value = self
+            .call("subscriptions_check", true, || {
+                self.user(Method::GET, &path)
+            })
+            .await?;
+        Ok(Self::data::<Value>(value)?["subscribed"]
+            .as_bool()
+            .unwrap_or(false))
+    }
+
+    pub async fn list_subscriptions(&self, webhook_id: &str) -> Result<Vec<String>, XError> {
+        let path = format!("{}/list", Self::subscription_path(webhook_id));
+        let value = self
+            .call("subscriptions_list", true, || {
+                self.bearer(Method::GET, &path)
+            })
+            .await?;
+        let data: Value = Self::data(value)?;
+        Ok(data["subscriptions"]
+            .as_array()
+            .map(|subs| {
+                subs.iter()
+                    .filter_map(|s| s["user_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    pub async fn subscription_count(&self) -> Result<SubscriptionCount, XError> {
+        let value = self
+            .call("subscriptions_count", true, || {
+                self.bearer(Method::GET, "/2/account_activity/subscriptions/count")
+            })
+            .await?;
+        let data: Value = Self::data(value)?;
+        let text = |key: &str| match &data[key] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        Ok(SubscriptionCount {
+            provisioned_count: text("provisioned_count"),
+            subscriptions_count_all: text("subscriptions_count_all"),
+        })
+    }
+
+    pub async fn unsubscribe(&self, webhook_id: &str, user_id: &str) -> Result<(), XError> {
+        let path = format!("/2/account_activity/webhooks/{webhook_id}/subscriptions/{user_id}/all");
+        self.call("subscriptions_remove", false, || {
+            self.bearer(Method::DELETE, &path)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The `from_date`/`to_date` that ask the endpoint in use for exactly
+    /// `window`, checked against X's rules at `now` before anything is sent.
+    pub fn replay_params(
+        &self,
+        window: Window,
+        now: DateTime<Utc>,
+    ) -> Result<(String, String), XError> {
+        let rules = self.replay_rules();
+        let to = if rules.to_inclusive {
+            window.to_exclusive - TimeDelta::minutes(1)
+        } else {
+            window.to_exclusive
+        };
+        let (from, to) = (
+            aaa_replay_window::format_minute(window.from),
+            aaa_replay_window::format_minute(to),
+        );
+        aaa_replay_window::validate(now, &from, &to, rules)
+            .map_err(|e| XError::Invalid(format!("replay window refused before sending: {e}")))?;
+        Ok((from, to))
+    }
+
+    /// Submits a replay of `window` (half-open) for `webhook_id`. Never retried:
+    /// a lost answer may still have started a job (a retry would only meet
+    /// ReplayConflictError, which callers handle).
+    pub async fn submit_replay(
+        &self,
+        webhook_id: &str,
+        window: Window,
+        now: DateTime<Utc>,
+    ) -> Result<ReplayJob, XError> {
+        let (from, to) = self.replay_params(window, now)?;
+        let value = match self.replay_endpoint {
+            ReplayEndpoint::Webhooks => {
+                let body = json!({"webhook_id": webhook_id, "from_date": from, "to_date": to});
+                self.call("replay_submit", false, || {
+                    Ok(self.bearer(Method::POST, "/2/webhooks/replay")?.json(&body))
+                })
+                .await?
+            }
+            ReplayEndpoint::AccountActivity => {
+                let path =
+                    format!("/2/account_activity/replay/webhooks/{webhook_id}/subscriptions/all");
+                let query = [("from_date", from.clone()), ("to_date", to.clone())];
+                self.call("replay_submit", false, || {
+                    Ok(self.bearer(Method::POST, &path)?.query(&query))
+                })
+                .await?
+            }
+        };
+        let mut job: ReplayJob = Self::data(value)?;
+        job.from_date = from;
+        job.to_date = to;
+        Ok(job)
+    }
+}

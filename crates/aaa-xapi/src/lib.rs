@@ -1,0 +1,14 @@
+//! A client for X's webhooks, subscriptions and replay APIs, used by the
+//! operator CLI and the watermark service.
+//!
+//! Subscribing (and checking) needs OAuth 1.0a user context; everything else
+//! the app's bearer token. Every call has a timeout and is counted; reads are
+//! retried with backoff, writes never blindly.
+
+mod client;
+mod credentials;
+mod error;
+
+pub use client::{ReplayEndpoint, ReplayJob, SubscriptionCount, Webhook, XClient};
+pub use credentials::{Credentials, XApiArgs};
+pub use error::{Reason, XError};

@@ -1,0 +1,360 @@
+//! Operator commands: webhooks, subscriptions and replay, on top of
+//! `aaa-xapi`. Tables for people, `--json` for scripts, and exit codes that
+//! say whose fault it was.
+
+use std::process::ExitCode;
+
+use aaa_common::Clock;
+use aaa_replay_window::Window;
+use aaa_xapi::{Credentials, XApiArgs, XClient, XError};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use comfy_table::Table;
+use serde_json::{Value, json};
+
+/// Exit codes: 0 ok, 2 the request was wrong (usage, window, credentials),
+/// 3 X refused it, 4 X could not be reached or failed.
+pub fn exit_code(err: &XError) -> ExitCode {
+    match err {
+        XError::Invalid(_) => ExitCode::from(2),
+        XError::Refused { .. } | XError::RateLimited { .. } | XError::Unauthorized { .. } => {
+            ExitCode::from(3)
+        }
+        XError::Unavailable { .. }
+        | XError::Transport(_)
+        | XError::Timeout(_)
+        | XError::Unexpected(_) => ExitCode::from(4),
+    }
+}
+
+#[derive(clap::Args)]
+pub struct OpsArgs {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(flatten)]
+    pub x: XApiArgs,
+}
+
+#[derive(Clone, clap::Subcommand)]
+pub enum WebhooksCommand {
+    /// Register a webhook URL (X runs a CRC against it first).
+    Register {
+        #[arg(long)]
+        url: String,
+    },
+    /// List registered webhooks and whether each is valid.
+    List,
+    /// Ask X to re-run CRC; a webhook that failed CRC gets nothing until this succeeds.
+    Validate { id: String },
+    /// Delete a webhook.
+    Delete { id: String },
+}
+
+#[derive(Clone, clap::Subcommand)]
+pub enum SubscriptionsCommand {
+    /// Subscribe the user whose access token is in AAA_X_ACCESS_TOKEN(_SECRET).
+    Add {
+        #[arg(long)]
+        webhook: String,
+    },
+    /// Whether that user is subscribed.
+    Check {
+        #[arg(long)]
+        webhook: String,
+    },
+    /// Every subscribed user id of a webhook.
+    List {
+        #[arg(long)]
+        webhook: String,
+    },
+    /// Active subscriptions and the provisioned limit.
+    Count,
+    /// Remove a user's subscription.
+    Remove {
+        #[arg(long)]
+        webhook: String,
+        #[arg(long)]
+        user: String,
+    },
+}
+
+#[derive(Clone, clap::Subcommand)]
+pub enum ReplayCommand {
+    /// Ask X to re-deliver a window of past activity (one job per webhook at a time).
+    ///
+    /// X's rules, checked here before anything is sent: --from within the last
+    /// 24 hours and at least 31 minutes ago, --to at least 10 minutes ago and
+    /// after --from. Times are RFC 3339 (2026-11-25T10:00:00Z) or yyyymmddhhmm
+    /// UTC; --from is rounded down and --to up to whole minutes.
+    Submit {
+        #[arg(long)]
+        webhook: String,
+        /// Start of the window (inclusive).
+        #[arg(long, value_parser = parse_time)]
+        from: DateTime<Utc>,
+        /// End of the window (exclusive).
+        #[arg(long, value_parser = parse_time)]
+        to: DateTime<Utc>,
+    },
+}
+
+/// RFC 3339 or X's `yyyymmddhhmm`.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    aaa_replay_window::parse_minute("time", text).map_err(|_| {
+        format!("`{text}` is neither RFC 3339 (2026-11-25T10:00:00Z) nor yyyymmddhhmm")
+    })
+}
+
+fn client(args: &OpsArgs) -> Result<XClient, XError> {
+    XClient::new(&args.x, Credentials::from_env()?)
+}
+
+fn print(args: &OpsArgs, value: Value, table: impl FnOnce() -> Table) {
+    if args.json {
+        println!("{value}");
+    } else {
+        println!("{}", table());
+    }
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(header.to_vec());
+    for row in rows {
+        table.add_row(row);
+    }
+    table
+}
+
+pub async fn webhooks(args: &OpsArgs, command: WebhooksCommand) -> Result<(), XError> {
+    let x = client(args)?;
+    let hooks = match command {
+        WebhooksCommand::Register { url } => vec![x.register_webhook(&url).await?],
+        WebhooksCommand::List => x.list_webhooks().await?,
+        WebhooksCommand::Validate { id } => {
+            let valid = x.validate_webhook(&id).await?;
+            print(args, json!({"id": id, "valid": valid}), || {
+                table(&["id", "valid"], vec![vec![id.clone(), valid.to_string()]])
+            });
+            return Ok(());
+        }
+        WebhooksCommand::Delete { id } => {
+            x.delete_webhook(&id).await?;
+            print(args, json!({"id": id, "deleted": true}), || {
+                table(&["id", "deleted"], vec![vec![id.clone(), "true".into()]])
+            });
+            return Ok(());
+        }
+    };
+    let rows = hooks
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.clone(),
+                w.url.clone(),
+                w.valid.to_string(),
+                w.created_at.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print(args, json!(hooks), || {
+        table(&["id", "url", "valid", "created_at"], rows)
+    });
+    Ok(())
+}
+
+pub async fn subscriptions(args: &OpsArgs, command: SubscriptionsCommand) -> Result<(), XError> {
+    let x = client(args)?;
+    match command {
+        SubscriptionsCommand::Add { webhook } => {
+            x.subscribe(&webhook).await?;
+            print(
+                args,
+                json!({"webhook_id": webhook, "subscribed": true}),
+                || {
+                    table(
+                        &["webhook", "subscribed"],
+                        vec![vec![webhook.clone(), "true".into()]],
+                    )
+                },
+            );
+        }
+        SubscriptionsCommand::Check { webhook } => {
+            let subscribed = x.check_subscription(&webhook).await?;
+            print(
+                args,
+                json!({"webhook_id": webhook, "subscribed": subscribed}),
+                || {
+                    table(
+                        &["webhook", "subscribed"],
+                        vec![vec![webhook.clone(), subscribed.to_string()]],
+                    )
+                },
+            );
+        }
+        SubscriptionsCommand::List { webhook } => {
+            let users = x.list_subscriptions(&webhook).await?;
+            let rows = users.iter().map(|u| vec![u.clone()]).collect();
+            print(
+                args,
+                json!({"webhook_id": webhook, "user_ids": users}),
+                || table(&["user_id"], rows),
+            );
+        }
+        SubscriptionsCommand::Count => {
+            let count = x.subscription_count().await?;
+            print(args, json!(count), || {
+                table(
+                    &["subscriptions", "provisioned"],
+                    vec![vec![
+                        count.subscriptions_count_all.clone(),
+                        count.provisioned_count.clone(),
+                    ]],
+                )
+            });
+        }
+        SubscriptionsCommand::Remove { webhook, user } => {
+            x.unsubscribe(&webhook, &user).await?;
+            print(
+                args,
+                json!({"webhook_id": webhook, "user_id": user, "subscribed": false}),
+                || {
+                    table(
+                        &["webhook", "user_id", "subscribed"],
+                        vec![vec![webhook.clone(), user.clone(), "false".into()]],
+                    )
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn replay(args: &OpsArgs, command: ReplayCommand, clock: Clock) -> Result<(), XError> {
+    let ReplayCommand::Submit { webhook, from, to } = command;
+    let minute = TimeDelta::minutes(1);
+    let from = from
+        .duration_trunc(minute)
+        .map_err(|e| XError::Invalid(e.to_string()))?;
+    let to_floor = to
+        .duration_trunc(minute)
+        .map_err(|e| XError::Invalid(e.to_string()))?;
+    let to_exclusive = if to_floor == to {
+        to
+    } else {
+        to_floor + minute
+    };
+    let x = client(args)?;
+    let job = x
+        .submit_replay(&webhook, Window { from, to_exclusive }, clock.now())
+        .await?;
+    print(
+        args,
+        json!({"webhook_id": webhook, "job_id": job.job_id, "created_at": job.created_at, "from_date": job.from_date, "to_date": job.to_date}),
+        || {
+            table(
+                &["job_id", "webhook", "from_date", "to_date", "created_at"],
+                vec![vec![
+                    job.job_id.clone(),
+                    webhook.clone(),
+                    job.from_date.clone(),
+                    job.to_date.clone(),
+                    job.created_at.clone().unwrap_or_default(),
+                ]],
+            )
+        },
+    );
+    eprintln!(
+        "the job's outcome arrives as a replay_job_status delivery: `aaa replay status` shows it"
+    );
+    Ok(())
+}
+
+/// `aaa replay status`: the replay_job_status messages the pipeline stored.
+pub async fn replay_status(
+    args: &OpsArgs,
+    database: &aaa_db::DatabaseArgs,
+    webhook: Option<String>,
+) -> anyhow::Result<()> {
+    let pool = database.pool()?;
+    let rows: Vec<(Value, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT payload, received_at FROM events
+         WHERE kind = 'replay_job_status' AND ($1::text IS NULL OR payload->>'webhook_id' = $1)
+         ORDER BY received_at DESC LIMIT 100",
+    )
+    .bind(webhook)
+    .fetch_all(&pool)
+    .await?;
+    let jobs: Vec<Value> = rows
+        .iter()
+        .map(|(p, at)| json!({"job_id": p["job_id"], "webhook_id": p["webhook_id"], "job_state": p["job_state"],
+                              "description": p["job_state_description"], "received_at": at}))
+        .collect();
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let table_rows = jobs
+        .iter()
+        .map(|j| {
+            [
+                "job_id",
+                "webhook_id",
+                "job_state",
+                "description",
+                "received_at",
+            ]
+            .iter()
+            .map(|k| text(&j[*k]))
+            .collect()
+        })
+        .collect();
+    print(args, json!(jobs), || {
+        table(
+            &["job_id", "webhook", "state", "description", "received_at"],
+            table_rows,
+        )
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_both_forms() {
+        let t: DateTime<Utc> = "2026-11-25T10:05:00Z".parse().unwrap();
+        assert_eq!(parse_time("2026-11-25T10:05:00Z"), Ok(t));
+        assert_eq!(parse_time("202611251005"), Ok(t));
+        assert_eq!(parse_time("2026-11-25T11:05:00+01:00"), Ok(t));
+        assert!(
+            parse_time("yesterday")
+                .unwrap_err()
+                .contains("yyyymmddhhmm")
+        );
+    }
+
+    #[test]
+    fn exit_codes_separate_user_x_and_transport() {
+        assert_eq!(exit_code(&XError::Invalid("x".into())), ExitCode::from(2));
+        assert_eq!(
+            exit_code(&XError::from_response(
+                409,
+                None,
+                r#"{"title":"ReplayConflictError"}"#.into()
+            )),
+            ExitCode::from(3)
+        );
+        assert_eq!(
+            exit_code(&XError::Transport("refused".into())),
+            ExitCode::from(4)
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! The operator's view: every `aaa webhooks|subscriptions|replay` command run
+//! as a process against the X simulator, with the real pipeline behind the
+//! webhook, and every refusal reaching the operator as one clear line with
+//! the right exit code (2 user error, 3 X refused, 4 X unreachable).
+
+use std::process::Command;
+use std::time::Duration;
+
+use aaa_common::Clock;
+use aaa_testkit::{SIM_BEARER, SimProcess, Stack, StackOptions, eventually};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aaa");
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Operator {
+    env: Vec<(String, String)>,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
+    }
+
+    /// A refusal: exactly one line on stderr, naming `what`.
+    fn refused(&self, code: i32, what: &str) {
+        assert_eq!(self.code, code, "exit code; stderr: {}", self.stderr);
+        assert_eq!(
+            self.stderr.trim().lines().count(),
+            1,
+            "one line: {}",
+            self.stderr
+        );
+        assert!(self.stderr.contains(what), "{what} not in: {}", self.stderr);
+    }
+}
+
+impl Operator {
+    fn run(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let mut command = Command::new(BIN);
+        command.args(args).env("AAA_LOG", "warn");
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let output = command.output().expect("run aaa");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    fn ok(&self, args: &[&str], extra: &[(&str, &str)]) -> Run {
+        let run = self.run(args, extra);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        run
+    }
+}
+
+fn minute(t: DateTime<Utc>) -> String {
+    aaa_replay_window::format_minute(t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let real_epoch = Utc::now();
+    let epoch = real_epoch.to_rfc3339();
+    // Ten simulated minutes per real second, shared by the simulator and the CLI.
+    let clock = Clock::Scaled {
+        real_epoch,
+        sim_epoch: real_epoch,
+        speed: 600.0,
+    };
+    let sim = SimProcess::start(
+        BIN.as_ref(),
+        &stack.secret,
+        &[
+            "--clock-speed",
+            "600",
+            "--clock-real-epoch",
+            &epoch,
+            "--provisioned-count",
+            "3",
+            "--interaction-share",
+            "0",
+            "--revoke-share",
+            "0",
+            "--account-activity-replay-limit",
+            "2",
+        ],
+    )
+    .await;
+    let accounts = sim.accounts().await;
+    let token = |i: usize, field: &str| accounts["accounts"][i][field].as_str().unwrap().to_owned();
+    let operator = Operator {
+        env: vec![
+            ("AAA_X_API_BASE_URL".into(), sim.url.clone()),
+            ("AAA_X_BEARER_TOKEN".into(), SIM_BEARER.into()),
+            (
+                "AAA_X_CONSUMER_KEY".into(),
+                accounts["app"]["consumer_key"].as_str().unwrap().into(),
+            ),
+            ("AAA_X_CONSUMER_SECRET".into(), stack.secret.clone()),
+            ("AAA_X_ACCESS_TOKEN".into(), token(0, "access_token")),
+            (
+                "AAA_X_ACCESS_TOKEN_SECRET".into(),
+                token(0, "access_token_secret"),
+            ),
+            ("AAA_CLOCK_SPEED".into(), "600".into()),
+            ("AAA_CLOCK_REAL_EPOCH".into(), epoch.clone()),
+            ("AAA_DATABASE_URL".into(), stack.db.url.clone()),
+        ],
+    };
+    let user = |i: usize| {
+        [
+            ("AAA_X_ACCESS_TOKEN", token(i, "access_token")),
+            ("AAA_X_ACCESS_TOKEN_SECRET", token(i, "access_token_secret")),
+        ]
+    };
+    let as_user = |i: usize, args: &[&str]| {
+        let env = user(i);
+        operator.run(
+            args,
+            &[(env[0].0, env[0].1.as_str()), (env[1].0, env[1].1.as_str())],
+        )
+    };
+
+    // Webhooks.
+    let registered = operator
+        .ok(
+            &[
+                "webhooks",
+                "register",
+                "--url",
+                &stack.webhook_url,
+                "--json",
+            ],
+            &[],
+        )
+        .json();
+    let id = registered[0]["id"]
+        .as_str()
+        .expect("a webhook id")
+        .to_owned();
+    assert_eq!(registered[0]["valid"], true);
+    let listed = operator.ok(&["webhooks", "list"], &[]).stdout;
+    assert!(listed.contains(&id) && listed.contains("true"), "{listed}");
+    assert_eq!(
+        operator
+            .ok(&["webhooks", "validate", &id, "--json"], &[])
+            .json()["valid"],
+        true
+    );
+    // The second webhook of the stack answers CRC with another secret.
+    operator
+        .run(
+            &["webhooks", "register", "--url", &stack.second_webhook_url],
+            &[],
+        )
+        .refused(3, "CrcValidationFailed");
+    operator
+        .run(&["webhooks", "validate", "42"], &[])
+        .refused(3, "WebhookIdInvalid");
+
+    // Subscriptions: three accounts fit, a fourth does not.
+    for i in 0..3 {
+        assert_eq!(
+            as_user(i, &["subscriptions", "add", "--webhook", &id]).code,
+            0
+        );
+    }
+    as_user(0, &["subscriptions", "add", "--webhook", &id])
+        .refused(3, "DuplicateSubscriptionFailed");
+    as_user(3, &["subscriptions", "add", "--webhook", &id]).refused(3, "SubscriptionLimitExceeded");
+    assert_eq!(
+        operator
+            .ok(&["subscriptions", "check", "--webhook", &id, "--json"], &[])
+            .json()["subscribed"],
+        true
+    );
+    let users = operator
+        .ok(&["subscriptions", "list", "--webhook", &id, "--json"], &[])
+        .json();
+    assert_eq!(users["user_ids"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        operator
+            .ok(&["subscriptions", "count", "--json"], &[])
+            .json()["subscriptions_count_all"],
+        "3"
+    );
+
+    // Activity flows into Postgres.
+    let owed = sim.generate(20).await;
+    sim.settled(WAIT).await;
+    eventually(WAIT, "the activity in Postgres", || async {
+        (stack.db.count("SELECT count(*) FROM events").await == owed as i64).then_some(())
+    })
+    .await;
+
+    // Replay: refused locally when the window breaks X's rules...
+    let now = clock.now();
+    let too_recent = operator.run(
+        &[
+            "replay",
+            "submit",
+            "--webhook",
+            &id,
+            "--from",
+            &minute(now - TimeDelta::minutes(5)),
+            "--to",
+            &minute(now),
+        ],
+        &[],
+    );
+    too_recent.refused(2, "31 minutes");
+    // ... and by X when the clocks disagree (this CLI runs 100 minutes ahead).
+    let ahead = (real_epoch - TimeDelta::seconds(10)).to_rfc3339();
+    let skewed_now = now + TimeDelta::minutes(100);
+    operator
+        .run(
+            &[
+                "replay",
+                "submit",
+                "--webhook",
+                &id,
+                "--from",
+                &minute(skewed_now - TimeDelta::minutes(40)),
+                "--to",
+                &minute(skewed_now - TimeDelta::minutes(15)),
+            ],
+            &[("AAA_CLOCK_REAL_EPOCH", &ahead)],
+        )
+        .refused(3, "QueryParamInvalid");
+
+    // A real replay of the activity, watched to completion.
+    let created: Vec<DateTime<Utc>> = sim
+        .truth()
+        .await
+        .iter()
+        .map(|l| l["created_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let from = *created.iter().min().unwrap() - TimeDelta::minutes(1);
+    let to = *created.iter().max().unwrap() + TimeDelta::minutes(2);
+    eventually(WAIT, "the window to age", || async {
+        let now = clock.now();
+        (to <= now - TimeDelta::minutes(11) && from <= now - TimeDelta::minutes(32)).then_some(())
+    })
+    .await;
+    let job = operator
+        .ok(
+            &[
+                "replay",
+                "submit",
+                "--webhook",
+                &id,
+                "--from",
+                &from.to_rfc3339(),
+                "--to",
+                &minute(to),
+                "--json",
+            ],
+            &[],
+        )
+        .json();
+    let job_id = job["job_id"].as_str().expect("a job id").to_owned();
+    let status = eventually(WAIT, "replay_job_status in Postgres", || async {
+        let jobs = operator.run(&["replay", "status", "--json"], &[]).json();
+        jobs.as_array()?
+            .iter()
+            .find(|j| j["job_id"] == job_id.as_str())
+            .cloned()
+    })
+    .await;
+    assert_eq!(status["job_state"], "Complete");
+    let table = operator.ok(&["replay", "status"], &[]).stdout;
+    assert!(
+        table.contains(&job_id) && table.contains("Complete"),
+        "{table}"
+    );
+    // Replayed copies changed nothing: the same rows, plus the status message.
+    assert_eq!(
+        stack.db.count("SELECT count(*) FROM events").await,
+        owed as i64 + 1
+    );
+
+    // One job per webhook, and the deprecated endpoint's rate limit.
+    sim.set_faults(json!({"next_replay": "never_finish"})).await;
+    let window = [
+        "--webhook",
+        id.as_str(),
+        "--from",
+        &minute(from),
+        "--to",
+        &minute(to),
+    ];
+    operator.ok(&[&["replay", "submit"], &window[..]].concat(), &[]);
+    operator
+        .run(&[&["replay", "submit"], &window[..]].concat(), &[])
+        .refused(3, "ReplayConflictError");
+    let aa = [
+        &["replay", "submit", "--replay-endpoint", "account-activity"],
+        &window[..],
+    ]
+    .concat();
+    // Two calls per 15 simulated minutes (1.5 s real): a quick third is refused.
+    // Repeated a few times so a slow machine cannot spread them out of the window.
+    let limited = (0..10)
+        .map(|_| operator.run(&aa, &[]))
+        .find(|run| run.stderr.contains("rate limited"))
+        .expect("the account activity endpoint's rate limit");
+    limited.refused(3, "rate limited");
+
+    // Removing a subscription.
+    let user1 = token(1, "user_id");
+    operator.ok(
+        &[
+            "subscriptions",
+            "remove",
+            "--webhook",
+            &id,
+            "--user",
+            &user1,
+        ],
+        &[],
+    );
+    operator
+        .run(
+            &[
+                "subscriptions",
+                "remove",
+                "--webhook",
+                &id,
+                "--user",
+                &user1,
+            ],
+            &[],
+        )
+        .refused(3, "SubscriptionNotFound");
+
+    // Whose fault: bad credentials (X refused), none at all (user error), no X (transport).
+    operator
+        .run(&["webhooks", "list"], &[("AAA_X_BEARER_TOKEN", "wrong")])
+        .refused(3, "credentials");
+    operator
+        .run(&["webhooks", "list"], &[("AAA_X_BEARER_TOKEN", "")])
+        .refused(2, "AAA_X_BEARER_TOKEN");
+    operator
+        .run(
+            &["webhooks", "list"],
+            &[("AAA_X_API_BASE_URL", "http://127.0.0.1:1")],
+        )
+        .refused(4, "cannot reach X");
+    let json_error = operator.run(&["webhooks", "validate", "42", "--json"], &[]);
+    assert_eq!(json_error.code, 3);
+    let error: Value = serde_json::from_str(json_error.stderr.trim()).unwrap();
+    assert_eq!(error["reason"], "WebhookIdInvalid");
+    assert!(
+        error["body"].as_str().unwrap().contains("WebhookIdInvalid"),
+        "raw body kept for the operator"
+    );
+
+    // Delete.
+    operator.ok(&["webhooks", "delete", &id], &[]);
+    assert!(!operator.ok(&["webhooks", "list"], &[]).stdout.contains(&id));
+}
