@@ -135,6 +135,14 @@ query="SELECT kind, count(*) AS events, count(DISTINCT for_user_id) AS accounts,
 say "what landed in Postgres"
 psql "$AAA_DATABASE_URL" -c "$query"
 psql "$AAA_DATABASE_URL" -c "SELECT count(*) AS dead_letters FROM dead_letters"
+say "rows per table"
+counts=""
+for t in events dead_letters webhooks subscriptions users tweets mentions favorites direct_messages apps \
+         dm_read_receipts relationship_events relationships tweet_deletions replay_jobs; do
+  counts+="${counts:+ UNION ALL }SELECT '$t' AS table_name, count(*) AS rows FROM $t"
+done
+psql "$AAA_DATABASE_URL" -c "$counts"
+
 echo "Re-run it yourself:"
 echo "  psql '$AAA_DATABASE_URL' -c '$query'"
 echo "Metrics: http://127.0.0.1:$receiver_admin/metrics  http://127.0.0.1:$consumer_admin/metrics  $sim/metrics"

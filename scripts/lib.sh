@@ -64,6 +64,12 @@ ensure_nisshi() {
   rm -rf "$AAA_TOOLS_DIR/build-nisshi"
 }
 
+ensure_cargo_fuzz() {
+  command -v cargo-fuzz >/dev/null && return 0
+  say "installing cargo-fuzz (once)"
+  quietly cargo install cargo-fuzz --locked
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }

@@ -9,6 +9,7 @@ cd "$AAA_ROOT"
 ensure_toolchain
 ensure_postgres
 ensure_nisshi
+ensure_cargo_fuzz
 
 say "format and lint"
 cargo fmt --all -- --check
@@ -24,3 +25,14 @@ export AAA_TEST_DATABASE_URL=$PG_URL
 export AAA_NISSHI_BIN=$NISSHI_BIN
 say "tests (unit and end-to-end)"
 cargo test --workspace --locked --no-fail-fast "$@"
+
+# libFuzzer on the envelope parser and normalizer, seeded with the fixtures.
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain
+# accept them for this build only.
+say "fuzzing the envelope parser for ${AAA_FUZZ_SECONDS:-60} s"
+mkdir -p "$work/corpus"
+cp tests/fixtures/*.json "$work/corpus/"
+(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run envelope "$work/corpus" -- \
+   -max_total_time="${AAA_FUZZ_SECONDS:-60}" -print_final_stats=1 >"$work/fuzz.log" 2>&1) \
+  || { tail -n 60 "$work/fuzz.log"; die "the fuzzer found a crash (artifact under fuzz/artifacts)"; }
+echo "fuzz: $(grep -oE '^stat::number_of_executed_units: *[0-9]+' "$work/fuzz.log" | grep -oE '[0-9]+$') inputs, no crash"

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use aaa_events::parse_envelope;
+use aaa_events::{Record, normalize, parse_envelope};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -38,6 +38,8 @@ pub struct EventRow {
     pub offset: i64,
     pub request_id: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// Normalized rows, written only if this event is new.
+    pub records: Vec<Record>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,26 +105,39 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
             return;
         }
     };
-    let context = Value::Object(envelope.context);
-    for (index, activity) in envelope.activities.into_iter().enumerate() {
+    for (index, activity) in envelope.activities.iter().enumerate() {
         let index = i32::try_from(index).unwrap_or(i32::MAX);
         match activity {
-            Ok(activity) => plan.events.push(EventRow {
-                webhook_id: record.webhook_id.clone(),
-                for_user_id: envelope.for_user_id.clone(),
-                kind: activity.kind.to_string(),
-                kind_label: activity.kind.as_str(),
-                natural_key: activity.natural_key,
-                event_time: activity.event_time,
-                payload: activity.payload,
-                context: context.clone(),
-                activity_index: index,
-                topic: record.topic.clone(),
-                partition: record.partition,
-                offset: record.offset,
-                request_id: record.request_id.clone(),
-                received_at: record.received_at,
-            }),
+            Ok(activity) => {
+                // A row that cannot be normalized is still stored raw; the
+                // dead letter tells an operator what the schema missed.
+                let records =
+                    match normalize(activity, envelope.for_user_id.as_deref(), &envelope.context) {
+                        Ok(records) => records,
+                        Err(err) => {
+                            plan.dead_letters
+                                .push(dead(index, "unnormalizable", err.to_string()));
+                            Vec::new()
+                        }
+                    };
+                plan.events.push(EventRow {
+                    webhook_id: record.webhook_id.clone(),
+                    for_user_id: envelope.for_user_id.clone(),
+                    kind: activity.kind.to_string(),
+                    kind_label: activity.kind.as_str(),
+                    natural_key: activity.natural_key.clone(),
+                    event_time: activity.event_time,
+                    payload: activity.payload.clone(),
+                    context: Value::Object(envelope.context.clone()),
+                    activity_index: index,
+                    topic: record.topic.clone(),
+                    partition: record.partition,
+                    offset: record.offset,
+                    request_id: record.request_id.clone(),
+                    received_at: record.received_at,
+                    records,
+                });
+            }
             Err(err) => plan
                 .dead_letters
                 .push(dead(index, "invalid_activity", err.to_string())),

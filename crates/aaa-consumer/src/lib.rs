@@ -6,6 +6,7 @@
 
 mod batch;
 mod events;
+mod normalized;
 mod store;
 
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use batch::{BatchPlan, RawRecord, plan};
 use events::{BatchStored, CommitFailed, KafkaReadFailed, WriteFailed};
+pub use store::{WriteStats, write as write_batch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

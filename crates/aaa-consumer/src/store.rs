@@ -10,6 +10,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::batch::{BatchPlan, DeadLetterRow, EventRow};
+use crate::normalized::{self, NewEvent};
 
 /// What a write did, per kind label.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -23,11 +24,31 @@ pub async fn write(pool: &PgPool, plan: &BatchPlan) -> Result<WriteStats, sqlx::
     let mut tx = pool.begin().await?;
     let mut stats = WriteStats::default();
     if !plan.events.is_empty() {
-        let inserted_kinds = insert_events(&mut tx, &plan.events).await?;
+        let inserted = insert_events(&mut tx, &plan.events).await?;
         for row in &plan.events {
             *stats.duplicates.entry(row.kind_label).or_default() += 1;
         }
-        for kind in inserted_kinds {
+        // Normalize only what is new: a redelivered event's rows exist already.
+        let ids: std::collections::HashMap<(Option<&str>, &str, &str), i64> = inserted
+            .iter()
+            .map(|(id, user, kind, key)| ((user.as_deref(), kind.as_str(), key.as_str()), *id))
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        let new: Vec<NewEvent<'_>> = plan
+            .events
+            .iter()
+            .filter_map(|row| {
+                let key = (
+                    row.for_user_id.as_deref(),
+                    row.kind.as_str(),
+                    row.natural_key.as_str(),
+                );
+                let id = *ids.get(&key)?;
+                seen.insert(id).then_some(NewEvent { id, row })
+            })
+            .collect();
+        normalized::write(&mut tx, &plan.events, &new).await?;
+        for (_, _, kind, _) in inserted {
             let label = ActivityKind::from_envelope_key(&kind)
                 .map(|k| k.as_str())
                 .unwrap_or("unknown");
@@ -49,12 +70,12 @@ fn column<R, T>(rows: &[R], field: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(field).collect()
 }
 
-/// Returns the kind of every row that was new.
+/// (id, for_user_id, kind, natural key) of every row that was new.
 async fn insert_events(
     tx: &mut sqlx::PgConnection,
     rows: &[EventRow],
-) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Vec<(i64, Option<String>, String, String)>, sqlx::Error> {
+    sqlx::query_as(
         "INSERT INTO events (webhook_id, for_user_id, kind, natural_key, event_time, payload,
                              context, activity_index, kafka_topic, kafka_partition,
                              kafka_offset, request_id, received_at)
@@ -63,7 +84,7 @@ async fn insert_events(
                               $9::text[], $10::int4[], $11::int8[], $12::text[],
                               $13::timestamptz[])
          ON CONFLICT ON CONSTRAINT events_natural_key DO NOTHING
-         RETURNING kind",
+         RETURNING id, for_user_id, kind, natural_key",
     )
     .bind(column(rows, |r| r.webhook_id.clone()))
     .bind(column(rows, |r| r.for_user_id.clone()))

@@ -7,11 +7,13 @@
 mod envelope;
 mod kind;
 mod natural_key;
+pub mod normalize;
 mod time;
 
 pub use envelope::{Activity, ActivityError, Envelope, EnvelopeError, parse_envelope};
 pub use kind::ActivityKind;
 pub use natural_key::canonical_json;
+pub use normalize::{NormalizeError, Record, normalize};
 pub use time::parse_event_time;
 
 /// Finds `for_user_id` (string or integer) without building the whole

@@ -1,0 +1,354 @@
+//! Writes normalized rows for the events that were new in this batch, in
+//! the same transaction. Rows that update state (users, relationships,
+//! subscriptions, webhooks) are reduced per key in Rust first, because one
+//! `INSERT ... ON CONFLICT DO UPDATE` may not touch a row twice.
+
+use std::collections::BTreeMap;
+
+use aaa_events::Record;
+use aaa_events::normalize::{RelationshipRow, UserRow, current_relationships};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::batch::EventRow;
+
+/// A new event and its id in `events`.
+pub struct NewEvent<'a> {
+    pub id: i64,
+    pub row: &'a EventRow,
+}
+
+fn col<T, R>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(f).collect()
+}
+
+pub async fn write(
+    tx: &mut PgConnection,
+    batch: &[EventRow],
+    new: &[NewEvent<'_>],
+) -> Result<(), sqlx::Error> {
+    write_webhooks_and_subscriptions(tx, batch, new).await?;
+    let mut users: BTreeMap<&str, (&UserRow, i64)> = BTreeMap::new();
+    let mut tweets = Vec::new();
+    let mut mentions = Vec::new();
+    let mut favorites = Vec::new();
+    let mut apps = BTreeMap::new();
+    let mut dms = Vec::new();
+    let mut receipts = Vec::new();
+    let mut relationships: Vec<(&RelationshipRow, i64)> = Vec::new();
+    let mut deletions = Vec::new();
+    let mut jobs = Vec::new();
+    for event in new {
+        for record in &event.row.records {
+            match record {
+                Record::User(u) => match users.get(u.user_id.as_str()) {
+                    Some((existing, _)) if existing.observed_at >= u.observed_at => {}
+                    _ => {
+                        users.insert(&u.user_id, (u, event.id));
+                    }
+                },
+                Record::Tweet(t) => tweets.push((t, event.id)),
+                Record::Mention(m) => mentions.push((m, event.id)),
+                Record::Favorite(f) => favorites.push((f, event.id)),
+                Record::App(a) => {
+                    apps.insert(a.app_id.as_str(), a);
+                }
+                Record::DirectMessage(d) => dms.push((d, event.id)),
+                Record::DmReadReceipt(r) => receipts.push((r, event.id)),
+                Record::Relationship(r) => relationships.push((r, event.id)),
+                Record::TweetDeletion(d) => deletions.push((d, event.id)),
+                Record::Revoke(_) => {} // applied with subscriptions
+                Record::ReplayJob(j) => jobs.push((j, event.id, event.row.received_at)),
+            }
+        }
+    }
+
+    let users: Vec<_> = users.into_values().collect();
+    if !users.is_empty() {
+        sqlx::query(
+            "INSERT INTO users (user_id, screen_name, name, profile, observed_at, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::int8[])
+             ON CONFLICT (user_id) DO UPDATE SET screen_name = EXCLUDED.screen_name, name = EXCLUDED.name,
+                 profile = EXCLUDED.profile, observed_at = EXCLUDED.observed_at, event_id = EXCLUDED.event_id
+             WHERE EXCLUDED.observed_at > users.observed_at",
+        )
+        .bind(col(&users, |(u, _)| u.user_id.clone()))
+        .bind(col(&users, |(u, _)| u.screen_name.clone()))
+        .bind(col(&users, |(u, _)| u.name.clone()))
+        .bind(col::<Value, _>(&users, |(u, _)| u.profile.clone()))
+        .bind(col(&users, |(u, _)| u.observed_at))
+        .bind(col(&users, |(_, id)| *id))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !tweets.is_empty() {
+        sqlx::query(
+            "INSERT INTO tweets (tweet_id, author_id, created_at, text, is_longform, entities, display_text_range,
+                                 in_reply_to_status_id, in_reply_to_user_id, quoted_status_id, retweeted_status_id, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bool[], $6::jsonb[],
+                                  $7::jsonb[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[])
+             ON CONFLICT (tweet_id) DO NOTHING",
+        )
+        .bind(col(&tweets, |(t, _)| t.tweet_id.clone()))
+        .bind(col(&tweets, |(t, _)| t.author_id.clone()))
+        .bind(col::<Option<DateTime<Utc>>, _>(&tweets, |(t, _)| t.created_at))
+        .bind(col(&tweets, |(t, _)| t.text.clone()))
+        .bind(col(&tweets, |(t, _)| t.is_longform))
+        .bind(col::<Value, _>(&tweets, |(t, _)| t.entities.clone()))
+        .bind(col::<Option<Value>, _>(&tweets, |(t, _)| t.display_text_range.clone()))
+        .bind(col(&tweets, |(t, _)| t.in_reply_to_status_id.clone()))
+        .bind(col(&tweets, |(t, _)| t.in_reply_to_user_id.clone()))
+        .bind(col(&tweets, |(t, _)| t.quoted_status_id.clone()))
+        .bind(col(&tweets, |(t, _)| t.retweeted_status_id.clone()))
+        .bind(col(&tweets, |(_, id)| *id))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !mentions.is_empty() {
+        sqlx::query(
+            "INSERT INTO mentions (tweet_id, user_id, blocked, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::int8[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(col(&mentions, |(m, _)| m.tweet_id.clone()))
+        .bind(col(&mentions, |(m, _)| m.user_id.clone()))
+        .bind(col(&mentions, |(m, _)| m.blocked))
+        .bind(col(&mentions, |(_, id)| *id))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !favorites.is_empty() {
+        sqlx::query(
+            "INSERT INTO favorites (favorite_id, user_id, tweet_id, created_at, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(col(&favorites, |(f, _)| f.favorite_id.clone()))
+        .bind(col(&favorites, |(f, _)| f.user_id.clone()))
+        .bind(col(&favorites, |(f, _)| f.tweet_id.clone()))
+        .bind(col::<Option<DateTime<Utc>>, _>(&favorites, |(f, _)| f.created_at))
+        .bind(col(&favorites, |(_, id)| *id))
+        .execute(&mut *tx)
+        .await?;
+    }
+    let apps: Vec<_> = apps.into_values().collect();
+    if !apps.is_empty() {
+        sqlx::query(
+            "INSERT INTO apps (app_id, name, url) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+             ON CONFLICT (app_id) DO UPDATE SET name = EXCLUDED.name, url = EXCLUDED.url",
+        )
+        .bind(col(&apps, |a| a.app_id.clone()))
+        .bind(col(&apps, |a| a.name.clone()))
+        .bind(col(&apps, |a| a.url.clone()))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !dms.is_empty() {
+        sqlx::query(
+            "INSERT INTO direct_messages (dm_id, sender_id, recipient_id, source_app_id, text, entities, attachment, created_at, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[],
+                                  $8::timestamptz[], $9::int8[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(col(&dms, |(d, _)| d.dm_id.clone()))
+        .bind(col(&dms, |(d, _)| d.sender_id.clone()))
+        .bind(col(&dms, |(d, _)| d.recipient_id.clone()))
+        .bind(col(&dms, |(d, _)| d.source_app_id.clone()))
+        .bind(col(&dms, |(d, _)| d.text.clone()))
+        .bind(col::<Value, _>(&dms, |(d, _)| d.entities.clone()))
+        .bind(col::<Option<Value>, _>(&dms, |(d, _)| d.attachment.clone()))
+        .bind(col::<Option<DateTime<Utc>>, _>(&dms, |(d, _)| d.created_at))
+        .bind(col(&dms, |(_, id)| *id))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !receipts.is_empty() {
+        sqlx::query(
+            "INSERT INTO dm_read_receipts (sender_id, recipient_id, last_read_event_id, created_at, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(col(&receipts, |(r, _)| r.sender_id.clone()))
+        .bind(col(&receipts, |(r, _)| r.recipient_id.clone()))
+        .bind(col(&receipts, |(r, _)| r.last_read_event_id.clone()))
+        .bind(col(&receipts, |(r, _)| r.created_at))
+        .bind(col(&receipts, |(_, id)| *id))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !relationships.is_empty() {
+        write_relationships(tx, &relationships).await?;
+    }
+    if !deletions.is_empty() || !tweets.is_empty() {
+        if !deletions.is_empty() {
+            sqlx::query(
+                "INSERT INTO tweet_deletions (tweet_id, user_id, deleted_at, event_id)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(col(&deletions, |(d, _)| d.tweet_id.clone()))
+            .bind(col(&deletions, |(d, _)| d.user_id.clone()))
+            .bind(col(&deletions, |(d, _)| d.deleted_at))
+            .bind(col(&deletions, |(_, id)| *id))
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Deletions apply whichever arrived first, the tweet or its deletion.
+        let touched: Vec<String> = tweets
+            .iter()
+            .map(|(t, _)| t.tweet_id.clone())
+            .chain(deletions.iter().map(|(d, _)| d.tweet_id.clone()))
+            .collect();
+        sqlx::query(
+            "UPDATE tweets t SET deleted_at = d.deleted_at
+             FROM (SELECT tweet_id, min(deleted_at) AS deleted_at FROM tweet_deletions
+                   WHERE tweet_id = ANY($1) GROUP BY tweet_id) d
+             WHERE t.tweet_id = d.tweet_id AND (t.deleted_at IS NULL OR t.deleted_at > d.deleted_at)",
+        )
+        .bind(touched)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !jobs.is_empty() {
+        sqlx::query(
+            "INSERT INTO replay_jobs (job_id, webhook_id, job_state, description, reported_at, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int8[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(col(&jobs, |(j, _, _)| j.job_id.clone()))
+        .bind(col(&jobs, |(j, _, _)| j.webhook_id.clone()))
+        .bind(col(&jobs, |(j, _, _)| j.job_state.clone()))
+        .bind(col(&jobs, |(j, _, _)| j.description.clone()))
+        .bind(col(&jobs, |(_, _, at)| *at))
+        .bind(col(&jobs, |(_, id, _)| *id))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_relationships(
+    tx: &mut PgConnection,
+    changes: &[(&RelationshipRow, i64)],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO relationship_events (relationship, source_id, target_id, active, event_time, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[], $6::int8[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(col(changes, |(r, _)| r.relationship.as_str().to_owned()))
+    .bind(col(changes, |(r, _)| r.source_id.clone()))
+    .bind(col(changes, |(r, _)| r.target_id.clone()))
+    .bind(col(changes, |(r, _)| r.active))
+    .bind(col(changes, |(r, _)| r.event_time))
+    .bind(col(changes, |(_, id)| *id))
+    .execute(&mut *tx)
+    .await?;
+    let current: Vec<(&RelationshipRow, i64)> =
+        current_relationships(changes.iter().copied(), |(r, _)| r);
+    // The stored state changes only for a change of higher precedence: later
+    // event time, or the removal at the same time.
+    sqlx::query(
+        "INSERT INTO relationships (relationship, source_id, target_id, active, event_time, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[], $6::int8[])
+         ON CONFLICT (relationship, source_id, target_id) DO UPDATE
+             SET active = EXCLUDED.active, event_time = EXCLUDED.event_time, event_id = EXCLUDED.event_id
+             WHERE (EXCLUDED.event_time, NOT EXCLUDED.active) > (relationships.event_time, NOT relationships.active)",
+    )
+    .bind(col(&current, |(r, _)| r.relationship.as_str().to_owned()))
+    .bind(col(&current, |(r, _)| r.source_id.clone()))
+    .bind(col(&current, |(r, _)| r.target_id.clone()))
+    .bind(col(&current, |(r, _)| r.active))
+    .bind(col(&current, |(r, _)| r.event_time))
+    .bind(col(&current, |(_, id)| *id))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Webhooks seen, and subscriptions seen or revoked, from every event of the
+/// batch (duplicates included: they prove a subscription is alive).
+async fn write_webhooks_and_subscriptions(
+    tx: &mut PgConnection,
+    batch: &[EventRow],
+    new: &[NewEvent<'_>],
+) -> Result<(), sqlx::Error> {
+    let mut webhooks: BTreeMap<&str, (DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
+    // (webhook, user) → (first seen, last seen, revoked at, revoking app)
+    type Seen<'a> = (
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<&'a str>,
+    );
+    let mut subscriptions: BTreeMap<(&str, &str), Seen<'_>> = BTreeMap::new();
+    for row in batch {
+        let Some(webhook) = row.webhook_id.as_deref() else {
+            continue;
+        };
+        let seen = webhooks
+            .entry(webhook)
+            .or_insert((row.received_at, row.received_at));
+        seen.0 = seen.0.min(row.received_at);
+        seen.1 = seen.1.max(row.received_at);
+        if let Some(user) = row.for_user_id.as_deref() {
+            let sub = subscriptions.entry((webhook, user)).or_insert((
+                row.received_at,
+                row.received_at,
+                None,
+                None,
+            ));
+            sub.0 = sub.0.min(row.received_at);
+            sub.1 = sub.1.max(row.received_at);
+        }
+    }
+    for event in new {
+        let Some(webhook) = event.row.webhook_id.as_deref() else {
+            continue;
+        };
+        for record in &event.row.records {
+            if let Record::Revoke(revoke) = record {
+                let at = event.row.received_at;
+                let sub = subscriptions
+                    .entry((webhook, revoke.user_id.as_str()))
+                    .or_insert((at, at, None, None));
+                if sub.2.is_none_or(|r| r < revoke.revoked_at) {
+                    sub.2 = Some(revoke.revoked_at);
+                    sub.3 = revoke.app_id.as_deref();
+                }
+            }
+        }
+    }
+    if !webhooks.is_empty() {
+        let rows: Vec<_> = webhooks.into_iter().collect();
+        sqlx::query(
+            "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
+             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
+             ON CONFLICT (webhook_id) DO UPDATE SET first_seen_at = LEAST(webhooks.first_seen_at, EXCLUDED.first_seen_at),
+                 last_seen_at = GREATEST(webhooks.last_seen_at, EXCLUDED.last_seen_at)",
+        )
+        .bind(col(&rows, |(w, _)| w.to_string()))
+        .bind(col(&rows, |(_, s)| s.0))
+        .bind(col(&rows, |(_, s)| s.1))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !subscriptions.is_empty() {
+        let rows: Vec<_> = subscriptions.into_iter().collect();
+        sqlx::query(
+            "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, revoked_at, revoked_app_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+             ON CONFLICT (webhook_id, user_id) DO UPDATE SET
+                 first_seen_at = LEAST(subscriptions.first_seen_at, EXCLUDED.first_seen_at),
+                 last_seen_at = GREATEST(subscriptions.last_seen_at, EXCLUDED.last_seen_at),
+                 revoked_at = GREATEST(subscriptions.revoked_at, EXCLUDED.revoked_at),
+                 revoked_app_id = COALESCE(EXCLUDED.revoked_app_id, subscriptions.revoked_app_id)",
+        )
+        .bind(col(&rows, |((w, _), _)| w.to_string()))
+        .bind(col(&rows, |((_, u), _)| u.to_string()))
+        .bind(col(&rows, |(_, s)| s.0))
+        .bind(col(&rows, |(_, s)| s.1))
+        .bind(col(&rows, |(_, s)| s.2))
+        .bind(col(&rows, |(_, s)| s.3.map(str::to_owned)))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! Normalization in Postgres: every kind lands in its table from a simulator
+//! run, the documented SQL runs (as the read-only role, on an index),
+//! rewriting a batch changes nothing, and relationship state does not depend
+//! on the order in which changes arrive.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aaa_consumer::{RawRecord, plan, write_batch};
+use aaa_testkit::{Stack, StackOptions, TestDb, eventually};
+use chrono::{TimeDelta, Utc};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aaa");
+const WAIT: Duration = Duration::from_secs(90);
+
+const TABLES: &[&str] = &[
+    "events",
+    "dead_letters",
+    "webhooks",
+    "users",
+    "tweets",
+    "mentions",
+    "favorites",
+    "apps",
+    "direct_messages",
+    "dm_read_receipts",
+    "relationship_events",
+    "relationships",
+    "tweet_deletions",
+    "subscriptions",
+    "replay_jobs",
+];
+
+async fn count(db: &TestDb, table: &str) -> i64 {
+    // Table names come from the fixed list above.
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn snapshot(db: &TestDb) -> BTreeMap<&'static str, Value> {
+    let mut tables = BTreeMap::new();
+    for table in TABLES {
+        let sql = format!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY to_jsonb(t)::text), '[]') FROM {table} t"
+        );
+        let rows: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        tables.insert(*table, rows);
+    }
+    tables
+}
+
+fn record(offset: i64, body: &Value) -> RawRecord {
+    RawRecord {
+        topic: "aaa.raw".into(),
+        partition: 0,
+        offset,
+        payload: Some(body.to_string().into_bytes()),
+        webhook_id: Some("1146654567674912769".into()),
+        request_id: Some(format!("req-{offset}")),
+        // Fixed, so that a re-read record is byte-for-byte the same input.
+        received_at: "2026-11-25T12:00:00Z".parse().unwrap(),
+    }
+}
+
+fn fixtures() -> Vec<Value> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().ends_with(".json")
+                && !p.to_string_lossy().ends_with(".expected.json")
+        })
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_the_same_batch_twice_changes_nothing() {
+    let db = TestDb::migrated().await;
+    let records: Vec<RawRecord> = fixtures()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| record(i as i64, f))
+        .collect();
+    let batch = plan(&records);
+    assert!(batch.dead_letters.is_empty(), "{:?}", batch.dead_letters);
+    write_batch(&db.pool, &batch).await.unwrap();
+    let once = snapshot(&db).await;
+    assert!(
+        once.values()
+            .filter(|rows| rows.as_array().is_some_and(|r| !r.is_empty()))
+            .count()
+            >= 13
+    );
+    // Same records again (a consumer restart), then re-read at other offsets (X's redelivery).
+    write_batch(&db.pool, &batch).await.unwrap();
+    let later: Vec<RawRecord> = fixtures()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| record(1_000 + i as i64, f))
+        .collect();
+    write_batch(&db.pool, &plan(&later)).await.unwrap();
+    let twice = snapshot(&db).await;
+    for table in TABLES {
+        assert_eq!(
+            twice[table], once[table],
+            "{table} changed when the same events were written again"
+        );
+    }
+}
+
+fn relationship(kind: &str, verb: &str, source: &str, ms: i64) -> Value {
+    json!({"for_user_id": source, kind: [{"type": verb, "created_timestamp": ms.to_string(),
+           "source": {"id": source, "screen_name": source}, "target": {"id": "900", "screen_name": "target"}}]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relationship_state_is_the_same_whatever_the_order_of_arrival() {
+    let db = TestDb::migrated().await;
+    // follow, unfollow, follow again, and an unfollow at the same millisecond
+    // as the last follow (the removal wins the tie).
+    let changes = [
+        ("follow_events", "follow", 1_000),
+        ("unfollow_events", "unfollow", 2_000),
+        ("follow_events", "follow", 3_000),
+        ("unfollow_events", "unfollow", 3_000),
+    ];
+    let mut orders: Vec<Vec<usize>> = Vec::new();
+    // Every permutation of four changes, each applied as its own batch (the
+    // worst case: late replays arriving after newer events).
+    fn permute(prefix: Vec<usize>, rest: Vec<usize>, out: &mut Vec<Vec<usize>>) {
+        if rest.is_empty() {
+            out.push(prefix);
+            return;
+        }
+        for (i, item) in rest.iter().enumerate() {
+            let mut p = prefix.clone();
+            p.push(*item);
+            let mut r = rest.clone();
+            r.remove(i);
+            permute(p, r, out);
+        }
+    }
+    permute(vec![], vec![0, 1, 2, 3], &mut orders);
+    assert_eq!(orders.len(), 24);
+    let mut offset = 0;
+    for (n, order) in orders.iter().enumerate() {
+        let source = format!("{}", 100 + n);
+        for i in order {
+            let (kind, verb, ms) = changes[*i];
+            offset += 1;
+            write_batch(
+                &db.pool,
+                &plan(&[record(offset, &relationship(kind, verb, &source, ms))]),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let states: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT source_id, active, (extract(epoch FROM event_time) * 1000)::int8 FROM relationships WHERE relationship = 'follow' ORDER BY source_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(states.len(), 24);
+    for (source, active, ms) in states {
+        assert_eq!((active, ms), (false, 3_000), "pair {source}");
+    }
+    assert_eq!(
+        db.count("SELECT count(*) FROM relationship_events").await,
+        24 * 4
+    );
+}
+
+/// docs/sql.md's queries, with placeholders filled from the data.
+fn documented_queries(values: &BTreeMap<&str, String>) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/sql.md"),
+    )
+    .unwrap();
+    let mut queries = Vec::new();
+    let mut title = String::new();
+    let mut block: Option<String> = None;
+    for line in text.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            title = heading.to_owned();
+        } else if line.trim() == "```sql" {
+            block = Some(String::new());
+        } else if line.trim() == "```" {
+            if let Some(mut sql) = block.take() {
+                for (name, value) in values {
+                    sql = sql.replace(&format!(":{name}"), value);
+                }
+                queries.push((title.clone(), sql.trim().trim_end_matches(';').to_owned()));
+            }
+        } else if let Some(sql) = block.as_mut() {
+            sql.push_str(line);
+            sql.push('\n');
+        }
+    }
+    queries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulator_run_fills_every_table_and_the_documented_sql_works() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let epoch = Utc::now().to_rfc3339();
+    let sim = stack
+        .start_sim(&[
+            "--clock-speed",
+            "600",
+            "--clock-real-epoch",
+            &epoch,
+            "--accounts",
+            "30",
+            "--revoke-share",
+            "0.02",
+            "--seed",
+            "11",
+        ])
+        .await;
+    sim.generate(1_500).await;
+    let summary = sim.settled(WAIT).await;
+    let delivered = summary["delivered"].as_i64().unwrap();
+    eventually(WAIT, "every delivery stored", || async {
+        (stack.db.count("SELECT count(*) FROM events").await == delivered).then_some(())
+    })
+    .await;
+
+    // A replay, so replay_jobs fills too (the window has to age 31 simulated minutes: ~4 s).
+    let webhook: Value = sim
+        .api(Method::GET, "/2/webhooks")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let webhook_id = webhook["data"][0]["id"].as_str().unwrap().to_owned();
+    let created: Vec<chrono::DateTime<Utc>> = sim
+        .truth()
+        .await
+        .iter()
+        .map(|l| l["created_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let from =
+        aaa_replay_window::format_minute(*created.iter().min().unwrap() - TimeDelta::minutes(1));
+    let to =
+        aaa_replay_window::format_minute(*created.iter().max().unwrap() + TimeDelta::minutes(2));
+    let job = eventually(WAIT, "a replay to be accepted", || async {
+        let response = sim
+            .api(Method::POST, "/2/webhooks/replay")
+            .json(&json!({"webhook_id": webhook_id, "from_date": from, "to_date": to}))
+            .send()
+            .await
+            .ok()?;
+        let body: Value = response.json().await.ok()?;
+        body["data"]["job_id"].as_str().map(str::to_owned)
+    })
+    .await;
+    eventually(WAIT, "the replay job's status stored", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM replay_jobs WHERE job_id = $1")
+            .bind(&job)
+            .fetch_one(&stack.db.pool)
+            .await
+            .ok()?;
+        (n == 1).then_some(())
+    })
+    .await;
+
+    for table in TABLES.iter().filter(|t| **t != "dead_letters") {
+        assert!(
+            count(&stack.db, table).await > 0,
+            "{table} is empty after a simulator run"
+        );
+    }
+    let checks = [
+        (
+            "longform tweets with their full text",
+            "SELECT count(*) FROM tweets WHERE is_longform AND text LIKE '%#longform'",
+        ),
+        (
+            "mentions with the block flag",
+            "SELECT count(*) FROM mentions WHERE blocked IS NOT NULL",
+        ),
+        (
+            "revoked subscriptions",
+            "SELECT count(*) FROM subscriptions WHERE revoked_at IS NOT NULL",
+        ),
+        (
+            "retweets",
+            "SELECT count(*) FROM v_timeline WHERE shape = 'retweet'",
+        ),
+        (
+            "quotes",
+            "SELECT count(*) FROM v_timeline WHERE shape = 'quote'",
+        ),
+        (
+            "replies",
+            "SELECT count(*) FROM v_timeline WHERE shape = 'reply'",
+        ),
+        (
+            "DM conversations",
+            "SELECT count(*) FROM v_dm_conversations",
+        ),
+        (
+            "relationships in force",
+            "SELECT count(*) FROM v_relationships",
+        ),
+        (
+            "normalized rows point at their raw event",
+            "SELECT count(*) FROM tweets t JOIN events e ON e.id = t.event_id",
+        ),
+    ];
+    for (what, sql) in checks {
+        assert!(stack.db.count(sql).await > 0, "no {what}");
+    }
+    assert_eq!(
+        stack
+            .db
+            .count("SELECT count(*) FROM replay_jobs WHERE job_state = 'Complete'")
+            .await,
+        1
+    );
+    assert_eq!(stack.db.count("SELECT count(*) FROM dead_letters").await, 0);
+
+    // The documented queries, as the read-only role, each on an index.
+    let pick = |sql: &'static str| {
+        let pool = stack.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let mut values = BTreeMap::new();
+    values.insert("account", format!("'{}'", pick("SELECT target_id FROM relationships WHERE relationship = 'follow' AND active LIMIT 1").await));
+    values.insert(
+        "other",
+        format!(
+            "'{}'",
+            pick("SELECT sender_id FROM direct_messages LIMIT 1").await
+        ),
+    );
+    values.insert(
+        "author",
+        format!(
+            "'{}'",
+            pick("SELECT author_id FROM tweets WHERE author_id IS NOT NULL LIMIT 1").await
+        ),
+    );
+    values.insert(
+        "tweet",
+        format!(
+            "'{}'",
+            pick("SELECT tweet_id FROM favorites WHERE tweet_id IS NOT NULL LIMIT 1").await
+        ),
+    );
+    values.insert("job", format!("'{job}'"));
+    values.insert("since", "now() - interval '30 days'".to_owned());
+    let queries = documented_queries(&values);
+    assert!(
+        queries.len() >= 10,
+        "docs/sql.md has its queries ({})",
+        queries.len()
+    );
+    let mut tx = stack.db.pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL ROLE aaa_reader")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for (title, sql) in &queries {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("{title}: {e}\n{sql}"));
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("Index"), "{title}: no index in\n{plan}");
+    }
+    // aaa_reader writes nothing.
+    let denied = sqlx::query("INSERT INTO apps (app_id) VALUES ('x')")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(denied.to_string().contains("permission denied"), "{denied}");
+}
