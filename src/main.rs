@@ -42,6 +42,11 @@ enum Command {
     Receiver(aaa_receiver::ReceiverArgs),
     /// Store raw deliveries from Kafka into Postgres, exactly once.
     Consumer(aaa_consumer::ConsumerArgs),
+    /// Find delivery gaps and replay them through X, one job per webhook.
+    Watermark(Box<aaa_watermark::WatermarkArgs>),
+    /// Gaps found and their replay windows (AAA_DATABASE_URL).
+    #[command(subcommand)]
+    Gaps(GapsCli),
     /// Apply database migrations (run before starting a new version).
     Migrate(aaa_db::DatabaseArgs),
     /// The X simulator: generate and deliver signed activity.
@@ -69,6 +74,21 @@ enum Command {
         ops: ops::OpsArgs,
         #[command(subcommand)]
         command: ReplayCli,
+    },
+}
+
+#[derive(Subcommand)]
+enum GapsCli {
+    /// Every replay window: pending, submitted, reconciled (recovered and
+    /// duplicate counts) or expired.
+    List {
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        database: aaa_db::DatabaseArgs,
     },
 }
 
@@ -171,6 +191,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("schema at version {after} (was {before})");
         }
         Command::Sim(command) => sim_cli::run(command, clock).await?,
+        Command::Watermark(args) => {
+            let metrics = observe::install_metrics()?;
+            let shutdown = aaa_common::shutdown::on_signal();
+            aaa_watermark::run(*args, clock, metrics, shutdown).await?;
+        }
+        Command::Gaps(GapsCli::List {
+            webhook,
+            json,
+            database,
+        }) => ops::gaps_list(json, &database, webhook).await?,
         Command::Replay {
             ops,
             command: ReplayCli::Status { webhook, database },

@@ -324,6 +324,81 @@ pub async fn replay_status(
     Ok(())
 }
 
+/// `aaa gaps list`: the watermark's replay windows.
+pub async fn gaps_list(
+    json_output: bool,
+    database: &aaa_db::DatabaseArgs,
+    webhook: Option<String>,
+) -> anyhow::Result<()> {
+    let pool = database.pool()?;
+    type Row = (
+        String,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        String,
+        Option<String>,
+        i32,
+        i32,
+        i64,
+        i64,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT webhook_id, window_from, window_to, state, job_id, attempts, conflicts, recovered, duplicates, last_error
+         FROM v_gaps WHERE ($1::text IS NULL OR webhook_id = $1) ORDER BY window_from DESC LIMIT 500",
+    )
+    .bind(webhook)
+    .fetch_all(&pool)
+    .await?;
+    let gaps: Vec<Value> = rows
+        .iter()
+        .map(|(w, from, to, state, job, attempts, conflicts, recovered, duplicates, error)| {
+            json!({"webhook_id": w, "from": from, "to": to, "state": state, "job_id": job, "attempts": attempts,
+                   "conflicts": conflicts, "recovered": recovered, "duplicates": duplicates, "last_error": error})
+        })
+        .collect();
+    if json_output {
+        println!("{}", json!(gaps));
+    } else {
+        let rows = rows
+            .iter()
+            .map(
+                |(w, from, to, state, job, attempts, _, recovered, duplicates, error)| {
+                    vec![
+                        w.clone(),
+                        from.to_rfc3339(),
+                        to.to_rfc3339(),
+                        state.clone(),
+                        job.clone().unwrap_or_default(),
+                        attempts.to_string(),
+                        recovered.to_string(),
+                        duplicates.to_string(),
+                        error.clone().unwrap_or_default(),
+                    ]
+                },
+            )
+            .collect();
+        println!(
+            "{}",
+            table(
+                &[
+                    "webhook",
+                    "from",
+                    "to",
+                    "state",
+                    "job_id",
+                    "attempts",
+                    "recovered",
+                    "duplicates",
+                    "last_error"
+                ],
+                rows
+            )
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

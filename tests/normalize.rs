@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_aaa");
 const WAIT: Duration = Duration::from_secs(90);
+const LIVE_HORIZON: TimeDelta = TimeDelta::minutes(10);
 
 const TABLES: &[&str] = &[
     "events",
@@ -66,6 +67,7 @@ fn record(offset: i64, body: &Value) -> RawRecord {
         request_id: Some(format!("req-{offset}")),
         // Fixed, so that a re-read record is byte-for-byte the same input.
         received_at: "2026-11-25T12:00:00Z".parse().unwrap(),
+        record_type: None,
     }
 }
 
@@ -97,7 +99,7 @@ async fn writing_the_same_batch_twice_changes_nothing() {
         .collect();
     let batch = plan(&records);
     assert!(batch.dead_letters.is_empty(), "{:?}", batch.dead_letters);
-    write_batch(&db.pool, &batch).await.unwrap();
+    write_batch(&db.pool, &batch, LIVE_HORIZON).await.unwrap();
     let once = snapshot(&db).await;
     assert!(
         once.values()
@@ -106,13 +108,15 @@ async fn writing_the_same_batch_twice_changes_nothing() {
             >= 13
     );
     // Same records again (a consumer restart), then re-read at other offsets (X's redelivery).
-    write_batch(&db.pool, &batch).await.unwrap();
+    write_batch(&db.pool, &batch, LIVE_HORIZON).await.unwrap();
     let later: Vec<RawRecord> = fixtures()
         .iter()
         .enumerate()
         .map(|(i, f)| record(1_000 + i as i64, f))
         .collect();
-    write_batch(&db.pool, &plan(&later)).await.unwrap();
+    write_batch(&db.pool, &plan(&later), LIVE_HORIZON)
+        .await
+        .unwrap();
     let twice = snapshot(&db).await;
     for table in TABLES {
         assert_eq!(
@@ -165,6 +169,7 @@ async fn relationship_state_is_the_same_whatever_the_order_of_arrival() {
             write_batch(
                 &db.pool,
                 &plan(&[record(offset, &relationship(kind, verb, &source, ms))]),
+                LIVE_HORIZON,
             )
             .await
             .unwrap();

@@ -489,33 +489,14 @@ async fn the_simulator_drives_the_pipeline_and_ground_truth_matches_postgres() {
     assert!(missing > 0, "the drop fault lost some deliveries");
     assert_eq!(delivered + missing, owed);
 
-    let mut expected: Vec<(Option<String>, String, String)> = Vec::new();
-    for line in sim.truth().await.iter().filter(|l| l["delivered"] == true) {
-        let body = line["body"].to_string();
-        let envelope = aaa_events::parse_envelope(body.as_bytes())
-            .expect("the simulator sends readable envelopes");
-        for activity in envelope.activities {
-            let activity = activity.expect("identifiable activity");
-            expected.push((
-                envelope.for_user_id.clone(),
-                activity.kind.to_string(),
-                activity.natural_key,
-            ));
-        }
-    }
-    expected.sort();
+    let expected = aaa_testkit::delivered_keys(&sim).await;
     assert_eq!(expected.len() as u64, delivered);
 
     eventually(LANDING, "every delivered activity in Postgres", || async {
         (stack.db.count("SELECT count(*) FROM events").await == expected.len() as i64).then_some(())
     })
     .await;
-    let mut stored: Vec<(Option<String>, String, String)> =
-        sqlx::query_as("SELECT for_user_id, kind, natural_key FROM events")
-            .fetch_all(&stack.db.pool)
-            .await
-            .unwrap();
-    stored.sort();
+    let stored = aaa_testkit::stored_keys(&stack.db).await;
     assert_eq!(stored, expected, "Postgres holds exactly what X delivered");
     assert_eq!(stack.db.count("SELECT count(*) FROM dead_letters").await, 0);
 }

@@ -14,6 +14,38 @@ pub mod headers {
     /// Always "ok": unsigned bodies never reach Kafka; kept so downstream
     /// tools need not trust the topic blindly.
     pub const SIGNATURE: &str = "aaa-signature";
+    /// Absent on deliveries; `heartbeat` or `fence` on control records.
+    pub const RECORD_TYPE: &str = "aaa-record-type";
+}
+
+/// Control records that share the raw topic with deliveries, so they are
+/// ordered with them and reach Postgres through the same consumer.
+pub mod control {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Serialize};
+
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const FENCE: &str = "fence";
+
+    /// A receiver replica served `webhook_id` from `from` to `to` (service
+    /// clock), accepting and refusing this many deliveries.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Heartbeat {
+        pub replica_id: String,
+        pub webhook_id: String,
+        pub from: DateTime<Utc>,
+        pub to: DateTime<Utc>,
+        pub accepted: u64,
+        pub refused: u64,
+        #[serde(default)]
+        pub refused_by: std::collections::BTreeMap<String, u64>,
+    }
+
+    /// Written by the watermark to every partition.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Fence {
+        pub at: DateTime<Utc>,
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]

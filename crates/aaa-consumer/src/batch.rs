@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use aaa_common::kafka::control;
 use aaa_events::{Record, normalize, parse_envelope};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -19,6 +20,8 @@ pub struct RawRecord {
     pub webhook_id: Option<String>,
     pub request_id: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// `heartbeat` or `fence` for control records; `None` for deliveries.
+    pub record_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +67,9 @@ pub struct BatchPlan {
     pub dead_letters: Vec<DeadLetterRow>,
     /// Next offset to commit per (topic, partition): highest seen + 1.
     pub commit: BTreeMap<(String, i32), i64>,
+    pub heartbeats: Vec<control::Heartbeat>,
+    /// Latest fence per (topic, partition).
+    pub fences: BTreeMap<(String, i32), DateTime<Utc>>,
 }
 
 pub fn plan(records: &[RawRecord]) -> BatchPlan {
@@ -74,9 +80,52 @@ pub fn plan(records: &[RawRecord]) -> BatchPlan {
             .entry((record.topic.clone(), record.partition))
             .or_insert(record.offset + 1);
         *next = (*next).max(record.offset + 1);
-        plan_record(record, &mut plan);
+        match record.record_type.as_deref() {
+            Some(control::HEARTBEAT) => plan_control(record, &mut plan, |plan, bytes| {
+                let heartbeat: control::Heartbeat = serde_json::from_slice(bytes)?;
+                plan.heartbeats.push(heartbeat);
+                Ok(())
+            }),
+            Some(control::FENCE) => plan_control(record, &mut plan, |plan, bytes| {
+                let fence: control::Fence = serde_json::from_slice(bytes)?;
+                let latest = plan
+                    .fences
+                    .entry((record.topic.clone(), record.partition))
+                    .or_insert(fence.at);
+                *latest = (*latest).max(fence.at);
+                Ok(())
+            }),
+            _ => plan_record(record, &mut plan),
+        }
     }
     plan
+}
+
+/// A control record that cannot be read is kept as a dead letter like any other.
+fn plan_control(
+    record: &RawRecord,
+    plan: &mut BatchPlan,
+    read: impl FnOnce(&mut BatchPlan, &[u8]) -> Result<(), serde_json::Error>,
+) {
+    let raw = record.payload.as_deref().unwrap_or_default();
+    if let Err(err) = read(plan, raw) {
+        plan.dead_letters.push(DeadLetterRow {
+            webhook_id: record.webhook_id.clone(),
+            activity_index: -1,
+            error_kind: "bad_control_record",
+            reason: format!(
+                "{}: {err}",
+                record.record_type.as_deref().unwrap_or_default()
+            ),
+            raw: raw.to_vec(),
+            raw_sha256: hex::encode(Sha256::digest(raw)),
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+            request_id: record.request_id.clone(),
+            received_at: record.received_at,
+        });
+    }
 }
 
 fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
@@ -158,6 +207,7 @@ mod tests {
             webhook_id: Some("w1".into()),
             request_id: Some(format!("r{offset}")),
             received_at: DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+            record_type: None,
         }
     }
 

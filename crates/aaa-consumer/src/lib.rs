@@ -58,6 +58,12 @@ pub struct ConsumerArgs {
     /// Longest wait for a batch to fill after its first record.
     #[arg(long, env = "AAA_BATCH_MAX_WAIT_MS", default_value_t = 200)]
     pub batch_max_wait_ms: u64,
+    /// An event that arrives during a replay of a window holding its event
+    /// time is attributed to the replay (`via_replay`) when it is at least
+    /// this many seconds older than its arrival: X replays only events older
+    /// than 10 minutes, while live deliveries arrive within seconds.
+    #[arg(long, env = "AAA_LIVE_HORIZON_SECS", default_value_t = 600)]
+    pub live_horizon_secs: u64,
     /// Ceiling of the backoff between failed writes to Postgres.
     #[arg(long, env = "AAA_WRITE_BACKOFF_MAX_MS", default_value_t = 30_000)]
     pub write_backoff_max_ms: u64,
@@ -154,6 +160,7 @@ pub async fn run(
 
     let batch_wait = Duration::from_millis(args.batch_max_wait_ms);
     let backoff_max = Duration::from_millis(args.write_backoff_max_ms);
+    let live_horizon = chrono::TimeDelta::seconds(args.live_horizon_secs as i64);
     while let Some(records) = next_batch(
         &consumer,
         args.batch_max_records,
@@ -164,7 +171,16 @@ pub async fn run(
     .await
     {
         let plan = batch::plan(&records);
-        if !write_until_stored(&pool, &plan, records.len(), backoff_max, &shutdown).await {
+        if !write_until_stored(
+            &pool,
+            &plan,
+            records.len(),
+            live_horizon,
+            backoff_max,
+            &shutdown,
+        )
+        .await
+        {
             break; // shutting down mid-retry: offsets stay uncommitted, records are re-read
         }
         commit(&consumer, &plan);
@@ -258,6 +274,7 @@ fn raw_record(message: &BorrowedMessage<'_>, clock: Clock) -> RawRecord {
         webhook_id: text(headers::WEBHOOK_ID),
         request_id: text(headers::REQUEST_ID),
         received_at,
+        record_type: text(headers::RECORD_TYPE),
     }
 }
 
@@ -267,6 +284,7 @@ async fn write_until_stored(
     pool: &PgPool,
     plan: &BatchPlan,
     records: usize,
+    live_horizon: chrono::TimeDelta,
     backoff_max: Duration,
     shutdown: &CancellationToken,
 ) -> bool {
@@ -274,7 +292,7 @@ async fn write_until_stored(
     let mut attempt = 1;
     loop {
         let started = Instant::now();
-        match store::write(pool, plan).await {
+        match store::write(pool, plan, live_horizon).await {
             Ok(stats) => {
                 BatchStored {
                     records,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use aaa_events::ActivityKind;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -20,11 +20,22 @@ pub struct WriteStats {
     pub dead_letters: u64,
 }
 
-pub async fn write(pool: &PgPool, plan: &BatchPlan) -> Result<WriteStats, sqlx::Error> {
+pub async fn write(
+    pool: &PgPool,
+    plan: &BatchPlan,
+    live_horizon: TimeDelta,
+) -> Result<WriteStats, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut stats = WriteStats::default();
+    write_control(&mut tx, plan).await?;
     if !plan.events.is_empty() {
-        let inserted = insert_events(&mut tx, &plan.events).await?;
+        let windows = active_replay_windows(&mut tx).await?;
+        let attributed: Vec<Option<i64>> = plan
+            .events
+            .iter()
+            .map(|row| attribute(row, &windows, live_horizon))
+            .collect();
+        let inserted = insert_events(&mut tx, &plan.events, &attributed).await?;
         for row in &plan.events {
             *stats.duplicates.entry(row.kind_label).or_default() += 1;
         }
@@ -48,6 +59,7 @@ pub async fn write(pool: &PgPool, plan: &BatchPlan) -> Result<WriteStats, sqlx::
             })
             .collect();
         normalized::write(&mut tx, &plan.events, &new).await?;
+        count_replayed(&mut tx, plan, &attributed, &ids).await?;
         for (_, _, kind, _) in inserted {
             let label = ActivityKind::from_envelope_key(&kind)
                 .map(|k| k.as_str())
@@ -70,19 +82,131 @@ fn column<R, T>(rows: &[R], field: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(field).collect()
 }
 
+/// A window being replayed right now (state `submitted`).
+pub struct ActiveWindow {
+    id: i64,
+    webhook_id: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+async fn active_replay_windows(
+    tx: &mut sqlx::PgConnection,
+) -> Result<Vec<ActiveWindow>, sqlx::Error> {
+    let rows: Vec<(i64, String, DateTime<Utc>, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id, webhook_id, window_from, window_to FROM replay_windows WHERE state = 'submitted'")
+            .fetch_all(&mut *tx)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, webhook_id, from, to)| ActiveWindow {
+            id,
+            webhook_id,
+            from,
+            to,
+        })
+        .collect())
+}
+
+/// The replay window an arriving event belongs to: same webhook, event time
+/// inside the window, and older than the live delivery horizon at arrival.
+fn attribute(row: &EventRow, windows: &[ActiveWindow], live_horizon: TimeDelta) -> Option<i64> {
+    let event_time = row.event_time?;
+    if event_time > row.received_at - live_horizon {
+        return None;
+    }
+    windows
+        .iter()
+        .find(|w| {
+            Some(w.webhook_id.as_str()) == row.webhook_id.as_deref()
+                && w.from <= event_time
+                && event_time < w.to
+        })
+        .map(|w| w.id)
+}
+
+/// Adds this batch's replayed events to their windows: new rows are
+/// recovered, rows we already had are duplicates.
+async fn count_replayed(
+    tx: &mut sqlx::PgConnection,
+    plan: &BatchPlan,
+    attributed: &[Option<i64>],
+    new_ids: &std::collections::HashMap<(Option<&str>, &str, &str), i64>,
+) -> Result<(), sqlx::Error> {
+    let mut counts: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for (row, window) in plan.events.iter().zip(attributed) {
+        let Some(window) = window else { continue };
+        let key = (
+            row.for_user_id.as_deref(),
+            row.kind.as_str(),
+            row.natural_key.as_str(),
+        );
+        let entry = counts.entry(*window).or_default();
+        match new_ids.get(&key) {
+            Some(id) if seen.insert(*id) => entry.0 += 1,
+            _ => entry.1 += 1,
+        }
+    }
+    for (window, (recovered, duplicates)) in counts {
+        sqlx::query("UPDATE replay_windows SET recovered = recovered + $2, duplicates = duplicates + $3 WHERE id = $1")
+            .bind(window)
+            .bind(recovered)
+            .bind(duplicates)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn write_control(tx: &mut sqlx::PgConnection, plan: &BatchPlan) -> Result<(), sqlx::Error> {
+    let beats = &plan.heartbeats;
+    if !beats.is_empty() {
+        sqlx::query(
+            "INSERT INTO coverage_heartbeats (replica_id, webhook_id, covered_from, covered_to, accepted, refused, refused_by)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::int8[], $6::int8[], $7::jsonb[])
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(column(beats, |h| h.replica_id.clone()))
+        .bind(column(beats, |h| h.webhook_id.clone()))
+        .bind(column(beats, |h| h.from))
+        .bind(column(beats, |h| h.to))
+        .bind(column(beats, |h| h.accepted as i64))
+        .bind(column(beats, |h| h.refused as i64))
+        .bind(column::<_, Value>(beats, |h| serde_json::json!(h.refused_by)))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !plan.fences.is_empty() {
+        let fences: Vec<_> = plan.fences.iter().collect();
+        sqlx::query(
+            "INSERT INTO consumer_fences (topic, partition, fence_time)
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::timestamptz[])
+             ON CONFLICT (topic, partition) DO UPDATE SET fence_time = GREATEST(consumer_fences.fence_time, EXCLUDED.fence_time)",
+        )
+        .bind(column(&fences, |((t, _), _)| t.clone()))
+        .bind(column(&fences, |((_, p), _)| *p))
+        .bind(column(&fences, |(_, at)| **at))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// (id, for_user_id, kind, natural key) of every row that was new.
 async fn insert_events(
     tx: &mut sqlx::PgConnection,
     rows: &[EventRow],
+    attributed: &[Option<i64>],
 ) -> Result<Vec<(i64, Option<String>, String, String)>, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO events (webhook_id, for_user_id, kind, natural_key, event_time, payload,
                              context, activity_index, kafka_topic, kafka_partition,
-                             kafka_offset, request_id, received_at)
+                             kafka_offset, request_id, received_at, via_replay)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                               $5::timestamptz[], $6::jsonb[], $7::jsonb[], $8::int4[],
                               $9::text[], $10::int4[], $11::int8[], $12::text[],
-                              $13::timestamptz[])
+                              $13::timestamptz[], $14::bool[])
          ON CONFLICT ON CONSTRAINT events_natural_key DO NOTHING
          RETURNING id, for_user_id, kind, natural_key",
     )
@@ -99,6 +223,12 @@ async fn insert_events(
     .bind(column(rows, |r| r.offset))
     .bind(column(rows, |r| r.request_id.clone()))
     .bind(column(rows, |r| r.received_at))
+    .bind(
+        attributed
+            .iter()
+            .map(Option::is_some)
+            .collect::<Vec<bool>>(),
+    )
     .fetch_all(tx)
     .await
 }

@@ -25,6 +25,7 @@ pub struct AppState {
     pub producer: Arc<RawProducer>,
     pub topic: String,
     pub clock: Clock,
+    pub coverage: Arc<crate::coverage::Coverage>,
 }
 
 pub fn router(state: Arc<AppState>, webhooks: Vec<Webhook>, max_body_bytes: usize) -> Router {
@@ -80,6 +81,7 @@ async fn deliver(
     let _in_flight = InFlight::enter();
     let request_id = uuid::Uuid::new_v4().to_string();
     let done = |outcome: Outcome, detail: Option<&str>, bytes: usize| {
+        state.coverage.record(&webhook.id, outcome);
         DeliveryHandled {
             webhook: &webhook.id,
             request_id: &request_id,

@@ -4,6 +4,7 @@
 //! raw bytes to Kafka and answers 200 only after the broker acknowledged.
 //! There is no database on this path: a slow Postgres never makes X retry.
 
+mod coverage;
 mod events;
 mod http;
 mod producer;
@@ -54,6 +55,12 @@ pub struct ReceiverArgs {
     /// Keep it under X's 3 s delivery limit.
     #[arg(long, env = "AAA_PRODUCE_TIMEOUT_MS", default_value_t = 2500)]
     pub produce_timeout_ms: u64,
+    /// Seconds (simulated) between heartbeats; the watermark proves coverage with them.
+    #[arg(long, env = "AAA_HEARTBEAT_INTERVAL_SECS", default_value_t = 10)]
+    pub heartbeat_interval_secs: u64,
+    /// This replica's name in heartbeats (defaults to the host name).
+    #[arg(long, env = "AAA_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "AAA_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
@@ -88,11 +95,34 @@ pub async fn run(
     for webhook in &webhooks {
         tracing::info!(message = "serving webhook", webhook = %webhook.id, path = %webhook.path);
     }
+    let replica_id = args
+        .replica_id
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| {
+            format!(
+                "receiver-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        });
+    let coverage = Arc::new(coverage::Coverage::new(
+        replica_id,
+        webhooks.iter().map(|w| w.id.clone()),
+    ));
     let state = Arc::new(http::AppState {
         producer: producer.clone(),
         topic: args.kafka.raw_topic.clone(),
         clock,
+        coverage: coverage.clone(),
     });
+    let heartbeats = tokio::spawn(coverage::heartbeat_loop(
+        coverage,
+        producer.clone(),
+        args.kafka.raw_topic.clone(),
+        clock,
+        Duration::from_secs(args.heartbeat_interval_secs.max(1)),
+        shutdown.clone(),
+    ));
     let app = http::router(state, webhooks, args.max_body_bytes);
 
     let public = admin::bind("public", args.listen).await?;
@@ -117,6 +147,7 @@ pub async fn run(
         tracing::error!(message = "producer flush on shutdown failed", error = %err);
     }
     admin_task.abort();
+    heartbeats.abort();
     tracing::info!(message = "receiver stopped");
     Ok(())
 }

@@ -20,6 +20,8 @@ pub struct Faults {
     /// A full delivery outage (simulated time): nothing is delivered or
     /// retried inside it; what falls in it is owed and can only be replayed.
     pub outage: Option<Outage>,
+    /// Extra real milliseconds before each replayed delivery (a slow job).
+    pub replay_delay_ms: u64,
     /// What the next replay job does.
     pub next_replay: Option<ReplayFault>,
 }

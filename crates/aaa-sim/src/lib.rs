@@ -132,6 +132,9 @@ pub struct SimArgs {
     /// On start, register this webhook URL (CRC first) ...
     #[arg(long, env = "AAA_SIM_REGISTER_WEBHOOK")]
     pub register_webhook: Option<String>,
+    /// ... under this webhook id (default: one X would assign) ...
+    #[arg(long, env = "AAA_SIM_REGISTER_WEBHOOK_ID")]
+    pub register_webhook_id: Option<String>,
     /// ... and subscribe this many accounts to it (default: all).
     #[arg(long, env = "AAA_SIM_SUBSCRIBE")]
     pub subscribe: Option<usize>,
@@ -311,7 +314,15 @@ async fn bootstrap(sim: &Sim, url: String) -> Result<(), Error> {
         .map_err(|e| Error::Bootstrap(format!("CRC of {url} failed: {e}")))?;
     let now = sim.clock.now();
     let mut world = sim.world();
-    let webhook = world.add_webhook(url, now);
+    let mut webhook = world.add_webhook(url, now);
+    if let Some(id) = sim.args.register_webhook_id.clone() {
+        // Re-key it: the operator configured the receiver with this id.
+        world.webhooks.remove(&webhook.id);
+        world.subscriptions.remove(&webhook.id);
+        webhook.id = id.clone();
+        world.webhooks.insert(id.clone(), webhook.clone());
+        world.subscriptions.entry(id).or_default();
+    }
     let count = sim
         .args
         .subscribe

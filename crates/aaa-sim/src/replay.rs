@@ -34,6 +34,7 @@ pub fn open_job(
         to_exclusive: window.to_exclusive,
         created_at: now,
         state: "running".into(),
+        finished_at: None,
         endpoint,
     };
     world.jobs.push(job.clone());
@@ -50,7 +51,7 @@ async fn run(sim: Sim, job: Job) {
         from: job.from,
         to_exclusive: job.to_exclusive,
     };
-    let (url, seqs, fault) = {
+    let (url, seqs, fault, delay_ms) = {
         let cutoff = sim.clock.now() - REPLAYABLE_AFTER;
         let mut world = sim.world();
         let url = world.webhooks.get(&job.webhook_id).map(|w| w.url.clone());
@@ -61,7 +62,8 @@ async fn run(sim: Sim, job: Job) {
             .filter(|o| window.contains(o.created_at) && o.created_at <= cutoff)
             .map(|o| o.seq)
             .collect();
-        (url, seqs, world.faults.next_replay.take())
+        let delay_ms = world.faults.replay_delay_ms;
+        (url, seqs, world.faults.next_replay.take(), delay_ms)
     };
     let Some(url) = url else {
         finish(&sim, &job, "Incomplete", "webhook was deleted");
@@ -71,11 +73,12 @@ async fn run(sim: Sim, job: Job) {
         Some(ReplayFault::Incomplete) => &seqs[..seqs.len() / 2],
         _ => &seqs[..],
     };
-    let results = futures::future::join_all(
-        to_send
-            .iter()
-            .map(|seq| delivery::replay_once(&sim, *seq, &url, &job.job_id)),
-    )
+    let results = futures::future::join_all(to_send.iter().map(|seq| async {
+        if delay_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        }
+        delivery::replay_once(&sim, *seq, &url, &job.job_id).await
+    }))
     .await;
     let delivered = results.iter().filter(|ok| **ok).count();
     tracing::info!(message = "replay job delivered", job_id = %job.job_id, events = seqs.len(), delivered);
@@ -106,6 +109,7 @@ fn finish(sim: &Sim, job: &Job, state: &'static str, description: &str) {
         let mut world = sim.world();
         if let Some(j) = world.jobs.iter_mut().find(|j| j.job_id == job.job_id) {
             j.state = state.to_owned();
+            j.finished_at = Some(now);
         }
         world.owe(
             0,

@@ -88,6 +88,8 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     /// running, Complete or Incomplete
     pub state: String,
+    /// When the webhook was free again (the status message was sent).
+    pub finished_at: Option<DateTime<Utc>>,
     pub endpoint: &'static str,
 }
 

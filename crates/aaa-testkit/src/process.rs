@@ -20,8 +20,13 @@ pub struct Service {
 }
 
 fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    // AAA_TEST_ECHO=name shows that service's output live, for debugging.
+    let echo = std::env::var("AAA_TEST_ECHO").ok();
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if echo.as_deref().is_some_and(|e| line.contains(e)) {
+                eprintln!("{line}");
+            }
             into.lock().unwrap_or_else(|p| p.into_inner()).push(line);
         }
     });

@@ -121,3 +121,35 @@ impl SimProcess {
         .await
     }
 }
+
+/// (for_user_id, kind, natural key) of every activity the simulator got a 2xx
+/// for, sorted: what Postgres must hold, exactly.
+pub async fn delivered_keys(sim: &SimProcess) -> Vec<(Option<String>, String, String)> {
+    let mut keys = Vec::new();
+    for line in sim.truth().await.iter().filter(|l| l["delivered"] == true) {
+        let body = line["body"].to_string();
+        let envelope = aaa_events::parse_envelope(body.as_bytes())
+            .expect("the simulator sends readable envelopes");
+        for activity in envelope.activities {
+            let activity = activity.expect("identifiable activity");
+            keys.push((
+                envelope.for_user_id.clone(),
+                activity.kind.to_string(),
+                activity.natural_key,
+            ));
+        }
+    }
+    keys.sort();
+    keys
+}
+
+/// The same triple for every row of `events`, sorted.
+pub async fn stored_keys(db: &crate::TestDb) -> Vec<(Option<String>, String, String)> {
+    let mut stored: Vec<(Option<String>, String, String)> =
+        sqlx::query_as("SELECT for_user_id, kind, natural_key FROM events")
+            .fetch_all(&db.pool)
+            .await
+            .expect("events");
+    stored.sort();
+    stored
+}

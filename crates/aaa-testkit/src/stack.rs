@@ -12,6 +12,47 @@ pub struct StackOptions {
     pub produce_timeout_ms: u64,
     pub batch_max_records: usize,
     pub max_body_bytes: usize,
+    /// Scaled clock shared by every process: (speed, real epoch in RFC 3339).
+    pub clock: Option<(f64, String)>,
+    /// Simulated seconds between receiver heartbeats.
+    pub heartbeat_secs: u64,
+}
+
+impl StackOptions {
+    /// Every process on one clock running `speed` times faster than real time.
+    pub fn scaled(speed: f64) -> StackOptions {
+        let epoch = chrono::Utc::now().to_rfc3339();
+        StackOptions {
+            clock: Some((speed, epoch)),
+            heartbeat_secs: 30,
+            ..StackOptions::default()
+        }
+    }
+
+    pub fn clock_env(&self) -> Vec<(&'static str, String)> {
+        match &self.clock {
+            Some((speed, epoch)) => vec![
+                ("AAA_CLOCK_SPEED", speed.to_string()),
+                ("AAA_CLOCK_REAL_EPOCH", epoch.clone()),
+            ],
+            None => vec![],
+        }
+    }
+
+    /// The same clock, for assertions in the test.
+    pub fn clock(&self) -> aaa_common::Clock {
+        match &self.clock {
+            Some((speed, epoch)) => {
+                let real_epoch = epoch.parse().expect("RFC 3339 epoch");
+                aaa_common::Clock::Scaled {
+                    real_epoch,
+                    sim_epoch: real_epoch,
+                    speed: *speed,
+                }
+            }
+            None => aaa_common::Clock::Wall,
+        }
+    }
 }
 
 impl Default for StackOptions {
@@ -21,6 +62,8 @@ impl Default for StackOptions {
             produce_timeout_ms: 2500,
             batch_max_records: 100,
             max_body_bytes: 1024 * 1024,
+            clock: None,
+            heartbeat_secs: 10,
         }
     }
 }
@@ -43,6 +86,7 @@ pub struct Stack {
     pub topic: String,
     pub options: StackOptions,
     consumer_env: Vec<(&'static str, String)>,
+    receiver_env: Vec<(&'static str, String)>,
     _config_dir: tempfile::TempDir,
 }
 
@@ -74,25 +118,28 @@ impl Stack {
         let secret = format!("secret-{}", uuid::Uuid::new_v4().simple());
         let bin = PathBuf::from(bin);
 
-        let receiver = Service::spawn(
-            "receiver",
-            &bin,
-            &["receiver"],
-            &[
-                ("AAA_LISTEN", "127.0.0.1:0".into()),
-                ("AAA_ADMIN_LISTEN", "127.0.0.1:0".into()),
-                ("AAA_WEBHOOKS_FILE", webhooks_file.display().to_string()),
-                ("TEST_CONSUMER_SECRET", secret.clone()),
-                ("AAA_KAFKA_BROKERS", broker.bootstrap()),
-                ("AAA_RAW_TOPIC", topic.clone()),
-                (
-                    "AAA_PRODUCE_TIMEOUT_MS",
-                    options.produce_timeout_ms.to_string(),
-                ),
-                ("AAA_MAX_BODY_BYTES", options.max_body_bytes.to_string()),
-            ],
-        );
+        let mut receiver_env: Vec<(&'static str, String)> = vec![
+            ("AAA_ADMIN_LISTEN", "127.0.0.1:0".into()),
+            ("AAA_WEBHOOKS_FILE", webhooks_file.display().to_string()),
+            ("TEST_CONSUMER_SECRET", secret.clone()),
+            ("AAA_KAFKA_BROKERS", broker.bootstrap()),
+            ("AAA_RAW_TOPIC", topic.clone()),
+            (
+                "AAA_PRODUCE_TIMEOUT_MS",
+                options.produce_timeout_ms.to_string(),
+            ),
+            ("AAA_MAX_BODY_BYTES", options.max_body_bytes.to_string()),
+            (
+                "AAA_HEARTBEAT_INTERVAL_SECS",
+                options.heartbeat_secs.to_string(),
+            ),
+        ];
+        receiver_env.extend(options.clock_env());
+        let mut first_env = receiver_env.clone();
+        first_env.push(("AAA_LISTEN", "127.0.0.1:0".into()));
+        let receiver = Service::spawn("receiver", &bin, &["receiver"], &first_env);
         let public = receiver.addr("public").await;
+        receiver_env.push(("AAA_LISTEN", public.to_string()));
         let admin = receiver.addr("admin").await;
         let consumer_env = vec![
             ("AAA_ADMIN_LISTEN", "127.0.0.1:0".into()),
@@ -106,10 +153,13 @@ impl Stack {
             ),
             ("AAA_BATCH_MAX_WAIT_MS", "50".into()),
         ];
+        let mut consumer_env = consumer_env;
+        consumer_env.extend(options.clock_env());
         let consumer = Service::spawn("consumer", &bin, &["consumer"], &consumer_env);
         let stack = Stack {
             consumer,
             consumer_env,
+            receiver_env,
             bin,
             broker,
             db,
@@ -138,10 +188,53 @@ impl Stack {
         Service::spawn("consumer", &self.bin, &["consumer"], &self.consumer_env)
     }
 
-    /// The X simulator, registered on this stack's webhook with all of its
-    /// accounts subscribed, signing with the webhook's secret.
+    /// A new receiver process on the same port (after [`Service::kill`]).
+    pub async fn restart_receiver(&mut self) {
+        self.receiver = Service::spawn("receiver", &self.bin, &["receiver"], &self.receiver_env);
+        self.receiver.addr("public").await;
+    }
+
+    /// A watermark replica watching this stack's webhook at `sim`.
+    pub fn spawn_watermark(&self, sim: &crate::SimProcess, replica: &str) -> Service {
+        let mut env = vec![
+            ("AAA_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
+            ("AAA_DATABASE_URL", self.db.url.clone()),
+            ("AAA_KAFKA_BROKERS", self.broker.bootstrap()),
+            ("AAA_RAW_TOPIC", self.topic.clone()),
+            ("AAA_WATERMARK_WEBHOOKS", self.webhook_id.clone()),
+            ("AAA_WATERMARK_TICK_MS", "1000".to_owned()),
+            ("AAA_X_API_BASE_URL", sim.url.clone()),
+            ("AAA_X_BEARER_TOKEN", sim.bearer.clone()),
+            ("AAA_REPLICA_ID", replica.to_owned()),
+        ];
+        env.extend(self.options.clock_env());
+        Service::spawn(replica, &self.bin, &["watermark"], &env)
+    }
+
+    /// The X simulator, registered on this stack's webhook (under the id the
+    /// receiver serves it as) with all of its accounts subscribed, signing
+    /// with the webhook's secret, on the stack's clock.
     pub async fn start_sim(&self, args: &[&str]) -> crate::SimProcess {
-        let mut all = vec!["--register-webhook", self.webhook_url.as_str()];
+        let mut all = vec![
+            "--register-webhook",
+            self.webhook_url.as_str(),
+            "--register-webhook-id",
+            self.webhook_id.as_str(),
+        ];
+        let clock_args: Vec<String> = self
+            .options
+            .clock
+            .iter()
+            .flat_map(|(speed, epoch)| {
+                [
+                    "--clock-speed".to_owned(),
+                    speed.to_string(),
+                    "--clock-real-epoch".to_owned(),
+                    epoch.clone(),
+                ]
+            })
+            .collect();
+        all.extend(clock_args.iter().map(String::as_str));
         all.extend_from_slice(args);
         let sim = crate::SimProcess::start(&self.bin, &self.secret, &all).await;
         sim.service

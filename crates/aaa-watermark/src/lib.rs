@@ -1,0 +1,154 @@
+//! `aaa watermark`: finds the minutes we cannot prove were delivered, replays
+//! them through X one job per webhook at a time, and reconciles each job when
+//! its completion message has been stored and everything before it consumed.
+//!
+//! The decisions are pure ([`coverage`], [`planner`]); Postgres holds the
+//! state (`replay_windows`), so a restarted or second replica picks up where
+//! the first stopped, and a per-webhook advisory lock plus a unique index
+//! keep at most one job in flight per webhook.
+
+pub mod coverage;
+pub mod planner;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aaa_common::Clock;
+use aaa_common::admin::{self, Readiness};
+use aaa_common::kafka::KafkaArgs;
+use aaa_db::DatabaseArgs;
+use aaa_xapi::{Credentials, XApiArgs, XClient};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+
+pub use service::Watermark;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Database(#[from] aaa_db::Error),
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    X(#[from] aaa_xapi::XError),
+    #[error(transparent)]
+    Common(#[from] aaa_common::Error),
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+    #[error("topic {0} has no partitions (does it exist?)")]
+    NoPartitions(String),
+}
+
+/// Configuration of `aaa watermark`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatermarkArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "AAA_ADMIN_LISTEN", default_value = "0.0.0.0:9092")]
+    pub admin_listen: SocketAddr,
+    /// X's ids of the webhooks to watch (comma separated); the receiver must
+    /// serve them under the same ids.
+    #[arg(
+        long = "webhook",
+        env = "AAA_WATERMARK_WEBHOOKS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub webhooks: Vec<String>,
+    /// Real milliseconds between two rounds of checks (at least 1000: the
+    /// scheduler's repeated jobs stop firing below one second).
+    #[arg(long, env = "AAA_WATERMARK_TICK_MS", default_value_t = 15_000)]
+    pub tick_ms: u64,
+    /// A submitted job with no completion message after this many simulated
+    /// seconds is treated as lost and its window submitted again.
+    #[arg(long, env = "AAA_WATERMARK_JOB_TIMEOUT_SECS", default_value_t = 3_600)]
+    pub job_timeout_secs: i64,
+    /// First wait after ReplayConflictError or a transport failure, in
+    /// simulated seconds; doubles each time up to 15 minutes.
+    #[arg(long, env = "AAA_WATERMARK_BACKOFF_SECS", default_value_t = 60)]
+    pub backoff_secs: i64,
+    /// Replay requests allowed per 15 minutes (X: 5 on the Account Activity
+    /// endpoint, 100 on /2/webhooks/replay). Defaults to the endpoint's limit.
+    #[arg(long, env = "AAA_WATERMARK_REPLAY_LIMIT")]
+    pub replay_limit: Option<u32>,
+    /// Identity of this replica in logs.
+    #[arg(long, env = "AAA_REPLICA_ID", default_value = "watermark")]
+    pub replica_id: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub x: XApiArgs,
+}
+
+struct DbReadiness(sqlx::PgPool);
+
+impl Readiness for DbReadiness {
+    fn check(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.0)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("database unreachable: {e}"))
+        })
+    }
+}
+
+pub async fn run(
+    args: WatermarkArgs,
+    clock: Clock,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let pool = args.database.pool()?;
+    aaa_db::ensure_schema_current(&pool).await?;
+    let x = XClient::new(&args.x, Credentials::from_env()?)?;
+    let watermark = Arc::new(Watermark::new(&args, pool.clone(), x, clock).await?);
+
+    let admin_listener = admin::bind("admin", args.admin_listen).await?;
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        metrics,
+        DbReadiness(pool),
+        shutdown.clone(),
+    ));
+
+    let scheduler = JobScheduler::new()
+        .await
+        .map_err(|e| Error::Scheduler(e.to_string()))?;
+    let ticking = watermark.clone();
+    let job = Job::new_repeated_async(
+        Duration::from_millis(args.tick_ms.max(1000)),
+        move |_id, _scheduler| {
+            let watermark = ticking.clone();
+            Box::pin(async move { watermark.tick().await })
+        },
+    )
+    .map_err(|e| Error::Scheduler(e.to_string()))?;
+    scheduler
+        .add(job)
+        .await
+        .map_err(|e| Error::Scheduler(e.to_string()))?;
+    scheduler
+        .start()
+        .await
+        .map_err(|e| Error::Scheduler(e.to_string()))?;
+    tracing::info!(message = "watching webhooks", webhooks = ?args.webhooks, tick_ms = args.tick_ms);
+    // A first round at once rather than one tick from now.
+    watermark.tick().await;
+
+    shutdown.cancelled().await;
+    let mut scheduler = scheduler;
+    let _ = scheduler.shutdown().await;
+    admin_task.abort();
+    tracing::info!(message = "watermark stopped");
+    Ok(())
+}

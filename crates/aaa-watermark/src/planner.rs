@@ -1,0 +1,199 @@
+//! Turning gaps into replay windows X will accept (pure).
+//!
+//! X's rules (see `aaa-replay-window`): `from` within the last 24 h and at
+//! least 31 min ago, `to` at least 10 min ago, minute granularity, at most
+//! about 2 h per window. Oldest first, so what is about to age past 24 h goes
+//! before anything else; what already aged out is reported as expired, never
+//! silently dropped.
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::coverage::{Interval, MINUTE, ceil_minute, floor_minute};
+
+pub const MAX_SPAN: TimeDelta = TimeDelta::hours(2);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Replay this window now (half-open).
+    Submit(Interval),
+    /// Too old for X to replay: lost unless someone has it elsewhere.
+    Expired(Interval),
+    /// Not eligible yet; `until` is when it will be.
+    Wait {
+        window: Interval,
+        until: DateTime<Utc>,
+    },
+}
+
+/// The earliest `from` X accepts at `now` ("within the last 24 hours", strictly).
+pub fn earliest_from(now: DateTime<Utc>) -> DateTime<Utc> {
+    floor_minute(now - aaa_replay_window::MAX_AGE) + MINUTE
+}
+
+/// Plans every gap at `now`. Gaps must not overlap (they come from
+/// [`crate::coverage::uncovered`]).
+pub fn plan(now: DateTime<Utc>, gaps: &[Interval]) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let earliest = earliest_from(now);
+    let latest_from = floor_minute(now - aaa_replay_window::MIN_FROM_AGE);
+    let latest_to = floor_minute(now - aaa_replay_window::MIN_TO_AGE);
+    let mut gaps = gaps.to_vec();
+    gaps.sort();
+    for gap in gaps {
+        let gap = Interval::new(floor_minute(gap.from), ceil_minute(gap.to));
+        if gap.from < earliest {
+            steps.push(Step::Expired(Interval::new(gap.from, gap.to.min(earliest))));
+        }
+        let from = gap.from.max(earliest);
+        if from >= gap.to {
+            continue;
+        }
+        if from > latest_from {
+            steps.push(Step::Wait {
+                window: Interval::new(from, gap.to),
+                until: from + aaa_replay_window::MIN_FROM_AGE,
+            });
+            continue;
+        }
+        let eligible_to = gap.to.min(latest_to);
+        let mut start = from;
+        // Every window's own `from` must be old enough, not only the gap's.
+        while start < eligible_to && start <= latest_from {
+            let end = (start + MAX_SPAN).min(eligible_to);
+            steps.push(Step::Submit(Interval::new(start, end)));
+            start = end;
+        }
+        if start < gap.to {
+            let rest = Interval::new(start, gap.to);
+            // Its own `from` decides (31 min beats the 10 min rule for `to`).
+            steps.push(Step::Wait {
+                window: rest,
+                until: rest.from + aaa_replay_window::MIN_FROM_AGE,
+            });
+        }
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aaa_replay_window::{Rules, format_minute, validate};
+    use proptest::prelude::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-25T12:00:30Z".parse().unwrap()
+    }
+
+    fn ago(minutes: i64) -> DateTime<Utc> {
+        floor_minute(now()) - TimeDelta::minutes(minutes)
+    }
+
+    fn gap(from_ago: i64, to_ago: i64) -> Interval {
+        Interval::new(ago(from_ago), ago(to_ago))
+    }
+
+    #[test]
+    fn boundaries() {
+        use Step::*;
+        let cases: Vec<(&str, Vec<Interval>, Vec<Step>)> = vec![
+            ("eligible gap", vec![gap(90, 60)], vec![Submit(gap(90, 60))]),
+            (
+                "from 31 min ago is eligible",
+                vec![gap(31, 20)],
+                vec![Submit(gap(31, 20))],
+            ),
+            (
+                "from 30 min ago waits",
+                vec![gap(30, 20)],
+                vec![Wait {
+                    window: gap(30, 20),
+                    until: ago(30) + TimeDelta::minutes(31),
+                }],
+            ),
+            (
+                "to within 10 min: submit what is eligible, the rest waits",
+                vec![gap(40, 5)],
+                vec![
+                    Submit(gap(40, 10)),
+                    Wait {
+                        window: gap(10, 5),
+                        until: ago(10) + TimeDelta::minutes(31),
+                    },
+                ],
+            ),
+            (
+                "longer than 2 h is split",
+                vec![gap(300, 60)],
+                vec![Submit(gap(300, 180)), Submit(gap(180, 60))],
+            ),
+            (
+                "aged past 24 h: expired part reported, rest submitted",
+                vec![gap(24 * 60 + 30, 23 * 60)],
+                vec![
+                    Expired(gap(24 * 60 + 30, 24 * 60 - 1)),
+                    Submit(gap(24 * 60 - 1, 23 * 60)),
+                ],
+            ),
+            (
+                "wholly expired",
+                vec![gap(26 * 60, 25 * 60)],
+                vec![Expired(gap(26 * 60, 25 * 60))],
+            ),
+            (
+                "oldest first",
+                vec![gap(60, 50), gap(200, 190)],
+                vec![Submit(gap(200, 190)), Submit(gap(60, 50))],
+            ),
+        ];
+        for (name, gaps, expected) in cases {
+            assert_eq!(plan(now(), &gaps), expected, "{name}");
+        }
+    }
+
+    proptest! {
+        /// Every submitted window is valid under X's rules; windows never
+        /// overlap; every minute of a gap younger than 24 h is submitted now
+        /// or waits for a known time no later than 31 minutes from now.
+        #[test]
+        fn every_plan_is_acceptable_to_x(
+            starts in proptest::collection::vec(0i64..(26 * 60), 1..6),
+            lens in proptest::collection::vec(1i64..300, 6),
+            offset in 0i64..3600,
+        ) {
+            let now = now() + TimeDelta::seconds(offset);
+            let mut gaps: Vec<Interval> = starts.iter().zip(&lens).map(|(s, l)| {
+                let from = floor_minute(now) - TimeDelta::minutes(*s);
+                Interval::new(from, (from + TimeDelta::minutes(*l)).min(floor_minute(now)))
+            }).filter(|g| g.from < g.to).collect();
+            gaps = crate::coverage::merge(gaps);
+            let steps = plan(now, &gaps);
+            let mut submitted: Vec<Interval> = Vec::new();
+            for step in &steps {
+                match step {
+                    Step::Submit(w) => {
+                        prop_assert!(validate(now, &format_minute(w.from), &format_minute(w.to), Rules::ACCOUNT_ACTIVITY).is_ok(), "{w:?} at {now}");
+                        prop_assert!(w.to - w.from <= MAX_SPAN);
+                        prop_assert!(!submitted.iter().any(|s| s.overlaps(w)));
+                        submitted.push(*w);
+                    }
+                    Step::Wait { until, .. } => prop_assert!(*until <= now + TimeDelta::minutes(31)),
+                    Step::Expired(w) => prop_assert!(w.from < earliest_from(now)),
+                }
+            }
+            // Nothing younger than 24 h is forgotten.
+            for g in &gaps {
+                let mut minute = g.from.max(earliest_from(now));
+                while minute < g.to {
+                    let m = Interval::new(minute, minute + MINUTE);
+                    let planned = steps.iter().any(|s| match s {
+                        Step::Submit(w) | Step::Wait { window: w, .. } => w.from <= m.from && m.to <= w.to,
+                        Step::Expired(_) => false,
+                    });
+                    prop_assert!(planned, "minute {minute} of {g:?} unplanned: {steps:?}");
+                    minute += MINUTE;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! One round of the watermark, per webhook, under a Postgres advisory lock:
+//! record validity, write fences, follow the job in flight, record new gaps,
+//! submit the next window. Every decision is logged with its reason.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aaa_common::Clock;
+use aaa_common::kafka::{control, headers};
+use aaa_replay_window::Window;
+use aaa_xapi::{Reason, ReplayEndpoint, XClient, XError};
+use chrono::{DateTime, TimeDelta, Utc};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use sqlx::{PgConnection, PgPool};
+
+use crate::coverage::{Heartbeat, Interval, uncovered};
+use crate::planner::{Step, earliest_from, plan};
+use crate::{Error, WatermarkArgs};
+
+const RATE_WINDOW: TimeDelta = TimeDelta::minutes(15);
+const MAX_BACKOFF: TimeDelta = TimeDelta::minutes(15);
+
+pub struct Watermark {
+    pool: PgPool,
+    x: XClient,
+    producer: FutureProducer,
+    topic: String,
+    partitions: Vec<i32>,
+    clock: Clock,
+    webhooks: Vec<String>,
+    replica: String,
+    job_timeout: TimeDelta,
+    backoff: TimeDelta,
+    replay_limit: i64,
+    /// Per webhook: no re-validation (PUT) before this time.
+    revalidate_after: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+fn backoff(base: TimeDelta, attempt: i32) -> TimeDelta {
+    (base * 2i32.saturating_pow(attempt.clamp(0, 10) as u32)).min(MAX_BACKOFF)
+}
+
+impl Watermark {
+    pub async fn new(
+        args: &WatermarkArgs,
+        pool: PgPool,
+        x: XClient,
+        clock: Clock,
+    ) -> Result<Watermark, Error> {
+        let mut config = args.kafka.client_config(&[])?;
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "10000");
+        let producer: FutureProducer = config.create()?;
+        let topic = args.kafka.raw_topic.clone();
+        let partitions = {
+            let producer = producer.clone();
+            let topic = topic.clone();
+            tokio::task::spawn_blocking(move || {
+                producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(10)))
+                    .map(|m| {
+                        m.topics()
+                            .iter()
+                            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                            .collect::<Vec<_>>()
+                    })
+            })
+            .await
+            .map_err(|e| Error::Scheduler(e.to_string()))??
+        };
+        if partitions.is_empty() {
+            return Err(Error::NoPartitions(topic));
+        }
+        let replay_limit = args.replay_limit.unwrap_or(match x.replay_endpoint() {
+            ReplayEndpoint::AccountActivity => 5,
+            ReplayEndpoint::Webhooks => 100,
+        }) as i64;
+        Ok(Watermark {
+            pool,
+            x,
+            producer,
+            topic,
+            partitions,
+            clock,
+            webhooks: args.webhooks.clone(),
+            replica: args.replica_id.clone(),
+            job_timeout: TimeDelta::seconds(args.job_timeout_secs),
+            backoff: TimeDelta::seconds(args.backoff_secs),
+            replay_limit,
+            revalidate_after: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// One round over every webhook. Failures are logged and retried next round.
+    pub async fn tick(&self) {
+        let now = self.clock.now();
+        self.write_fences(now).await;
+        for webhook in &self.webhooks {
+            if let Err(error) = self.tick_webhook(webhook, now).await {
+                tracing::error!(message = "watermark round failed; retrying next round", webhook = %webhook, error = %error);
+                metrics::counter!("aaa_watermark_round_failures_total", "webhook" => webhook.clone()).increment(1);
+            }
+        }
+    }
+
+    async fn tick_webhook(&self, webhook: &str, now: DateTime<Utc>) -> Result<(), Error> {
+        let mut conn = self.pool.acquire().await?;
+        let lock = format!("aaa-watermark:{webhook}");
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(&lock)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !locked {
+            tracing::debug!(message = "another watermark replica holds this webhook", webhook, replica = %self.replica);
+            return Ok(());
+        }
+        let result = self.round(&mut conn, webhook, now).await;
+        sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+            .bind(&lock)
+            .execute(&mut *conn)
+            .await?;
+        result
+    }
+
+    async fn round(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        self.check_validity(conn, webhook, now).await?;
+        let busy = self.follow_in_flight(conn, webhook, now).await?;
+        self.record_gaps(conn, webhook, now).await?;
+        if !busy {
+            self.submit_next(conn, webhook, now).await?;
+        }
+        self.report(conn, webhook, now).await
+    }
+
+    /// A fence on every partition, stamped `now`: once the consumer stored all
+    /// of them, everything produced before is in Postgres.
+    async fn write_fences(&self, now: DateTime<Utc>) {
+        let payload = match serde_json::to_vec(&control::Fence { at: now }) {
+            Ok(payload) => payload,
+            Err(_) => return,
+        };
+        let sends = self.partitions.iter().map(|partition| {
+            let record = FutureRecord::<(), _>::to(&self.topic)
+                .partition(*partition)
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: headers::RECORD_TYPE,
+                    value: Some(control::FENCE),
+                }));
+            self.producer
+                .send(record, Timeout::After(Duration::from_secs(5)))
+        });
+        for result in futures::future::join_all(sends).await {
+            if let Err((error, _)) = result {
+                tracing::warn!(message = "fence not written; the processed horizon waits", error = %error);
+            }
+        }
+    }
+
+    /// The time up to which the consumer has stored everything: the oldest of
+    /// the newest fences on every partition.
+    async fn horizon(&self, conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, Error> {
+        let (oldest, partitions): (Option<DateTime<Utc>>, i64) = sqlx::query_as(
+            "SELECT min(fence_time), count(*) FROM consumer_fences WHERE topic = $1",
+        )
+        .bind(&self.topic)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(oldest.filter(|_| partitions as usize >= self.partitions.len()))
+    }
+
+    async fn check_validity(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let listed = match self.x.list_webhooks().await {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::warn!(message = "cannot read webhook validity from X", webhook, error = %error);
+                return Ok(());
+            }
+        };
+        let Some(found) = listed.iter().find(|w| w.id == webhook) else {
+            tracing::error!(
+                message =
+                    "X does not know this webhook (WebhookIdInvalid): nothing can be replayed",
+                webhook
+            );
+            return Ok(());
+        };
+        let mut valid = found.valid;
+        if !valid {
+            let due = self
+                .revalidate_after
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(webhook)
+                .is_none_or(|t| *t <= now);
+            tracing::error!(
+                message = "webhook is invalid at X (failed CRC): nothing is delivered until it is re-validated",
+                webhook,
+                revalidating = due
+            );
+            if due {
+                match self.x.validate_webhook(webhook).await {
+                    Ok(true) => {
+                        tracing::info!(
+                            message = "webhook re-validated; its invalid period will be replayed",
+                            webhook
+                        );
+                        valid = true;
+                    }
+                    result => {
+                        tracing::warn!(message = "re-validation failed; backing off", webhook, result = ?result.map_err(|e| e.to_string()));
+                        self.revalidate_after
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(webhook.to_owned(), now + self.backoff);
+                    }
+                }
+            }
+        }
+        metrics::gauge!("aaa_watermark_webhook_valid", "webhook" => webhook.to_owned())
+            .set(if valid { 1.0 } else { 0.0 });
+        // An invalid observation also marks the time since the previous check.
+        sqlx::query("INSERT INTO webhook_validity (webhook_id, checked_at, valid) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(webhook)
+            .bind(now)
+            .bind(found.valid)
+            .execute(&mut *conn)
+            .await?;
+        if valid && !found.valid {
+            sqlx::query("INSERT INTO webhook_validity (webhook_id, checked_at, valid) VALUES ($1, $2, true) ON CONFLICT DO NOTHING")
+                .bind(webhook)
+                .bind(now + TimeDelta::milliseconds(1))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the job in flight; `true` while one is still running.
+    async fn follow_in_flight(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        type InFlight = (
+            i64,
+            Option<String>,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            DateTime<Utc>,
+        );
+        let row: Option<InFlight> = sqlx::query_as(
+            "SELECT id, job_id, submitted_at, fence_at, created_at FROM replay_windows WHERE webhook_id = $1 AND state = 'submitted'",
+        )
+        .bind(webhook)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((id, job_id, submitted_at, fence_at, created_at)) = row else {
+            return Ok(false);
+        };
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT job_state FROM replay_jobs WHERE job_id = $1")
+                .bind(&job_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match state.as_deref() {
+            Some("Complete") => match fence_at {
+                None => {
+                    // Fences were written this round at `now`: reconcile once they are stored.
+                    sqlx::query("UPDATE replay_windows SET fence_at = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(now)
+                        .execute(&mut *conn)
+                        .await?;
+                    tracing::info!(message = "replay job complete; waiting for the consumer to pass the fences", webhook, job_id = ?job_id);
+                    Ok(true)
+                }
+                Some(fence_at) => {
+                    if self.horizon(conn).await?.is_none_or(|h| h < fence_at) {
+                        return Ok(true);
+                    }
+                    let (recovered, duplicates): (i64, i64) = sqlx::query_as(
+                        "UPDATE replay_windows SET state = 'reconciled', reconciled_at = $2 WHERE id = $1 RETURNING recovered, duplicates",
+                    )
+                    .bind(id)
+                    .bind(now)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    metrics::counter!("aaa_watermark_recovered_events_total", "webhook" => webhook.to_owned()).increment(recovered as u64);
+                    metrics::counter!("aaa_watermark_duplicate_events_total", "webhook" => webhook.to_owned()).increment(duplicates as u64);
+                    metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => "reconciled").increment(1);
+                    metrics::histogram!("aaa_watermark_gap_recovery_seconds", "webhook" => webhook.to_owned())
+                        .record((now - created_at).as_seconds_f64());
+                    tracing::info!(message = "replay reconciled: gap recovered", webhook, job_id = ?job_id, recovered, duplicates);
+                    Ok(false)
+                }
+            },
+            Some(other) => {
+                // Incomplete (or anything but Complete): X does not retry replayed events.
+                sqlx::query(
+                    "UPDATE replay_windows SET state = 'pending', job_id = NULL, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(now)
+                .bind(format!("X reported {other}"))
+                .execute(&mut *conn)
+                .await?;
+                metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => "incomplete").increment(1);
+                tracing::warn!(message = "replay job not complete; the same window will be submitted again", webhook, job_id = ?job_id, state = other);
+                Ok(false)
+            }
+            None if submitted_at.is_some_and(|at| at < now - self.job_timeout) => {
+                sqlx::query(
+                    "UPDATE replay_windows SET state = 'pending', job_id = NULL, next_attempt_at = $2, last_error = 'no completion message in time' WHERE id = $1",
+                )
+                .bind(id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => "lost").increment(1);
+                tracing::warn!(message = "no completion for the replay job; treating it as lost and resubmitting (a conflict will tell if it still runs)", webhook, job_id = ?job_id);
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    /// Finds uncovered minutes not yet planned, and records them as pending
+    /// (or expired) windows.
+    async fn record_gaps(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let Some(horizon) = self.horizon(conn).await? else {
+            tracing::debug!(
+                message = "consumer has not stored fences on every partition yet: nothing judged",
+                webhook
+            );
+            return Ok(());
+        };
+        let start: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT min(covered_from) FROM coverage_heartbeats WHERE webhook_id = $1",
+        )
+        .bind(webhook)
+        .fetch_one(&mut *conn)
+        .await?;
+        let Some(start) = start else { return Ok(()) };
+        let start = start.max(now - TimeDelta::hours(25));
+        let horizon = horizon.min(now);
+        let beats: Vec<(DateTime<Utc>, DateTime<Utc>, i64)> = sqlx::query_as(
+            "SELECT covered_from, covered_to, refused FROM coverage_heartbeats WHERE webhook_id = $1 AND covered_to >= $2",
+        )
+        .bind(webhook)
+        .bind(start)
+        .fetch_all(&mut *conn)
+        .await?;
+        let heartbeats: Vec<Heartbeat> = beats
+            .into_iter()
+            .map(|(from, to, refused)| Heartbeat {
+                covered: Interval::new(from, to),
+                healthy: refused == 0,
+            })
+            .collect();
+        let checks: Vec<(DateTime<Utc>, bool)> =
+            sqlx::query_as("SELECT checked_at, valid FROM webhook_validity WHERE webhook_id = $1 AND checked_at >= $2 ORDER BY checked_at")
+                .bind(webhook)
+                .bind(start - TimeDelta::hours(1))
+                .fetch_all(&mut *conn)
+                .await?;
+        let invalid = invalid_periods(&checks, now);
+        let settled: Vec<Interval> = sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>)>(
+            "SELECT window_from, window_to FROM replay_windows WHERE webhook_id = $1 AND window_to >= $2",
+        )
+        .bind(webhook)
+        .bind(start)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(from, to)| Interval::new(from, to))
+        .collect();
+        let gaps = uncovered(start, horizon, &heartbeats, &invalid, &settled);
+        let minutes: i64 = gaps.iter().map(Interval::minutes).sum();
+        metrics::gauge!("aaa_watermark_uncovered_minutes", "webhook" => webhook.to_owned())
+            .set(minutes as f64);
+        for step in plan(now, &gaps) {
+            match step {
+                Step::Submit(window) => {
+                    tracing::info!(message = "gap found: window planned for replay", webhook, from = %window.from, to = %window.to);
+                    self.insert_window(conn, webhook, window, "pending", now)
+                        .await?;
+                }
+                Step::Expired(window) => {
+                    tracing::error!(message = "gap older than X's 24 h replay limit: these minutes cannot be recovered", webhook, from = %window.from, to = %window.to);
+                    metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(window.minutes() as u64);
+                    self.insert_window(conn, webhook, window, "expired", now)
+                        .await?;
+                }
+                Step::Wait { window, until } => {
+                    tracing::debug!(message = "gap not replayable yet (X replays windows at least 31 min old)", webhook, from = %window.from, to = %window.to, until = %until);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn insert_window(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        window: Interval,
+        state: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO replay_windows (webhook_id, window_from, window_to, state, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(webhook)
+        .bind(window.from)
+        .bind(window.to)
+        .bind(state)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn submit_next(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        type Pending = (i64, DateTime<Utc>, DateTime<Utc>, i32, i32);
+        let next: Option<Pending> = sqlx::query_as(
+            "SELECT id, window_from, window_to, attempts, conflicts FROM replay_windows
+             WHERE webhook_id = $1 AND state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+             ORDER BY window_from LIMIT 1",
+        )
+        .bind(webhook)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some((id, from, to, attempts, conflicts)) = next else {
+            return Ok(());
+        };
+        let recent: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM replay_windows WHERE submitted_at > $1")
+                .bind(now - RATE_WINDOW)
+                .fetch_one(&mut *conn)
+                .await?;
+        if recent >= self.replay_limit {
+            tracing::info!(
+                message = "replay budget used up for this 15-minute window; waiting",
+                webhook,
+                recent,
+                limit = self.replay_limit
+            );
+            return Ok(());
+        }
+        let earliest = earliest_from(now);
+        if to <= earliest {
+            sqlx::query("UPDATE replay_windows SET state = 'expired', last_error = 'aged past 24 h before it could be replayed' WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment((to - from).num_minutes() as u64);
+            tracing::error!(message = "window aged past 24 h before it could be replayed", webhook, from = %from, to = %to);
+            return Ok(());
+        }
+        let from = from.max(earliest);
+        let set_retry = |delay: TimeDelta, error: String, conflict: bool| {
+            sqlx::query(
+                "UPDATE replay_windows SET attempts = attempts + 1, conflicts = conflicts + $4, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(now + delay)
+            .bind(error)
+            .bind(i32::from(conflict))
+        };
+        match self
+            .x
+            .submit_replay(
+                webhook,
+                Window {
+                    from,
+                    to_exclusive: to,
+                },
+                now,
+            )
+            .await
+        {
+            Ok(job) => {
+                sqlx::query(
+                    "UPDATE replay_windows SET state = 'submitted', window_from = $2, job_id = $3, submitted_at = $4, attempts = attempts + 1, last_error = NULL WHERE id = $1",
+                )
+                .bind(id)
+                .bind(from)
+                .bind(&job.job_id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => webhook.to_owned(), "outcome" => "accepted").increment(1);
+                tracing::info!(message = "replay submitted", webhook, job_id = %job.job_id, from_date = %job.from_date, to_date = %job.to_date, attempt = attempts + 1);
+            }
+            Err(error) => {
+                let (delay, conflict, outcome) = match &error {
+                    XError::Refused {
+                        reason: Reason::ReplayConflict,
+                        ..
+                    } => (backoff(self.backoff, conflicts), true, "conflict"),
+                    XError::RateLimited { reset, .. } => (
+                        reset
+                            .map(|r| r - now)
+                            .unwrap_or(self.backoff)
+                            .max(TimeDelta::seconds(1)),
+                        false,
+                        "rate_limited",
+                    ),
+                    XError::Refused {
+                        reason: Reason::CrcValidationFailed | Reason::WebhookIdInvalid,
+                        ..
+                    } => {
+                        tracing::error!(message = "X refuses replays for this webhook; holding it and re-validating", webhook, error = %error);
+                        self.revalidate_after
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(webhook);
+                        (backoff(self.backoff, attempts), false, "webhook_refused")
+                    }
+                    // Clock skew or a boundary: planned again next time with fresh limits.
+                    XError::Refused {
+                        reason: Reason::QueryParamInvalid,
+                        ..
+                    }
+                    | XError::Invalid(_) => (self.backoff, false, "window_refused"),
+                    _ => (backoff(self.backoff, attempts), false, "failed"),
+                };
+                metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => webhook.to_owned(), "outcome" => outcome).increment(1);
+                tracing::warn!(message = "replay not accepted; will retry", webhook, outcome, retry_in_secs = delay.num_seconds(), error = %error);
+                set_retry(delay, error.to_string(), conflict)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn report(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let states: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM replay_windows WHERE webhook_id = $1 GROUP BY state",
+        )
+        .bind(webhook)
+        .fetch_all(&mut *conn)
+        .await?;
+        for state in ["pending", "submitted", "reconciled", "expired"] {
+            let n = states
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!("aaa_watermark_windows", "webhook" => webhook.to_owned(), "state" => state).set(n as f64);
+        }
+        let oldest: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT min(window_from) FROM replay_windows WHERE webhook_id = $1 AND state IN ('pending', 'submitted')")
+                .bind(webhook)
+                .fetch_one(&mut *conn)
+                .await?;
+        let seconds_left = oldest.map_or(f64::INFINITY, |from| {
+            (from + aaa_replay_window::MAX_AGE - now).as_seconds_f64()
+        });
+        metrics::gauge!("aaa_watermark_oldest_gap_expires_in_seconds", "webhook" => webhook.to_owned()).set(seconds_left);
+        Ok(())
+    }
+}
+
+/// Periods the webhook was (or may have been) invalid: from the last check
+/// that saw it valid to the first check that sees it valid again.
+pub fn invalid_periods(checks: &[(DateTime<Utc>, bool)], now: DateTime<Utc>) -> Vec<Interval> {
+    let mut periods = Vec::new();
+    let mut last_valid: Option<DateTime<Utc>> = None;
+    let mut invalid_since: Option<DateTime<Utc>> = None;
+    for (at, valid) in checks {
+        match (valid, invalid_since) {
+            (false, None) => invalid_since = Some(last_valid.unwrap_or(*at)),
+            (true, Some(since)) => {
+                periods.push(Interval::new(since, *at));
+                invalid_since = None;
+                last_valid = Some(*at);
+            }
+            (true, None) => last_valid = Some(*at),
+            (false, Some(_)) => {}
+        }
+    }
+    if let Some(since) = invalid_since {
+        periods.push(Interval::new(since, now));
+    }
+    periods
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(minute: i64) -> DateTime<Utc> {
+        "2026-11-25T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + TimeDelta::minutes(minute)
+    }
+
+    #[test]
+    fn invalid_periods_run_from_the_last_valid_check_to_the_next_valid_one() {
+        let checks = [
+            (t(0), true),
+            (t(5), true),
+            (t(10), false),
+            (t(15), false),
+            (t(20), true),
+            (t(25), false),
+        ];
+        assert_eq!(
+            invalid_periods(&checks, t(30)),
+            vec![Interval::new(t(5), t(20)), Interval::new(t(20), t(30))]
+        );
+        assert_eq!(
+            invalid_periods(&[(t(3), false)], t(9)),
+            vec![Interval::new(t(3), t(9))]
+        );
+        assert_eq!(invalid_periods(&[(t(3), true)], t(9)), vec![]);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(TimeDelta::seconds(60), 0), TimeDelta::seconds(60));
+        assert_eq!(backoff(TimeDelta::seconds(60), 2), TimeDelta::seconds(240));
+        assert_eq!(backoff(TimeDelta::seconds(60), 9), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,357 @@
+//! The watermark end to end, on a scaled clock (1 real second = 5 simulated
+//! minutes), with the simulator as X, a real broker and Postgres: gaps are
+//! found, replayed one job per webhook, reconciled, and afterwards Postgres
+//! holds exactly what X delivered, nothing missing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aaa_testkit::{
+    SimProcess, Stack, StackOptions, TestDb, delivered_keys, eventually, stored_keys,
+};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aaa");
+const WAIT: Duration = Duration::from_secs(120);
+const SPEED: f64 = 300.0;
+
+/// Activity in the background, like X's: a few events every 50 ms.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(sim: &SimProcess) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let url = format!("{}/sim/generate", sim.url);
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !flag.load(Ordering::SeqCst) {
+                let _ = client.post(&url).json(&json!({"count": 2})).send().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        Traffic { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.task.await;
+    }
+}
+
+async fn windows(db: &TestDb) -> Vec<(String, i32, i32, i64, i64)> {
+    sqlx::query_as("SELECT state, attempts, conflicts, recovered, duplicates FROM replay_windows ORDER BY window_from")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until every gap is reconciled and X owes nothing; then checks that
+/// Postgres holds exactly what X delivered.
+async fn converged(stack: &Stack, sim: &SimProcess) -> Value {
+    let summary = eventually(WAIT, "every gap reconciled and nothing missing", || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM replay_windows WHERE state IN ('pending', 'submitted')",
+        )
+        .fetch_one(&stack.db.pool)
+        .await
+        .ok()?;
+        let reconciled: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM replay_windows WHERE state = 'reconciled'")
+                .fetch_one(&stack.db.pool)
+                .await
+                .ok()?;
+        let summary = sim.summary().await;
+        (open == 0 && reconciled > 0 && summary["missing"] == 0 && summary["pending"] == 0)
+            .then_some(summary)
+    })
+    .await;
+    let expected = delivered_keys(sim).await;
+    eventually(
+        WAIT,
+        "Postgres to hold every delivered activity",
+        || async {
+            (stack.db.count("SELECT count(*) FROM events").await == expected.len() as i64)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        stored_keys(&stack.db).await,
+        expected,
+        "Postgres holds exactly what X delivered"
+    );
+    summary
+}
+
+async fn wait_until_sim(clock: aaa_common::Clock, at: DateTime<Utc>) {
+    eventually(WAIT, "simulated time to pass", || async {
+        (clock.now() >= at).then_some(())
+    })
+    .await;
+}
+
+async fn started(stack: &Stack, sim: &SimProcess) -> Traffic {
+    let traffic = Traffic::start(sim);
+    eventually(WAIT, "live traffic and heartbeats stored", || async {
+        let beats = stack
+            .db
+            .count("SELECT count(*) FROM coverage_heartbeats")
+            .await;
+        (stack.db.count("SELECT count(*) FROM events").await > 20 && beats > 3).then_some(())
+    })
+    .await;
+    traffic
+}
+
+const SIM_ARGS: &[&str] = &[
+    "--accounts",
+    "20",
+    "--interaction-share",
+    "0",
+    "--revoke-share",
+    "0",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_outage_is_found_replayed_and_recovered() {
+    let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+    let clock = stack.options.clock();
+    let sim = stack.start_sim(SIM_ARGS).await;
+    let _watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let traffic = started(&stack, &sim).await;
+
+    // The receiver is down for 20 simulated minutes; X gives up on what it
+    // could not deliver (its retries end within 5 minutes).
+    stack.receiver.kill();
+    let outage_start = clock.now();
+    wait_until_sim(clock, outage_start + TimeDelta::minutes(20)).await;
+    stack.restart_receiver().await;
+    let outage_end = clock.now();
+    let real_end = Instant::now();
+    wait_until_sim(clock, outage_end + TimeDelta::minutes(2)).await;
+    traffic.stop().await;
+    let lost = eventually(WAIT, "X to give up on the outage's deliveries", || async {
+        let summary = sim.summary().await;
+        (summary["pending"] == 0).then(|| summary["missing"].as_i64().unwrap_or(0))
+    })
+    .await;
+    assert!(lost > 0, "the outage lost deliveries");
+
+    let summary = converged(&stack, &sim).await;
+    let recovered_at = clock.now();
+    let windows = windows(&stack.db).await;
+    let recovered: i64 = windows.iter().map(|w| w.3).sum();
+    assert_eq!(
+        recovered, lost,
+        "every lost delivery came back by replay, counted once: {windows:?}"
+    );
+    assert_eq!(summary["delivered_by_replay_only"], lost);
+    let via_replay = stack
+        .db
+        .count("SELECT count(*) FROM events WHERE via_replay")
+        .await;
+    assert!(
+        via_replay >= lost,
+        "replayed rows are tagged ({via_replay})"
+    );
+    println!(
+        "outage end to recovery: {} simulated minutes, {:.1} real seconds; {lost} deliveries lost and recovered; windows {windows:?}",
+        (recovered_at - outage_end).num_minutes(),
+        real_end.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_replay_is_submitted_again() {
+    let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+    let clock = stack.options.clock();
+    let sim = stack.start_sim(SIM_ARGS).await;
+    sim.set_faults(json!({"next_replay": "incomplete"})).await;
+    let _watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let traffic = started(&stack, &sim).await;
+    stack.receiver.kill();
+    let outage_start = clock.now();
+    wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
+    stack.restart_receiver().await;
+    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
+    traffic.stop().await;
+
+    converged(&stack, &sim).await;
+    let jobs = sim.jobs().await;
+    let states: Vec<&str> = jobs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["state"].as_str())
+        .collect();
+    assert!(
+        states.contains(&"Incomplete") && states.contains(&"Complete"),
+        "{states:?}"
+    );
+    assert!(
+        windows(&stack.db).await.iter().any(|w| w.1 >= 2),
+        "the window was submitted again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conflicting_job_is_waited_out_and_never_doubled() {
+    let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+    let clock = stack.options.clock();
+    let sim = stack.start_sim(SIM_ARGS).await;
+    let traffic = started(&stack, &sim).await;
+    stack.receiver.kill();
+    let outage_start = clock.now();
+    wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
+    stack.restart_receiver().await;
+    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
+    traffic.stop().await;
+
+    // An operator's replay holds the webhook (slowly) when the watermark starts.
+    sim.set_faults(json!({"replay_delay_ms": 3_000})).await;
+    let window_from = outage_start - TimeDelta::minutes(60);
+    wait_until_sim(clock, outage_start + TimeDelta::minutes(45)).await;
+    let operator = sim
+        .api(reqwest::Method::POST, "/2/webhooks/replay")
+        .json(&json!({"webhook_id": stack.webhook_id, "from_date": aaa_replay_window::format_minute(window_from),
+                      "to_date": aaa_replay_window::format_minute(outage_start - TimeDelta::minutes(5))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(operator.status(), 200);
+    let _watermark = stack.spawn_watermark(&sim, "watermark-a");
+    eventually(
+        WAIT,
+        "the watermark to meet ReplayConflictError",
+        || async {
+            (stack
+                .db
+                .count("SELECT coalesce(sum(conflicts), 0)::int8 FROM replay_windows")
+                .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+    sim.set_faults(json!({})).await;
+    converged(&stack, &sim).await;
+    assert_no_overlapping_jobs(&sim).await;
+}
+
+/// At no moment did two jobs run for one webhook.
+async fn assert_no_overlapping_jobs(sim: &SimProcess) {
+    let jobs = sim.jobs().await;
+    let mut spans: Vec<(DateTime<Utc>, DateTime<Utc>)> = jobs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            let start = j["created_at"].as_str().unwrap().parse().unwrap();
+            let end = j["finished_at"]
+                .as_str()
+                .map(|t| t.parse().unwrap())
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            (start, end)
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "jobs overlap: {pair:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidated_webhook_is_revalidated_and_its_invalid_period_replayed() {
+    let stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+    let clock = stack.options.clock();
+    let sim = stack.start_sim(SIM_ARGS).await;
+    let _watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let traffic = started(&stack, &sim).await;
+    let invalidated = reqwest::Client::new()
+        .post(format!(
+            "{}/sim/webhooks/{}/invalidate",
+            sim.url, stack.webhook_id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalidated.status(), 200);
+    // Nothing is delivered while invalid; the watermark notices and re-validates.
+    eventually(
+        WAIT,
+        "the watermark to record the invalid webhook",
+        || async {
+            (stack
+                .db
+                .count("SELECT count(*) FROM webhook_validity WHERE NOT valid")
+                .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+    eventually(WAIT, "the webhook to be valid again", || async {
+        let list: Value = sim
+            .api(reqwest::Method::GET, "/2/webhooks")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (list["data"][0]["valid"] == true).then_some(())
+    })
+    .await;
+    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
+    traffic.stop().await;
+    let summary = converged(&stack, &sim).await;
+    assert!(
+        summary["delivered_by_replay_only"].as_i64().unwrap() > 0,
+        "the invalid period was replayed: {summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_never_double_submit_and_a_killed_one_is_taken_over() {
+    let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+    let clock = stack.options.clock();
+    let sim = stack.start_sim(SIM_ARGS).await;
+    let mut first = stack.spawn_watermark(&sim, "watermark-a");
+    let _second = stack.spawn_watermark(&sim, "watermark-b");
+    let traffic = started(&stack, &sim).await;
+    stack.receiver.kill();
+    let outage_start = clock.now();
+    wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
+    stack.restart_receiver().await;
+    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
+    traffic.stop().await;
+
+    // Kill -9 one replica as soon as a job is in flight; the other finishes.
+    eventually(WAIT, "a replay in flight", || async {
+        (stack
+            .db
+            .count("SELECT count(*) FROM replay_windows WHERE state = 'submitted'")
+            .await
+            > 0)
+        .then_some(())
+    })
+    .await;
+    first.kill();
+    converged(&stack, &sim).await;
+    assert_no_overlapping_jobs(&sim).await;
+    let jobs = sim.jobs().await["data"].as_array().unwrap().len() as i64;
+    let attempts = stack
+        .db
+        .count("SELECT coalesce(sum(attempts - conflicts), 0)::int8 FROM replay_windows")
+        .await;
+    assert_eq!(
+        jobs, attempts,
+        "every job X ran was one accepted submission"
+    );
+}
