@@ -50,9 +50,9 @@ pids+=("$BROKER_PID")
 broker_topic aaa.raw 6
 
 export AAA_KAFKA_BROKERS=$BROKER_ADDR AAA_LOG_FORMAT=json
-# Every process shares one scaled clock: a real minute is a simulated hour,
-# so X's 31-minute replay rule is met after about half a real minute.
-export AAA_CLOCK_SPEED=60 AAA_CLOCK_REAL_EPOCH
+# Every process shares one scaled clock: a real second is five simulated
+# minutes, so X's 31-minute replay rule is met after about six real seconds.
+export AAA_CLOCK_SPEED=300 AAA_CLOCK_REAL_EPOCH AAA_HEARTBEAT_INTERVAL_SECS=60
 AAA_CLOCK_REAL_EPOCH=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
 "$aaa" migrate >/dev/null
 
@@ -68,9 +68,13 @@ TOML
 
 receiver_port=$(free_port); receiver_admin=$(free_port); consumer_admin=$(free_port)
 say "starting receiver (:$receiver_port) and consumer"
-AAA_LISTEN=127.0.0.1:$receiver_port AAA_ADMIN_LISTEN=127.0.0.1:$receiver_admin \
-  AAA_WEBHOOKS_FILE=$state/webhooks.toml "$aaa" receiver >"$state/receiver.log" 2>&1 &
-pids+=($!)
+start_receiver() {
+  AAA_LISTEN=127.0.0.1:$receiver_port AAA_ADMIN_LISTEN=127.0.0.1:$receiver_admin \
+    AAA_WEBHOOKS_FILE=$state/webhooks.toml "$aaa" receiver >>"$state/receiver.log" 2>&1 &
+  receiver_pid=$!
+  pids+=("$receiver_pid")
+}
+start_receiver
 AAA_ADMIN_LISTEN=127.0.0.1:$consumer_admin "$aaa" consumer >"$state/consumer.log" 2>&1 &
 pids+=($!)
 for port in "$receiver_admin" "$consumer_admin"; do
@@ -86,7 +90,8 @@ sim_port=$(free_port)
 sim=http://127.0.0.1:$sim_port
 say "starting the X simulator (:$sim_port): it registers the webhook (CRC first) and subscribes 40 of its 50 accounts"
 AAA_SIM_CONSUMER_SECRET=$DEMO_CONSUMER_SECRET "$aaa" sim serve --listen "127.0.0.1:$sim_port" \
-  --accounts 50 --subscribe 40 --seed 7 --register-webhook "$target" --duplicate-share 0.05 --reorder-ms 20 \
+  --accounts 50 --subscribe 40 --seed 7 --register-webhook "$target" --register-webhook-id 1146654567674912769 \
+  --duplicate-share 0.05 --reorder-ms 20 \
   >"$state/sim.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 300); do
@@ -94,6 +99,12 @@ for _ in $(seq 1 300); do
   kill -0 "${pids[-1]}" 2>/dev/null || { cat "$state/sim.log" >&2; die "simulator exited"; }
   sleep 0.1
 done
+
+watermark_admin=$(free_port)
+say "starting the watermark (gap detection and replay)"
+AAA_ADMIN_LISTEN=127.0.0.1:$watermark_admin AAA_WATERMARK_WEBHOOKS=1146654567674912769 AAA_WATERMARK_TICK_MS=1000 \
+  AAA_X_API_BASE_URL=$sim AAA_X_BEARER_TOKEN=sim-bearer-token "$aaa" watermark >"$state/watermark.log" 2>&1 &
+pids+=($!)
 
 # Everything an operator needs to drive the simulated X with `aaa webhooks|subscriptions|replay`.
 (
@@ -135,6 +146,41 @@ query="SELECT kind, count(*) AS events, count(DISTINCT for_user_id) AS accounts,
 say "what landed in Postgres"
 psql "$AAA_DATABASE_URL" -c "$query"
 psql "$AAA_DATABASE_URL" -c "SELECT count(*) AS dead_letters FROM dead_letters"
+
+
+say "injecting an outage: the receiver crashes for 20 simulated minutes while X keeps sending"
+( while :; do curl -fsS -X POST "$sim/sim/generate" -H 'content-type: application/json' -d '{"count": 3}' >/dev/null 2>&1; sleep 0.1; done ) &
+traffic=$!
+pids+=("$traffic")
+sleep 1
+{ kill -9 "$receiver_pid" && wait "$receiver_pid"; } 2>/dev/null
+sleep 4   # 20 simulated minutes
+start_receiver
+outage_end_real=$(date +%s.%N)
+sleep 1
+kill "$traffic" 2>/dev/null || true
+for _ in $(seq 1 50); do [ "$(curl -fsS "$sim/sim/truth/summary" | jq .pending)" = 0 ] && break; sleep 0.1; done
+lost=$(curl -fsS "$sim/sim/truth/summary" | jq .missing)
+echo "X could not deliver $lost activities during the outage and gave up on them (its retries end after 5 minutes)."
+say "waiting for the watermark to find the gap, replay it and reconcile"
+for _ in $(seq 1 600); do
+  open=$(psql -tA "$AAA_DATABASE_URL" -c "SELECT count(*) FROM replay_windows WHERE state IN ('pending','submitted')")
+  done_=$(psql -tA "$AAA_DATABASE_URL" -c "SELECT count(*) FROM replay_windows WHERE state = 'reconciled'")
+  missing=$(curl -fsS "$sim/sim/truth/summary" | jq .missing)
+  [ "$open" = 0 ] && [ "$done_" -gt 0 ] && [ "$missing" = 0 ] && break
+  sleep 0.2
+done
+recovery_real=$(python3 -c "import time; print(f'{time.time() - $outage_end_real:.1f}')")
+"$aaa" gaps list
+summary=$(curl -fsS "$sim/sim/truth/summary")
+delivered=$(jq .delivered <<<"$summary")
+stored=$(psql -tA "$AAA_DATABASE_URL" -c "SELECT count(*) FROM events")
+recovered=$(psql -tA "$AAA_DATABASE_URL" -c "SELECT coalesce(sum(recovered), 0) FROM replay_windows")
+echo "ground truth: $(jq -c '{owed, delivered, delivered_by_replay_only, missing}' <<<"$summary")"
+echo "lost during the outage: $lost   recovered by replay: $recovered   X delivered: $delivered   rows in Postgres: $stored"
+echo "outage end to recovery: $recovery_real real seconds (x300: about $(python3 -c "print(round($recovery_real * 5))") simulated minutes)"
+[ "$stored" = "$delivered" ] && [ "$(jq .missing <<<"$summary")" = 0 ] || die "not recovered (logs in $state)"
+
 say "rows per table"
 counts=""
 for t in events dead_letters webhooks subscriptions users tweets mentions favorites direct_messages apps \
@@ -142,7 +188,6 @@ for t in events dead_letters webhooks subscriptions users tweets mentions favori
   counts+="${counts:+ UNION ALL }SELECT '$t' AS table_name, count(*) AS rows FROM $t"
 done
 psql "$AAA_DATABASE_URL" -c "$counts"
-
 echo "Re-run it yourself:"
 echo "  psql '$AAA_DATABASE_URL' -c '$query'"
 echo "Metrics: http://127.0.0.1:$receiver_admin/metrics  http://127.0.0.1:$consumer_admin/metrics  $sim/metrics"
