@@ -190,7 +190,7 @@ done
 psql "$AAA_DATABASE_URL" -c "$counts"
 echo "Re-run it yourself:"
 echo "  psql '$AAA_DATABASE_URL' -c '$query'"
-echo "Metrics: http://127.0.0.1:$receiver_admin/metrics  http://127.0.0.1:$consumer_admin/metrics  $sim/metrics"
+echo "Metrics: http://127.0.0.1:$receiver_admin/metrics  http://127.0.0.1:$consumer_admin/metrics  http://127.0.0.1:$watermark_admin/metrics  $sim/metrics"
 echo "Ground truth: curl $sim/sim/truth/summary   curl $sim/sim/truth.jsonl"
 echo "More activity: curl -X POST $sim/sim/generate -H 'content-type: application/json' -d '{\"count\": 100}'"
 echo "Logs:    $state/*.log"

@@ -10,10 +10,13 @@ ensure_toolchain
 ensure_postgres
 ensure_nisshi
 ensure_cargo_fuzz
+apt_install prometheus
 
 say "format and lint"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+promtool check rules dashboards/alerts.yml >/dev/null
+(cd dashboards && promtool test rules alerts.test.yml >/dev/null) || { (cd dashboards && promtool test rules alerts.test.yml); die "alert rule tests failed"; }
 
 work=$(mktemp -d /tmp/aaa-test.XXXXXX)
 chmod 755 "$work"

@@ -6,6 +6,7 @@ use aaa_common::clock::ClockArgs;
 use aaa_common::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
+mod dashboards;
 mod ops;
 mod sim_cli;
 
@@ -47,6 +48,11 @@ enum Command {
     /// Gaps found and their replay windows (AAA_DATABASE_URL).
     #[command(subcommand)]
     Gaps(GapsCli),
+    /// Write the Grafana dashboards (generated from one typed description).
+    Dashboards {
+        #[arg(long, default_value = "dashboards")]
+        out: std::path::PathBuf,
+    },
     /// Apply database migrations (run before starting a new version).
     Migrate(aaa_db::DatabaseArgs),
     /// The X simulator: generate and deliver signed activity.
@@ -195,6 +201,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let metrics = observe::install_metrics()?;
             let shutdown = aaa_common::shutdown::on_signal();
             aaa_watermark::run(*args, clock, metrics, shutdown).await?;
+        }
+        Command::Dashboards { out } => {
+            for path in dashboards::write_all(&out)? {
+                println!("wrote {}", path.display());
+            }
         }
         Command::Gaps(GapsCli::List {
             webhook,

@@ -40,20 +40,29 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0, 10.0,
 ];
 
-/// Installs the global Prometheus recorder. Metrics named `*_seconds` are
-/// histograms with latency buckets; everything else keeps the defaults.
+/// Batch sizes in records.
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+/// Installs the global Prometheus recorder. Histograms named `*_seconds` get
+/// latency buckets, `*_records` size buckets.
 pub fn install_metrics() -> Result<PrometheusHandle, Error> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .map_err(|e| Error::Metrics(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Suffix("_records".into()), SIZE_BUCKETS)
+        .map_err(|e| Error::Metrics(e.to_string()))?
         .install_recorder()
         .map_err(|e| Error::Metrics(e.to_string()))?;
-    // Without the exporter's own HTTP listener, histograms need periodic upkeep.
+    // Without the exporter's own HTTP listener, histograms need periodic
+    // upkeep; process metrics (RSS, CPU, open fds) are sampled on the same beat.
     let upkeep = handle.clone();
+    let process = metrics_process::Collector::default();
+    process.describe();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             tick.tick().await;
+            process.collect();
             upkeep.run_upkeep();
         }
     });

@@ -14,6 +14,9 @@ pub const WRITE_SECONDS: &str = "aaa_consumer_write_duration_seconds";
 pub const WRITE_FAILURES: &str = "aaa_consumer_write_failures_total";
 pub const COMMIT_FAILURES: &str = "aaa_consumer_commit_failures_total";
 pub const KAFKA_ERRORS: &str = "aaa_consumer_kafka_errors_total";
+pub const COMMITTED_OFFSET: &str = "aaa_consumer_committed_offset";
+pub const LAG_RECORDS: &str = "aaa_consumer_lag_records";
+pub const EVENT_TIME_LAG_SECONDS: &str = "aaa_consumer_event_time_lag_seconds";
 
 pub struct BatchStored<'a> {
     pub records: usize,
@@ -89,5 +92,24 @@ impl InternalEvent for KafkaReadFailed<'_> {
     fn emit(self) {
         tracing::warn!(message = "reading from Kafka failed", error = %self.error);
         metrics::counter!(KAFKA_ERRORS).increment(1);
+    }
+}
+
+/// Every counter at zero from the start, so dashboards and alerts see the
+/// series before the first failure (an absent series is not a zero).
+pub fn register() {
+    for counter in [RECORDS, WRITE_FAILURES, COMMIT_FAILURES, KAFKA_ERRORS] {
+        metrics::counter!(counter).increment(0);
+    }
+    for kind in [
+        "not_json",
+        "not_an_object",
+        "no_activity",
+        "empty",
+        "invalid_activity",
+        "unnormalizable",
+        "bad_control_record",
+    ] {
+        metrics::counter!(DEAD_LETTERS, "error_kind" => kind).increment(0);
     }
 }

@@ -128,6 +128,7 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    events::register();
     let pool = args.database.pool()?;
     if !wait_for_schema(&pool, &shutdown).await? {
         return Ok(());
@@ -158,6 +159,12 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    let committed: Committed = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+    let lag_task = tokio::spawn(report_lag(
+        consumer.clone(),
+        committed.clone(),
+        shutdown.clone(),
+    ));
     let batch_wait = Duration::from_millis(args.batch_max_wait_ms);
     let backoff_max = Duration::from_millis(args.write_backoff_max_ms);
     let live_horizon = chrono::TimeDelta::seconds(args.live_horizon_secs as i64);
@@ -183,11 +190,57 @@ pub async fn run(
         {
             break; // shutting down mid-retry: offsets stay uncommitted, records are re-read
         }
-        commit(&consumer, &plan);
+        commit(&consumer, &plan, &committed);
+        if let Some(newest) = plan.events.iter().filter_map(|e| e.event_time).max() {
+            let lag = (clock.now() - newest).as_seconds_f64().max(0.0);
+            metrics::gauge!(events::EVENT_TIME_LAG_SECONDS).set(lag);
+        }
     }
     admin_task.abort();
+    lag_task.abort();
     tracing::info!(message = "consumer stopped");
     Ok(())
+}
+
+/// Offsets this replica committed last, per (topic, partition).
+type Committed = Arc<std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>>;
+
+/// Every 5 s: records behind the broker's high watermark, per partition.
+async fn report_lag(
+    consumer: Arc<GroupConsumer>,
+    committed: Committed,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let offsets: Vec<((String, i32), i64)> = committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let consumer = consumer.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            offsets
+                .into_iter()
+                .filter_map(|((topic, partition), next)| {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic, partition, Timeout::After(Duration::from_secs(2)))
+                        .ok()?;
+                    Some((partition, (high - next).max(0)))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (partition, lag) in lags {
+            metrics::gauge!(events::LAG_RECORDS, "partition" => partition.to_string())
+                .set(lag as f64);
+        }
+    }
 }
 
 /// Waits until the database is reachable and its schema is current. `false`
@@ -321,7 +374,7 @@ async fn write_until_stored(
     }
 }
 
-fn commit(consumer: &GroupConsumer, plan: &BatchPlan) {
+fn commit(consumer: &GroupConsumer, plan: &BatchPlan, committed: &Committed) {
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), next) in &plan.commit {
         if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
@@ -329,7 +382,15 @@ fn commit(consumer: &GroupConsumer, plan: &BatchPlan) {
             return;
         }
     }
-    if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
-        CommitFailed { error: &error }.emit();
+    match consumer.commit(&offsets, CommitMode::Sync) {
+        Ok(()) => {
+            let mut committed = committed.lock().unwrap_or_else(|p| p.into_inner());
+            for ((topic, partition), next) in &plan.commit {
+                metrics::gauge!(events::COMMITTED_OFFSET, "partition" => partition.to_string())
+                    .set(*next as f64);
+                committed.insert((topic.clone(), *partition), *next);
+            }
+        }
+        Err(error) => CommitFailed { error: &error }.emit(),
     }
 }

@@ -137,3 +137,21 @@ impl Drop for InFlight {
         metrics::gauge!(IN_FLIGHT).decrement(1.0);
     }
 }
+
+/// Every outcome of every webhook at zero from the start (an absent series is not a zero).
+pub fn register(webhooks: &[String]) {
+    for webhook in webhooks {
+        for outcome in [
+            Outcome::Ok,
+            Outcome::BadSignature,
+            Outcome::TooLarge,
+            Outcome::BadRequest,
+            Outcome::BrokerUnavailable,
+        ] {
+            metrics::counter!(REQUESTS, "webhook" => webhook.clone(), "route" => "delivery", "outcome" => outcome.as_label()).increment(0);
+        }
+        metrics::counter!(BODY_BYTES, "webhook" => webhook.clone()).increment(0);
+    }
+    metrics::counter!(PRODUCER_REBUILDS).increment(0);
+    metrics::gauge!(IN_FLIGHT).set(0.0);
+}

@@ -95,6 +95,7 @@ pub async fn run(
     for webhook in &webhooks {
         tracing::info!(message = "serving webhook", webhook = %webhook.id, path = %webhook.path);
     }
+    events::register(&webhooks.iter().map(|w| w.id.clone()).collect::<Vec<_>>());
     let replica_id = args
         .replica_id
         .clone()

@@ -81,6 +81,30 @@ impl Watermark {
             ReplayEndpoint::AccountActivity => 5,
             ReplayEndpoint::Webhooks => 100,
         }) as i64;
+        for webhook in &args.webhooks {
+            let w = || webhook.clone();
+            for outcome in [
+                "accepted",
+                "conflict",
+                "rate_limited",
+                "webhook_refused",
+                "window_refused",
+                "failed",
+            ] {
+                metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => w(), "outcome" => outcome).increment(0);
+            }
+            for outcome in ["reconciled", "incomplete", "lost"] {
+                metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => w(), "outcome" => outcome).increment(0);
+            }
+            for counter in [
+                "aaa_watermark_recovered_events_total",
+                "aaa_watermark_duplicate_events_total",
+                "aaa_watermark_expired_minutes_total",
+                "aaa_watermark_round_failures_total",
+            ] {
+                metrics::counter!(counter, "webhook" => w()).increment(0);
+            }
+        }
         Ok(Watermark {
             pool,
             x,
@@ -134,9 +158,9 @@ impl Watermark {
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        self.check_validity(conn, webhook, now).await?;
+        let registered_at = self.check_validity(conn, webhook, now).await?;
         let busy = self.follow_in_flight(conn, webhook, now).await?;
-        self.record_gaps(conn, webhook, now).await?;
+        self.record_gaps(conn, webhook, now, registered_at).await?;
         if !busy {
             self.submit_next(conn, webhook, now).await?;
         }
@@ -180,17 +204,18 @@ impl Watermark {
         Ok(oldest.filter(|_| partitions as usize >= self.partitions.len()))
     }
 
+    /// Records X's view of the webhook; returns when X registered it.
     async fn check_validity(
         &self,
         conn: &mut PgConnection,
         webhook: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<DateTime<Utc>>, Error> {
         let listed = match self.x.list_webhooks().await {
             Ok(listed) => listed,
             Err(error) => {
                 tracing::warn!(message = "cannot read webhook validity from X", webhook, error = %error);
-                return Ok(());
+                return Ok(None);
             }
         };
         let Some(found) = listed.iter().find(|w| w.id == webhook) else {
@@ -199,8 +224,13 @@ impl Watermark {
                     "X does not know this webhook (WebhookIdInvalid): nothing can be replayed",
                 webhook
             );
-            return Ok(());
+            return Ok(None);
         };
+        let registered_at = found
+            .created_at
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
         let mut valid = found.valid;
         if !valid {
             let due = self
@@ -249,7 +279,7 @@ impl Watermark {
                 .execute(&mut *conn)
                 .await?;
         }
-        Ok(())
+        Ok(registered_at)
     }
 
     /// Follows the job in flight; `true` while one is still running.
@@ -344,11 +374,15 @@ impl Watermark {
 
     /// Finds uncovered minutes not yet planned, and records them as pending
     /// (or expired) windows.
+    /// Time is tracked from the webhook's registration at X (or, when X did
+    /// not say, from the first heartbeat): a receiver that died before its
+    /// first heartbeat still leaves a gap.
     async fn record_gaps(
         &self,
         conn: &mut PgConnection,
         webhook: &str,
         now: DateTime<Utc>,
+        registered_at: Option<DateTime<Utc>>,
     ) -> Result<(), Error> {
         let Some(horizon) = self.horizon(conn).await? else {
             tracing::debug!(
@@ -363,7 +397,9 @@ impl Watermark {
         .bind(webhook)
         .fetch_one(&mut *conn)
         .await?;
-        let Some(start) = start else { return Ok(()) };
+        let Some(start) = [start, registered_at].into_iter().flatten().min() else {
+            return Ok(());
+        };
         let start = start.max(now - TimeDelta::hours(25));
         let horizon = horizon.min(now);
         let beats: Vec<(DateTime<Utc>, DateTime<Utc>, i64)> = sqlx::query_as(
