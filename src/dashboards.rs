@@ -242,6 +242,38 @@ pub fn render(dashboard: &Dashboard) -> Value {
     })
 }
 
+/// The alert rules of `dashboards/alerts.yml` as a Prometheus Operator
+/// `PrometheusRule`, for clusters that load rules that way.
+pub fn prometheus_rule(alerts_yaml: &str) -> String {
+    let body: String = alerts_yaml
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_owned()
+            } else {
+                format!("  {l}\n")
+            }
+        })
+        .collect();
+    format!(
+        "# Generated from dashboards/alerts.yml by `aaa dashboards`; do not edit.\n\
+         apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata:\n  name: aaa\n  labels:\n    app.kubernetes.io/part-of: aaa\nspec:\n{body}"
+    )
+}
+
+/// Writes `deploy/prometheus-rule.yaml` from the alert rules in `dashboards`.
+pub fn write_rule(
+    dashboards: &std::path::Path,
+    deploy: &std::path::Path,
+) -> std::io::Result<std::path::PathBuf> {
+    let alerts = std::fs::read_to_string(dashboards.join("alerts.yml"))?;
+    std::fs::create_dir_all(deploy)?;
+    let path = deploy.join("prometheus-rule.yaml");
+    std::fs::write(&path, prometheus_rule(&alerts))?;
+    Ok(path)
+}
+
 /// Writes every dashboard as `<uid>.json` into `dir`.
 pub fn write_all(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
@@ -280,6 +312,24 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn checked_in_prometheus_rule_is_the_generated_one() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let alerts = std::fs::read_to_string(root.join("dashboards/alerts.yml")).unwrap();
+        let rule =
+            std::fs::read_to_string(root.join("deploy/prometheus-rule.yaml")).unwrap_or_default();
+        assert_eq!(
+            rule,
+            prometheus_rule(&alerts),
+            "deploy/prometheus-rule.yaml is stale: run `aaa dashboards`"
+        );
+        assert!(
+            rule.contains("kind: PrometheusRule")
+                && rule.contains("  groups:")
+                && rule.contains("alert: AaaGapAboutToExpire")
+        );
     }
 
     #[test]

@@ -48,10 +48,14 @@ enum Command {
     /// Gaps found and their replay windows (AAA_DATABASE_URL).
     #[command(subcommand)]
     Gaps(GapsCli),
-    /// Write the Grafana dashboards (generated from one typed description).
+    /// Write the Grafana dashboards (generated from one typed description)
+    /// and the PrometheusRule rendering of the alert rules.
     Dashboards {
         #[arg(long, default_value = "dashboards")]
         out: std::path::PathBuf,
+        /// Where deploy/prometheus-rule.yaml goes.
+        #[arg(long, default_value = "deploy")]
+        deploy: std::path::PathBuf,
     },
     /// Apply database migrations (run before starting a new version).
     Migrate(aaa_db::DatabaseArgs),
@@ -202,10 +206,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = aaa_common::shutdown::on_signal();
             aaa_watermark::run(*args, clock, metrics, shutdown).await?;
         }
-        Command::Dashboards { out } => {
+        Command::Dashboards { out, deploy } => {
             for path in dashboards::write_all(&out)? {
                 println!("wrote {}", path.display());
             }
+            println!("wrote {}", dashboards::write_rule(&out, &deploy)?.display());
         }
         Command::Gaps(GapsCli::List {
             webhook,

@@ -120,6 +120,22 @@ async fn register(sim: &SimProcess, url: &str) -> String {
     body["data"]["id"].as_str().unwrap().to_owned()
 }
 
+/// The id of the webhook the simulator registered at start.
+async fn bootstrap_webhook_id(sim: &SimProcess) -> String {
+    eventually(WAIT, "the bootstrap webhook", || async {
+        let list: Value = sim
+            .api(Method::GET, "/2/webhooks")
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        list["data"][0]["id"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
 async fn webhook_valid(sim: &SimProcess) -> bool {
     let list: Value = sim
         .api(Method::GET, "/2/webhooks")
@@ -448,18 +464,7 @@ async fn replay_validates_redelivers_the_window_and_honours_one_job_per_webhook(
         ],
     )
     .await;
-    let id = eventually(WAIT, "the bootstrap webhook", || async {
-        let list: Value = sim
-            .api(Method::GET, "/2/webhooks")
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        list["data"][0]["id"].as_str().map(str::to_owned)
-    })
-    .await;
+    let id = bootstrap_webhook_id(&sim).await;
 
     let owed = sim.generate(30).await;
     sim.settled(WAIT).await;
@@ -609,18 +614,7 @@ async fn faults_on_command_lose_duplicate_and_refuse_as_ordered() {
         ],
     )
     .await;
-    let id = eventually(WAIT, "the bootstrap webhook", || async {
-        let list: Value = sim
-            .api(Method::GET, "/2/webhooks")
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        list["data"][0]["id"].as_str().map(str::to_owned)
-    })
-    .await;
+    let id = bootstrap_webhook_id(&sim).await;
     let outcomes = |outcome: &'static str| {
         let sim = &sim;
         async move {

@@ -213,8 +213,9 @@ async fn a_conflicting_job_is_waited_out_and_never_doubled() {
     wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
     traffic.stop().await;
 
-    // An operator's replay holds the webhook (slowly) when the watermark starts.
-    sim.set_faults(json!({"replay_delay_ms": 3_000})).await;
+    // An operator's replay holds the webhook when the watermark starts; it
+    // runs only when the test releases it.
+    sim.set_faults(json!({"next_replay": "hold"})).await;
     let window_from = outage_start - TimeDelta::minutes(60);
     wait_until_sim(clock, outage_start + TimeDelta::minutes(45)).await;
     let operator = sim
@@ -239,7 +240,12 @@ async fn a_conflicting_job_is_waited_out_and_never_doubled() {
         },
     )
     .await;
-    sim.set_faults(json!({})).await;
+    let released = reqwest::Client::new()
+        .post(format!("{}/sim/jobs/release", sim.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(released.status(), 200);
     converged(&stack, &sim).await;
     assert_no_overlapping_jobs(&sim).await;
 }

@@ -101,36 +101,15 @@ pub fn plan(records: &[RawRecord]) -> BatchPlan {
     plan
 }
 
-/// A control record that cannot be read is kept as a dead letter like any other.
-fn plan_control(
+/// The dead letter of `record` (or of its activity at `index`; -1: the body).
+fn dead_letter(
     record: &RawRecord,
-    plan: &mut BatchPlan,
-    read: impl FnOnce(&mut BatchPlan, &[u8]) -> Result<(), serde_json::Error>,
-) {
+    index: i32,
+    error_kind: &'static str,
+    reason: String,
+) -> DeadLetterRow {
     let raw = record.payload.as_deref().unwrap_or_default();
-    if let Err(err) = read(plan, raw) {
-        plan.dead_letters.push(DeadLetterRow {
-            webhook_id: record.webhook_id.clone(),
-            activity_index: -1,
-            error_kind: "bad_control_record",
-            reason: format!(
-                "{}: {err}",
-                record.record_type.as_deref().unwrap_or_default()
-            ),
-            raw: raw.to_vec(),
-            raw_sha256: hex::encode(Sha256::digest(raw)),
-            topic: record.topic.clone(),
-            partition: record.partition,
-            offset: record.offset,
-            request_id: record.request_id.clone(),
-            received_at: record.received_at,
-        });
-    }
-}
-
-fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
-    let raw = record.payload.as_deref().unwrap_or_default();
-    let dead = |index: i32, error_kind: &'static str, reason: String| DeadLetterRow {
+    DeadLetterRow {
         webhook_id: record.webhook_id.clone(),
         activity_index: index,
         error_kind,
@@ -142,6 +121,30 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
         offset: record.offset,
         request_id: record.request_id.clone(),
         received_at: record.received_at,
+    }
+}
+
+/// A control record that cannot be read is kept as a dead letter like any other.
+fn plan_control(
+    record: &RawRecord,
+    plan: &mut BatchPlan,
+    read: impl FnOnce(&mut BatchPlan, &[u8]) -> Result<(), serde_json::Error>,
+) {
+    let raw = record.payload.as_deref().unwrap_or_default();
+    if let Err(err) = read(plan, raw) {
+        let reason = format!(
+            "{}: {err}",
+            record.record_type.as_deref().unwrap_or_default()
+        );
+        plan.dead_letters
+            .push(dead_letter(record, -1, "bad_control_record", reason));
+    }
+}
+
+fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
+    let raw = record.payload.as_deref().unwrap_or_default();
+    let dead = |index: i32, error_kind: &'static str, reason: String| {
+        dead_letter(record, index, error_kind, reason)
     };
     let envelope = match parse_envelope(raw) {
         Ok(envelope) => envelope,

@@ -20,6 +20,7 @@ pub fn router(sim: Sim, metrics: PrometheusHandle) -> Router {
         .route("/sim/faults", get(get_faults).put(put_faults))
         .route("/sim/webhooks/{id}/invalidate", post(invalidate))
         .route("/sim/jobs", get(jobs))
+        .route("/sim/jobs/release", post(release_jobs))
         .route("/sim/truth/summary", get(summary))
         .route("/sim/truth.jsonl", get(truth_jsonl))
         .route("/healthz", get(|| async { "ok" }))
@@ -61,6 +62,12 @@ async fn invalidate(State(sim): State<Sim>, Path(id): Path<String>) -> Response 
         }
         None => (StatusCode::NOT_FOUND, "no such webhook").into_response(),
     }
+}
+
+/// Lets the held replay job run (or the next one to be held, if none waits yet).
+async fn release_jobs(State(sim): State<Sim>) -> Json<Value> {
+    sim.release_jobs.notify_one();
+    Json(json!({"released": true}))
 }
 
 async fn jobs(State(sim): State<Sim>) -> Json<Value> {

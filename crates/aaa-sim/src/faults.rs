@@ -39,6 +39,9 @@ pub enum ReplayFault {
     Incomplete,
     /// Never finishes: the webhook stays busy (ReplayConflictError).
     NeverFinish,
+    /// Waits until `POST /sim/jobs/release`, then runs normally: the webhook
+    /// is busy for exactly as long as a test wants.
+    Hold,
 }
 
 impl Faults {

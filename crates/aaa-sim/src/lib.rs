@@ -192,6 +192,8 @@ pub struct Shared {
     /// Randomness for faults, nonces and tokens; not part of the seeded stream.
     chaos: Mutex<ChaCha8Rng>,
     deliveries: tokio::sync::Semaphore,
+    /// Wakes replay jobs held by the `hold` fault.
+    pub(crate) release_jobs: tokio::sync::Notify,
 }
 
 pub type Sim = Arc<Shared>;
@@ -270,6 +272,7 @@ pub fn build(args: SimArgs, clock: Clock) -> Result<Sim, Error> {
     Ok(Arc::new(Shared {
         world: Mutex::new(world),
         consumer_secret,
+        release_jobs: tokio::sync::Notify::new(),
         deliveries: tokio::sync::Semaphore::new(args.delivery_concurrency.max(1)),
         chaos: Mutex::new(ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed)),
         args,

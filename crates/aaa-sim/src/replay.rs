@@ -65,6 +65,10 @@ async fn run(sim: Sim, job: Job) {
         let delay_ms = world.faults.replay_delay_ms;
         (url, seqs, world.faults.next_replay.take(), delay_ms)
     };
+    if fault == Some(ReplayFault::Hold) {
+        tracing::info!(message = "replay job held until POST /sim/jobs/release", job_id = %job.job_id);
+        sim.release_jobs.notified().await;
+    }
     let Some(url) = url else {
         finish(&sim, &job, "Incomplete", "webhook was deleted");
         return;
@@ -89,13 +93,15 @@ async fn run(sim: Sim, job: Job) {
         Some(ReplayFault::Incomplete) => {
             finish(&sim, &job, "Incomplete", "job failed partway (fault)")
         }
-        None if delivered < seqs.len() => finish(
+        None | Some(ReplayFault::Hold) if delivered < seqs.len() => finish(
             &sim,
             &job,
             "Incomplete",
             "some events could not be delivered",
         ),
-        None => finish(&sim, &job, "Complete", "Job completed successfully"),
+        None | Some(ReplayFault::Hold) => {
+            finish(&sim, &job, "Complete", "Job completed successfully")
+        }
     }
 }
 
