@@ -39,3 +39,9 @@ cp tests/fixtures/*.json "$work/corpus/"
    -max_total_time="${AAA_FUZZ_SECONDS:-60}" -print_final_stats=1 >"$work/fuzz.log" 2>&1) \
   || { tail -n 60 "$work/fuzz.log"; die "the fuzzer found a crash (artifact under fuzz/artifacts)"; }
 echo "fuzz: $(grep -oE '^stat::number_of_executed_units: *[0-9]+' "$work/fuzz.log" | grep -oE '[0-9]+$') inputs, no crash"
+
+# The README's first command must keep working: run the demo once, end to end
+# (outage, replay and recovery included); it fails on any mismatch.
+say "demo smoke test"
+scripts/demo.sh --once >"$work/demo.log" 2>&1 || { tail -n 40 "$work/demo.log"; die "scripts/demo.sh --once failed"; }
+grep -E '^(lost during the outage|outage end to recovery)' "$work/demo.log" | sed 's/^/    /'

@@ -27,7 +27,9 @@ impl Drop for Prometheus {
     }
 }
 
-fn start_prometheus(targets: &[(&str, String)]) -> Prometheus {
+/// Starts Prometheus on a free port and waits until it is ready; a port
+/// taken in the meantime by another process means another try.
+async fn start_prometheus(targets: &[(&str, String)]) -> Prometheus {
     let dir = tempfile::tempdir().unwrap();
     let jobs: String = targets
         .iter()
@@ -39,26 +41,49 @@ fn start_prometheus(targets: &[(&str, String)]) -> Prometheus {
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}"
     );
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let port = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (Debian package) on PATH: run the tests through scripts/test.sh");
-    Prometheus {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
+    for attempt in 0..5 {
+        let port = free_port();
+        let mut child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join(format!("data-{attempt}")).display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package) on PATH: run the tests through scripts/test.sh");
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = eventually(
+            Duration::from_secs(30),
+            "Prometheus to be ready or exit",
+            || {
+                let exited = child.try_wait().ok().flatten().is_some();
+                let url = url.clone();
+                async move {
+                    if exited {
+                        return Some(false);
+                    }
+                    let response = reqwest::get(format!("{url}/-/ready")).await.ok()?;
+                    response.status().is_success().then_some(true)
+                }
+            },
+        )
+        .await;
+        if ready {
+            return Prometheus {
+                child,
+                url,
+                _dir: dir,
+            };
+        }
+        let _ = child.wait();
     }
+    panic!("Prometheus did not start on any of 5 free ports");
 }
 
 /// `None` while Prometheus is still starting.
@@ -164,7 +189,8 @@ async fn every_panel_and_alert_works_against_a_real_prometheus() {
         ("aaa-receiver", receiver_admin),
         ("aaa-consumer", consumer_admin),
         ("aaa-watermark", watermark_admin),
-    ]);
+    ])
+    .await;
     eventually(WAIT, "the gap recovered and scraped", || async {
         let result = try_query(&prometheus, "sum(aaa_watermark_recovered_events_total)").await?;
         let value: f64 = result["data"]["result"][0]["value"][1]

@@ -147,19 +147,53 @@ async fn a_receiver_outage_is_found_replayed_and_recovered() {
     let recovered_at = clock.now();
     let windows = windows(&stack.db).await;
     let recovered: i64 = windows.iter().map(|w| w.3).sum();
-    assert_eq!(
-        recovered, lost,
-        "every lost delivery came back by replay, counted once: {windows:?}"
+    // X counts a delivery as lost when the receiver died before answering,
+    // even if the receiver had already handed it to Kafka: its replayed copy
+    // is then a duplicate. So recovered ≤ lost; that nothing is missing is
+    // proven above by ground truth == Postgres.
+    assert!(
+        recovered > 0 && recovered <= lost,
+        "lost deliveries came back by replay: {recovered} recovered of {lost} lost, windows {windows:?}"
     );
     assert_eq!(summary["delivered_by_replay_only"], lost);
     let via_replay = stack
         .db
         .count("SELECT count(*) FROM events WHERE via_replay")
         .await;
-    assert!(
-        via_replay >= lost,
-        "replayed rows are tagged ({via_replay})"
+    assert_eq!(
+        via_replay, recovered,
+        "every recovered row is tagged via_replay"
     );
+
+    // What an operator sees.
+    let output = std::process::Command::new(BIN)
+        .args(["gaps", "list", "--json"])
+        .env("AAA_DATABASE_URL", &stack.db.url)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let gaps: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let listed: i64 = gaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["state"] == "reconciled")
+        .map(|g| g["recovered"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        listed, recovered,
+        "aaa gaps list shows the recovery: {gaps}"
+    );
+    let table = std::process::Command::new(BIN)
+        .args(["gaps", "list"])
+        .env("AAA_DATABASE_URL", &stack.db.url)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("reconciled"));
     println!(
         "outage end to recovery: {} simulated minutes, {:.1} real seconds; {lost} deliveries lost and recovered; windows {windows:?}",
         (recovered_at - outage_end).num_minutes(),
