@@ -254,10 +254,11 @@ async fn bad_input_is_refused_counted_or_dead_lettered_never_lost() {
         .status();
     assert_eq!(unsigned, 401);
 
-    // 2 MiB body → 413.
-    let sender = stack.sender();
+    // 2 MiB body → 413. Its own client: the receiver answers before reading
+    // the whole body and closes that connection, which must not be reused.
     let huge = vec![b' '; 2 * 1024 * 1024];
-    assert_eq!(sender.post(&huge).await.unwrap(), 413);
+    assert_eq!(stack.sender().post(&huge).await.unwrap(), 413);
+    let sender = stack.sender();
 
     // Authentic but unparseable → exactly one dead letter with its raw bytes.
     let garbage = b"{\"for_user_id\": \"1\", \"tweet_create_events\": [".to_vec();
