@@ -87,6 +87,13 @@ pub const DASHBOARDS: &[Dashboard] = &[
                 unit: "s",
             },
             Panel {
+                title: "Request latency, arrival to answer (p99)",
+                queries: &[
+                    "histogram_quantile(0.99, sum by (le) (rate(aaa_receiver_request_duration_seconds_bucket{webhook=~\"$webhook\"}[5m])))",
+                ],
+                unit: "s",
+            },
+            Panel {
                 title: "In flight",
                 queries: &["sum(aaa_receiver_in_flight_requests)"],
                 unit: "short",

@@ -6,6 +6,7 @@ use aaa_common::observe::InternalEvent;
 
 pub const REQUESTS: &str = "aaa_receiver_requests_total";
 pub const PRODUCE_SECONDS: &str = "aaa_receiver_produce_duration_seconds";
+pub const REQUEST_SECONDS: &str = "aaa_receiver_request_duration_seconds";
 pub const IN_FLIGHT: &str = "aaa_receiver_in_flight_requests";
 pub const BODY_BYTES: &str = "aaa_receiver_body_bytes_total";
 pub const PRODUCER_REBUILDS: &str = "aaa_receiver_producer_rebuilds_total";
@@ -38,6 +39,8 @@ pub struct DeliveryHandled<'a> {
     pub outcome: Outcome,
     pub detail: Option<&'a str>,
     pub bytes: usize,
+    /// Time from the request's arrival to this answer.
+    pub elapsed: Duration,
 }
 
 impl InternalEvent for DeliveryHandled<'_> {
@@ -66,6 +69,8 @@ impl InternalEvent for DeliveryHandled<'_> {
         }
         metrics::counter!(REQUESTS, "webhook" => self.webhook.to_owned(), "route" => "delivery", "outcome" => outcome)
             .increment(1);
+        metrics::histogram!(REQUEST_SECONDS, "webhook" => self.webhook.to_owned(), "outcome" => outcome)
+            .record(self.elapsed.as_secs_f64());
         if self.outcome == Outcome::Ok {
             metrics::counter!(BODY_BYTES, "webhook" => self.webhook.to_owned())
                 .increment(self.bytes as u64);

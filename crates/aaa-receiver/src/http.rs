@@ -79,6 +79,7 @@ async fn deliver(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let _in_flight = InFlight::enter();
+    let arrived = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let done = |outcome: Outcome, detail: Option<&str>, bytes: usize| {
         state.coverage.record(&webhook.id, outcome);
@@ -88,6 +89,7 @@ async fn deliver(
             outcome,
             detail,
             bytes,
+            elapsed: arrived.elapsed(),
         }
         .emit();
     };
