@@ -26,23 +26,29 @@ ensure_nisshi
 apt_install curl jq
 say "building aaa"
 quietly cargo build --locked --bin aaa
-aaa=$AAA_ROOT/target/debug/aaa
+aaa=${CARGO_TARGET_DIR:-$AAA_ROOT/target}/debug/aaa
 
 state=$AAA_ROOT/.stack
 pids=()
+# Postgres runs as the postgres user, which may not enter the work tree (a
+# clone under /root or a private temp dir): its data lives in a temp dir of its own.
+pgdir=
 cleanup() {
   for pid in "${pids[@]}"; do stop_pid "$pid"; done
-  pg_stop "$state/pg"
+  if [ -n "$pgdir" ]; then pg_stop "$pgdir/pg"; rm -rf "$pgdir"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 # A previous demo that was killed hard may have left its cluster running.
-pg_stop "$state/pg"
-[ -f "$state/broker/pid" ] && stop_pid "$(cat "$state/broker/pid")"
+if [ -f "$state/pgdir" ]; then old=$(cat "$state/pgdir"); pg_stop "$old/pg"; rm -rf "$old"; fi
+if [ -f "$state/broker/pid" ]; then stop_pid "$(cat "$state/broker/pid")"; fi
 rm -rf "$state"; mkdir -p "$state"; chmod 755 "$state"
 
 say "starting Postgres and the broker"
-pg_start "$state/pg"
+pgdir=$(mktemp -d /tmp/aaa-demo-pg.XXXXXX)
+chmod 755 "$pgdir"
+echo "$pgdir" >"$state/pgdir"
+pg_start "$pgdir/pg"
 psql -q "$PG_URL" -c "CREATE DATABASE aaa" >/dev/null
 export AAA_DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/aaa"
 broker_start "$state/broker"
