@@ -5,6 +5,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$AAA_ROOT"
+# A one-shot build gains nothing from incremental state, which costs gigabytes.
+export CARGO_INCREMENTAL=0
 
 ensure_toolchain
 ensure_postgres
