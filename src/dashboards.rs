@@ -269,7 +269,7 @@ pub fn prometheus_rule(alerts_yaml: &str) -> String {
     )
 }
 
-/// Writes `deploy/prometheus-rule.yaml` from the alert rules in `dashboards`.
+/// Writes `deploy/base/prometheus-rule.yaml` from the alert rules in `dashboards`.
 pub fn write_rule(
     dashboards: &std::path::Path,
     deploy: &std::path::Path,
@@ -325,12 +325,12 @@ mod tests {
     fn checked_in_prometheus_rule_is_the_generated_one() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let alerts = std::fs::read_to_string(root.join("dashboards/alerts.yml")).unwrap();
-        let rule =
-            std::fs::read_to_string(root.join("deploy/prometheus-rule.yaml")).unwrap_or_default();
+        let rule = std::fs::read_to_string(root.join("deploy/base/prometheus-rule.yaml"))
+            .unwrap_or_default();
         assert_eq!(
             rule,
             prometheus_rule(&alerts),
-            "deploy/prometheus-rule.yaml is stale: run `aaa dashboards`"
+            "deploy/base/prometheus-rule.yaml is stale: run `aaa dashboards`"
         );
         assert!(
             rule.contains("kind: PrometheusRule")

@@ -53,8 +53,8 @@ enum Command {
     Dashboards {
         #[arg(long, default_value = "dashboards")]
         out: std::path::PathBuf,
-        /// Where deploy/prometheus-rule.yaml goes.
-        #[arg(long, default_value = "deploy")]
+        /// Where prometheus-rule.yaml goes (the Kustomize base).
+        #[arg(long, default_value = "deploy/base")]
         deploy: std::path::PathBuf,
     },
     /// Apply database migrations (run before starting a new version).

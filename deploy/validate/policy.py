@@ -1,0 +1,241 @@
+"""Deployment policy for the rendered manifests: what a platform team checks
+in review, as code. Each rule returns findings ("Kind/name: what is wrong").
+
+usage: policy.py rendered.yaml...   (exit status 1 on any finding)
+"""
+
+import sys
+
+import yaml
+
+# Receiver: X needs an answer within 3 s at all times, also during a drain.
+MIN_RECEIVER_REPLICAS = 2
+# Kafka: survive one broker loss without losing acknowledged deliveries, and
+# keep deliveries long enough for a consumer outage over a weekend.
+MIN_TOPIC_REPLICAS = 3
+MIN_INSYNC_REPLICAS = 2
+MIN_RETENTION_MS = 72 * 3600 * 1000
+SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "DATABASE_URL")
+WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
+
+
+def name(obj):
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def pod_spec(obj):
+    return obj["spec"]["template"]["spec"]
+
+
+def pod_labels(obj):
+    return obj["spec"]["template"].get("metadata", {}).get("labels", {})
+
+
+def selects(selector, labels):
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions)."""
+    if selector is None:
+        return False
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        present = expr["key"] in labels
+        value = labels.get(expr["key"])
+        op = expr["operator"]
+        if op == "In" and value not in expr.get("values", []):
+            return False
+        if op == "NotIn" and present and value in expr.get("values", []):
+            return False
+        if op == "Exists" and not present:
+            return False
+        if op == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def same_namespace(a, b):
+    return a["metadata"].get("namespace") == b["metadata"].get("namespace")
+
+
+def containers(obj):
+    spec = pod_spec(obj)
+    return spec.get("initContainers", []) + spec.get("containers", [])
+
+
+def check_containers(obj):
+    findings = []
+    spec = pod_spec(obj)
+    pod_sc = spec.get("securityContext", {})
+    if spec.get("automountServiceAccountToken") is not False:
+        findings.append(f"{name(obj)}: mounts a service account token it does not need")
+    if pod_sc.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        findings.append(f"{name(obj)}: no RuntimeDefault seccomp profile")
+    for c in containers(obj):
+        where = f"{name(obj)} container {c['name']}"
+        sc = c.get("securityContext", {})
+        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True):
+            findings.append(f"{where}: may run as root (runAsNonRoot is not true)")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            findings.append(f"{where}: runs as user 0")
+        if sc.get("privileged"):
+            findings.append(f"{where}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            findings.append(f"{where}: allowPrivilegeEscalation is not false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            findings.append(f"{where}: root filesystem is writable")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            findings.append(f"{where}: capabilities are not all dropped")
+        resources = c.get("resources", {})
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if resource not in resources.get(kind, {}):
+                    findings.append(f"{where}: no {resource} {kind[:-1]}")
+        image = c.get("image", "")
+        tag = image.rsplit("/", 1)[-1]
+        if "@sha256:" not in image and (":" not in tag or tag.endswith(":latest")):
+            findings.append(f"{where}: image {image!r} is not pinned to a tag or digest")
+        for env in c.get("env", []):
+            if "value" in env and any(w in env["name"] for w in SECRET_WORDS) and not env["name"].endswith("_FILE"):
+                findings.append(f"{where}: {env['name']} is a literal value; reference a Secret")
+        if obj["kind"] != "Job":
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe not in c:
+                    findings.append(f"{where}: no {probe}")
+    return findings
+
+
+def check_disruption_budgets(objs):
+    pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    findings = []
+    for obj in objs:
+        if obj["kind"] != "Deployment":
+            continue
+        if not any(same_namespace(p, obj) and selects(p["spec"].get("selector"), pod_labels(obj)) for p in pdbs):
+            findings.append(f"{name(obj)}: no PodDisruptionBudget selects its pods")
+    return findings
+
+
+def check_network_policies(objs):
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    findings = []
+    namespaces = {o["metadata"].get("namespace") for o in objs if o["kind"] in WORKLOADS}
+    for ns in namespaces:
+        deny = [
+            p for p in policies
+            if p["metadata"].get("namespace") == ns
+            and p["spec"].get("podSelector") == {}
+            and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+            and not p["spec"].get("ingress") and not p["spec"].get("egress")
+        ]
+        if not deny:
+            findings.append(f"namespace {ns}: no default-deny NetworkPolicy")
+    return findings
+
+
+def check_replicas(objs):
+    findings = []
+    hpas = [o for o in objs if o["kind"] == "HorizontalPodAutoscaler"]
+    for obj in objs:
+        if obj["kind"] != "Deployment":
+            continue
+        hpa = next((h for h in hpas if same_namespace(h, obj)
+                    and h["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+                    and h["spec"]["scaleTargetRef"]["name"] == obj["metadata"]["name"]), None)
+        component = pod_labels(obj).get("app.kubernetes.io/name")
+        if component in ("receiver", "consumer") and hpa is None:
+            findings.append(f"{name(obj)}: no HorizontalPodAutoscaler")
+        if component == "receiver":
+            if obj["spec"].get("replicas", 1) < MIN_RECEIVER_REPLICAS:
+                findings.append(f"{name(obj)}: fewer than {MIN_RECEIVER_REPLICAS} replicas")
+            if hpa and hpa["spec"].get("minReplicas", 1) < MIN_RECEIVER_REPLICAS:
+                findings.append(f"{name(hpa)}: minReplicas below {MIN_RECEIVER_REPLICAS}")
+        if component == "consumer" and hpa:
+            topic = raw_topic_partitions(objs, obj)
+            if topic is None:
+                findings.append(f"{name(obj)}: no KafkaTopic for its raw topic")
+            elif hpa["spec"]["maxReplicas"] > topic:
+                findings.append(f"{name(hpa)}: maxReplicas {hpa['spec']['maxReplicas']} exceeds the topic's {topic} partitions")
+    return findings
+
+
+def raw_topic_partitions(objs, consumer):
+    """Partitions of the topic the consumer reads (AAA_RAW_TOPIC in its ConfigMap)."""
+    topic_name = None
+    for ref in containers(consumer)[0].get("envFrom", []):
+        cm_name = ref.get("configMapRef", {}).get("name")
+        for cm in objs:
+            if cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == cm_name and same_namespace(cm, consumer):
+                topic_name = cm.get("data", {}).get("AAA_RAW_TOPIC", topic_name)
+    for topic in objs:
+        if topic["kind"] == "KafkaTopic" and topic["spec"].get("topicName", topic["metadata"]["name"]) == topic_name:
+            return topic["spec"]["partitions"]
+    return None
+
+
+def check_topics(objs):
+    findings = []
+    for topic in objs:
+        if topic["kind"] != "KafkaTopic":
+            continue
+        spec = topic["spec"]
+        config = spec.get("config", {})
+        if spec.get("replicas", 0) < MIN_TOPIC_REPLICAS:
+            findings.append(f"{name(topic)}: replication factor below {MIN_TOPIC_REPLICAS}")
+        if int(config.get("min.insync.replicas", 1)) < MIN_INSYNC_REPLICAS:
+            findings.append(f"{name(topic)}: min.insync.replicas below {MIN_INSYNC_REPLICAS}")
+        if int(config.get("retention.ms", 0)) < MIN_RETENTION_MS:
+            findings.append(f"{name(topic)}: retention shorter than 72 h")
+    return findings
+
+
+def check_graceful_shutdown(objs):
+    """The pod must outlive its preStop pause plus the drain it was told to do."""
+    findings = []
+    for obj in objs:
+        if obj["kind"] != "Deployment":
+            continue
+        grace = pod_spec(obj).get("terminationGracePeriodSeconds", 30)
+        for c in containers(obj):
+            pause = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+            drain_ms = next((int(e["value"]) for e in c.get("env", []) if e["name"] == "AAA_DRAIN_TIMEOUT_MS"), 0)
+            if pause + drain_ms / 1000 > grace:
+                findings.append(f"{name(obj)}: terminationGracePeriodSeconds {grace} < preStop {pause} s + drain {drain_ms / 1000} s")
+            if pod_labels(obj).get("app.kubernetes.io/name") == "receiver" and pause == 0:
+                findings.append(f"{name(obj)}: no preStop pause; the load balancer still routes to a stopping receiver")
+    return findings
+
+
+def check_no_secret_values(objs):
+    return [f"{name(o)}: Secret values do not belong in the manifests; reference a Secret created out of band"
+            for o in objs if o["kind"] == "Secret"]
+
+
+RULES = (
+    lambda objs: [f for o in objs if o["kind"] in WORKLOADS for f in check_containers(o)],
+    check_disruption_budgets,
+    check_network_policies,
+    check_replicas,
+    check_topics,
+    check_graceful_shutdown,
+    check_no_secret_values,
+)
+
+
+def check(objs):
+    return [finding for rule in RULES for finding in rule(objs)]
+
+
+def main(paths):
+    objs = []
+    for path in paths:
+        with open(path) as f:
+            objs.extend(o for o in yaml.safe_load_all(f) if o)
+    findings = check(objs)
+    for finding in findings:
+        print(f"POLICY {finding}")
+    print(f"policy: {len(objs)} objects, {len(findings)} findings")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,103 @@
+"""Each policy rule fires on the fault it exists for, and only then.
+
+Runs on the rendered prod overlay (path in AAA_RENDERED, set by
+scripts/deploy-check.sh): it must be clean, and each mutation below must
+produce exactly the finding named.
+"""
+
+import copy
+import os
+import unittest
+
+import yaml
+
+import policy
+
+
+def rendered():
+    with open(os.environ["AAA_RENDERED"]) as f:
+        return [o for o in yaml.safe_load_all(f) if o]
+
+
+def find(objs, kind, name):
+    return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def container(objs, deployment):
+    return find(objs, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+
+
+class PolicyTest(unittest.TestCase):
+    def setUp(self):
+        self.objs = copy.deepcopy(rendered())
+
+    def assertFinding(self, fragment):
+        findings = policy.check(self.objs)
+        self.assertEqual(len(findings), 1, findings)
+        self.assertIn(fragment, findings[0])
+
+    def test_rendered_overlay_is_clean(self):
+        self.assertEqual(policy.check(self.objs), [])
+
+    def test_missing_probe(self):
+        del container(self.objs, "aaa-consumer")["readinessProbe"]
+        self.assertFinding("no readinessProbe")
+
+    def test_missing_memory_limit(self):
+        del container(self.objs, "aaa-watermark")["resources"]["limits"]["memory"]
+        self.assertFinding("no memory limit")
+
+    def test_root_user(self):
+        pod = find(self.objs, "Deployment", "aaa-receiver")["spec"]["template"]["spec"]
+        pod["securityContext"]["runAsNonRoot"] = False
+        self.assertFinding("may run as root")
+
+    def test_writable_root_filesystem(self):
+        container(self.objs, "aaa-receiver")["securityContext"]["readOnlyRootFilesystem"] = False
+        self.assertFinding("root filesystem is writable")
+
+    def test_missing_disruption_budget(self):
+        self.objs.remove(find(self.objs, "PodDisruptionBudget", "aaa-watermark"))
+        self.assertFinding("no PodDisruptionBudget")
+
+    def test_latest_image(self):
+        container(self.objs, "aaa-consumer")["image"] = "ghcr.io/aaa-pipeline/aaa:latest"
+        self.assertFinding("not pinned")
+
+    def test_literal_secret(self):
+        env = container(self.objs, "aaa-consumer")["env"]
+        env.append({"name": "AAA_DATABASE_URL", "value": "postgres://u:p@db/aaa"})
+        self.assertFinding("reference a Secret")
+
+    def test_secret_object(self):
+        self.objs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "leak"}})
+        self.assertFinding("Secret values do not belong")
+
+    def test_single_receiver(self):
+        find(self.objs, "HorizontalPodAutoscaler", "aaa-receiver")["spec"]["minReplicas"] = 1
+        self.assertFinding("minReplicas below 2")
+
+    def test_consumers_beyond_partitions(self):
+        find(self.objs, "HorizontalPodAutoscaler", "aaa-consumer")["spec"]["maxReplicas"] = 13
+        self.assertFinding("exceeds the topic's 12 partitions")
+
+    def test_topic_replication(self):
+        find(self.objs, "KafkaTopic", "aaa-raw")["spec"]["config"]["min.insync.replicas"] = 1
+        self.assertFinding("min.insync.replicas below 2")
+
+    def test_short_retention(self):
+        find(self.objs, "KafkaTopic", "aaa-raw")["spec"]["config"]["retention.ms"] = 3600000
+        self.assertFinding("retention shorter than 72 h")
+
+    def test_grace_shorter_than_drain(self):
+        pod = find(self.objs, "Deployment", "aaa-receiver")["spec"]["template"]["spec"]
+        pod["terminationGracePeriodSeconds"] = 10
+        self.assertFinding("terminationGracePeriodSeconds 10")
+
+    def test_no_default_deny(self):
+        self.objs.remove(find(self.objs, "NetworkPolicy", "aaa-default-deny"))
+        self.assertFinding("no default-deny NetworkPolicy")
+
+
+if __name__ == "__main__":
+    unittest.main()
