@@ -167,7 +167,8 @@ broker_start() {
 }
 
 broker_topic() {
-  quietly "$NISSHI_BIN" topic create --broker "tcp://$BROKER_ADDR" --partitions "$2" "$1"
+  # Records up to 2 MiB, as deploy/kafka/kafka-topic.yaml: the receiver accepts 1 MiB bodies.
+  quietly "$NISSHI_BIN" topic create --broker "tcp://$BROKER_ADDR" --partitions "$2" --config max.message.bytes=2097152 "$1"
 }
 
 stop_pid() {

@@ -15,6 +15,10 @@ MIN_RECEIVER_REPLICAS = 2
 MIN_TOPIC_REPLICAS = 3
 MIN_INSYNC_REPLICAS = 2
 MIN_RETENTION_MS = 72 * 3600 * 1000
+# The receiver accepts bodies up to 1 MiB (AAA_MAX_BODY_BYTES) and produces
+# them with up to 64 KiB of key and headers; a smaller topic limit turns such
+# deliveries into 503s forever.
+MIN_TOPIC_MESSAGE_BYTES = 1024 * 1024 + 64 * 1024
 SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "DATABASE_URL")
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 
@@ -183,6 +187,8 @@ def check_topics(objs):
             findings.append(f"{name(topic)}: replication factor below {MIN_TOPIC_REPLICAS}")
         if int(config.get("min.insync.replicas", 1)) < MIN_INSYNC_REPLICAS:
             findings.append(f"{name(topic)}: min.insync.replicas below {MIN_INSYNC_REPLICAS}")
+        if int(config.get("max.message.bytes", 1048588)) < MIN_TOPIC_MESSAGE_BYTES:
+            findings.append(f"{name(topic)}: max.message.bytes below the receiver's 1 MiB bodies plus headers")
         if int(config.get("retention.ms", 0)) < MIN_RETENTION_MS:
             findings.append(f"{name(topic)}: retention shorter than 72 h")
     return findings

@@ -89,6 +89,10 @@ class PolicyTest(unittest.TestCase):
         find(self.objs, "KafkaTopic", "aaa-raw")["spec"]["config"]["retention.ms"] = 3600000
         self.assertFinding("retention shorter than 72 h")
 
+    def test_topic_smaller_than_a_delivery(self):
+        del find(self.objs, "KafkaTopic", "aaa-raw")["spec"]["config"]["max.message.bytes"]
+        self.assertFinding("max.message.bytes below")
+
     def test_grace_shorter_than_drain(self):
         pod = find(self.objs, "Deployment", "aaa-receiver")["spec"]["template"]["spec"]
         pod["terminationGracePeriodSeconds"] = 10

@@ -119,7 +119,7 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
             ),
             ("AAA_CLOCK_SPEED".into(), "600".into()),
             ("AAA_CLOCK_REAL_EPOCH".into(), epoch.clone()),
-            ("AAA_DATABASE_URL".into(), stack.db.url.clone()),
+            ("AAA_DATABASE_URL".into(), stack.db.reader_url().await),
         ],
     };
     let user = |i: usize| {

@@ -306,6 +306,23 @@ async fn bad_input_is_refused_counted_or_dead_lettered_never_lost() {
     assert_eq!(metric(admin, &label("ok")).await, 2.0);
 }
 
+/// A delivery exactly at the receiver's body limit is accepted, so it must
+/// also fit through the producer and the broker (librdkafka's own default
+/// limit is below 1 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_exactly_at_the_body_limit_lands() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let mut body = deliveries(43, 1)[0].body.clone();
+    body["padding"] = serde_json::Value::String(String::new());
+    let unpadded = body.to_string().len();
+    let limit = stack.options.max_body_bytes;
+    body["padding"] = serde_json::Value::String("x".repeat(limit - unpadded));
+    let bytes = body.to_string().into_bytes();
+    assert_eq!(bytes.len(), limit);
+    assert_eq!(stack.sender().post(&bytes).await.unwrap(), 200);
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 1).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_consumer_refuses_a_schema_that_is_behind() {
     let db = TestDb::empty().await;

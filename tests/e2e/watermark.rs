@@ -165,10 +165,11 @@ async fn a_receiver_outage_is_found_replayed_and_recovered() {
         "every recovered row is tagged via_replay"
     );
 
-    // What an operator sees.
+    // What an operator sees, as a reader.
+    let reader_url = stack.db.reader_url().await;
     let output = std::process::Command::new(BIN)
         .args(["gaps", "list", "--json"])
-        .env("AAA_DATABASE_URL", &stack.db.url)
+        .env("AAA_DATABASE_URL", &reader_url)
         .output()
         .unwrap();
     assert!(
@@ -190,7 +191,7 @@ async fn a_receiver_outage_is_found_replayed_and_recovered() {
     );
     let table = std::process::Command::new(BIN)
         .args(["gaps", "list"])
-        .env("AAA_DATABASE_URL", &stack.db.url)
+        .env("AAA_DATABASE_URL", &reader_url)
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&table.stdout).contains("reconciled"));

@@ -91,6 +91,7 @@ pub async fn run(
     let producer = Arc::new(producer::RawProducer::new(
         args.kafka.client_config(&[])?,
         produce_timeout,
+        args.max_body_bytes,
     )?);
     for webhook in &webhooks {
         tracing::info!(message = "serving webhook", webhook = %webhook.id, path = %webhook.path);

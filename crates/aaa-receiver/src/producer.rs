@@ -31,10 +31,23 @@ pub enum ProduceError {
     Kafka(#[from] KafkaError),
 }
 
+/// Room for the key, headers and batch framing around a body.
+const RECORD_OVERHEAD_BYTES: usize = 64 * 1024;
+
 impl RawProducer {
-    pub fn new(mut config: ClientConfig, produce_timeout: Duration) -> Result<Self, Error> {
+    /// `max_body_bytes`: the largest body the receiver accepts. Every such
+    /// body must also fit through the producer, whose own default limit
+    /// (librdkafka's `message.max.bytes`, 1 000 000) is below the receiver's
+    /// default of 1 MiB: a body in between would get 503 forever.
+    pub fn new(
+        mut config: ClientConfig,
+        produce_timeout: Duration,
+        max_body_bytes: usize,
+    ) -> Result<Self, Error> {
         let timeout_ms = produce_timeout.as_millis().max(1).to_string();
+        let max_record = (max_body_bytes + RECORD_OVERHEAD_BYTES).to_string();
         config
+            .set("message.max.bytes", &max_record)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             // librdkafka gives up on a record after this; we answer 503 then.

@@ -83,7 +83,10 @@ impl Broker {
             .set("bootstrap.servers", self.bootstrap())
             .create()
             .expect("admin client");
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        // As deploy/kafka/kafka-topic.yaml: records up to 2 MiB, room for
+        // the receiver's 1 MiB bodies with their headers.
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
+            .set("max.message.bytes", "2097152");
         let results = admin
             .create_topics(
                 [&topic],

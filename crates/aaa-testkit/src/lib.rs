@@ -40,6 +40,7 @@ where
 
 /// A fresh, migrated (or empty) database for one test.
 pub struct TestDb {
+    /// The cluster superuser's URL of this database (tests' own queries).
     pub url: String,
     pub pool: sqlx::PgPool,
 }
@@ -77,6 +78,38 @@ impl TestDb {
             .await
             .expect("connect to test database");
         TestDb { url, pool }
+    }
+
+    /// This database's URL for the services: a login that is a member of
+    /// `aaa_writer` and nothing more, as in production (docs/deploy.md), so
+    /// a missing grant fails the tests.
+    pub async fn writer_url(&self) -> String {
+        self.login_url("aaa_writer").await
+    }
+
+    /// This database's URL for operators and analysts: `aaa_reader` only.
+    pub async fn reader_url(&self) -> String {
+        self.login_url("aaa_reader").await
+    }
+
+    /// A login `<group>_test` that is a member of `group` (a role the
+    /// migrations create), created on first use.
+    async fn login_url(&self, group: &'static str) -> String {
+        let login = format!("{group}_test");
+        // Roles are cluster-wide and tests run in parallel: creating one that
+        // another test just created is fine. Both names are ours, not input.
+        let create = format!(
+            "DO $$ BEGIN CREATE ROLE {login} LOGIN IN ROLE {group}; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&self.pool)
+            .await
+            .expect("create a test login");
+        let mut url = reqwest::Url::parse(&self.url).expect("database URL");
+        url.set_username(&login)
+            .expect("database URL takes a user name");
+        url.to_string()
     }
 
     fn name(&self) -> &str {

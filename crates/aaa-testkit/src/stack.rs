@@ -74,6 +74,8 @@ pub struct Stack {
     pub bin: PathBuf,
     pub broker: Broker,
     pub db: TestDb,
+    /// What the services connect with: a member of `aaa_writer` only.
+    pub writer_url: String,
     pub receiver: Service,
     pub consumer: Service,
     pub webhook_id: String,
@@ -97,6 +99,7 @@ impl Stack {
         let topic = "aaa.raw".to_owned();
         broker.create_topic(&topic, options.partitions).await;
         let db = TestDb::migrated().await;
+        let writer_url = db.writer_url().await;
         let config_dir = tempfile::tempdir().expect("config dir");
         let webhook_id = "1146654567674912769".to_owned();
         let webhooks_file = config_dir.path().join("webhooks.toml");
@@ -143,7 +146,7 @@ impl Stack {
         let admin = receiver.addr("admin").await;
         let consumer_env = vec![
             ("AAA_ADMIN_LISTEN", "127.0.0.1:0".into()),
-            ("AAA_DATABASE_URL", db.url.clone()),
+            ("AAA_DATABASE_URL", writer_url.clone()),
             ("AAA_KAFKA_BROKERS", broker.bootstrap()),
             ("AAA_RAW_TOPIC", topic.clone()),
             ("AAA_CONSUMER_GROUP", "aaa-consumer-test".into()),
@@ -163,6 +166,7 @@ impl Stack {
             bin,
             broker,
             db,
+            writer_url,
             receiver,
             webhook_id,
             webhook_url: format!("http://{public}/webhooks/x"),
@@ -198,7 +202,7 @@ impl Stack {
     pub fn spawn_watermark(&self, sim: &crate::SimProcess, replica: &str) -> Service {
         let mut env = vec![
             ("AAA_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-            ("AAA_DATABASE_URL", self.db.url.clone()),
+            ("AAA_DATABASE_URL", self.writer_url.clone()),
             ("AAA_KAFKA_BROKERS", self.broker.bootstrap()),
             ("AAA_RAW_TOPIC", self.topic.clone()),
             ("AAA_WATERMARK_WEBHOOKS", self.webhook_id.clone()),
