@@ -139,6 +139,11 @@ pub async fn run(
         // A first group join in seconds rather than tens of seconds.
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "1000"),
+        // librdkafka prefetches up to 64 MiB by default: the consumer's
+        // memory under a backlog (measured by scripts/bench.sh). A few
+        // thousand deliveries ahead keep every batch full.
+        ("queued.max.messages.kbytes", "8192"),
+        ("fetch.max.bytes", "8388608"),
     ])?;
     // Not overridable: offsets are committed only after Postgres committed.
     config

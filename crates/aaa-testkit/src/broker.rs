@@ -99,6 +99,11 @@ impl Broker {
         }
     }
 
+    /// The operating system's id of the broker process (for /proc readings).
+    pub fn os_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("broker running").id() as i32)
     }

@@ -112,6 +112,11 @@ impl Service {
             .unwrap_or_else(|| panic!("bad listening event {event}"))
     }
 
+    /// The operating system's id of the running process (for /proc readings).
+    pub fn os_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("service running").id() as i32)
     }

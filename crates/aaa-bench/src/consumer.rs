@@ -1,0 +1,273 @@
+//! Scenario 2 (and 4, the scale curve): N deliveries pre-loaded into Kafka,
+//! then the consumer turns them into committed, normalized rows. Baseline:
+//! `COPY` of the same raw payloads into a plain table, the fastest way
+//! Postgres takes rows at all.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use aaa_common::kafka::headers;
+use aaa_testkit::{Broker, Service, TestDb};
+use futures::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::{Error, Settings, procfs};
+
+const TOPIC: &str = "aaa.raw";
+const PARTITIONS: i32 = 6;
+
+#[derive(Debug, serde::Serialize)]
+pub struct ConsumerReport {
+    pub accounts: usize,
+    pub deliveries: usize,
+    /// Distinct activities in them: the `events` rows expected.
+    pub events: usize,
+    /// Rows in every table once done (events plus normalized tables).
+    pub rows: i64,
+    pub batch_max_records: usize,
+    /// Mean records per written batch (from the consumer's own histogram).
+    pub mean_batch_records: Option<f64>,
+    /// From the first row visible to the last (excludes group join).
+    pub seconds: f64,
+    pub events_per_second: f64,
+    pub rows_per_second: f64,
+    pub copy_seconds: f64,
+    pub copy_rows_per_second: f64,
+    /// Deliveries per second, consumer ÷ COPY.
+    pub ratio_to_copy: f64,
+    /// Postgres CPU seconds per second of the consumer's run.
+    pub db_cpu_cores: f64,
+    /// The consumer's own CPU seconds per second (from its start: includes
+    /// the group join, so a slight underestimate of the busy rate).
+    pub consumer_cpu_cores: Option<f64>,
+    pub consumer_memory: Option<procfs::Memory>,
+    pub preload_seconds: f64,
+}
+
+fn deliveries(accounts: usize, n: usize, seed: u64) -> Vec<aaa_sim::generate::Delivery> {
+    let start = chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::days(20_000);
+    aaa_sim::generate::Generator::new(seed, accounts, start).take(n)
+}
+
+/// Distinct (account, kind, natural key) triples: one `events` row each.
+fn expected_events(bodies: &[Vec<u8>]) -> usize {
+    let keys: HashSet<_> = bodies.iter().flat_map(|b| crate::e2e::keys_of(b)).collect();
+    keys.len()
+}
+
+async fn preload(broker: &Broker, bodies: &[Vec<u8>], keys: &[String]) -> Result<(), Error> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("acks", "all")
+        .set("linger.ms", "20")
+        .create()?;
+    let now_ms = chrono::Utc::now().timestamp_millis().to_string();
+    let sends = bodies.iter().zip(keys).enumerate().map(|(i, (body, key))| {
+        let producer = &producer;
+        let now_ms = &now_ms;
+        async move {
+            let request_id = format!("bench-{i}");
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: headers::WEBHOOK_ID,
+                    value: Some("1"),
+                })
+                .insert(Header {
+                    key: headers::RECEIVED_AT_MS,
+                    value: Some(now_ms.as_str()),
+                })
+                .insert(Header {
+                    key: headers::REQUEST_ID,
+                    value: Some(request_id.as_str()),
+                });
+            let record = FutureRecord::to(TOPIC)
+                .key(key)
+                .payload(body)
+                .headers(headers);
+            producer
+                .send(record, Duration::from_secs(60))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| Error::Kafka(e))
+        }
+    });
+    let mut results = futures::stream::iter(sends).buffer_unordered(20_000);
+    while let Some(result) = results.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// Rows in every table of the schema (names from the catalog, not input).
+pub async fn all_rows(db: &TestDb) -> Result<i64, Error> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename NOT LIKE '\\_sqlx%' AND tablename <> 'bench_copy'",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    let mut rows = 0;
+    for table in tables {
+        let sql = format!("SELECT count(*) FROM \"{table}\"");
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&db.pool)
+            .await?;
+        rows += n;
+    }
+    Ok(rows)
+}
+
+/// `COPY` of the raw payloads (text format: backslashes doubled; the JSON
+/// has no raw tabs or newlines) into a table with no index.
+async fn copy_baseline(db: &TestDb, bodies: &[Vec<u8>]) -> Result<f64, Error> {
+    sqlx::query("CREATE TABLE bench_copy (payload jsonb NOT NULL)")
+        .execute(&db.pool)
+        .await?;
+    let mut data = Vec::with_capacity(bodies.iter().map(|b| b.len() + 1).sum());
+    for body in bodies {
+        for &byte in body {
+            if byte == b'\\' {
+                data.push(b'\\');
+            }
+            data.push(byte);
+        }
+        data.push(b'\n');
+    }
+    let started = Instant::now();
+    let mut conn = db.pool.acquire().await?;
+    let mut copy = conn
+        .copy_in_raw("COPY bench_copy (payload) FROM STDIN")
+        .await?;
+    copy.send(data).await?;
+    let copied = copy.finish().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if copied as usize != bodies.len() {
+        return Err(Error::Setup(format!(
+            "COPY took {copied} of {} rows",
+            bodies.len()
+        )));
+    }
+    Ok(seconds)
+}
+
+/// Mean of a histogram on /metrics: `<name>_sum` ÷ `<name>_count`.
+async fn histogram_mean(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let total = |suffix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{suffix}")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let count = total("_count");
+    (count > 0.0).then(|| total("_sum") / count)
+}
+
+pub async fn run(
+    settings: &Settings,
+    accounts: usize,
+    n: usize,
+    seed: u64,
+) -> Result<ConsumerReport, Error> {
+    let deliveries = deliveries(accounts, n, seed);
+    let bodies: Vec<Vec<u8>> = deliveries.iter().map(|d| d.to_bytes()).collect();
+    let keys: Vec<String> = deliveries
+        .iter()
+        .map(|d| d.for_user_id.clone().unwrap_or_else(|| "1".into()))
+        .collect();
+    let events = expected_events(&bodies);
+
+    let broker = Broker::start().await;
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    let db = TestDb::migrated().await;
+    let writer_url = db.writer_url().await;
+    let preload_started = Instant::now();
+    preload(&broker, &bodies, &keys).await?;
+    let preload_seconds = preload_started.elapsed().as_secs_f64();
+
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&db.pool)
+        .await?;
+    let postmaster = procfs::parent(backend as u32);
+    let db_cpu = || {
+        postmaster
+            .map(procfs::cpu_seconds_with_children)
+            .unwrap_or(0.0)
+    };
+
+    let cpu_before = db_cpu();
+    let consumer = Service::spawn(
+        "consumer",
+        &settings.aaa_bin,
+        &["consumer"],
+        &[
+            ("AAA_ADMIN_LISTEN", "127.0.0.1:0".into()),
+            ("AAA_DATABASE_URL", writer_url),
+            ("AAA_KAFKA_BROKERS", broker.bootstrap()),
+            ("AAA_RAW_TOPIC", TOPIC.into()),
+            ("AAA_BATCH_MAX_RECORDS", settings.consumer_batch.to_string()),
+        ],
+    );
+    let spawned = Instant::now();
+    let admin = consumer.addr("admin").await;
+    let mut first_row: Option<Instant> = None;
+    let mut last_progress = (0i64, Instant::now());
+    let done = loop {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&db.pool)
+            .await?;
+        if stored > 0 && first_row.is_none() {
+            first_row = Some(Instant::now());
+        }
+        if stored as usize >= events {
+            break Instant::now();
+        }
+        if stored > last_progress.0 {
+            last_progress = (stored, Instant::now());
+        } else if last_progress.1.elapsed() > Duration::from_secs(60) {
+            return Err(Error::Setup(format!(
+                "consumer stalled at {stored} of {events} events; its output:\n{}",
+                consumer.output().join("\n")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let started = first_row.unwrap_or(done);
+    let seconds = done.duration_since(started).as_secs_f64().max(1e-3);
+    let db_cpu_cores = (db_cpu() - cpu_before) / seconds;
+    let consumer_memory = consumer.os_pid().and_then(procfs::memory);
+    let consumer_cpu_cores = consumer
+        .os_pid()
+        .and_then(procfs::cpu_seconds)
+        .map(|cpu| cpu / done.duration_since(spawned).as_secs_f64());
+    let mean_batch_records = histogram_mean(admin, "aaa_consumer_batch_records").await;
+    drop(consumer);
+    let rows = all_rows(&db).await?;
+    let copy_seconds = copy_baseline(&db, &bodies).await?;
+    let deliveries_per_second = n as f64 / seconds;
+    let copy_rows_per_second = n as f64 / copy_seconds;
+    Ok(ConsumerReport {
+        accounts,
+        deliveries: n,
+        events,
+        rows,
+        batch_max_records: settings.consumer_batch,
+        mean_batch_records,
+        seconds,
+        events_per_second: events as f64 / seconds,
+        rows_per_second: rows as f64 / seconds,
+        copy_seconds,
+        copy_rows_per_second,
+        ratio_to_copy: deliveries_per_second / copy_rows_per_second,
+        db_cpu_cores,
+        consumer_cpu_cores,
+        consumer_memory,
+        preload_seconds,
+    })
+}

@@ -1,0 +1,315 @@
+//! Scenario 3: the whole pipeline (receiver → broker → consumer → Postgres)
+//! at fixed offered rates, open loop: deliveries leave on schedule whether or
+//! not earlier ones were answered, as X sends them. Latency is from sending
+//! to the row being visible to a reader (polled every 10 ms).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aaa_testkit::{Stack, StackOptions};
+
+use crate::stats::{Latency, Recorder};
+use crate::{Error, Settings, procfs};
+
+/// Deliveries in flight at most; beyond it the generator sheds (counted).
+const MAX_IN_FLIGHT: usize = 2048;
+const TICK: Duration = Duration::from_millis(5);
+const POLL: Duration = Duration::from_millis(10);
+
+#[derive(Debug, serde::Serialize)]
+pub struct RateReport {
+    pub offered_per_second: u64,
+    pub sent: u64,
+    /// Not sent because MAX_IN_FLIGHT deliveries were still unanswered.
+    pub shed: u64,
+    pub achieved_per_second: f64,
+    pub answered_ok: u64,
+    pub failed: u64,
+    /// Events expected from what was answered 200, and how many never
+    /// became visible within the wait (must be 0).
+    pub events: usize,
+    pub missing: usize,
+    pub latency: Latency,
+    /// Median latency of the first and the second half of the run: growing
+    /// lag shows as a second half far behind the first.
+    pub p50_first_half_ms: f64,
+    pub p50_second_half_ms: f64,
+    /// From the last send to the last row visible.
+    pub drain_seconds: f64,
+    pub sustained: bool,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct E2eReport {
+    pub duration_seconds: u64,
+    pub rates: Vec<RateReport>,
+    pub max_sustained_per_second: Option<u64>,
+    pub receiver_memory: Option<procfs::Memory>,
+    pub consumer_memory: Option<procfs::Memory>,
+}
+
+/// What makes an `events` row: (account, kind, natural key).
+pub type Key = (Option<String>, String, String);
+
+struct Prepared {
+    body: Vec<u8>,
+    signature: String,
+    keys: Vec<Key>,
+}
+
+/// The `events` rows a delivery makes.
+pub fn keys_of(body: &[u8]) -> Vec<Key> {
+    let Ok(envelope) = aaa_events::parse_envelope(body) else {
+        return Vec::new();
+    };
+    envelope
+        .activities
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            (
+                envelope.for_user_id.clone(),
+                a.kind.to_string(),
+                a.natural_key,
+            )
+        })
+        .collect()
+}
+
+pub async fn run(settings: &Settings, rates: &[u64]) -> Result<E2eReport, Error> {
+    let stack = Stack::start(
+        &settings.aaa_bin.display().to_string(),
+        StackOptions::default(),
+    )
+    .await;
+    let start = chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::days(20_000);
+    let mut generator = aaa_sim::generate::Generator::new(11, 1000, start);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(MAX_IN_FLIGHT)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut seen: std::collections::HashSet<Key> = Default::default();
+    let mut reports = Vec::new();
+    let mut prepare = |n: usize| -> Vec<Prepared> {
+        generator
+            .take(n)
+            .into_iter()
+            .map(|d| {
+                let body = d.to_bytes();
+                let keys = keys_of(&body)
+                    .into_iter()
+                    .filter(|k| seen.insert(k.clone()))
+                    .collect();
+                Prepared {
+                    signature: aaa_signing::sign(stack.secret.as_bytes(), &body),
+                    body,
+                    keys,
+                }
+            })
+            .collect()
+    };
+    // Warm-up, not reported: the consumer group's first join and the
+    // connection pools would otherwise be charged to the first rate.
+    let warmup = offer(&stack, &client, prepare(500), 250).await?;
+    if warmup.missing > 0 || warmup.failed > 0 {
+        return Err(Error::Setup(format!(
+            "the pipeline did not warm up: {warmup:?}"
+        )));
+    }
+    for &rate in rates {
+        eprintln!("  offered {rate} deliveries/s for {:?}", settings.duration);
+        let prepared = prepare((rate * settings.duration.as_secs()) as usize);
+        reports.push(offer(&stack, &client, prepared, rate).await?);
+    }
+    let max_sustained_per_second = reports
+        .iter()
+        .filter(|r| r.sustained)
+        .map(|r| r.offered_per_second)
+        .max();
+    Ok(E2eReport {
+        duration_seconds: settings.duration.as_secs(),
+        rates: reports,
+        max_sustained_per_second,
+        receiver_memory: stack.receiver.os_pid().and_then(procfs::memory),
+        consumer_memory: stack.consumer.os_pid().and_then(procfs::memory),
+    })
+}
+
+/// Watches `events` for new rows and notes when each became visible.
+fn spawn_poller(
+    pool: sqlx::PgPool,
+    observed: Arc<Mutex<HashMap<Key, Instant>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Result<(), Error>> {
+    tokio::spawn(async move {
+        let mut last_id: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        while !stop.load(Ordering::Relaxed) {
+            let rows: Vec<(i64, Option<String>, String, String)> = sqlx::query_as(
+                "SELECT id, for_user_id, kind, natural_key FROM events WHERE id > $1 ORDER BY id LIMIT 50000",
+            )
+            .bind(last_id)
+            .fetch_all(&pool)
+            .await?;
+            let now = Instant::now();
+            {
+                let mut observed = lock(&observed);
+                for (id, account, kind, key) in rows {
+                    last_id = last_id.max(id);
+                    observed.entry((account, kind, key)).or_insert(now);
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(())
+    })
+}
+
+async fn offer(
+    stack: &Stack,
+    client: &reqwest::Client,
+    prepared: Vec<Prepared>,
+    rate: u64,
+) -> Result<RateReport, Error> {
+    let observed: Arc<Mutex<HashMap<Key, Instant>>> = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = spawn_poller(stack.db.pool.clone(), observed.clone(), stop.clone());
+    // The poller's starting point is read before the first send.
+    tokio::time::sleep(POLL * 2).await;
+
+    let prepared = Arc::new(prepared);
+    let n = prepared.len();
+    let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
+    let ok_index: Arc<Mutex<Vec<bool>>> = Arc::new(Mutex::new(vec![false; n]));
+    let failed = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let per_tick = (rate as f64 * TICK.as_secs_f64()).max(1.0);
+    let began = Instant::now();
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (mut next, mut shed, mut ticks) = (0usize, 0u64, 0f64);
+    let mut tasks = tokio::task::JoinSet::new();
+    while next < n {
+        interval.tick().await;
+        ticks += 1.0;
+        // Deliveries due by this tick (fractional rates accumulate).
+        let due = ((ticks * per_tick) as usize).min(n);
+        while next < due {
+            let i = next;
+            next += 1;
+            let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                shed += 1;
+                continue;
+            };
+            let (client, url) = (client.clone(), stack.webhook_url.clone());
+            let (sent_at, ok_index, failed, prepared) = (
+                sent_at.clone(),
+                ok_index.clone(),
+                failed.clone(),
+                prepared.clone(),
+            );
+            tasks.spawn(async move {
+                let p = &prepared[i];
+                lock(&sent_at)[i] = Some(Instant::now());
+                let answer = client
+                    .post(url)
+                    .header(aaa_signing::SIGNATURE_HEADER, p.signature.as_str())
+                    .header("content-type", "application/json")
+                    .body(p.body.clone())
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status().is_success() => lock(&ok_index)[i] = true,
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+    let send_seconds = began.elapsed().as_secs_f64();
+    let sending_ended = Instant::now();
+    while tasks.join_next().await.is_some() {}
+
+    // What must show up (keys of deliveries answered 200), and when sent.
+    let mut due: HashMap<Key, Instant> = HashMap::new();
+    {
+        let (sent_at, ok_index) = (lock(&sent_at), lock(&ok_index));
+        for (i, p) in prepared.iter().enumerate() {
+            if let (true, Some(at)) = (ok_index[i], sent_at[i]) {
+                for key in &p.keys {
+                    due.entry(key.clone()).or_insert(at);
+                }
+            }
+        }
+    }
+    let events = due.len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !due.keys().all(|k| lock(&observed).contains_key(k)) {
+        tokio::time::sleep(POLL).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    poller
+        .await
+        .map_err(|e| Error::Setup(format!("poller: {e}")))??;
+
+    let observed = lock(&observed);
+    let (mut all, mut first_half, mut second_half) = (
+        Recorder::default(),
+        Recorder::default(),
+        Recorder::default(),
+    );
+    let half = began + Duration::from_secs_f64(send_seconds / 2.0);
+    let mut last_visible = sending_ended;
+    let mut missing = 0;
+    for (key, sent) in &due {
+        let Some(&seen_at) = observed.get(key) else {
+            missing += 1;
+            continue;
+        };
+        let latency = seen_at.saturating_duration_since(*sent);
+        all.record(latency);
+        if *sent < half {
+            first_half.record(latency);
+        } else {
+            second_half.record(latency);
+        }
+        last_visible = last_visible.max(seen_at);
+    }
+    let sent = n as u64 - shed;
+    let achieved = sent as f64 / send_seconds;
+    let (p50_1, p50_2) = (first_half.summary().p50_ms, second_half.summary().p50_ms);
+    let drain_seconds = last_visible
+        .saturating_duration_since(sending_ended)
+        .as_secs_f64();
+    let failed = failed.load(Ordering::Relaxed);
+    let answered_ok = lock(&ok_index).iter().filter(|ok| **ok).count() as u64;
+    Ok(RateReport {
+        offered_per_second: rate,
+        sent,
+        shed,
+        achieved_per_second: achieved,
+        answered_ok,
+        failed,
+        events,
+        missing,
+        latency: all.summary(),
+        p50_first_half_ms: p50_1,
+        p50_second_half_ms: p50_2,
+        drain_seconds,
+        sustained: shed == 0
+            && failed == 0
+            && missing == 0
+            && achieved >= 0.95 * rate as f64
+            && p50_2 <= 2.0 * p50_1 + 50.0
+            && drain_seconds < 2.0,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,287 @@
+//! The results file (`<date>.json`) and its Markdown summary (`<date>.md`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+use crate::consumer::ConsumerReport;
+use crate::e2e::E2eReport;
+use crate::receiver::ReceiverReport;
+
+/// Goals from the benchmark issue: tracked here, not asserted by tests.
+const RECEIVER_RATIO_GOAL: f64 = 0.60;
+const CONSUMER_RATIO_GOAL: f64 = 0.40;
+const E2E_P99_GOAL_MS: f64 = 250.0;
+const E2E_GOAL_RATE: u64 = 5000;
+const CRC_P99_GOAL_MS: f64 = 5.0;
+const RSS_GOAL_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, serde::Serialize)]
+pub struct Host {
+    pub cores: usize,
+    pub kernel: String,
+    pub commit: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Results {
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub host: Host,
+    pub receiver: Option<ReceiverReport>,
+    pub consumer: Option<ConsumerReport>,
+    pub e2e: Option<E2eReport>,
+    pub scale: Vec<ConsumerReport>,
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl Results {
+    pub fn new() -> Results {
+        Results {
+            started_at: chrono::Utc::now(),
+            host: Host {
+                cores: std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+                kernel: command_output("uname", &["-r"]),
+                commit: command_output("git", &["rev-parse", "--short", "HEAD"]),
+            },
+            receiver: None,
+            consumer: None,
+            e2e: None,
+            scale: Vec::new(),
+        }
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<(PathBuf, PathBuf), Error> {
+        std::fs::create_dir_all(dir)?;
+        let stem = self.started_at.format("%Y-%m-%dT%H%M%SZ").to_string();
+        let json = dir.join(format!("{stem}.json"));
+        let markdown = dir.join(format!("{stem}.md"));
+        let text = serde_json::to_string_pretty(self).map_err(|e| Error::Setup(e.to_string()))?;
+        std::fs::write(&json, text + "\n")?;
+        std::fs::write(&markdown, self.markdown())?;
+        Ok((json, markdown))
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let h = &self.host;
+        let _ = writeln!(
+            md,
+            "# Benchmarks {}\n\ncommit {}, {} cores, Linux {}. Ratios are against a baseline measured in the same run; absolute numbers are context only (shared, noisy machine).\n",
+            self.started_at.format("%Y-%m-%d %H:%M UTC"),
+            h.commit,
+            h.cores,
+            h.kernel
+        );
+        let _ = writeln!(
+            md,
+            "| What | Measured | Baseline | Ratio | Goal | Met |\n|---|---|---|---|---|---|"
+        );
+        let met = |ok: bool| if ok { "yes" } else { "**no**" };
+        if let Some(r) = &self.receiver {
+            let _ = writeln!(
+                md,
+                "| Receiver, signed {} B deliveries, req/s | {:.0} | {:.0} (bare axum) | {:.2} | ≥ {RECEIVER_RATIO_GOAL:.2} | {} |",
+                r.body_bytes,
+                r.receiver.requests_per_second(),
+                r.baseline.requests_per_second(),
+                r.ratio,
+                met(r.ratio >= RECEIVER_RATIO_GOAL)
+            );
+            let _ = writeln!(
+                md,
+                "| Receiver vs a bare handler that also waits for the broker's ack, req/s | {:.0} | {:.0} | {:.2} | | |",
+                r.receiver.requests_per_second(),
+                r.produce_baseline.requests_per_second(),
+                r.ratio_to_produce_baseline,
+            );
+            let crc_p99 = r.crc.p99_us as f64 / 1000.0;
+            let _ = writeln!(
+                md,
+                "| CRC GET p99 | {crc_p99:.2} ms | {:.2} ms | {:.2} | < {CRC_P99_GOAL_MS} ms | {} |",
+                r.crc_baseline.p99_us as f64 / 1000.0,
+                crc_p99 / (r.crc_baseline.p99_us.max(1) as f64 / 1000.0),
+                met(crc_p99 < CRC_P99_GOAL_MS)
+            );
+        }
+        if let Some(c) = &self.consumer {
+            let _ = writeln!(
+                md,
+                "| Consumer, deliveries/s into normalized rows | {:.0} | {:.0} (COPY) | {:.2} | ≥ {CONSUMER_RATIO_GOAL:.2} | {} |",
+                c.deliveries as f64 / c.seconds,
+                c.copy_rows_per_second,
+                c.ratio_to_copy,
+                met(c.ratio_to_copy >= CONSUMER_RATIO_GOAL)
+            );
+        }
+        if let Some(r) = self.e2e.as_ref().and_then(|e| {
+            e.rates
+                .iter()
+                .find(|r| r.offered_per_second == E2E_GOAL_RATE)
+        }) {
+            let _ = writeln!(
+                md,
+                "| End to end p99 at {E2E_GOAL_RATE}/s offered | {:.0} ms | | | < {E2E_P99_GOAL_MS} ms | {} |",
+                r.latency.p99_ms,
+                met(r.latency.p99_ms < E2E_P99_GOAL_MS && r.sustained)
+            );
+        }
+        let memories = [
+            (
+                "receiver",
+                self.receiver.as_ref().and_then(|r| r.receiver_memory),
+            ),
+            (
+                "consumer",
+                self.consumer.as_ref().and_then(|c| c.consumer_memory),
+            ),
+        ];
+        for (service, memory) in memories {
+            if let Some(m) = memory {
+                let _ = writeln!(
+                    md,
+                    "| Peak RSS, {service} under load | {:.1} MB | | | < 64 MB | {} |",
+                    m.peak_rss_bytes as f64 / 1048576.0,
+                    met(m.peak_rss_bytes < RSS_GOAL_BYTES)
+                );
+            }
+        }
+        if let Some(r) = &self.receiver {
+            let _ = writeln!(
+                md,
+                "\n## Receiver\n\n| Server | req/s | p50 ms | p99 ms | p99.9 ms | errors |\n|---|---|---|---|---|---|"
+            );
+            for (name, w) in [
+                ("bare axum", &r.baseline),
+                ("bare axum + produce, ack", &r.produce_baseline),
+                ("receiver", &r.receiver),
+                ("bare axum, GET", &r.crc_baseline),
+                ("receiver, CRC GET", &r.crc),
+            ] {
+                let _ = writeln!(
+                    md,
+                    "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
+                    w.requests_per_second(),
+                    w.p50_us as f64 / 1000.0,
+                    w.p99_us as f64 / 1000.0,
+                    w.p999_us as f64 / 1000.0,
+                    w.errors()
+                );
+            }
+            let cores = |c: Option<f64>| c.map(|c| format!("{c:.2}")).unwrap_or_else(|| "?".into());
+            let _ = writeln!(
+                md,
+                "\nCPU cores during the receiver run: receiver {}, broker {}; broker during the produce baseline: {}. The load generator (wrk) shares the same cores.",
+                cores(r.receiver_cpu_cores),
+                cores(r.broker_cpu_cores),
+                cores(r.produce_baseline_broker_cpu_cores)
+            );
+        }
+        let consumer_rows = |md: &mut String, c: &ConsumerReport| {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.1} |",
+                c.accounts,
+                c.deliveries,
+                c.events,
+                c.rows,
+                c.seconds,
+                c.events_per_second,
+                c.rows_per_second,
+                1e6 * c.seconds / c.events.max(1) as f64,
+                c.ratio_to_copy,
+                c.mean_batch_records
+                    .map(|b| format!("{b:.0}"))
+                    .unwrap_or_default(),
+                c.db_cpu_cores,
+                c.consumer_cpu_cores.unwrap_or(0.0),
+                c.consumer_memory
+                    .map(|m| m.peak_rss_bytes as f64 / 1048576.0)
+                    .unwrap_or(0.0),
+            );
+        };
+        let consumer_header = "| Accounts | Deliveries | Events | Rows | Seconds | Events/s | Rows/s | µs/event | ÷ COPY | Mean batch | DB cores | Consumer cores | Peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+        if let Some(c) = &self.consumer {
+            let _ = writeln!(md, "\n## Consumer\n\n{consumer_header}");
+            consumer_rows(&mut md, c);
+            let _ = writeln!(
+                md,
+                "\nCOPY of the same {} raw payloads into an unindexed table: {:.2} s. Pre-loading Kafka took {:.1} s.",
+                c.deliveries, c.copy_seconds, c.preload_seconds
+            );
+        }
+        if let Some(e) = &self.e2e {
+            let _ = writeln!(
+                md,
+                "\n## End to end ({} s per rate, open loop)\n\n| Offered/s | Achieved/s | Shed | Failed | Events | Missing | p50 ms | p99 ms | p50 1st half | p50 2nd half | Drain s | Sustained |\n|---|---|---|---|---|---|---|---|---|---|---|---|",
+                e.duration_seconds
+            );
+            for r in &e.rates {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
+                    r.offered_per_second,
+                    r.achieved_per_second,
+                    r.shed,
+                    r.failed,
+                    r.events,
+                    r.missing,
+                    r.latency.p50_ms,
+                    r.latency.p99_ms,
+                    r.p50_first_half_ms,
+                    r.p50_second_half_ms,
+                    r.drain_seconds,
+                    if r.sustained { "yes" } else { "no" }
+                );
+            }
+            let _ = writeln!(
+                md,
+                "\nHighest sustained offered rate: {}.",
+                e.max_sustained_per_second
+                    .map(|r| format!("{r}/s"))
+                    .unwrap_or_else(|| "none of those offered".into())
+            );
+        }
+        if !self.scale.is_empty() {
+            let _ = writeln!(md, "\n## Scale curve (consumer stage)\n\n{consumer_header}");
+            for c in &self.scale {
+                consumer_rows(&mut md, c);
+            }
+            let _ = writeln!(md, "\n{}", scale_growth(&self.scale));
+        }
+        md
+    }
+}
+
+/// How the per-event cost grows from the smallest to the largest run, per
+/// account count (1.0: linear total cost).
+pub fn scale_growth(runs: &[ConsumerReport]) -> String {
+    let mut lines = Vec::new();
+    let mut accounts: Vec<usize> = runs.iter().map(|r| r.accounts).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    for a in accounts {
+        let mut these: Vec<&ConsumerReport> = runs.iter().filter(|r| r.accounts == a).collect();
+        these.sort_by_key(|r| r.deliveries);
+        if let (Some(small), Some(large)) = (these.first(), these.last())
+            && small.deliveries < large.deliveries
+        {
+            let per_event = |r: &ConsumerReport| r.seconds / r.events.max(1) as f64;
+            lines.push(format!(
+                "{a} accounts: {}× the deliveries cost {:.2}× as much per event.",
+                large.deliveries / small.deliveries.max(1),
+                per_event(large) / per_event(small)
+            ));
+        }
+    }
+    lines.join(" ")
+}
