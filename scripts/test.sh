@@ -31,8 +31,20 @@ pg_start "$work/pg" -c fsync=off -c synchronous_commit=off -c full_page_writes=o
 
 export AAA_TEST_DATABASE_URL=$PG_URL
 export AAA_NISSHI_BIN=$NISSHI_BIN
-say "tests (unit and end-to-end)"
+export AAA_CHAOS_REPORT=$work/chaos.jsonl
+say "tests (unit, end-to-end and fault injection)"
 cargo test --workspace --locked --no-fail-fast "$@"
+if [ -s "$AAA_CHAOS_REPORT" ]; then
+  say "fault injection: per scenario"
+  python3 - "$AAA_CHAOS_REPORT" <<'PY'
+import json, sys
+rows = sorted((json.loads(l) for l in open(sys.argv[1])), key=lambda r: r["scenario"])
+cols = ["owed", "delivered_live", "recovered_by_replay", "duplicates_absorbed", "lost", "settle_seconds"]
+print("    | scenario | " + " | ".join(cols) + " |")
+for r in rows:
+    print("    | " + r["scenario"] + " | " + " | ".join(str(r[c]) for c in cols) + " |")
+PY
+fi
 
 # libFuzzer on the envelope parser and normalizer, seeded with the fixtures.
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain

@@ -3,12 +3,10 @@
 //! found, replayed one job per webhook, reconciled, and afterwards Postgres
 //! holds exactly what X delivered, nothing missing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aaa_testkit::{
-    SimProcess, Stack, StackOptions, TestDb, delivered_keys, eventually, stored_keys,
+    SimProcess, Stack, StackOptions, TestDb, Traffic, delivered_keys, eventually, stored_keys,
 };
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -16,33 +14,6 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_aaa");
 const WAIT: Duration = Duration::from_secs(120);
 const SPEED: f64 = 300.0;
-
-/// Activity in the background, like X's: a few events every 50 ms.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Traffic {
-    fn start(sim: &SimProcess) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let url = format!("{}/sim/generate", sim.url);
-        let flag = stop.clone();
-        let task = tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            while !flag.load(Ordering::SeqCst) {
-                let _ = client.post(&url).json(&json!({"count": 2})).send().await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        Traffic { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.task.await;
-    }
-}
 
 async fn windows(db: &TestDb) -> Vec<(String, i32, i32, i64, i64)> {
     sqlx::query_as("SELECT state, attempts, conflicts, recovered, duplicates FROM replay_windows ORDER BY window_from")

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 pub use broker::Broker;
 pub use process::Service;
-pub use sim::{SIM_BEARER, SimProcess, delivered_keys, stored_keys};
+pub use sim::{SIM_BEARER, SimProcess, Traffic, delivered_keys, stored_keys};
 pub use stack::{SECOND_WEBHOOK_ID, Stack, StackOptions};
 
 /// Polls `probe` until it returns `Some`, or panics after `timeout` naming

@@ -1,0 +1,247 @@
+//! One chaos run: the stack, the simulator as X, a watermark, live traffic;
+//! faults are injected by the scenario, then `settle` checks the invariants
+//! against ground truth and reports.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use aaa_testkit::{
+    Service, SimProcess, Stack, StackOptions, Traffic, delivered_keys, eventually, stored_keys,
+};
+use chrono::TimeDelta;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aaa");
+/// Settling includes waiting out X's retries and replay eligibility, in
+/// simulated time (1 s = 5 min).
+const WAIT: Duration = Duration::from_secs(180);
+const SPEED: f64 = 300.0;
+const SIM_ARGS: &[&str] = &[
+    "--accounts",
+    "20",
+    "--interaction-share",
+    "0",
+    "--revoke-share",
+    "0",
+];
+
+/// What a scenario settled to (also its row in the report).
+#[derive(Debug)]
+pub struct Settled {
+    pub recovered_by_replay: i64,
+    pub duplicates_absorbed: u64,
+    /// Delivery attempts X saw fail (and retried or gave up on).
+    pub failed_attempts: u64,
+}
+
+pub struct Run {
+    pub stack: Stack,
+    pub sim: SimProcess,
+    pub watermark: Service,
+    traffic: Option<Traffic>,
+    clock: aaa_common::Clock,
+}
+
+impl Run {
+    /// The stack with live traffic flowing and coverage established.
+    pub async fn start() -> Run {
+        let stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+        let clock = stack.options.clock();
+        let sim = stack.start_sim(SIM_ARGS).await;
+        let watermark = stack.spawn_watermark(&sim, "watermark-a");
+        let traffic = Traffic::start(&sim);
+        eventually(WAIT, "live traffic and heartbeats stored", || async {
+            let beats = stack
+                .db
+                .count("SELECT count(*) FROM coverage_heartbeats")
+                .await;
+            (stack.db.count("SELECT count(*) FROM events").await > 20 && beats > 3).then_some(())
+        })
+        .await;
+        Run {
+            stack,
+            sim,
+            watermark,
+            traffic: Some(traffic),
+            clock,
+        }
+    }
+
+    /// Waits until `d` of simulated time has passed.
+    pub async fn wait_sim(&self, d: TimeDelta) {
+        let until = self.clock.now() + d;
+        eventually(WAIT, "simulated time to pass", || async {
+            (self.clock.now() >= until).then_some(())
+        })
+        .await;
+    }
+
+    /// The receiver is down (SIGKILL) for `d` of simulated time.
+    pub async fn receiver_outage(&mut self, d: TimeDelta) {
+        self.stack.receiver.kill();
+        self.wait_sim(d).await;
+        self.stack.restart_receiver().await;
+    }
+
+    /// While on, every insert into `events` fails, as on a full disk.
+    pub async fn fail_event_writes(&self, on: bool) {
+        let statements: &[&'static str] = if on {
+            &[
+                "CREATE OR REPLACE FUNCTION chaos_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'chaos: could not extend file (simulated full disk)'; END $$",
+                "CREATE TRIGGER chaos_fail BEFORE INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION chaos_fail()",
+            ]
+        } else {
+            &["DROP TRIGGER IF EXISTS chaos_fail ON events"]
+        };
+        for sql in statements {
+            sqlx::query(*sql)
+                .execute(&self.stack.db.pool)
+                .await
+                .expect("chaos trigger");
+        }
+    }
+
+    /// An operator submits a replay of [now - `ago`, now - `until_ago`]
+    /// directly at X (not through the watermark).
+    pub async fn operator_replay(&self, ago: TimeDelta, until_ago: TimeDelta) {
+        let now = self.clock.now();
+        let answer = self
+            .sim
+            .api(reqwest::Method::POST, "/2/webhooks/replay")
+            .json(&json!({
+                "webhook_id": self.stack.webhook_id,
+                "from_date": aaa_replay_window::format_minute(now - ago),
+                "to_date": aaa_replay_window::format_minute(now - until_ago),
+            }))
+            .send()
+            .await
+            .expect("replay request");
+        assert_eq!(answer.status(), 200, "the operator's replay was accepted");
+    }
+
+    pub async fn wait_for_submitted_window(&self) {
+        eventually(WAIT, "a replay job submitted", || async {
+            (self
+                .stack
+                .db
+                .count("SELECT count(*) FROM replay_windows WHERE state = 'submitted'")
+                .await
+                > 0)
+            .then_some(())
+        })
+        .await;
+    }
+
+    /// Sum of a metric's samples on the running consumer's /metrics.
+    pub async fn consumer_metric(&self, name: &str) -> f64 {
+        let admin = self.stack.consumer.addr("admin").await;
+        let text = reqwest::get(format!("http://{admin}/metrics"))
+            .await
+            .expect("consumer metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Stops traffic, waits until X owes nothing and no gap is open, checks
+    /// the invariants, and adds the scenario's row to the report.
+    pub async fn settle(mut self, scenario: &str) -> Settled {
+        if let Some(traffic) = self.traffic.take() {
+            traffic.stop().await;
+        }
+        let began = Instant::now();
+        self.sim.settled(WAIT).await;
+        let summary: Value = eventually(WAIT, "every gap closed and nothing missing", || async {
+            let open = self
+                .stack
+                .db
+                .count(
+                    "SELECT count(*) FROM replay_windows WHERE state IN ('pending', 'submitted')",
+                )
+                .await;
+            let summary = self.sim.summary().await;
+            (open == 0 && summary["missing"] == 0 && summary["pending"] == 0).then_some(summary)
+        })
+        .await;
+        let expected = delivered_keys(&self.sim).await;
+        eventually(
+            WAIT,
+            "Postgres to hold every delivered activity",
+            || async {
+                (self.stack.db.count("SELECT count(*) FROM events").await >= expected.len() as i64)
+                    .then_some(())
+            },
+        )
+        .await;
+        let settle_seconds = began.elapsed().as_secs_f64();
+
+        assert_eq!(
+            stored_keys(&self.stack.db).await,
+            expected,
+            "{scenario}: Postgres holds exactly what X delivered, each once"
+        );
+        let dead_letters = self
+            .stack
+            .db
+            .count("SELECT count(*) FROM dead_letters")
+            .await;
+        assert_eq!(dead_letters, 0, "{scenario}: no dead letters");
+        let expired = self
+            .stack
+            .db
+            .count("SELECT count(*) FROM replay_windows WHERE state = 'expired'")
+            .await;
+        assert_eq!(expired, 0, "{scenario}: no gap aged out");
+
+        let truth = self.sim.truth().await;
+        let attempts = |owed: &Value, ok: bool| {
+            owed["attempts"]
+                .as_array()
+                .map(|a| a.iter().filter(|t| (t["ok"] == true) == ok).count())
+                .unwrap_or(0) as u64
+        };
+        let duplicates: u64 = truth
+            .iter()
+            .map(|owed| attempts(owed, true).saturating_sub(1))
+            .sum();
+        let failed_attempts: u64 = truth.iter().map(|owed| attempts(owed, false)).sum();
+        let row = json!({
+            "scenario": scenario,
+            "owed": summary["owed"],
+            "delivered_live": summary["delivered_live"],
+            "recovered_by_replay": summary["delivered_by_replay_only"],
+            "duplicates_absorbed": duplicates,
+            "x_failed_attempts": failed_attempts,
+            "lost": summary["missing"],
+            "stored": expected.len(),
+            "settle_seconds": (settle_seconds * 10.0).round() / 10.0,
+        });
+        eprintln!("chaos: {row}");
+        if let Ok(path) = std::env::var("AAA_CHAOS_REPORT") {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("chaos report");
+            writeln!(file, "{row}").expect("write chaos report");
+        }
+        Settled {
+            recovered_by_replay: summary["delivered_by_replay_only"].as_i64().unwrap_or(0),
+            duplicates_absorbed: duplicates,
+            failed_attempts,
+        }
+    }
+}
+
+/// Kills the watermark replica that submitted a replay while the job runs,
+/// and starts another.
+pub async fn kill_watermark_mid_replay(run: &mut Run) {
+    run.sim.set_faults(json!({"replay_delay_ms": 20})).await;
+    run.wait_for_submitted_window().await;
+    run.watermark.kill();
+    run.watermark = run.stack.spawn_watermark(&run.sim, "watermark-b");
+}

@@ -1,0 +1,265 @@
+//! Fault injection: the whole stack as separate processes (receiver,
+//! consumer, watermark, broker, Postgres) with the simulator as X, on a
+//! scaled clock (1 real second = 5 simulated minutes). Each scenario injects
+//! its faults while traffic flows, lets everything settle, and then holds
+//! Postgres to the simulator's ground truth: every activity X delivered is
+//! stored exactly once, nothing else is, no dead letters, no gap left open or
+//! expired. Each scenario adds a row to the report (AAA_CHAOS_REPORT).
+
+mod harness;
+
+use std::time::Duration;
+
+use aaa_testkit::eventually;
+use chrono::TimeDelta;
+use harness::{Run, kill_watermark_mid_replay};
+use serde_json::json;
+
+/// The receiver dies (SIGKILL) under load and comes back after 3 simulated
+/// minutes: X's retries cover the gap, or the watermark replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_killed_during_load() {
+    let mut run = Run::start().await;
+    run.stack.receiver.kill();
+    run.wait_sim(TimeDelta::minutes(3)).await;
+    run.stack.restart_receiver().await;
+    let settled = run.settle("receiver killed during load").await;
+    assert!(
+        settled.failed_attempts > 0,
+        "X saw the receiver down: {settled:?}"
+    );
+}
+
+/// The consumer dies (SIGKILL) three times, mid-batch, and restarts each
+/// time: uncommitted offsets are consumed again and absorbed as duplicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_killed_mid_batch() {
+    let mut run = Run::start().await;
+    for _ in 0..3 {
+        run.stack.consumer.kill();
+        run.wait_sim(TimeDelta::minutes(1)).await;
+        run.stack.consumer = run.stack.spawn_consumer();
+        run.wait_sim(TimeDelta::minutes(2)).await;
+    }
+    run.settle("consumer killed mid-batch (3 times)").await;
+}
+
+/// A receiver outage of 20 simulated minutes, and the watermark that
+/// submitted its replay dies (SIGKILL) while the job runs; another replica
+/// takes over without submitting a second job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_killed_mid_replay() {
+    let mut run = Run::start().await;
+    run.receiver_outage(TimeDelta::minutes(20)).await;
+    kill_watermark_mid_replay(&mut run).await;
+    let settled = run.settle("watermark killed mid-replay").await;
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}
+
+/// The broker dies (SIGKILL) and restarts on the same storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_and_restarted() {
+    let mut run = Run::start().await;
+    run.stack.broker.restart().await;
+    run.wait_sim(TimeDelta::minutes(3)).await;
+    run.settle("broker killed and restarted").await;
+}
+
+/// Receiver and consumer cut off from the broker for 3 real seconds (the
+/// broker frozen with SIGSTOP: connections stay open, nothing answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_partitioned() {
+    let run = Run::start().await;
+    run.stack.broker.pause();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.stack.broker.resume();
+    let settled = run.settle("broker partitioned (SIGSTOP 3 s)").await;
+    assert!(
+        settled.failed_attempts > 0,
+        "the receiver answered 503 while the broker hung: {settled:?}"
+    );
+}
+
+/// Postgres refuses every connection for 3 real seconds, then comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_and_back() {
+    let run = Run::start().await;
+    run.stack.db.go_down().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.stack.db.come_back().await;
+    let failures = run
+        .consumer_metric("aaa_consumer_write_failures_total")
+        .await;
+    assert!(
+        failures > 0.0,
+        "the consumer's writes failed while Postgres was down"
+    );
+    run.settle("Postgres down and back").await;
+}
+
+/// Lock contention: another session holds an exclusive lock on `events` for
+/// 3 real seconds, so every write waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_slow_under_lock_contention() {
+    let run = Run::start().await;
+    let mut tx = run.stack.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tx.rollback().await.unwrap();
+    let waited = run
+        .consumer_metric("aaa_consumer_write_duration_seconds_sum")
+        .await;
+    assert!(
+        waited >= 2.0,
+        "the consumer's writes waited for the lock: {waited} s"
+    );
+    run.settle("Postgres slow (exclusive lock held 3 s)").await;
+}
+
+/// Every insert into `events` fails for 3 real seconds, as on a full disk:
+/// the consumer must keep its offsets and retry, never skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_write_errors() {
+    let run = Run::start().await;
+    run.fail_event_writes(true).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.fail_event_writes(false).await;
+    let failures = run
+        .consumer_metric("aaa_consumer_write_failures_total")
+        .await;
+    assert!(failures > 0.0, "the consumer's writes failed");
+    run.settle("Postgres write errors for 3 s").await;
+}
+
+/// X sends 30 % of deliveries twice and lets them overtake each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_duplicates_and_reorders() {
+    let run = Run::start().await;
+    run.sim
+        .set_faults(json!({"duplicate_share": 0.3, "reorder_ms": 200}))
+        .await;
+    run.wait_sim(TimeDelta::minutes(10)).await;
+    run.sim.set_faults(json!({})).await;
+    let settled = run.settle("X duplicates (30 %) and reorders").await;
+    assert!(settled.duplicates_absorbed > 0, "{settled:?}");
+}
+
+/// A receiver outage whose replay first comes back `Incomplete`, while X's
+/// API answers 503 to a fifth of the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_incomplete_and_api_errors() {
+    let run = Run::start().await;
+    run.sim
+        .set_faults(json!({"next_replay": "incomplete", "api_error_share": 0.2}))
+        .await;
+    let mut run = run;
+    run.receiver_outage(TimeDelta::minutes(15)).await;
+    let settled = run.settle("replay Incomplete + 20 % API 503s").await;
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}
+
+/// An operator's replay job keeps the webhook busy (held by the simulator)
+/// when the watermark wants to replay a receiver outage: the watermark meets
+/// ReplayConflictError, waits, and replays once the job is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_conflict_waited_out() {
+    let mut run = Run::start().await;
+    run.sim.set_faults(json!({"next_replay": "hold"})).await;
+    run.operator_replay(TimeDelta::minutes(40), TimeDelta::minutes(15))
+        .await;
+    run.receiver_outage(TimeDelta::minutes(15)).await;
+    eventually(
+        Duration::from_secs(120),
+        "the watermark to meet ReplayConflictError",
+        || async {
+            let conflicts = run
+                .stack
+                .db
+                .count("SELECT coalesce(sum(conflicts), 0) FROM replay_windows")
+                .await;
+            (conflicts > 0).then_some(())
+        },
+    )
+    .await;
+    run.sim.release_jobs().await;
+    let settled = run.settle("ReplayConflictError waited out").await;
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}
+
+/// X invalidates the webhook (a failed CRC): nothing is delivered until the
+/// watermark has it revalidated; the invalid period is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_invalidated_by_crc() {
+    let run = Run::start().await;
+    run.sim.invalidate(&run.stack.webhook_id).await;
+    run.wait_sim(TimeDelta::minutes(10)).await;
+    let settled = run.settle("webhook invalidated by CRC").await;
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}
+
+/// A seeded mix: the receiver, the consumer and the broker each fail once,
+/// Postgres refuses writes, and X duplicates, in an order drawn from the
+/// seed (AAA_CHAOS_SEED). AAA_CHAOS_ROUNDS repeats it with the next seeds:
+/// the soak (docs/chaos.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_mix() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let (seed, rounds) = (env("AAA_CHAOS_SEED", 7), env("AAA_CHAOS_ROUNDS", 1));
+    let mut run = Run::start().await;
+    for round in 0..rounds {
+        let order = shuffled(5, seed + round);
+        eprintln!(
+            "random mix, seed {}: faults in order {order:?}",
+            seed + round
+        );
+        for fault in order {
+            match fault {
+                0 => {
+                    run.stack.receiver.kill();
+                    run.wait_sim(TimeDelta::minutes(2)).await;
+                    run.stack.restart_receiver().await;
+                }
+                1 => {
+                    run.stack.consumer.kill();
+                    run.stack.consumer = run.stack.spawn_consumer();
+                }
+                2 => run.stack.broker.restart().await,
+                3 => {
+                    run.fail_event_writes(true).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    run.fail_event_writes(false).await;
+                }
+                _ => {
+                    run.sim.set_faults(json!({"duplicate_share": 0.3})).await;
+                    run.wait_sim(TimeDelta::minutes(3)).await;
+                    run.sim.set_faults(json!({})).await;
+                }
+            }
+            run.wait_sim(TimeDelta::minutes(2)).await;
+        }
+    }
+    run.settle(&format!("random mix (seed {seed}, {rounds} round(s))"))
+        .await;
+}
+
+/// 0..n in an order drawn from `seed` (Fisher-Yates over a 64-bit LCG), so a
+/// failing mix can be run again exactly.
+fn shuffled(n: u8, seed: u64) -> Vec<u8> {
+    let mut order: Vec<u8> = (0..n).collect();
+    let mut state = seed;
+    for i in (1..order.len()).rev() {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    order
+}
