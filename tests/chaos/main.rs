@@ -7,6 +7,7 @@
 //! expired. Each scenario adds a row to the report (AAA_CHAOS_REPORT).
 
 mod harness;
+mod hostile;
 
 use std::time::Duration;
 

@@ -28,7 +28,12 @@ pub struct AppState {
     pub coverage: Arc<crate::coverage::Coverage>,
 }
 
-pub fn router(state: Arc<AppState>, webhooks: Vec<Webhook>, max_body_bytes: usize) -> Router {
+pub fn router(
+    state: Arc<AppState>,
+    webhooks: Vec<Webhook>,
+    max_body_bytes: usize,
+    body_timeout: std::time::Duration,
+) -> Router {
     let mut app = Router::new();
     for webhook in webhooks {
         let path = webhook.path.clone();
@@ -39,6 +44,9 @@ pub fn router(state: Arc<AppState>, webhooks: Vec<Webhook>, max_body_bytes: usiz
         );
     }
     app.layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
         .with_state(state)
 }
 

@@ -51,6 +51,10 @@ pub struct ReceiverArgs {
     /// Largest delivery body accepted; larger ones get 413.
     #[arg(long, env = "AAA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive. X sends whole bodies at
+    /// once; a body that trickles in (slowloris) gets 400 and frees its slot.
+    #[arg(long, env = "AAA_BODY_TIMEOUT_MS", default_value_t = 5000)]
+    pub body_timeout_ms: u64,
     /// How long to wait for the broker's acknowledgement before answering 503.
     /// Keep it under X's 3 s delivery limit.
     #[arg(long, env = "AAA_PRODUCE_TIMEOUT_MS", default_value_t = 2500)]
@@ -125,7 +129,12 @@ pub async fn run(
         Duration::from_secs(args.heartbeat_interval_secs.max(1)),
         shutdown.clone(),
     ));
-    let app = http::router(state, webhooks, args.max_body_bytes);
+    let app = http::router(
+        state,
+        webhooks,
+        args.max_body_bytes,
+        Duration::from_millis(args.body_timeout_ms),
+    );
 
     let public = admin::bind("public", args.listen).await?;
     let admin_listener = admin::bind("admin", args.admin_listen).await?;

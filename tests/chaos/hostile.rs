@@ -1,0 +1,184 @@
+//! Hostile requests against a running stack, mixed with good deliveries:
+//! each is answered as it should be and counted, the receiver stays healthy,
+//! nothing unauthenticated reaches Postgres, authentic garbage becomes a
+//! dead letter with its raw bytes, and every good delivery lands.
+
+use std::time::Duration;
+
+use aaa_testkit::{Stack, StackOptions, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_aaa");
+
+type Headers = Vec<(&'static str, String)>;
+
+async fn post(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> u16 {
+    // A client per request: after an early answer (401, 413) the receiver
+    // closes the connection, which must not be reused.
+    let mut request = reqwest::Client::new().post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    request.send().await.expect("an answer").status().as_u16()
+}
+
+/// Sum of the receiver's request counter for one outcome.
+async fn outcome(stack: &Stack, outcome: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", stack.receiver_admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("aaa_receiver_requests_total")
+                && l.contains("route=\"delivery\"")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Headers, then a body that trickles in a byte a second: the receiver must
+/// give up on it (body timeout) rather than hold the slot forever.
+async fn slow_body(url: &str, signature: &str) -> String {
+    let url = reqwest::Url::parse(url).unwrap();
+    let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nx-twitter-webhooks-signature: {signature}\r\n\r\n",
+        url.path()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let trickle = async {
+        loop {
+            if stream.write_all(b" ").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    // The answer must come well before the 1000 bytes would have (1000 s).
+    let _ = tokio::time::timeout(Duration::from_secs(15), trickle).await;
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_are_refused_counted_and_good_ones_land() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let url = stack.webhook_url.clone();
+    let sign = |body: &[u8]| aaa_signing::sign(stack.secret.as_bytes(), body);
+    let signed = |body: &[u8]| -> Headers { vec![(aaa_signing::SIGNATURE_HEADER, sign(body))] };
+    let start = chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::days(20_000);
+    let good: Vec<Vec<u8>> = aaa_sim::generate::Generator::new(99, 10, start)
+        .take(20)
+        .iter()
+        .map(|d| d.to_bytes())
+        .collect();
+    let mut good = good.into_iter();
+    let mut next_good = async || {
+        let body = good.next().expect("a good delivery");
+        assert_eq!(post(&url, body.clone(), &signed(&body)).await, 200);
+    };
+
+    // Unauthenticated: 401 each, nothing stored.
+    let body = b"{\"for_user_id\":\"1\",\"favorite_events\":[]}".to_vec();
+    let wrong = aaa_signing::sign(b"not-the-secret", &body);
+    let sig = aaa_signing::SIGNATURE_HEADER;
+    let unauthenticated: Vec<(Vec<u8>, Headers)> = vec![
+        (body.clone(), vec![(sig, wrong)]),
+        (body.clone(), vec![]),
+        (body.clone(), vec![(sig, "sha256=!!!not-base64!!!".into())]),
+        (body.clone(), vec![(sig, "md5=AAAA".into())]),
+        (body.clone(), vec![(sig, String::new())]),
+        (body.clone(), vec![(sig, "sha256=".into())]),
+        // A valid signature replayed over an altered body.
+        (
+            b"{\"for_user_id\":\"2\",\"favorite_events\":[]}".to_vec(),
+            signed(&body),
+        ),
+    ];
+    for (body, headers) in unauthenticated.iter().cloned() {
+        assert_eq!(post(&url, body, &headers).await, 401);
+        next_good().await;
+    }
+
+    // Too large: 413.
+    let huge = vec![b'{'; 2 * 1024 * 1024];
+    assert_eq!(post(&url, huge.clone(), &signed(&huge)).await, 413);
+    next_good().await;
+
+    // Authentic but unreadable: accepted (X must not retry them forever) and
+    // kept as dead letters with their bytes.
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+    let garbage: Vec<Vec<u8>> = vec![
+        vec![0xff, 0xfe, b'{', 0xc3, 0x28, b'}'],
+        nested,
+        b"{\"for_user_id\": 18446744073709551616999, \"tweet_create_events\": [{\"id\": 1e400}]}"
+            .to_vec(),
+        b"[1, 2, 3]".to_vec(),
+    ];
+    for body in &garbage {
+        assert_eq!(post(&url, body.clone(), &signed(body)).await, 200);
+        next_good().await;
+    }
+
+    // A good delivery with the wrong content type is still a good delivery.
+    let body = good.next().unwrap();
+    let mut headers = signed(&body);
+    headers.push(("content-type", "text/plain; charset=latin1".into()));
+    assert_eq!(post(&url, body, &headers).await, 200);
+
+    // Slowloris: the receiver answers 400 after its body timeout.
+    let answer = slow_body(&url, &sign(b"x")).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "slow body answered {answer:?}"
+    );
+
+    // Healthy, every good delivery stored, the garbage only as dead letters.
+    let health = reqwest::get(format!("{}/healthz", stack.receiver_admin))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let good_sent = unauthenticated.len() + 1 + garbage.len() + 1;
+    eventually(
+        Duration::from_secs(60),
+        "good deliveries and dead letters",
+        || async {
+            let events = stack
+                .db
+                .count("SELECT count(DISTINCT request_id) FROM events")
+                .await;
+            let dead = stack.db.count("SELECT count(*) FROM dead_letters").await;
+            (events == good_sent as i64 && dead == garbage.len() as i64).then_some(())
+        },
+    )
+    .await;
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT raw FROM dead_letters ORDER BY id")
+        .fetch_all(&stack.db.pool)
+        .await
+        .unwrap();
+    let mut expected = garbage.clone();
+    expected.sort();
+    let mut stored_sorted = stored;
+    stored_sorted.sort();
+    assert_eq!(stored_sorted, expected, "dead letters keep the raw bytes");
+    assert_eq!(
+        outcome(&stack, "bad_signature").await,
+        unauthenticated.len() as f64
+    );
+    assert_eq!(outcome(&stack, "too_large").await, 1.0);
+    assert_eq!(outcome(&stack, "bad_request").await, 1.0);
+    assert_eq!(
+        outcome(&stack, "ok").await,
+        (good_sent + garbage.len()) as f64
+    );
+}
