@@ -132,19 +132,25 @@ impl Run {
         .await;
     }
 
+    /// Sum of the samples whose line starts with `prefix` on the receiver's
+    /// /metrics.
+    pub async fn receiver_metric(&self, prefix: &str) -> f64 {
+        metric_sum(&self.stack.receiver_admin, |l| l.starts_with(prefix)).await
+    }
+
+    /// Deliveries the receiver answered with `outcome`.
+    pub async fn receiver_outcome(&self, outcome: &str) -> f64 {
+        let label = format!("outcome=\"{outcome}\"");
+        metric_sum(&self.stack.receiver_admin, |l| {
+            l.starts_with("aaa_receiver_requests_total") && l.contains(&label)
+        })
+        .await
+    }
+
     /// Sum of a metric's samples on the running consumer's /metrics.
     pub async fn consumer_metric(&self, name: &str) -> f64 {
         let admin = self.stack.consumer.addr("admin").await;
-        let text = reqwest::get(format!("http://{admin}/metrics"))
-            .await
-            .expect("consumer metrics")
-            .text()
-            .await
-            .expect("metrics text");
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&format!("http://{admin}"), |l| l.starts_with(name)).await
     }
 
     /// Stops traffic, waits until X owes nothing and no gap is open, checks
@@ -244,4 +250,18 @@ pub async fn kill_watermark_mid_replay(run: &mut Run) {
     run.wait_for_submitted_window().await;
     run.watermark.kill();
     run.watermark = run.stack.spawn_watermark(&run.sim, "watermark-b");
+}
+
+/// Sum of the samples on `<admin>/metrics` whose lines `select` picks.
+async fn metric_sum(admin: &str, select: impl Fn(&str) -> bool) -> f64 {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .expect("metrics endpoint")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| select(l))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -7,6 +7,7 @@ mod consumer;
 mod e2e;
 mod procfs;
 mod receiver;
+mod recovery;
 mod report;
 mod stats;
 mod wrk;
@@ -36,6 +37,7 @@ enum Scenario {
     Consumer,
     E2e,
     Scale,
+    Recovery,
 }
 
 /// Benchmarks of the receiver, the consumer, the whole pipeline and its
@@ -70,6 +72,9 @@ struct Args {
     /// Offered rates of the end-to-end scenario, deliveries per second.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
     rates: Vec<u64>,
+    /// Activities generated per real second during the gap-recovery outage.
+    #[arg(long, default_value_t = 1000)]
+    recovery_rate: u64,
     /// Subscribed accounts of the scale curve.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     scale_accounts: Vec<usize>,
@@ -138,6 +143,10 @@ async fn run(args: Args) -> Result<(), Error> {
                     .push(consumer::run(&settings, accounts, n, 5).await?);
             }
         }
+    }
+    if wanted(Scenario::Recovery) {
+        eprintln!("gap recovery");
+        results.recovery = Some(recovery::run(&settings, args.recovery_rate).await?);
     }
     let (json, markdown) = results.write(&args.out)?;
     eprintln!("wrote {} and {}", json.display(), markdown.display());

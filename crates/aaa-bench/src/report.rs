@@ -7,6 +7,7 @@ use crate::Error;
 use crate::consumer::ConsumerReport;
 use crate::e2e::E2eReport;
 use crate::receiver::ReceiverReport;
+use crate::recovery::RecoveryReport;
 
 /// Goals from the benchmark issue: tracked here, not asserted by tests.
 const RECEIVER_RATIO_GOAL: f64 = 0.60;
@@ -31,6 +32,7 @@ pub struct Results {
     pub consumer: Option<ConsumerReport>,
     pub e2e: Option<E2eReport>,
     pub scale: Vec<ConsumerReport>,
+    pub recovery: Option<RecoveryReport>,
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -57,6 +59,7 @@ impl Results {
             consumer: None,
             e2e: None,
             scale: Vec::new(),
+            recovery: None,
         }
     }
 
@@ -133,6 +136,18 @@ impl Results {
                 "| End to end p99 at {E2E_GOAL_RATE}/s offered | {:.0} ms | | | < {E2E_P99_GOAL_MS} ms | {} |",
                 r.latency.p99_ms,
                 met(r.latency.p99_ms < E2E_P99_GOAL_MS && r.sustained)
+            );
+        }
+        if let Some(r) = &self.recovery {
+            let live = self.consumer.as_ref().map(|c| c.events_per_second);
+            let _ = writeln!(
+                md,
+                "| Gap recovery: replayed activities ingested/s | {:.0} | {} | {} | | |",
+                r.replay_events_per_second,
+                live.map(|l| format!("{l:.0} (consumer, backlog)"))
+                    .unwrap_or_default(),
+                live.map(|l| format!("{:.2}", r.replay_events_per_second / l))
+                    .unwrap_or_default(),
             );
         }
         let memories = [
@@ -249,6 +264,21 @@ impl Results {
                 e.max_sustained_per_second
                     .map(|r| format!("{r}/s"))
                     .unwrap_or_else(|| "none of those offered".into())
+            );
+        }
+        if let Some(r) = &self.recovery {
+            let _ = writeln!(
+                md,
+                "\n## Gap recovery\n\nReceiver down for {} simulated minutes (clock ×{}), {} activities generated per real second meanwhile; X gave up on {} deliveries. The replay was submitted {:.1} s after the receiver came back; {} activities came back by replay in {:.1} s ({:.0}/s); missing afterwards: {}.",
+                r.outage_simulated_minutes,
+                r.clock_speed,
+                r.offered_per_second,
+                r.lost_live,
+                r.detect_seconds,
+                r.recovered_by_replay,
+                r.recover_seconds,
+                r.replay_events_per_second,
+                r.missing_after
             );
         }
         if !self.scale.is_empty() {
