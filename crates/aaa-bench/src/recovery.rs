@@ -77,11 +77,7 @@ pub async fn run(settings: &Settings, per_second: u64) -> Result<RecoveryReport,
     }
     stack.restart_receiver().await;
     let restarted = Instant::now();
-    let lost_live = eventually(WAIT, "X to give up on the outage's deliveries", || async {
-        let summary = sim.summary().await;
-        (summary["pending"] == 0).then(|| summary["missing"].as_u64().unwrap_or(0))
-    })
-    .await;
+    sim.settled(WAIT).await;
 
     let submitted = eventually(WAIT, "the replay to be submitted", || async {
         let n = stack
@@ -103,15 +99,16 @@ pub async fn run(settings: &Settings, per_second: u64) -> Result<RecoveryReport,
     .await;
     let recover_seconds = submitted.elapsed().as_secs_f64();
     let recovered = summary["delivered_by_replay_only"].as_u64().unwrap_or(0);
+    let missing_after = summary["missing"].as_u64().unwrap_or(0);
     Ok(RecoveryReport {
         clock_speed: SPEED,
         outage_simulated_minutes: OUTAGE_MINUTES,
         offered_per_second: per_second,
-        lost_live,
+        lost_live: recovered + missing_after,
         recovered_by_replay: recovered,
         detect_seconds: submitted.duration_since(restarted).as_secs_f64(),
         recover_seconds,
         replay_events_per_second: recovered as f64 / recover_seconds.max(1e-3),
-        missing_after: summary["missing"].as_u64().unwrap_or(0),
+        missing_after,
     })
 }
