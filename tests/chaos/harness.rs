@@ -204,6 +204,26 @@ impl Run {
         assert_eq!(expired, 0, "{scenario}: no gap aged out");
 
         let truth = self.sim.truth().await;
+        let (relationships, deletions) = expected_state(&truth);
+        let stored_relationships: Vec<RelationshipState> = sqlx::query_as(
+            "SELECT relationship, source_id, target_id, active FROM relationships ORDER BY 1, 2, 3",
+        )
+        .fetch_all(&self.stack.db.pool)
+        .await
+        .expect("relationships");
+        assert_eq!(
+            stored_relationships, relationships,
+            "{scenario}: relationship state is what the delivered changes lead to"
+        );
+        let stored_deletions: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT tweet_id FROM tweet_deletions ORDER BY 1")
+                .fetch_all(&self.stack.db.pool)
+                .await
+                .expect("tweet deletions");
+        assert_eq!(
+            stored_deletions, deletions,
+            "{scenario}: deletions are the delivered ones"
+        );
         let attempts = |owed: &Value, ok: bool| {
             owed["attempts"]
                 .as_array()
@@ -224,6 +244,8 @@ impl Run {
             "x_failed_attempts": failed_attempts,
             "lost": summary["missing"],
             "stored": expected.len(),
+            "relationships": relationships.len(),
+            "deletions": deletions.len(),
             "settle_seconds": (settle_seconds * 10.0).round() / 10.0,
         });
         eprintln!("chaos: {row}");
@@ -264,4 +286,48 @@ async fn metric_sum(admin: &str, select: impl Fn(&str) -> bool) -> f64 {
         .filter(|l| select(l))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// (relationship, source, target, active).
+type RelationshipState = (String, String, String, bool);
+
+/// The relationship state and the
+/// deleted tweets that the delivered activities lead to, from ground truth:
+/// each delivered body normalized, the latest change per relationship.
+fn expected_state(truth: &[Value]) -> (Vec<RelationshipState>, Vec<String>) {
+    use aaa_events::normalize::{Record, current_relationships, normalize};
+    let mut changes = Vec::new();
+    let mut deleted = std::collections::BTreeSet::new();
+    for owed in truth.iter().filter(|l| l["delivered"] == true) {
+        let body = owed["body"].to_string();
+        let Ok(envelope) = aaa_events::parse_envelope(body.as_bytes()) else {
+            continue;
+        };
+        for activity in envelope.activities.iter().flatten() {
+            let records = normalize(activity, envelope.for_user_id.as_deref(), &envelope.context)
+                .unwrap_or_default();
+            for record in records {
+                match record {
+                    Record::Relationship(row) => changes.push(row),
+                    Record::TweetDeletion(row) => {
+                        deleted.insert(row.tweet_id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut relationships: Vec<_> = current_relationships(changes, |r| r)
+        .into_iter()
+        .map(|r| {
+            (
+                r.relationship.as_str().to_owned(),
+                r.source_id,
+                r.target_id,
+                r.active,
+            )
+        })
+        .collect();
+    relationships.sort();
+    (relationships, deleted.into_iter().collect())
 }
