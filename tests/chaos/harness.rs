@@ -49,15 +49,7 @@ impl Run {
         let clock = stack.options.clock();
         let sim = stack.start_sim(SIM_ARGS).await;
         let watermark = stack.spawn_watermark(&sim, "watermark-a");
-        let traffic = Traffic::start(&sim);
-        eventually(WAIT, "live traffic and heartbeats stored", || async {
-            let beats = stack
-                .db
-                .count("SELECT count(*) FROM coverage_heartbeats")
-                .await;
-            (stack.db.count("SELECT count(*) FROM events").await > 20 && beats > 3).then_some(())
-        })
-        .await;
+        let traffic = stack.start_traffic(&sim, WAIT).await;
         Run {
             stack,
             sim,
@@ -145,6 +137,21 @@ impl Run {
             l.starts_with("aaa_receiver_requests_total") && l.contains(&label)
         })
         .await
+    }
+
+    /// Waits (the fault still on) until the consumer has seen a write fail.
+    pub async fn consumer_noticed_write_failures(&self) {
+        eventually(
+            Duration::from_secs(30),
+            "the consumer's writes to fail",
+            || async {
+                let failures = self
+                    .consumer_metric("aaa_consumer_write_failures_total")
+                    .await;
+                (failures > 0.0).then_some(())
+            },
+        )
+        .await;
     }
 
     /// Sum of a metric's samples on the running consumer's /metrics.

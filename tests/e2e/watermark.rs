@@ -68,16 +68,7 @@ async fn wait_until_sim(clock: aaa_common::Clock, at: DateTime<Utc>) {
 }
 
 async fn started(stack: &Stack, sim: &SimProcess) -> Traffic {
-    let traffic = Traffic::start(sim);
-    eventually(WAIT, "live traffic and heartbeats stored", || async {
-        let beats = stack
-            .db
-            .count("SELECT count(*) FROM coverage_heartbeats")
-            .await;
-        (stack.db.count("SELECT count(*) FROM events").await > 20 && beats > 3).then_some(())
-    })
-    .await;
-    traffic
+    stack.start_traffic(sim, WAIT).await
 }
 
 const SIM_ARGS: &[&str] = &[

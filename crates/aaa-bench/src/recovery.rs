@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use aaa_testkit::{Stack, StackOptions, Traffic, delivered_keys, eventually};
+use aaa_testkit::{Stack, StackOptions, delivered_keys, eventually};
 use chrono::TimeDelta;
 
 use crate::{Error, Settings};
@@ -53,15 +53,7 @@ pub async fn run(settings: &Settings, per_second: u64) -> Result<RecoveryReport,
         ])
         .await;
     let _watermark = stack.spawn_watermark(&sim, "watermark-bench");
-    let traffic = Traffic::start(&sim);
-    eventually(WAIT, "live traffic and heartbeats", || async {
-        let beats = stack
-            .db
-            .count("SELECT count(*) FROM coverage_heartbeats")
-            .await;
-        (stack.db.count("SELECT count(*) FROM events").await > 20 && beats > 3).then_some(())
-    })
-    .await;
+    let traffic = stack.start_traffic(&sim, WAIT).await;
     traffic.stop().await;
 
     eprintln!(

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{Broker, Service, TestDb};
+use crate::{Broker, Service, TestDb, eventually};
 
 pub const SECOND_WEBHOOK_ID: &str = "2000000000000000002";
 
@@ -247,6 +247,26 @@ impl Stack {
             })
             .await;
         sim
+    }
+
+    /// Starts live traffic at `sim` and waits until it is stored and the
+    /// receiver's heartbeats prove coverage: the state every gap scenario
+    /// starts from.
+    pub async fn start_traffic(
+        &self,
+        sim: &crate::SimProcess,
+        timeout: Duration,
+    ) -> crate::Traffic {
+        let traffic = crate::Traffic::start(sim);
+        eventually(timeout, "live traffic and heartbeats stored", || async {
+            let beats = self
+                .db
+                .count("SELECT count(*) FROM coverage_heartbeats")
+                .await;
+            (self.db.count("SELECT count(*) FROM events").await > 20 && beats > 3).then_some(())
+        })
+        .await;
+        traffic
     }
 
     /// A sender that signs with this stack's webhook secret, as X does.
