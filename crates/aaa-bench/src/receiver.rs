@@ -64,17 +64,22 @@ async fn producing_server(bootstrap: &str) -> Result<String, Error> {
     Ok(format!("http://{addr}"))
 }
 
-/// CPU cores a process used while `f` ran.
-fn cpu_cores_during<T>(
-    pid: Option<u32>,
+/// CPU cores each process used while `f` ran (`None` for one that is gone
+/// or was never there), all over the same interval.
+fn cpu_cores_during<T, const N: usize>(
+    pids: [Option<u32>; N],
     f: impl FnOnce() -> Result<T, Error>,
-) -> Result<(T, Option<f64>), Error> {
-    let before = pid.and_then(procfs::cpu_seconds);
+) -> Result<(T, [Option<f64>; N]), Error> {
+    let before = pids.map(|pid| pid.and_then(procfs::cpu_seconds));
     let started = std::time::Instant::now();
     let result = f()?;
     let seconds = started.elapsed().as_secs_f64();
-    let after = pid.and_then(procfs::cpu_seconds);
-    Ok((result, before.zip(after).map(|(b, a)| (a - b) / seconds)))
+    let mut cores = [None; N];
+    for (i, pid) in pids.iter().enumerate() {
+        let after = pid.and_then(procfs::cpu_seconds);
+        cores[i] = before[i].zip(after).map(|(b, a)| (a - b) / seconds);
+    }
+    Ok((result, cores))
 }
 
 /// A bare axum server: 200 with an empty body on every path and method.
@@ -143,8 +148,8 @@ pub async fn run(settings: &Settings, scratch: &Path) -> Result<ReceiverReport, 
     eprintln!("  baseline: bare handler that waits for the broker's acknowledgement");
     let producing = producing_server(&broker.bootstrap()).await?;
     wrk::run(&producing, post(), &warmup, scratch)?;
-    let (produce_baseline, produce_baseline_broker_cpu_cores) =
-        cpu_cores_during(broker.os_pid(), || {
+    let (produce_baseline, [produce_baseline_broker_cpu_cores]) =
+        cpu_cores_during([broker.os_pid()], || {
             wrk::run(&producing, post(), &load, scratch)
         })?;
 
@@ -170,12 +175,10 @@ pub async fn run(settings: &Settings, scratch: &Path) -> Result<ReceiverReport, 
     let public = receiver.addr("public").await;
     let url = format!("http://{public}/webhooks/x");
     wrk::run(&url, post(), &warmup, scratch)?;
-    let broker_before = broker.os_pid().and_then(procfs::cpu_seconds);
-    let (measured, receiver_cpu_cores) =
-        cpu_cores_during(receiver.os_pid(), || wrk::run(&url, post(), &load, scratch))?;
-    let broker_cpu_cores = broker_before
-        .zip(broker.os_pid().and_then(procfs::cpu_seconds))
-        .map(|(b, a)| (a - b) / settings.duration.as_secs_f64());
+    let (measured, [receiver_cpu_cores, broker_cpu_cores]) =
+        cpu_cores_during([receiver.os_pid(), broker.os_pid()], || {
+            wrk::run(&url, post(), &load, scratch)
+        })?;
     let crc = wrk::run(
         &format!("{url}?crc_token=bench"),
         Request::Get,
