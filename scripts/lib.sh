@@ -82,7 +82,7 @@ KUBECTL_BIN=$AAA_TOOLS_DIR/kubectl-$KUBECTL_VERSION/kubectl
 ensure_deploy_tools() {
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
   local digest
-  digest=$(cat "$AAA_ROOT/deploy/validate/requirements.txt" | sha256sum | cut -c1-12)
+  digest=$(sha256sum <"$AAA_ROOT/deploy/validate/requirements.txt" | cut -c1-12)
   DEPLOY_VENV=$AAA_TOOLS_DIR/deploy-venv-$digest
   if [ ! -x "$DEPLOY_VENV/bin/hadolint" ]; then
     say "installing the manifest validators (once)"
@@ -91,7 +91,7 @@ ensure_deploy_tools() {
     quietly "$DEPLOY_VENV/bin/pip" install --quiet --disable-pip-version-check \
       -r "$AAA_ROOT/deploy/validate/requirements.txt"
   fi
-  digest=$(cat "$AAA_ROOT/deploy/validate/package-lock.json" | sha256sum | cut -c1-12)
+  digest=$(sha256sum <"$AAA_ROOT/deploy/validate/package-lock.json" | cut -c1-12)
   DEPLOY_NODE_MODULES=$AAA_TOOLS_DIR/deploy-npm-$digest/node_modules
   if [ ! -d "$DEPLOY_NODE_MODULES" ]; then
     local dir=${DEPLOY_NODE_MODULES%/node_modules}

@@ -6,7 +6,8 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use aaa_testkit::{
-    Service, SimProcess, Stack, StackOptions, Traffic, delivered_keys, eventually, stored_keys,
+    SMALL_SIM_ARGS, Service, SimProcess, Stack, StackOptions, Traffic, delivered_keys, eventually,
+    metric, stored_keys,
 };
 use chrono::TimeDelta;
 use serde_json::{Value, json};
@@ -16,14 +17,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_aaa");
 /// simulated time (1 s = 5 min).
 const WAIT: Duration = Duration::from_secs(180);
 const SPEED: f64 = 300.0;
-const SIM_ARGS: &[&str] = &[
-    "--accounts",
-    "20",
-    "--interaction-share",
-    "0",
-    "--revoke-share",
-    "0",
-];
 
 /// What a scenario settled to (also its row in the report).
 #[derive(Debug)]
@@ -47,7 +40,7 @@ impl Run {
     pub async fn start() -> Run {
         let stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
         let clock = stack.options.clock();
-        let sim = stack.start_sim(SIM_ARGS).await;
+        let sim = stack.start_sim(SMALL_SIM_ARGS).await;
         let watermark = stack.spawn_watermark(&sim, "watermark-a");
         let traffic = stack.start_traffic(&sim, WAIT).await;
         Run {
@@ -127,16 +120,7 @@ impl Run {
     /// Sum of the samples whose line starts with `prefix` on the receiver's
     /// /metrics.
     pub async fn receiver_metric(&self, prefix: &str) -> f64 {
-        metric_sum(&self.stack.receiver_admin, |l| l.starts_with(prefix)).await
-    }
-
-    /// Deliveries the receiver answered with `outcome`.
-    pub async fn receiver_outcome(&self, outcome: &str) -> f64 {
-        let label = format!("outcome=\"{outcome}\"");
-        metric_sum(&self.stack.receiver_admin, |l| {
-            l.starts_with("aaa_receiver_requests_total") && l.contains(&label)
-        })
-        .await
+        metric(&self.stack.receiver_admin, prefix).await
     }
 
     /// Waits (the fault still on) until the consumer has seen a write fail.
@@ -157,7 +141,7 @@ impl Run {
     /// Sum of a metric's samples on the running consumer's /metrics.
     pub async fn consumer_metric(&self, name: &str) -> f64 {
         let admin = self.stack.consumer.addr("admin").await;
-        metric_sum(&format!("http://{admin}"), |l| l.starts_with(name)).await
+        metric(&format!("http://{admin}"), name).await
     }
 
     /// Stops traffic, waits until X owes nothing and no gap is open, checks
@@ -279,20 +263,6 @@ pub async fn kill_watermark_mid_replay(run: &mut Run) {
     run.wait_for_submitted_window().await;
     run.watermark.kill();
     run.watermark = run.stack.spawn_watermark(&run.sim, "watermark-b");
-}
-
-/// Sum of the samples on `<admin>/metrics` whose lines `select` picks.
-async fn metric_sum(admin: &str, select: impl Fn(&str) -> bool) -> f64 {
-    let text = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .expect("metrics endpoint")
-        .text()
-        .await
-        .expect("metrics text");
-    text.lines()
-        .filter(|l| select(l))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// (relationship, source, target, active).

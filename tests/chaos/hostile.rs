@@ -22,24 +22,6 @@ async fn post(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> u16 {
     request.send().await.expect("an answer").status().as_u16()
 }
 
-/// Sum of the receiver's request counter for one outcome.
-async fn outcome(stack: &Stack, outcome: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", stack.receiver_admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("aaa_receiver_requests_total")
-                && l.contains("route=\"delivery\"")
-                && l.contains(&format!("outcome=\"{outcome}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Headers, then a body that trickles in a byte a second: the receiver must
 /// give up on it (body timeout) rather than hold the slot forever.
 async fn slow_body(url: &str, signature: &str) -> String {
@@ -172,13 +154,13 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
     stored_sorted.sort();
     assert_eq!(stored_sorted, expected, "dead letters keep the raw bytes");
     assert_eq!(
-        outcome(&stack, "bad_signature").await,
+        stack.delivery_outcomes("bad_signature").await,
         unauthenticated.len() as f64
     );
-    assert_eq!(outcome(&stack, "too_large").await, 1.0);
-    assert_eq!(outcome(&stack, "bad_request").await, 1.0);
+    assert_eq!(stack.delivery_outcomes("too_large").await, 1.0);
+    assert_eq!(stack.delivery_outcomes("bad_request").await, 1.0);
     assert_eq!(
-        outcome(&stack, "ok").await,
+        stack.delivery_outcomes("ok").await,
         (good_sent + garbage.len()) as f64
     );
 }

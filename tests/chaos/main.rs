@@ -82,7 +82,7 @@ async fn broker_partitioned() {
             let noticed = run
                 .receiver_metric("aaa_receiver_heartbeat_failures_total")
                 .await
-                + run.receiver_outcome("broker_unavailable").await;
+                + run.stack.delivery_outcomes("broker_unavailable").await;
             (noticed > 0.0).then_some(())
         },
     )

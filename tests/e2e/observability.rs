@@ -151,16 +151,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 async fn every_panel_and_alert_works_against_a_real_prometheus() {
     let mut stack = Stack::start(BIN, StackOptions::scaled(300.0)).await;
     let clock = stack.options.clock();
-    let sim = stack
-        .start_sim(&[
-            "--accounts",
-            "20",
-            "--interaction-share",
-            "0",
-            "--revoke-share",
-            "0",
-        ])
-        .await;
+    let sim = stack.start_sim(aaa_testkit::SMALL_SIM_ARGS).await;
     let watermark = stack.spawn_watermark(&sim, "watermark-a");
     let watermark_admin = watermark.addr("admin").await.to_string();
     let consumer_admin = stack.consumer.addr("admin").await.to_string();

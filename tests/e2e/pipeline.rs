@@ -5,27 +5,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aaa_sim::generate::Generator;
-use aaa_testkit::{Stack, StackOptions, TestDb, eventually};
+use aaa_testkit::{Stack, StackOptions, TestDb, eventually, metric, metric_where};
 
 const BIN: &str = env!("CARGO_BIN_EXE_aaa");
 const LANDING: Duration = Duration::from_secs(60);
 
 fn deliveries(seed: u64, n: usize) -> Vec<aaa_sim::generate::Delivery> {
     Generator::new(seed, 20, "2026-11-01T00:00:00Z".parse().unwrap()).take(n)
-}
-
-/// Sum of the samples on `/metrics` whose line starts with `name_and_labels`.
-async fn metric(admin: &str, name_and_labels: &str) -> f64 {
-    metric_where(admin, |line| line.starts_with(name_and_labels)).await
-}
-
-async fn metric_where(admin: &str, select: impl Fn(&str) -> bool) -> f64 {
-    let response = reqwest::get(format!("{admin}/metrics")).await.unwrap();
-    let text = response.text().await.unwrap();
-    text.lines()
-        .filter(|l| select(l))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn wait_for_rows(db: &TestDb, sql: &'static str, expected: i64) {

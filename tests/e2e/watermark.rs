@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use aaa_testkit::{
-    SimProcess, Stack, StackOptions, TestDb, Traffic, delivered_keys, eventually, stored_keys,
+    SMALL_SIM_ARGS, SimProcess, Stack, StackOptions, TestDb, delivered_keys, eventually,
+    stored_keys,
 };
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{Value, json};
@@ -67,26 +68,13 @@ async fn wait_until_sim(clock: aaa_common::Clock, at: DateTime<Utc>) {
     .await;
 }
 
-async fn started(stack: &Stack, sim: &SimProcess) -> Traffic {
-    stack.start_traffic(sim, WAIT).await
-}
-
-const SIM_ARGS: &[&str] = &[
-    "--accounts",
-    "20",
-    "--interaction-share",
-    "0",
-    "--revoke-share",
-    "0",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_outage_is_found_replayed_and_recovered() {
     let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
     let clock = stack.options.clock();
-    let sim = stack.start_sim(SIM_ARGS).await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
     let _watermark = stack.spawn_watermark(&sim, "watermark-a");
-    let traffic = started(&stack, &sim).await;
+    let traffic = stack.start_traffic(&sim, WAIT).await;
 
     // The receiver is down for 20 simulated minutes; X gives up on what it
     // could not deliver (its retries end within 5 minutes).
@@ -168,10 +156,10 @@ async fn a_receiver_outage_is_found_replayed_and_recovered() {
 async fn an_incomplete_replay_is_submitted_again() {
     let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
     let clock = stack.options.clock();
-    let sim = stack.start_sim(SIM_ARGS).await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
     sim.set_faults(json!({"next_replay": "incomplete"})).await;
     let _watermark = stack.spawn_watermark(&sim, "watermark-a");
-    let traffic = started(&stack, &sim).await;
+    let traffic = stack.start_traffic(&sim, WAIT).await;
     stack.receiver.kill();
     let outage_start = clock.now();
     wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
@@ -201,8 +189,8 @@ async fn an_incomplete_replay_is_submitted_again() {
 async fn a_conflicting_job_is_waited_out_and_never_doubled() {
     let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
     let clock = stack.options.clock();
-    let sim = stack.start_sim(SIM_ARGS).await;
-    let traffic = started(&stack, &sim).await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
+    let traffic = stack.start_traffic(&sim, WAIT).await;
     stack.receiver.kill();
     let outage_start = clock.now();
     wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
@@ -273,9 +261,9 @@ async fn assert_no_overlapping_jobs(sim: &SimProcess) {
 async fn an_invalidated_webhook_is_revalidated_and_its_invalid_period_replayed() {
     let stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
     let clock = stack.options.clock();
-    let sim = stack.start_sim(SIM_ARGS).await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
     let _watermark = stack.spawn_watermark(&sim, "watermark-a");
-    let traffic = started(&stack, &sim).await;
+    let traffic = stack.start_traffic(&sim, WAIT).await;
     let invalidated = reqwest::Client::new()
         .post(format!(
             "{}/sim/webhooks/{}/invalidate",
@@ -324,10 +312,10 @@ async fn an_invalidated_webhook_is_revalidated_and_its_invalid_period_replayed()
 async fn two_replicas_never_double_submit_and_a_killed_one_is_taken_over() {
     let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
     let clock = stack.options.clock();
-    let sim = stack.start_sim(SIM_ARGS).await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
     let mut first = stack.spawn_watermark(&sim, "watermark-a");
     let _second = stack.spawn_watermark(&sim, "watermark-b");
-    let traffic = started(&stack, &sim).await;
+    let traffic = stack.start_traffic(&sim, WAIT).await;
     stack.receiver.kill();
     let outage_start = clock.now();
     wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;

@@ -159,11 +159,9 @@ async fn histogram_mean(admin: std::net::SocketAddr, name: &str) -> Option<f64> 
         .text()
         .await
         .ok()?;
-    let total = |suffix: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{suffix}")))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let total = |suffix: &str| {
+        let prefix = format!("{name}{suffix}");
+        aaa_testkit::sum_samples(&text, |l| l.starts_with(&prefix))
     };
     let count = total("_count");
     (count > 0.0).then(|| total("_sum") / count)

@@ -38,6 +38,40 @@ where
     }
 }
 
+/// Sum of the samples in Prometheus text whose lines `select` picks.
+pub fn sum_samples(text: &str, select: impl Fn(&str) -> bool) -> f64 {
+    text.lines()
+        .filter(|l| select(l))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sum of the samples on `<admin>/metrics` (`admin`: `http://host:port`)
+/// whose lines `select` picks.
+pub async fn metric_where(admin: &str, select: impl Fn(&str) -> bool) -> f64 {
+    let response = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .expect("metrics endpoint");
+    sum_samples(&response.text().await.expect("metrics text"), select)
+}
+
+/// Sum of the samples on `<admin>/metrics` whose line starts with `prefix`
+/// (a metric name, or a name with labels).
+pub async fn metric(admin: &str, prefix: &str) -> f64 {
+    metric_where(admin, |line| line.starts_with(prefix)).await
+}
+
+/// Simulator arguments of the gap scenarios: 20 accounts, no interactions
+/// and no revokes, so every delivery is one plain activity.
+pub const SMALL_SIM_ARGS: &[&str] = &[
+    "--accounts",
+    "20",
+    "--interaction-share",
+    "0",
+    "--revoke-share",
+    "0",
+];
+
 /// A fresh, migrated (or empty) database for one test.
 pub struct TestDb {
     /// The cluster superuser's URL of this database (tests' own queries).

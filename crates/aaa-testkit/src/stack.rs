@@ -269,6 +269,18 @@ impl Stack {
         traffic
     }
 
+    /// Deliveries the receiver answered with `outcome` (`ok`,
+    /// `bad_signature`, `broker_unavailable`, ...).
+    pub async fn delivery_outcomes(&self, outcome: &str) -> f64 {
+        let label = format!("outcome=\"{outcome}\"");
+        crate::metric_where(&self.receiver_admin, |l| {
+            l.starts_with("aaa_receiver_requests_total")
+                && l.contains("route=\"delivery\"")
+                && l.contains(&label)
+        })
+        .await
+    }
+
     /// A sender that signs with this stack's webhook secret, as X does.
     pub fn sender(&self) -> aaa_sim::send::Sender {
         aaa_sim::send::Sender::new(self.webhook_url.clone(), self.secret.clone().into())
