@@ -182,10 +182,11 @@ pub const DASHBOARDS: &[Dashboard] = &[
                 unit: "short",
             },
             Panel {
-                title: "Recovered vs duplicate events",
+                title: "Recovered vs duplicate events (and what audits found X dropped)",
                 queries: &[
                     "sum(aaa_watermark_recovered_events_total{webhook=~\"$webhook\"})",
                     "sum(aaa_watermark_duplicate_events_total{webhook=~\"$webhook\"})",
+                    "sum(aaa_watermark_audit_recovered_events_total{webhook=~\"$webhook\"})",
                 ],
                 unit: "short",
             },

@@ -331,58 +331,39 @@ pub async fn gaps_list(
     webhook: Option<String>,
 ) -> anyhow::Result<()> {
     let pool = database.pool()?;
-    type Row = (
-        String,
-        DateTime<Utc>,
-        DateTime<Utc>,
-        String,
-        Option<String>,
-        i32,
-        i32,
-        i64,
-        i64,
-        Option<String>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT webhook_id, window_from, window_to, state, job_id, attempts, conflicts, recovered, duplicates, last_error
+    let rows: Vec<GapRow> = sqlx::query_as(
+        "SELECT webhook_id, kind, window_from, window_to, state, job_id, attempts, conflicts, recovered, duplicates, last_error
          FROM v_gaps WHERE ($1::text IS NULL OR webhook_id = $1) ORDER BY window_from DESC LIMIT 500",
     )
     .bind(webhook)
     .fetch_all(&pool)
     .await?;
-    let gaps: Vec<Value> = rows
-        .iter()
-        .map(|(w, from, to, state, job, attempts, conflicts, recovered, duplicates, error)| {
-            json!({"webhook_id": w, "from": from, "to": to, "state": state, "job_id": job, "attempts": attempts,
-                   "conflicts": conflicts, "recovered": recovered, "duplicates": duplicates, "last_error": error})
-        })
-        .collect();
     if json_output {
-        println!("{}", json!(gaps));
+        println!("{}", serde_json::to_string(&rows)?);
     } else {
-        let rows = rows
+        let cells = rows
             .iter()
-            .map(
-                |(w, from, to, state, job, attempts, _, recovered, duplicates, error)| {
-                    vec![
-                        w.clone(),
-                        from.to_rfc3339(),
-                        to.to_rfc3339(),
-                        state.clone(),
-                        job.clone().unwrap_or_default(),
-                        attempts.to_string(),
-                        recovered.to_string(),
-                        duplicates.to_string(),
-                        error.clone().unwrap_or_default(),
-                    ]
-                },
-            )
+            .map(|g| {
+                vec![
+                    g.webhook_id.clone(),
+                    g.kind.clone(),
+                    g.window_from.to_rfc3339(),
+                    g.window_to.to_rfc3339(),
+                    g.state.clone(),
+                    g.job_id.clone().unwrap_or_default(),
+                    g.attempts.to_string(),
+                    g.recovered.to_string(),
+                    g.duplicates.to_string(),
+                    g.last_error.clone().unwrap_or_default(),
+                ]
+            })
             .collect();
         println!(
             "{}",
             table(
                 &[
                     "webhook",
+                    "kind",
                     "from",
                     "to",
                     "state",
@@ -392,7 +373,7 @@ pub async fn gaps_list(
                     "duplicates",
                     "last_error"
                 ],
-                rows
+                cells
             )
         );
     }
@@ -432,4 +413,23 @@ mod tests {
             ExitCode::from(4)
         );
     }
+}
+
+/// One replay window as operators see it (`v_gaps`): a gap coverage found,
+/// or an audit of a closed slot.
+#[derive(Debug, sqlx::FromRow, serde::Serialize)]
+struct GapRow {
+    webhook_id: String,
+    kind: String,
+    #[serde(rename = "from")]
+    window_from: DateTime<Utc>,
+    #[serde(rename = "to")]
+    window_to: DateTime<Utc>,
+    state: String,
+    job_id: Option<String>,
+    attempts: i32,
+    conflicts: i32,
+    recovered: i64,
+    duplicates: i64,
+    last_error: Option<String>,
 }

@@ -17,6 +17,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_aaa");
 /// simulated time (1 s = 5 min).
 const WAIT: Duration = Duration::from_secs(180);
 const SPEED: f64 = 300.0;
+/// The watermark audits every closed simulated hour (12 real seconds), so
+/// what X drops while the receiver is up comes back within a run.
+const AUDIT_MINUTES: u32 = 60;
 
 /// What a scenario settled to (also its row in the report).
 #[derive(Debug)]
@@ -25,6 +28,23 @@ pub struct Settled {
     pub duplicates_absorbed: u64,
     /// Delivery attempts X saw fail (and retried or gave up on).
     pub failed_attempts: u64,
+    /// Replay windows the watermark opened for gaps coverage found.
+    pub gap_windows: i64,
+    /// Audit windows (closed slots replayed although covered).
+    pub audit_windows: i64,
+    /// Activities the audits stored that were not stored before.
+    pub recovered_by_audits: i64,
+    /// Owed, never delivered: only where windows aged out.
+    pub lost: usize,
+    pub expired_minutes: i64,
+}
+
+/// What a scenario may end with.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    NothingLost,
+    /// Some gap aged past X's 24 h: what it held is lost, and only that.
+    AgedOut,
 }
 
 pub struct Run {
@@ -38,7 +58,15 @@ pub struct Run {
 impl Run {
     /// The stack with live traffic flowing and coverage established.
     pub async fn start() -> Run {
-        let stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+        Run::start_with(StackOptions {
+            audit_minutes: AUDIT_MINUTES,
+            ..StackOptions::scaled(SPEED)
+        })
+        .await
+    }
+
+    pub async fn start_with(options: StackOptions) -> Run {
+        let stack = Stack::start(BIN, options).await;
         let clock = stack.options.clock();
         let sim = stack.start_sim(SMALL_SIM_ARGS).await;
         let watermark = stack.spawn_watermark(&sim, "watermark-a");
@@ -104,6 +132,23 @@ impl Run {
         assert_eq!(answer.status(), 200, "the operator's replay was accepted");
     }
 
+    /// The scenario's simulated now.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    /// (gap windows, audit windows, activities the audits recovered).
+    async fn windows(&self) -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE kind = 'gap'), count(*) FILTER (WHERE kind = 'audit'),
+                    coalesce(sum(recovered) FILTER (WHERE kind = 'audit'), 0)::int8
+             FROM replay_windows",
+        )
+        .fetch_one(&self.stack.db.pool)
+        .await
+        .expect("replay windows")
+    }
+
     pub async fn wait_for_submitted_window(&self) {
         eventually(WAIT, "a replay job submitted", || async {
             (self
@@ -146,7 +191,13 @@ impl Run {
 
     /// Stops traffic, waits until X owes nothing and no gap is open, checks
     /// the invariants, and adds the scenario's row to the report.
-    pub async fn settle(mut self, scenario: &str) -> Settled {
+    pub async fn settle(self, scenario: &str) -> Settled {
+        self.settle_expecting(scenario, Expect::NothingLost).await
+    }
+
+    /// Settles, and `expect` says whether some of what X owes may have aged
+    /// out (then it must lie in windows marked expired).
+    pub async fn settle_expecting(mut self, scenario: &str, expect: Expect) -> Settled {
         if let Some(traffic) = self.traffic.take() {
             traffic.stop().await;
         }
@@ -160,8 +211,17 @@ impl Run {
                     "SELECT count(*) FROM replay_windows WHERE state IN ('pending', 'submitted')",
                 )
                 .await;
+            let expired = self
+                .stack
+                .db
+                .count("SELECT count(*) FROM replay_windows WHERE state = 'expired'")
+                .await;
             let summary = self.sim.summary().await;
-            (open == 0 && summary["missing"] == 0 && summary["pending"] == 0).then_some(summary)
+            let done = match expect {
+                Expect::NothingLost => summary["missing"] == 0,
+                Expect::AgedOut => expired > 0,
+            };
+            (open == 0 && done && summary["pending"] == 0).then_some(summary)
         })
         .await;
         let expected = delivered_keys(&self.sim).await;
@@ -187,14 +247,38 @@ impl Run {
             .count("SELECT count(*) FROM dead_letters")
             .await;
         assert_eq!(dead_letters, 0, "{scenario}: no dead letters");
-        let expired = self
-            .stack
-            .db
-            .count("SELECT count(*) FROM replay_windows WHERE state = 'expired'")
-            .await;
-        assert_eq!(expired, 0, "{scenario}: no gap aged out");
+        let expired: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+            sqlx::query_as(
+                "SELECT window_from, window_to FROM replay_windows WHERE state = 'expired'",
+            )
+            .fetch_all(&self.stack.db.pool)
+            .await
+            .expect("expired windows");
+        let expired_minutes: i64 = expired.iter().map(|(f, t)| (*t - *f).num_minutes()).sum();
 
         let truth = self.sim.truth().await;
+        let lost: Vec<&Value> = truth
+            .iter()
+            .filter(|owed| owed["delivered_live"] != true && owed["delivered_by_replay"] != true)
+            .collect();
+        match expect {
+            Expect::NothingLost => {
+                assert_eq!(expired_minutes, 0, "{scenario}: no window aged out");
+                assert!(lost.is_empty(), "{scenario}: nothing lost");
+            }
+            Expect::AgedOut => {
+                for owed in &lost {
+                    let at: chrono::DateTime<chrono::Utc> = owed["created_at"]
+                        .as_str()
+                        .and_then(|t| t.parse().ok())
+                        .expect("created_at");
+                    assert!(
+                        expired.iter().any(|(f, t)| *f <= at && at < *t),
+                        "{scenario}: {owed} was lost outside every window marked expired"
+                    );
+                }
+            }
+        }
         let (relationships, deletions) = expected_state(&truth);
         let stored_relationships: Vec<RelationshipState> = sqlx::query_as(
             "SELECT relationship, source_id, target_id, active FROM relationships ORDER BY 1, 2, 3",
@@ -226,6 +310,7 @@ impl Run {
             .map(|owed| attempts(owed, true).saturating_sub(1))
             .sum();
         let failed_attempts: u64 = truth.iter().map(|owed| attempts(owed, false)).sum();
+        let (gap_windows, audit_windows, recovered_by_audits) = self.windows().await;
         let row = json!({
             "scenario": scenario,
             "owed": summary["owed"],
@@ -234,6 +319,10 @@ impl Run {
             "duplicates_absorbed": duplicates,
             "x_failed_attempts": failed_attempts,
             "lost": summary["missing"],
+            "expired_minutes": expired_minutes,
+            "gap_windows": gap_windows,
+            "audit_windows": audit_windows,
+            "recovered_by_audits": recovered_by_audits,
             "stored": expected.len(),
             "relationships": relationships.len(),
             "deletions": deletions.len(),
@@ -252,6 +341,11 @@ impl Run {
             recovered_by_replay: summary["delivered_by_replay_only"].as_i64().unwrap_or(0),
             duplicates_absorbed: duplicates,
             failed_attempts,
+            gap_windows,
+            audit_windows,
+            recovered_by_audits,
+            lost: lost.len(),
+            expired_minutes,
         }
     }
 }

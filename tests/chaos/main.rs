@@ -11,9 +11,10 @@ mod hostile;
 
 use std::time::Duration;
 
+use aaa_testkit::StackOptions;
 use aaa_testkit::eventually;
 use chrono::TimeDelta;
-use harness::{Run, kill_watermark_mid_replay};
+use harness::{Expect, Run, kill_watermark_mid_replay};
 use serde_json::json;
 
 /// The receiver dies (SIGKILL) under load and comes back after 3 simulated
@@ -158,6 +159,83 @@ async fn x_duplicates_and_reorders() {
     assert!(settled.duplicates_absorbed > 0, "{settled:?}");
 }
 
+/// X loses a fifth of the live deliveries outright and then stops
+/// delivering for 10 simulated minutes, while the receiver is up and healthy:
+/// coverage sees no gap, and only the watermark's audit replays of the closed
+/// hours bring those activities back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_drops_deliveries_beyond_its_retries() {
+    let run = Run::start().await;
+    run.sim.set_faults(json!({"drop_share": 0.2})).await;
+    run.wait_sim(TimeDelta::minutes(10)).await;
+    let now = run.now();
+    run.sim
+        .set_faults(json!({"outage": {"from": now, "to": now + TimeDelta::minutes(10)}}))
+        .await;
+    run.sim.generate(5).await;
+    run.wait_sim(TimeDelta::minutes(10)).await;
+    run.sim.set_faults(json!({})).await;
+    let settled = run
+        .settle("X drops 20 % beyond retries + X-side outage")
+        .await;
+    assert!(
+        settled.recovered_by_replay > 0 && settled.audit_windows > 0,
+        "{settled:?}"
+    );
+    assert_eq!(
+        settled.gap_windows, 0,
+        "the receiver was up, so coverage saw no gap: {settled:?}"
+    );
+    assert!(
+        settled.recovered_by_audits >= settled.recovered_by_replay,
+        "the audits brought back everything X dropped: {settled:?}"
+    );
+}
+
+/// No watermark runs for 25 simulated hours, and the receiver was down for 2
+/// of them at the start: when a watermark runs again, X can no longer replay
+/// that outage. It is marked expired and counted (the AaaGapExpired alert),
+/// never skipped; what X could not deliver lies inside it, and everything
+/// else is stored exactly once. (1 real second = 50 simulated minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_aged_past_24_hours() {
+    let mut run = Run::start_with(StackOptions {
+        heartbeat_secs: 600,
+        ..StackOptions::scaled(3000.0)
+    })
+    .await;
+    run.watermark.kill();
+    run.receiver_outage(TimeDelta::hours(2)).await;
+    run.wait_sim(TimeDelta::hours(25)).await;
+    run.watermark = run.stack.spawn_watermark(&run.sim, "watermark-b");
+    let admin = format!("http://{}", run.watermark.addr("admin").await);
+    let counted = eventually(
+        Duration::from_secs(60),
+        "the watermark to count expired minutes (the alert's signal)",
+        || async {
+            let counted = aaa_testkit::metric(&admin, "aaa_watermark_expired_minutes_total").await;
+            let marked = run
+                .stack
+                .db
+                .count("SELECT coalesce(sum(extract(epoch FROM window_to - window_from) / 60), 0)::int8 FROM replay_windows WHERE state = 'expired'")
+                .await;
+            (counted > 0.0 && counted == marked as f64).then_some(counted)
+        },
+    )
+    .await;
+    let settled = run
+        .settle_expecting("gap aged past 24 h (watermark down 25 h)", Expect::AgedOut)
+        .await;
+    assert!(
+        settled.lost > 0 && settled.expired_minutes >= 120,
+        "the outage held activity X could not deliver: {settled:?}"
+    );
+    assert_eq!(
+        counted, settled.expired_minutes as f64,
+        "every expired minute is counted for the alert"
+    );
+}
+
 /// A receiver outage whose replay first comes back `Incomplete`, while X's
 /// API answers 503 to a fifth of the calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +295,7 @@ async fn webhook_invalidated_by_crc() {
 }
 
 /// A seeded mix: the receiver, the consumer and the broker each fail once,
-/// Postgres refuses writes, and X duplicates, in an order drawn from the
+/// Postgres refuses writes, X duplicates, and X drops deliveries, in an order drawn from the
 /// seed (AAA_CHAOS_SEED). AAA_CHAOS_ROUNDS repeats it with the next seeds:
 /// the soak (docs/chaos.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +309,7 @@ async fn random_mix() {
     let (seed, rounds) = (env("AAA_CHAOS_SEED", 7), env("AAA_CHAOS_ROUNDS", 1));
     let mut run = Run::start().await;
     for round in 0..rounds {
-        let order = shuffled(5, seed + round);
+        let order = shuffled(6, seed + round);
         eprintln!(
             "random mix, seed {}: faults in order {order:?}",
             seed + round
@@ -253,8 +331,13 @@ async fn random_mix() {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     run.fail_event_writes(false).await;
                 }
-                _ => {
+                4 => {
                     run.sim.set_faults(json!({"duplicate_share": 0.3})).await;
+                    run.wait_sim(TimeDelta::minutes(3)).await;
+                    run.sim.set_faults(json!({})).await;
+                }
+                _ => {
+                    run.sim.set_faults(json!({"drop_share": 0.3})).await;
                     run.wait_sim(TimeDelta::minutes(3)).await;
                     run.sim.set_faults(json!({})).await;
                 }

@@ -16,6 +16,9 @@ pub struct StackOptions {
     pub clock: Option<(f64, String)>,
     /// Simulated seconds between receiver heartbeats.
     pub heartbeat_secs: u64,
+    /// The watermark's audit slot in minutes (`AAA_WATERMARK_AUDIT_MINUTES`).
+    /// Off by default so gap tests see only the windows their gaps cause.
+    pub audit_minutes: u32,
 }
 
 impl StackOptions {
@@ -64,6 +67,7 @@ impl Default for StackOptions {
             max_body_bytes: 1024 * 1024,
             clock: None,
             heartbeat_secs: 10,
+            audit_minutes: 0,
         }
     }
 }
@@ -210,6 +214,10 @@ impl Stack {
             ("AAA_X_API_BASE_URL", sim.url.clone()),
             ("AAA_X_BEARER_TOKEN", sim.bearer.clone()),
             ("AAA_REPLICA_ID", replica.to_owned()),
+            (
+                "AAA_WATERMARK_AUDIT_MINUTES",
+                self.options.audit_minutes.to_string(),
+            ),
         ];
         env.extend(self.options.clock_env());
         Service::spawn(replica, &self.bin, &["watermark"], &env)

@@ -75,6 +75,15 @@ pub struct WatermarkArgs {
     /// endpoint, 100 on /2/webhooks/replay). Defaults to the endpoint's limit.
     #[arg(long, env = "AAA_WATERMARK_REPLAY_LIMIT")]
     pub replay_limit: Option<u32>,
+    /// Replay every closed slot of this many minutes once, even when
+    /// heartbeats say it was covered: the only way to recover what X dropped
+    /// after its retries (or never sent) while the receiver was up. At most
+    /// 120 (X's recommended window); 0 turns audits off. Audits use the
+    /// replay budget only after gaps, and leave one request per 15 minutes
+    /// to gaps: with 120, a webhook costs 12 replay jobs a day.
+    #[arg(long, env = "AAA_WATERMARK_AUDIT_MINUTES", default_value_t = 120,
+          value_parser = clap::value_parser!(u32).range(0..=120))]
+    pub audit_minutes: u32,
     /// Identity of this replica in logs.
     #[arg(long, env = "AAA_REPLICA_ID", default_value = "watermark")]
     pub replica_id: String,

@@ -75,6 +75,51 @@ pub fn plan(now: DateTime<Utc>, gaps: &[Interval]) -> Vec<Step> {
     steps
 }
 
+/// Audit windows to open at `now`: every closed slot of `span` (aligned to
+/// the Unix epoch) between `start` and `horizon` that X will replay and that
+/// no window (gap or audit) has replayed yet, as one window spanning its
+/// unreplayed minutes. A slot is closed once the consumer has stored
+/// everything up to its end; slots that aged past X's 24 h are skipped, not
+/// expired: coverage already judged them.
+pub fn plan_audits(
+    now: DateTime<Utc>,
+    start: DateTime<Utc>,
+    horizon: DateTime<Utc>,
+    span: TimeDelta,
+    windows: &[Interval],
+) -> Vec<Interval> {
+    let span_secs = span.num_seconds();
+    if span_secs < 60 {
+        return Vec::new();
+    }
+    let earliest = earliest_from(now);
+    let latest_from = floor_minute(now - aaa_replay_window::MIN_FROM_AGE);
+    let end = floor_minute(horizon).min(floor_minute(now - aaa_replay_window::MIN_TO_AGE));
+    let first = start.max(earliest);
+    let Some(mut slot) =
+        DateTime::from_timestamp(first.timestamp().div_euclid(span_secs) * span_secs, 0)
+    else {
+        return Vec::new();
+    };
+    let mut audits = Vec::new();
+    while slot + span <= end {
+        let from = ceil_minute(slot.max(first));
+        let slot_end = slot + span;
+        let unreplayed: Vec<DateTime<Utc>> =
+            std::iter::successors(Some(from), |m| Some(*m + MINUTE))
+                .take_while(|m| *m < slot_end)
+                .filter(|m| !windows.iter().any(|w| w.from <= *m && *m + MINUTE <= w.to))
+                .collect();
+        if let (Some(first_minute), Some(last_minute)) = (unreplayed.first(), unreplayed.last())
+            && *first_minute <= latest_from
+        {
+            audits.push(Interval::new(*first_minute, *last_minute + MINUTE));
+        }
+        slot = slot_end;
+    }
+    audits
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +194,63 @@ mod tests {
         for (name, gaps, expected) in cases {
             assert_eq!(plan(now(), &gaps), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn audits_cover_each_closed_slot_once() {
+        let hour = TimeDelta::hours(1);
+        // now = 12:00:30; horizon 11:55. Slots of 1 h from 08:20 (tracking start).
+        let start = ago(220);
+        let horizon = ago(5);
+        let audits = plan_audits(now(), start, horizon, hour, &[]);
+        // 08:20-09:00 (partial first slot), 09-10, 10-11; 11-12 is not closed
+        // (its end is not 10 minutes old).
+        assert_eq!(
+            audits,
+            vec![
+                Interval::new(ago(220), ago(180)),
+                Interval::new(ago(180), ago(120)),
+                Interval::new(ago(120), ago(60)),
+            ]
+        );
+        // What a window already replayed is not audited again; a slot partly
+        // replayed is audited over the hull of its unreplayed minutes.
+        let windows = [
+            Interval::new(ago(220), ago(180)),
+            Interval::new(ago(170), ago(160)),
+            Interval::new(ago(120), ago(60)),
+        ];
+        assert_eq!(
+            plan_audits(now(), start, horizon, hour, &windows),
+            vec![Interval::new(ago(180), ago(120))]
+        );
+        // The consumer's horizon closes slots too.
+        assert_eq!(
+            plan_audits(now(), start, ago(90), hour, &[]),
+            vec![
+                Interval::new(ago(220), ago(180)),
+                Interval::new(ago(180), ago(120))
+            ]
+        );
+        // Disabled, or nothing older than X's 24 h.
+        assert_eq!(
+            plan_audits(now(), start, horizon, TimeDelta::zero(), &[]),
+            vec![]
+        );
+        let old = plan_audits(now(), ago(30 * 60), ago(23 * 60), hour, &[]);
+        assert!(
+            old.iter().all(|w| w.from >= earliest_from(now())),
+            "{old:?}"
+        );
+        assert_eq!(old.first().map(|w| w.from), Some(earliest_from(now())));
+    }
+
+    #[test]
+    fn an_audit_waits_until_x_accepts_its_from() {
+        // 10-minute slots: 11:30-11:40 ends 20 min ago but starts 30 min ago
+        // (X wants 31); 11:20-11:30 is fine.
+        let audits = plan_audits(now(), ago(40), ago(1), TimeDelta::minutes(10), &[]);
+        assert_eq!(audits, vec![Interval::new(ago(40), ago(30))]);
     }
 
     proptest! {

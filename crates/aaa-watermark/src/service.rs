@@ -17,9 +17,12 @@ use rdkafka::util::Timeout;
 use sqlx::{PgConnection, PgPool};
 
 use crate::coverage::{Heartbeat, Interval, uncovered};
-use crate::planner::{Step, earliest_from, plan};
+use crate::planner::{Step, earliest_from, plan, plan_audits};
 use crate::{Error, WatermarkArgs};
 
+/// Window kinds: a gap coverage found, or an audit of a closed slot.
+const GAP: &str = "gap";
+const AUDIT: &str = "audit";
 const RATE_WINDOW: TimeDelta = TimeDelta::minutes(15);
 const MAX_BACKOFF: TimeDelta = TimeDelta::minutes(15);
 
@@ -35,6 +38,7 @@ pub struct Watermark {
     job_timeout: TimeDelta,
     backoff: TimeDelta,
     replay_limit: i64,
+    audit_span: TimeDelta,
     /// Per webhook: no re-validation (PUT) before this time.
     revalidate_after: Mutex<HashMap<String, DateTime<Utc>>>,
 }
@@ -100,6 +104,7 @@ impl Watermark {
                 "aaa_watermark_recovered_events_total",
                 "aaa_watermark_duplicate_events_total",
                 "aaa_watermark_expired_minutes_total",
+                "aaa_watermark_audit_recovered_events_total",
                 "aaa_watermark_round_failures_total",
             ] {
                 metrics::counter!(counter, "webhook" => w()).increment(0);
@@ -117,6 +122,7 @@ impl Watermark {
             job_timeout: TimeDelta::seconds(args.job_timeout_secs),
             backoff: TimeDelta::seconds(args.backoff_secs),
             replay_limit,
+            audit_span: TimeDelta::minutes(i64::from(args.audit_minutes)),
             revalidate_after: Mutex::new(HashMap::new()),
         })
     }
@@ -160,7 +166,19 @@ impl Watermark {
     ) -> Result<(), Error> {
         let registered_at = self.check_validity(conn, webhook, now).await?;
         let busy = self.follow_in_flight(conn, webhook, now).await?;
-        self.record_gaps(conn, webhook, now, registered_at).await?;
+        if let Some((start, horizon)) = self.tracked(conn, webhook, now, registered_at).await? {
+            self.record_gaps(conn, webhook, now, start, horizon).await?;
+            sqlx::query(
+                "INSERT INTO watermark_progress (webhook_id, judged_to) VALUES ($1, $2)
+                 ON CONFLICT (webhook_id) DO UPDATE SET judged_to = greatest(watermark_progress.judged_to, excluded.judged_to)",
+            )
+            .bind(webhook)
+            .bind(horizon)
+            .execute(&mut *conn)
+            .await?;
+            self.record_audits(conn, webhook, now, start, horizon)
+                .await?;
+        }
         if !busy {
             self.submit_next(conn, webhook, now).await?;
         }
@@ -295,14 +313,15 @@ impl Watermark {
             Option<DateTime<Utc>>,
             Option<DateTime<Utc>>,
             DateTime<Utc>,
+            String,
         );
         let row: Option<InFlight> = sqlx::query_as(
-            "SELECT id, job_id, submitted_at, fence_at, created_at FROM replay_windows WHERE webhook_id = $1 AND state = 'submitted'",
+            "SELECT id, job_id, submitted_at, fence_at, created_at, kind FROM replay_windows WHERE webhook_id = $1 AND state = 'submitted'",
         )
         .bind(webhook)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some((id, job_id, submitted_at, fence_at, created_at)) = row else {
+        let Some((id, job_id, submitted_at, fence_at, created_at, kind)) = row else {
             return Ok(false);
         };
         let state: Option<String> =
@@ -336,9 +355,18 @@ impl Watermark {
                     metrics::counter!("aaa_watermark_recovered_events_total", "webhook" => webhook.to_owned()).increment(recovered as u64);
                     metrics::counter!("aaa_watermark_duplicate_events_total", "webhook" => webhook.to_owned()).increment(duplicates as u64);
                     metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => "reconciled").increment(1);
-                    metrics::histogram!("aaa_watermark_gap_recovery_seconds", "webhook" => webhook.to_owned())
-                        .record((now - created_at).as_seconds_f64());
-                    tracing::info!(message = "replay reconciled: gap recovered", webhook, job_id = ?job_id, recovered, duplicates);
+                    if kind == AUDIT {
+                        metrics::counter!("aaa_watermark_audit_recovered_events_total", "webhook" => webhook.to_owned()).increment(recovered as u64);
+                        if recovered > 0 {
+                            tracing::error!(message = "audit replay recovered activities X never delivered live while the receiver was up (X dropped them after its retries)", webhook, job_id = ?job_id, recovered, duplicates);
+                        } else {
+                            tracing::info!(message = "audit replay reconciled: nothing was missing", webhook, job_id = ?job_id, duplicates);
+                        }
+                    } else {
+                        metrics::histogram!("aaa_watermark_gap_recovery_seconds", "webhook" => webhook.to_owned())
+                            .record((now - created_at).as_seconds_f64());
+                        tracing::info!(message = "replay reconciled: gap recovered", webhook, job_id = ?job_id, recovered, duplicates);
+                    }
                     Ok(false)
                 }
             },
@@ -372,24 +400,23 @@ impl Watermark {
         }
     }
 
-    /// Finds uncovered minutes not yet planned, and records them as pending
-    /// (or expired) windows.
-    /// Time is tracked from the webhook's registration at X (or, when X did
-    /// not say, from the first heartbeat): a receiver that died before its
-    /// first heartbeat still leaves a gap.
-    async fn record_gaps(
+    /// The stretch of the webhook's timeline the watermark judges: from its
+    /// registration at X (or, when X did not say, the first heartbeat: a
+    /// receiver that died before its first heartbeat still leaves a gap) to
+    /// the time up to which the consumer has stored everything.
+    async fn tracked(
         &self,
         conn: &mut PgConnection,
         webhook: &str,
         now: DateTime<Utc>,
         registered_at: Option<DateTime<Utc>>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, Error> {
         let Some(horizon) = self.horizon(conn).await? else {
             tracing::debug!(
                 message = "consumer has not stored fences on every partition yet: nothing judged",
                 webhook
             );
-            return Ok(());
+            return Ok(None);
         };
         let start: Option<DateTime<Utc>> = sqlx::query_scalar(
             "SELECT min(covered_from) FROM coverage_heartbeats WHERE webhook_id = $1",
@@ -397,11 +424,57 @@ impl Watermark {
         .bind(webhook)
         .fetch_one(&mut *conn)
         .await?;
-        let Some(start) = [start, registered_at].into_iter().flatten().min() else {
-            return Ok(());
+        let Some(origin) = [start, registered_at].into_iter().flatten().min() else {
+            return Ok(None);
         };
-        let start = start.max(now - TimeDelta::hours(25));
-        let horizon = horizon.min(now);
+        let judged_to: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT judged_to FROM watermark_progress WHERE webhook_id = $1")
+                .bind(webhook)
+                .fetch_optional(&mut *conn)
+                .await?;
+        // Normally the last 25 h are judged again each round (cheap, and late
+        // heartbeats count). After a long stop, judging resumes where it
+        // stopped (less a margin for the widened neighbour minutes). On the
+        // very first round, what X can still replay is the past that matters:
+        // a webhook registered long ago has no heartbeats from before we
+        // were installed, which is not an expired gap.
+        let floor = match judged_to {
+            Some(judged_to) => judged_to.min(now - TimeDelta::hours(25)) - TimeDelta::minutes(2),
+            None => earliest_from(now),
+        };
+        Ok(Some((origin.max(floor), horizon.min(now))))
+    }
+
+    /// Windows (of either kind) that end after `start`: time already replayed
+    /// or being replayed.
+    async fn windows_since(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        start: DateTime<Utc>,
+    ) -> Result<Vec<Interval>, Error> {
+        Ok(sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>)>(
+            "SELECT window_from, window_to FROM replay_windows WHERE webhook_id = $1 AND window_to >= $2",
+        )
+        .bind(webhook)
+        .bind(start)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(from, to)| Interval::new(from, to))
+        .collect())
+    }
+
+    /// Finds uncovered minutes not yet planned, and records them as pending
+    /// (or expired) windows.
+    async fn record_gaps(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+        start: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+    ) -> Result<(), Error> {
         let beats: Vec<(DateTime<Utc>, DateTime<Utc>, i64)> = sqlx::query_as(
             "SELECT covered_from, covered_to, refused FROM coverage_heartbeats WHERE webhook_id = $1 AND covered_to >= $2",
         )
@@ -423,16 +496,7 @@ impl Watermark {
                 .fetch_all(&mut *conn)
                 .await?;
         let invalid = invalid_periods(&checks, now);
-        let settled: Vec<Interval> = sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>)>(
-            "SELECT window_from, window_to FROM replay_windows WHERE webhook_id = $1 AND window_to >= $2",
-        )
-        .bind(webhook)
-        .bind(start)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|(from, to)| Interval::new(from, to))
-        .collect();
+        let settled = self.windows_since(conn, webhook, start).await?;
         let gaps = uncovered(start, horizon, &heartbeats, &invalid, &settled);
         let minutes: i64 = gaps.iter().map(Interval::minutes).sum();
         metrics::gauge!("aaa_watermark_uncovered_minutes", "webhook" => webhook.to_owned())
@@ -441,13 +505,13 @@ impl Watermark {
             match step {
                 Step::Submit(window) => {
                     tracing::info!(message = "gap found: window planned for replay", webhook, from = %window.from, to = %window.to);
-                    self.insert_window(conn, webhook, window, "pending", now)
+                    self.insert_window(conn, webhook, window, GAP, "pending", now)
                         .await?;
                 }
                 Step::Expired(window) => {
                     tracing::error!(message = "gap older than X's 24 h replay limit: these minutes cannot be recovered", webhook, from = %window.from, to = %window.to);
                     metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(window.minutes() as u64);
-                    self.insert_window(conn, webhook, window, "expired", now)
+                    self.insert_window(conn, webhook, window, GAP, "expired", now)
                         .await?;
                 }
                 Step::Wait { window, until } => {
@@ -458,20 +522,43 @@ impl Watermark {
         Ok(())
     }
 
+    /// Opens an audit window for every closed slot no window replayed yet.
+    async fn record_audits(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+        start: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        if self.audit_span <= TimeDelta::zero() {
+            return Ok(());
+        }
+        let windows = self.windows_since(conn, webhook, start).await?;
+        for window in plan_audits(now, start, horizon, self.audit_span, &windows) {
+            tracing::info!(message = "closed slot planned for an audit replay", webhook, from = %window.from, to = %window.to);
+            self.insert_window(conn, webhook, window, AUDIT, "pending", now)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn insert_window(
         &self,
         conn: &mut PgConnection,
         webhook: &str,
         window: Interval,
+        kind: &str,
         state: &str,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
         sqlx::query(
-            "INSERT INTO replay_windows (webhook_id, window_from, window_to, state, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $5)",
+            "INSERT INTO replay_windows (webhook_id, window_from, window_to, kind, state, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
         )
         .bind(webhook)
         .bind(window.from)
         .bind(window.to)
+        .bind(kind)
         .bind(state)
         .bind(now)
         .execute(&mut *conn)
@@ -485,17 +572,18 @@ impl Watermark {
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        type Pending = (i64, DateTime<Utc>, DateTime<Utc>, i32, i32);
+        type Pending = (i64, DateTime<Utc>, DateTime<Utc>, i32, i32, String);
+        // Gaps before audits: a gap is known to have lost something.
         let next: Option<Pending> = sqlx::query_as(
-            "SELECT id, window_from, window_to, attempts, conflicts FROM replay_windows
+            "SELECT id, window_from, window_to, attempts, conflicts, kind FROM replay_windows
              WHERE webhook_id = $1 AND state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
-             ORDER BY window_from LIMIT 1",
+             ORDER BY kind = 'audit', window_from LIMIT 1",
         )
         .bind(webhook)
         .bind(now)
         .fetch_optional(&mut *conn)
         .await?;
-        let Some((id, from, to, attempts, conflicts)) = next else {
+        let Some((id, from, to, attempts, conflicts, kind)) = next else {
             return Ok(());
         };
         let recent: i64 =
@@ -503,7 +591,9 @@ impl Watermark {
                 .bind(now - RATE_WINDOW)
                 .fetch_one(&mut *conn)
                 .await?;
-        if recent >= self.replay_limit {
+        // Audits leave the last request of the budget to gaps.
+        let reserved = i64::from(kind == AUDIT && self.replay_limit > 1);
+        if recent + reserved >= self.replay_limit {
             tracing::info!(
                 message = "replay budget used up for this 15-minute window; waiting",
                 webhook,
@@ -518,6 +608,11 @@ impl Watermark {
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
+            if kind == AUDIT {
+                // Coverage judged these minutes already; only the extra check is lost.
+                tracing::warn!(message = "audit window aged past 24 h before it could be replayed (replay budget too small for the audit rate?)", webhook, from = %from, to = %to);
+                return Ok(());
+            }
             metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment((to - from).num_minutes() as u64);
             tracing::error!(message = "window aged past 24 h before it could be replayed", webhook, from = %from, to = %to);
             return Ok(());
@@ -606,21 +701,24 @@ impl Watermark {
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let states: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, count(*) FROM replay_windows WHERE webhook_id = $1 GROUP BY state",
+        let states: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT kind, state, count(*) FROM replay_windows WHERE webhook_id = $1 GROUP BY kind, state",
         )
         .bind(webhook)
         .fetch_all(&mut *conn)
         .await?;
-        for state in ["pending", "submitted", "reconciled", "expired"] {
-            let n = states
-                .iter()
-                .find(|(s, _)| s == state)
-                .map_or(0, |(_, n)| *n);
-            metrics::gauge!("aaa_watermark_windows", "webhook" => webhook.to_owned(), "state" => state).set(n as f64);
+        for kind in [GAP, AUDIT] {
+            for state in ["pending", "submitted", "reconciled", "expired"] {
+                let n = states
+                    .iter()
+                    .find(|(k, s, _)| k == kind && s == state)
+                    .map_or(0, |(_, _, n)| *n);
+                metrics::gauge!("aaa_watermark_windows", "webhook" => webhook.to_owned(), "kind" => kind, "state" => state).set(n as f64);
+            }
         }
+        // Only gaps: an audit that ages out loses nothing coverage did not judge.
         let oldest: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT min(window_from) FROM replay_windows WHERE webhook_id = $1 AND state IN ('pending', 'submitted')")
+            sqlx::query_scalar("SELECT min(window_from) FROM replay_windows WHERE webhook_id = $1 AND kind = 'gap' AND state IN ('pending', 'submitted')")
                 .bind(webhook)
                 .fetch_one(&mut *conn)
                 .await?;
