@@ -59,13 +59,32 @@ async fn watermark_killed_mid_replay() {
     assert!(settled.recovered_by_replay > 0, "{settled:?}");
 }
 
-/// The broker dies (SIGKILL) and restarts on the same storage.
+/// The broker dies (SIGKILL), stays down for 30 real seconds (150 simulated
+/// minutes), and restarts on the same storage. The receiver answers 503
+/// meanwhile; X retries and the watermark replays the refused stretch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_killed_and_restarted() {
+async fn broker_stopped_30s_and_restarted() {
     let mut run = Run::start().await;
-    run.stack.broker.restart().await;
-    run.wait_sim(TimeDelta::minutes(3)).await;
-    run.settle("broker killed and restarted").await;
+    run.stack.broker.kill();
+    let down_since = std::time::Instant::now();
+    run.sim.generate(10).await;
+    eventually(
+        Duration::from_secs(30),
+        "the receiver to answer 503 while the broker is down",
+        || async {
+            let refused = run.stack.delivery_outcomes("broker_unavailable").await;
+            (refused > 0.0).then_some(())
+        },
+    )
+    .await;
+    // The fault's length, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down_since.elapsed())).await;
+    run.stack.broker.start_again().await;
+    let settled = run.settle("broker stopped 30 s and restarted").await;
+    assert!(
+        settled.failed_attempts > 0 && settled.gap_windows > 0,
+        "X saw 503s and the watermark replayed the refused stretch: {settled:?}"
+    );
 }
 
 /// Receiver and consumer cut off from the broker (the broker frozen with
@@ -208,6 +227,7 @@ async fn gap_aged_past_24_hours() {
     run.receiver_outage(TimeDelta::hours(2)).await;
     run.wait_sim(TimeDelta::hours(25)).await;
     run.watermark = run.stack.spawn_watermark(&run.sim, "watermark-b");
+    let restarted_at = run.now();
     let admin = format!("http://{}", run.watermark.addr("admin").await);
     let counted = eventually(
         Duration::from_secs(60),
@@ -219,7 +239,8 @@ async fn gap_aged_past_24_hours() {
                 .db
                 .count("SELECT coalesce(sum(extract(epoch FROM window_to - window_from) / 60), 0)::int8 FROM replay_windows WHERE state = 'expired'")
                 .await;
-            (counted > 0.0 && counted == marked as f64).then_some(counted)
+            let judged = run.judged_to().await >= Some(restarted_at);
+            (judged && counted > 0.0 && counted == marked as f64).then_some(counted)
         },
     )
     .await;

@@ -123,7 +123,15 @@ impl Broker {
         self.spawn().await;
     }
 
-    fn kill(&mut self) {
+    /// Starts a killed broker again on the same port and storage.
+    pub async fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn().await;
+        }
+    }
+
+    /// Hard kill (SIGKILL); [`Broker::start_again`] brings it back.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
             let _ = child.kill();
