@@ -146,7 +146,7 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
     let dead = |index: i32, error_kind: &'static str, reason: String| {
         dead_letter(record, index, error_kind, reason)
     };
-    let envelope = match parse_envelope(raw) {
+    let mut envelope = match parse_envelope(raw) {
         Ok(envelope) => envelope,
         Err(err) => {
             let (kind, reason) = match record.payload {
@@ -157,10 +157,11 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
             return;
         }
     };
-    for (index, activity) in envelope.activities.iter().enumerate() {
+    for (index, activity) in envelope.activities.iter_mut().enumerate() {
         let index = i32::try_from(index).unwrap_or(i32::MAX);
         match activity {
             Ok(activity) => {
+                activity.assume_received_at(record.received_at);
                 // A row that cannot be normalized is still stored raw; the
                 // dead letter tells an operator what the schema missed.
                 let records =

@@ -26,8 +26,36 @@ pub struct Activity {
     pub kind: ActivityKind,
     pub natural_key: String,
     pub event_time: Option<DateTime<Utc>>,
-    /// The activity item exactly as X sent it.
+    /// The activity item exactly as X sent it (for XAA: the event's `payload`).
     pub payload: Value,
+    /// For an X Activity API event, the Account Activity shaped reading of
+    /// `payload` that normalization works on; `None` for AAA activities.
+    pub view: Option<Value>,
+}
+
+impl Activity {
+    /// What normalization reads: the view of an XAA event, else the payload.
+    pub fn item(&self) -> &Value {
+        self.view.as_ref().unwrap_or(&self.payload)
+    }
+
+    /// XAA leaves the time out of follows, blocks, mutes, post deletions and
+    /// profile updates: such an event is dated when it was received (its
+    /// natural key does not depend on it, so a redelivery stays a duplicate).
+    pub fn assume_received_at(&mut self, received_at: DateTime<Utc>) {
+        if self.event_time.is_some() {
+            return;
+        }
+        self.event_time = Some(received_at);
+        let millis = Value::String(received_at.timestamp_millis().to_string());
+        if let Some(Value::Object(view)) = &mut self.view {
+            let field = match self.kind {
+                ActivityKind::TweetDelete => "timestamp_ms",
+                _ => "created_timestamp",
+            };
+            view.entry(field).or_insert(millis);
+        }
+    }
 }
 
 /// The body as a whole could not be read.
@@ -68,6 +96,9 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
     let Value::Object(object) = value else {
         return Err(EnvelopeError::NotAnObject);
     };
+    if crate::xaa::is_xaa(&object) {
+        return crate::xaa::parse(object);
+    }
     let keys = object.keys().cloned().collect::<Vec<_>>().join(", ");
 
     let mut context = Map::new();
@@ -113,6 +144,7 @@ fn activity(kind: ActivityKind, payload: Value, index: usize) -> Result<Activity
             kind,
             natural_key,
             payload,
+            view: None,
         }),
         Err(missing) => Err(ActivityError {
             kind: kind.to_string(),

@@ -19,6 +19,10 @@ pub enum ActivityKind {
     ReplayJobStatus,
     /// A key X sends that this build does not know; stored as `unknown:<key>`.
     Unknown(String),
+    /// An X Activity API event type with no Account Activity equivalent
+    /// (profile updates, chat, news, spaces, broadcasts); stored as
+    /// `xaa:<event_type>`.
+    Xaa(String),
 }
 
 /// Top-level keys that describe the delivery rather than being an activity.
@@ -75,6 +79,7 @@ impl ActivityKind {
             UserEvent => "user_event",
             ReplayJobStatus => "replay_job_status",
             Unknown(_) => "unknown",
+            Xaa(_) => "xaa",
         }
     }
 
@@ -107,6 +112,7 @@ impl fmt::Display for ActivityKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ActivityKind::Unknown(key) => write!(f, "unknown:{key}"),
+            ActivityKind::Xaa(event_type) => write!(f, "xaa:{event_type}"),
             known => f.write_str(known.as_str()),
         }
     }

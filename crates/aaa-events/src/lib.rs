@@ -9,6 +9,7 @@ mod kind;
 mod natural_key;
 pub mod normalize;
 mod time;
+pub mod xaa;
 
 pub use envelope::{Activity, ActivityError, Envelope, EnvelopeError, parse_envelope};
 pub use kind::ActivityKind;
@@ -23,6 +24,16 @@ pub fn probe_partition_key(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Probe {
         for_user_id: Option<IdValue>,
+        /// An X Activity API body names the account in `data.filter.user_id`.
+        data: Option<XaaProbe>,
+    }
+    #[derive(serde::Deserialize)]
+    struct XaaProbe {
+        filter: Option<FilterProbe>,
+    }
+    #[derive(serde::Deserialize)]
+    struct FilterProbe {
+        user_id: Option<IdValue>,
     }
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
@@ -30,7 +41,9 @@ pub fn probe_partition_key(body: &[u8]) -> Option<String> {
         Text(String),
         Integer(u64),
     }
-    match serde_json::from_slice::<Probe>(body).ok()?.for_user_id? {
+    let probe = serde_json::from_slice::<Probe>(body).ok()?;
+    let id = probe.for_user_id.or_else(|| probe.data?.filter?.user_id)?;
+    match id {
         IdValue::Text(id) if !id.is_empty() => Some(id),
         IdValue::Text(_) => None,
         IdValue::Integer(id) => Some(id.to_string()),
@@ -53,6 +66,21 @@ mod tests {
             )
             .as_deref(),
             Some("1234567890123456789")
+        );
+    }
+
+    #[test]
+    fn probe_reads_the_account_of_an_xaa_event() {
+        assert_eq!(
+            probe_partition_key(
+                br#"{"data":{"event_uuid":"-1","filter":{"user_id":"111"},"event_type":"post.delete","payload":{}}}"#
+            )
+            .as_deref(),
+            Some("111")
+        );
+        assert_eq!(
+            probe_partition_key(br#"{"data":{"filter":{},"event_type":"oauth.revoke"}}"#),
+            None
         );
     }
 

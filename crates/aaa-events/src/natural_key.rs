@@ -52,7 +52,7 @@ pub(crate) fn natural_key(kind: &ActivityKind, item: &Value) -> Result<String, M
             None => Ok(content_key(item)),
         },
         ReplayJobStatus => id(item, &["job_id"]),
-        Unknown(_) => Ok(content_key(item)),
+        Unknown(_) | Xaa(_) => Ok(content_key(item)),
     }
 }
 
@@ -81,7 +81,7 @@ fn id(item: &Value, path: &[&str]) -> Result<String, MissingField> {
 
 /// `sha256:<hex>` of the canonical JSON form: key order and whitespace do not
 /// change it, so a re-serialized copy of the same activity maps to the same row.
-fn content_key(item: &Value) -> String {
+pub(crate) fn content_key(item: &Value) -> String {
     let digest = Sha256::digest(canonical_json(item).as_bytes());
     format!("sha256:{}", hex::encode(digest))
 }

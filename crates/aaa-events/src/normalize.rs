@@ -274,7 +274,7 @@ pub fn normalize(
     context: &Map<String, Value>,
 ) -> Result<Vec<Record>, NormalizeError> {
     use ActivityKind::*;
-    let item = &activity.payload;
+    let item = activity.item();
     let mut b = Builder {
         kind: &activity.kind,
         observed_at: activity.event_time,
@@ -322,7 +322,8 @@ pub fn normalize(
             let tweet_id = if item["favorited_status"].is_object() {
                 b.tweet(&item["favorited_status"])
             } else {
-                None
+                // An XAA like names the post without its content.
+                text(&item["favorited_status_id_str"])
             };
             let user_id = b.user(&item["user"]);
             b.out.push(Record::Favorite(FavoriteRow {
@@ -427,7 +428,7 @@ pub fn normalize(
             description: text(&item["job_state_description"]),
         })),
         // Typing indicators and unknown kinds live in `events` only.
-        DirectMessageTyping | Unknown(_) => {}
+        DirectMessageTyping | Unknown(_) | Xaa(_) => {}
     }
     Ok(b.out)
 }

@@ -13,11 +13,17 @@ fn fixtures() -> PathBuf {
 
 fn rows_of(body: &[u8]) -> Value {
     let envelope = aaa_events::parse_envelope(body).expect("fixture parses");
+    // XAA events without a time of their own are dated on receipt.
+    let received_at = chrono::DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+        .unwrap()
+        .to_utc();
     let activities: Vec<Value> = envelope
         .activities
         .iter()
         .map(|activity| {
-            let activity = activity.as_ref().expect("fixture activity has a key");
+            let mut activity = activity.clone().expect("fixture activity has a key");
+            activity.assume_received_at(received_at);
+            let activity = &activity;
             let records =
                 aaa_events::normalize(activity, envelope.for_user_id.as_deref(), &envelope.context)
                     .expect("fixture normalizes");

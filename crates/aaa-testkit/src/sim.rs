@@ -152,6 +152,9 @@ pub async fn delivered_keys(sim: &SimProcess) -> Vec<(Option<String>, String, St
         }
     }
     keys.sort();
+    // The same activity may be owed more than once (in both formats during
+    // an AAA to XAA migration): stored once.
+    keys.dedup();
     keys
 }
 
