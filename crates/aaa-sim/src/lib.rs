@@ -18,6 +18,7 @@ pub mod generate;
 mod replay;
 pub mod send;
 pub mod state;
+pub mod xaa;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -79,6 +80,10 @@ pub struct SimArgs {
     /// Chance that the other party of an interaction is subscribed too.
     #[arg(long, default_value_t = 0.3)]
     pub interaction_share: f64,
+    /// Which product's envelope deliveries use: `aaa`, `xaa` (the X Activity
+    /// API), or `both` (every activity once in each, as during a migration).
+    #[arg(long, env = "AAA_SIM_FORMAT", value_enum, default_value = "aaa")]
+    pub format: xaa::Format,
     /// Share of activities that are subscription revokes.
     #[arg(long, default_value_t = 0.005)]
     pub revoke_share: f64,
@@ -372,17 +377,29 @@ pub fn generate(sim: &Sim, n: usize) -> usize {
                     .filter(|(_, users)| users.contains(owner))
                     .map(|(id, _)| id.clone())
                     .collect();
+                let mut bodies = Vec::new();
+                if sim.args.format != xaa::Format::Xaa {
+                    bodies.push(delivery.to_bytes());
+                }
+                if sim.args.format != xaa::Format::Aaa {
+                    // Opaque, stable per delivery, sometimes negative (as in X's examples).
+                    let uuid = (activity_id as i64)
+                        .wrapping_mul(0x5851_F42D_4C95_7F2D)
+                        .wrapping_add(bodies.len() as i64);
+                    bodies.push(xaa::envelope(delivery, uuid).to_string().into_bytes());
+                }
                 for webhook_id in webhooks {
-                    let body = delivery.to_bytes();
-                    let seq = world.owe(
-                        activity_id,
-                        &webhook_id,
-                        delivery.for_user_id.clone(),
-                        delivery.kind,
-                        activity.at,
-                        body,
-                    );
-                    queued.push(seq);
+                    for body in &bodies {
+                        let seq = world.owe(
+                            activity_id,
+                            &webhook_id,
+                            delivery.for_user_id.clone(),
+                            delivery.kind,
+                            activity.at,
+                            body.clone(),
+                        );
+                        queued.push(seq);
+                    }
                 }
             }
             if activity.kind == "user_event" {
