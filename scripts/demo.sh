@@ -4,17 +4,20 @@
 #   scripts/demo.sh            run, show, keep the stack up until Ctrl-C
 #   scripts/demo.sh --once     run, show, stop
 #   scripts/demo.sh --count N  activities the simulator generates (default 500)
+#   scripts/demo.sh --xaa      X delivers X Activity API envelopes (AAA's successor)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$AAA_ROOT"
 
 once=
 count=500
+format=aaa
 while [ $# -gt 0 ]; do
   case $1 in
     --once) once=1 ;;
     --count) count=$2; shift ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --xaa) format=xaa ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
@@ -97,7 +100,7 @@ sim=http://127.0.0.1:$sim_port
 say "starting the X simulator (:$sim_port): it registers the webhook (CRC first) and subscribes 40 of its 50 accounts"
 AAA_SIM_CONSUMER_SECRET=$DEMO_CONSUMER_SECRET "$aaa" sim serve --listen "127.0.0.1:$sim_port" \
   --accounts 50 --subscribe 40 --seed 7 --register-webhook "$target" --register-webhook-id 1146654567674912769 \
-  --duplicate-share 0.05 --reorder-ms 20 \
+  --duplicate-share 0.05 --reorder-ms 20 --format "$format" \
   >"$state/sim.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 300); do
