@@ -6,6 +6,7 @@ use aaa_common::clock::ClockArgs;
 use aaa_common::observe::{self, LogFormat};
 use clap::{Parser, Subcommand};
 
+mod activity_ops;
 mod dashboards;
 mod ops;
 mod sim_cli;

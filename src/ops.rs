@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 /// Exit codes: 0 ok, 2 the request was wrong (usage, window, credentials),
 /// 3 X refused it, 4 X could not be reached or failed.
-pub fn exit_code(err: &XError) -> ExitCode {
+pub(crate) fn exit_code(err: &XError) -> ExitCode {
     match err {
         XError::Invalid(_) => ExitCode::from(2),
         XError::Refused { .. } | XError::RateLimited { .. } | XError::Unauthorized { .. } => {
@@ -76,6 +76,30 @@ pub enum SubscriptionsCommand {
         #[arg(long)]
         user: String,
     },
+    /// X Activity API subscriptions: one per event type and filter.
+    #[command(subcommand)]
+    Activity(crate::activity_ops::ActivityCommand),
+    /// Create the X Activity API subscriptions that cover every account
+    /// subscribed to --webhook on the Account Activity API: for each account
+    /// one per event type (posts, deletes, mentions, replies, quotes,
+    /// reposts, likes, follows, blocks, mutes, DMs, typing, read receipts)
+    /// with filter.user_id, plus one oauth.revoke for the app, all delivered
+    /// to the same webhook and tagged `aaa:<user>:<event_type>`.
+    ///
+    /// Idempotent: what already exists on the webhook is skipped, so a run
+    /// that stopped halfway is simply run again. --dry-run prints the plan
+    /// and changes nothing. X needs the account's user context for private
+    /// event types (likes, DMs, blocks, mutes); refusals are listed per
+    /// subscription and the rest still created (exit code 3 if any).
+    Migrate {
+        /// The webhook the accounts are subscribed to; the new subscriptions
+        /// deliver to it too.
+        #[arg(long)]
+        webhook: String,
+        /// Print what would be created; create nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Clone, clap::Subcommand)]
@@ -108,11 +132,11 @@ pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     })
 }
 
-fn client(args: &OpsArgs) -> Result<XClient, XError> {
+pub(crate) fn client(args: &OpsArgs) -> Result<XClient, XError> {
     XClient::new(&args.x, Credentials::from_env()?)
 }
 
-fn print(args: &OpsArgs, value: Value, table: impl FnOnce() -> Table) {
+pub(crate) fn print(args: &OpsArgs, value: Value, table: impl FnOnce() -> Table) {
     if args.json {
         println!("{value}");
     } else {
@@ -120,7 +144,7 @@ fn print(args: &OpsArgs, value: Value, table: impl FnOnce() -> Table) {
     }
 }
 
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> Table {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> Table {
     let mut table = Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)
@@ -217,6 +241,12 @@ pub async fn subscriptions(args: &OpsArgs, command: SubscriptionsCommand) -> Res
                     ]],
                 )
             });
+        }
+        SubscriptionsCommand::Activity(command) => {
+            crate::activity_ops::activity(args, &x, command).await?
+        }
+        SubscriptionsCommand::Migrate { webhook, dry_run } => {
+            crate::activity_ops::migrate(args, &x, &webhook, dry_run).await?
         }
         SubscriptionsCommand::Remove { webhook, user } => {
             x.unsubscribe(&webhook, &user).await?;

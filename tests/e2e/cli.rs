@@ -374,3 +374,163 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
     operator.ok(&["webhooks", "delete", &id], &[]);
     assert!(!operator.ok(&["webhooks", "list"], &[]).stdout.contains(&id));
 }
+
+/// X Activity API subscriptions from the CLI, and the migration of a
+/// webhook's Account Activity accounts onto them: a dry run that changes
+/// nothing, a run that creates exactly the plan, a second run that finds
+/// nothing to do; listing follows X's pages; update, delete and bulk delete,
+/// with per-id failures reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xaa_subscriptions_and_the_migration_from_the_cli() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let sim = stack
+        .start_sim(&["--accounts", "5", "--activity-page-limit", "25"])
+        .await;
+    let operator = Operator {
+        env: vec![
+            ("AAA_X_API_BASE_URL".into(), sim.url.clone()),
+            ("AAA_X_BEARER_TOKEN".into(), SIM_BEARER.into()),
+        ],
+    };
+    let webhook = stack.webhook_id.as_str();
+    let list = || {
+        operator
+            .ok(&["subscriptions", "activity", "list", "--json"], &[])
+            .json()
+    };
+    let per_account = aaa_xapi::MIGRATED_EVENT_TYPES.len();
+
+    let dry = operator.ok(
+        &[
+            "subscriptions",
+            "migrate",
+            "--webhook",
+            webhook,
+            "--dry-run",
+            "--json",
+        ],
+        &[],
+    );
+    let plan = dry.json()["plan"].as_array().cloned().unwrap_or_default();
+    assert_eq!(plan.len(), 5 * per_account + 1, "{}", dry.stdout);
+    assert!(dry.stderr.contains("dry run"), "{}", dry.stderr);
+    assert_eq!(list(), json!([]), "a dry run creates nothing");
+
+    let real = operator.ok(
+        &["subscriptions", "migrate", "--webhook", webhook, "--json"],
+        &[],
+    );
+    assert_eq!(real.json()["created"], plan.len(), "{}", real.stdout);
+    let all = list();
+    let all = all.as_array().expect("a list");
+    assert_eq!(all.len(), plan.len(), "every page listed (25 per page)");
+    let mut pairs: Vec<(String, String)> = all
+        .iter()
+        .map(|s| (s["event_type"].to_string(), s["filter"].to_string()))
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    assert_eq!(pairs.len(), plan.len(), "no pair created twice");
+    assert!(all.iter().all(|s| s["webhook_id"] == webhook));
+
+    let again = operator.ok(
+        &["subscriptions", "migrate", "--webhook", webhook, "--json"],
+        &[],
+    );
+    assert_eq!(
+        again.json()["plan"],
+        json!([]),
+        "a second run plans nothing"
+    );
+    assert_eq!(again.json()["created"], 0);
+    assert_eq!(list().as_array().map(Vec::len), Some(plan.len()));
+
+    let ids: Vec<String> = all
+        .iter()
+        .map(|s| s["subscription_id"].as_str().unwrap().to_owned())
+        .collect();
+    let updated = operator
+        .ok(
+            &[
+                "subscriptions",
+                "activity",
+                "update",
+                &ids[0],
+                "--tag",
+                "renamed",
+                "--json",
+            ],
+            &[],
+        )
+        .json();
+    assert_eq!(updated["tag"], "renamed");
+    operator
+        .run(&["subscriptions", "activity", "update", &ids[0]], &[])
+        .refused(2, "nothing to update");
+
+    operator.ok(&["subscriptions", "activity", "delete", &ids[0]], &[]);
+    let mut rest: Vec<&str> = ids[1..].iter().map(String::as_str).collect();
+    rest.push("1999999999999999999");
+    let mut args = vec!["subscriptions", "activity", "delete", "--json"];
+    args.extend(&rest);
+    let bulk = operator.run(&args, &[]);
+    assert_ne!(bulk.code, 0, "a failed id is an error");
+    let report = bulk.json();
+    assert_eq!(
+        report["deleted"].as_array().map(Vec::len),
+        Some(ids.len() - 1)
+    );
+    assert_eq!(report["failed"][0][1], "SubscriptionNotFound", "{report}");
+    assert_eq!(list(), json!([]));
+
+    operator
+        .run(
+            &[
+                "subscriptions",
+                "activity",
+                "create",
+                "--event-type",
+                "mute.mute",
+                "--user",
+                "1",
+                "--direction",
+                "inbound",
+            ],
+            &[],
+        )
+        .refused(3, "direction is not supported");
+    let created = operator
+        .ok(
+            &[
+                "subscriptions",
+                "activity",
+                "create",
+                "--event-type",
+                "post.create",
+                "--user",
+                "1",
+                "--tag",
+                "posts",
+                "--webhook",
+                webhook,
+                "--json",
+            ],
+            &[],
+        )
+        .json();
+    assert_eq!(created["filter"], json!({"user_id": "1"}));
+    operator
+        .run(
+            &[
+                "subscriptions",
+                "activity",
+                "create",
+                "--event-type",
+                "post.create",
+                "--user",
+                "1",
+            ],
+            &[],
+        )
+        .refused(3, "DuplicateSubscriptionFailed");
+}

@@ -44,13 +44,14 @@ pub fn router(sim: Sim) -> Router {
             "/2/account_activity/replay/webhooks/{id}/subscriptions/all",
             post(replay_account_activity),
         )
+        .merge(crate::activity::router())
         .layer(middleware::from_fn_with_state(sim.clone(), api_faults))
         .with_state(sim)
 }
 
 /// X's error shape: the reason name in `title` and in each error, the
 /// human text in `detail`.
-fn x_error(status: StatusCode, reason: &str, detail: &str) -> Response {
+pub(crate) fn x_error(status: StatusCode, reason: &str, detail: &str) -> Response {
     let body = json!({
         "errors": [{"message": detail, "reason": reason}],
         "title": reason,
@@ -60,7 +61,7 @@ fn x_error(status: StatusCode, reason: &str, detail: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-fn unauthorized() -> Response {
+pub(crate) fn unauthorized() -> Response {
     let body = json!({"title": "Unauthorized", "type": "about:blank", "status": 401, "detail": "Unauthorized",
                       "errors": [{"message": "Could not authenticate you", "code": 32}]});
     (StatusCode::UNAUTHORIZED, Json(body)).into_response()
@@ -93,7 +94,7 @@ async fn api_faults(State(sim): State<Sim>, request: Request, next: Next) -> Res
     response
 }
 
-fn bearer_ok(sim: &Sim, headers: &HeaderMap) -> bool {
+pub(crate) fn bearer_ok(sim: &Sim, headers: &HeaderMap) -> bool {
     let expected = sim.world().app.bearer_token.clone();
     headers
         .get(header::AUTHORIZATION)

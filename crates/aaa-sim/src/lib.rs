@@ -9,6 +9,7 @@
 //! interval and the retry schedule are simulated time. HTTP timeouts (X's 3 s
 //! answer limit) are real time: networks do not run faster in a simulation.
 
+pub mod activity;
 mod api;
 mod control;
 mod crc;
@@ -84,6 +85,10 @@ pub struct SimArgs {
     /// API), or `both` (every activity once in each, as during a migration).
     #[arg(long, env = "AAA_SIM_FORMAT", value_enum, default_value = "aaa")]
     pub format: xaa::Format,
+    /// Most X Activity API subscriptions one list page returns, whatever
+    /// max_results asks for (X may return fewer; clients follow next_token).
+    #[arg(long, default_value_t = 1000)]
+    pub activity_page_limit: usize,
     /// Share of activities that are subscription revokes.
     #[arg(long, default_value_t = 0.005)]
     pub revoke_share: f64,

@@ -118,6 +118,9 @@ pub struct World {
     pub faults: Faults,
     pub generator: Generator,
     pub activities: u64,
+    /// X Activity API subscriptions (per event type and filter), in creation order.
+    pub activity_subscriptions: Vec<crate::activity::ActivitySubscription>,
+    pub next_activity_subscription: u64,
     next_webhook: u64,
     next_job: u64,
     nonces: HashSet<(String, String)>,
@@ -147,6 +150,8 @@ impl World {
             faults: Faults::default(),
             generator,
             activities: 0,
+            activity_subscriptions: Vec::new(),
+            next_activity_subscription: 1_950_000_000_000_000_001,
             next_webhook: 1_900_000_000_000_000_001,
             next_job: 1_600_000_000,
             nonces: HashSet::new(),

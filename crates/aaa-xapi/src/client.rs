@@ -91,7 +91,11 @@ impl XClient {
         format!("{}{path}", self.base)
     }
 
-    fn bearer(&self, method: Method, path: &str) -> Result<reqwest::RequestBuilder, XError> {
+    pub(crate) fn bearer(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, XError> {
         Ok(self
             .http
             .request(method, self.url(path))
@@ -119,7 +123,7 @@ impl XClient {
     }
 
     /// Sends, maps errors, counts; retries idempotent reads with backoff.
-    async fn call(
+    pub(crate) async fn call(
         &self,
         endpoint: &'static str,
         idempotent: bool,
@@ -181,7 +185,7 @@ impl XClient {
         serde_json::from_str(&body).map_err(|e| XError::Unexpected(format!("{e}: {body}")))
     }
 
-    fn data<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, XError> {
+    pub(crate) fn data<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, XError> {
         // Some X docs show responses unwrapped: accept both.
         let inner = match value.get("data") {
             Some(data) => data.clone(),

@@ -5,10 +5,15 @@
 //! the app's bearer token. Every call has a timeout and is counted; reads are
 //! retried with backoff, writes never blindly.
 
+mod activity;
 mod client;
 mod credentials;
 mod error;
 
+pub use activity::{
+    ActivityFilter, ActivitySubscription, BulkDeleted, MIGRATED_EVENT_TYPES,
+    NewActivitySubscription, plan_migration,
+};
 pub use client::{ReplayEndpoint, ReplayJob, SubscriptionCount, Webhook, XClient};
 pub use credentials::{Credentials, XApiArgs};
 pub use error::{Reason, XError};

@@ -1,0 +1,363 @@
+//! X Activity API subscriptions (`/2/activity/subscriptions`): one per
+//! (event type, filter), app bearer token, and the plan that turns Account
+//! Activity subscriptions into XAA ones (pure, so it is tested alone).
+//!
+//! X's docs disagree on the create/update response (`data` flat, an array,
+//! or `data.subscription`): all three are read.
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{XClient, XError};
+
+/// What a subscription matches on. Unset keys are left out of requests:
+/// X compares filters as given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ActivityFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<String>,
+    /// `inbound` or `outbound` (likes, DMs); both when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivitySubscription {
+    pub subscription_id: String,
+    pub event_type: String,
+    #[serde(default)]
+    pub filter: ActivityFilter,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub webhook_id: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+    #[serde(default)]
+    pub updated_at: Option<String>,
+}
+
+/// A subscription to create.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NewActivitySubscription {
+    pub event_type: String,
+    pub filter: ActivityFilter,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<String>,
+}
+
+/// What a bulk delete did: X processes every id and reports failures per id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BulkDeleted {
+    pub deleted: Vec<String>,
+    /// (subscription id, X's reason, message)
+    pub failed: Vec<(String, String, String)>,
+}
+
+/// The XAA event types that together carry what one account's Account
+/// Activity subscription delivered (`docs/xaa.md`); `oauth.revoke` is the
+/// app's, once per webhook.
+pub const MIGRATED_EVENT_TYPES: &[&str] = &[
+    "post.create",
+    "post.delete",
+    "post.mention.create",
+    "post.reply.create",
+    "post.quote.create",
+    "post.repost.create",
+    "like.create",
+    "follow.follow",
+    "follow.unfollow",
+    "block.block",
+    "block.unblock",
+    "mute.mute",
+    "mute.unmute",
+    "dm.sent",
+    "dm.received",
+    "dm.indicate_typing",
+    "dm.read",
+];
+
+/// The XAA subscriptions that cover what `accounts` (subscribed to
+/// `webhook_id` on the Account Activity API) receive, minus those that
+/// already exist on that webhook: running it again plans nothing. Tags say
+/// where a subscription came from, and a stored event's tag says which one
+/// matched.
+pub fn plan_migration(
+    webhook_id: &str,
+    accounts: &[String],
+    existing: &[ActivitySubscription],
+) -> Vec<NewActivitySubscription> {
+    let exists = |event_type: &str, filter: &ActivityFilter| {
+        existing.iter().any(|s| {
+            s.event_type == event_type
+                && &s.filter == filter
+                && s.webhook_id.as_deref() == Some(webhook_id)
+        })
+    };
+    let mut accounts = accounts.to_vec();
+    accounts.sort();
+    accounts.dedup();
+    let per_account = accounts.iter().flat_map(|user| {
+        MIGRATED_EVENT_TYPES.iter().map(move |event_type| {
+            (
+                *event_type,
+                ActivityFilter {
+                    user_id: Some(user.clone()),
+                    ..ActivityFilter::default()
+                },
+                format!("aaa:{user}:{event_type}"),
+            )
+        })
+    });
+    let app = (!accounts.is_empty()).then(|| {
+        (
+            "oauth.revoke",
+            ActivityFilter::default(),
+            "aaa:revoke".to_owned(),
+        )
+    });
+    per_account
+        .chain(app)
+        .filter(|(event_type, filter, _)| !exists(event_type, filter))
+        .map(|(event_type, filter, tag)| NewActivitySubscription {
+            event_type: event_type.to_owned(),
+            filter,
+            tag: Some(tag),
+            webhook_id: Some(webhook_id.to_owned()),
+        })
+        .collect()
+}
+
+/// X's largest page.
+const PAGE: &str = "1000";
+/// X's largest bulk delete.
+const BULK: usize = 100;
+
+fn subscription_of(value: Value) -> Result<ActivitySubscription, XError> {
+    let data = XClient::data::<Value>(value)?;
+    let inner = match data {
+        Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+        Value::Object(ref object) if object.contains_key("subscription") => {
+            data["subscription"].clone()
+        }
+        other => other,
+    };
+    serde_json::from_value(inner.clone()).map_err(|e| XError::Unexpected(format!("{e}: {inner}")))
+}
+
+impl XClient {
+    pub async fn create_activity_subscription(
+        &self,
+        new: &NewActivitySubscription,
+    ) -> Result<ActivitySubscription, XError> {
+        let value = self
+            .call("activity_subscriptions_create", false, || {
+                Ok(self
+                    .bearer(Method::POST, "/2/activity/subscriptions")?
+                    .json(new))
+            })
+            .await?;
+        subscription_of(value)
+    }
+
+    /// Every subscription of the app, all pages.
+    pub async fn list_activity_subscriptions(&self) -> Result<Vec<ActivitySubscription>, XError> {
+        let mut all = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let value = self
+                .call("activity_subscriptions_list", true, || {
+                    let mut query = vec![("max_results", PAGE.to_owned())];
+                    if let Some(token) = &token {
+                        query.push(("pagination_token", token.clone()));
+                    }
+                    Ok(self
+                        .bearer(Method::GET, "/2/activity/subscriptions")?
+                        .query(&query))
+                })
+                .await?;
+            let next = value["meta"]["next_token"].as_str().map(str::to_owned);
+            let page: Vec<ActivitySubscription> = match value.get("data") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(data) => serde_json::from_value(data.clone())
+                    .map_err(|e| XError::Unexpected(format!("{e}: {data}")))?,
+            };
+            let empty = page.is_empty();
+            all.extend(page);
+            match next {
+                // A page without progress would loop forever.
+                Some(next) if !empty && token.as_deref() != Some(next.as_str()) => {
+                    token = Some(next)
+                }
+                _ => return Ok(all),
+            }
+        }
+    }
+
+    /// Only `tag` and `webhook_id` can change (X: delete and create to
+    /// change the event type or the filter).
+    pub async fn update_activity_subscription(
+        &self,
+        id: &str,
+        tag: Option<&str>,
+        webhook_id: Option<&str>,
+    ) -> Result<ActivitySubscription, XError> {
+        if tag.is_none() && webhook_id.is_none() {
+            return Err(XError::Invalid(
+                "nothing to update: give a tag or a webhook id".into(),
+            ));
+        }
+        let mut body = json!({});
+        if let Some(tag) = tag {
+            body["tag"] = json!(tag);
+        }
+        if let Some(webhook_id) = webhook_id {
+            body["webhook_id"] = json!(webhook_id);
+        }
+        let path = format!("/2/activity/subscriptions/{id}");
+        let value = self
+            .call("activity_subscriptions_update", false, || {
+                Ok(self.bearer(Method::PUT, &path)?.json(&body))
+            })
+            .await?;
+        subscription_of(value)
+    }
+
+    pub async fn delete_activity_subscription(&self, id: &str) -> Result<(), XError> {
+        let path = format!("/2/activity/subscriptions/{id}");
+        self.call("activity_subscriptions_delete", false, || {
+            self.bearer(Method::DELETE, &path)
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Deletes in batches of X's limit (100); a failure of one id does not
+    /// stop the others.
+    pub async fn delete_activity_subscriptions(
+        &self,
+        ids: &[String],
+    ) -> Result<BulkDeleted, XError> {
+        let mut result = BulkDeleted::default();
+        for chunk in ids.chunks(BULK) {
+            let joined = chunk.join(",");
+            let value = self
+                .call("activity_subscriptions_delete_many", false, || {
+                    Ok(self
+                        .bearer(Method::DELETE, "/2/activity/subscriptions")?
+                        .query(&[("ids", joined.as_str())]))
+                })
+                .await?;
+            let failed: Vec<(String, String, String)> = value["errors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| {
+                    let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                    (text("subscription_id"), text("reason"), text("message"))
+                })
+                .collect();
+            result.deleted.extend(
+                chunk
+                    .iter()
+                    .filter(|id| !failed.iter().any(|(f, _, _)| f == *id))
+                    .cloned(),
+            );
+            result.failed.extend(failed);
+        }
+        Ok(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn existing(event_type: &str, user: Option<&str>, webhook: &str) -> ActivitySubscription {
+        ActivitySubscription {
+            subscription_id: format!("s-{event_type}"),
+            event_type: event_type.into(),
+            filter: ActivityFilter {
+                user_id: user.map(str::to_owned),
+                ..ActivityFilter::default()
+            },
+            tag: None,
+            webhook_id: Some(webhook.into()),
+            created_at: None,
+            updated_at: None,
+        }
+    }
+
+    #[test]
+    fn every_account_gets_every_family_once_and_the_app_one_revoke() {
+        let accounts = vec!["2".to_owned(), "1".to_owned(), "2".to_owned()];
+        let plan = plan_migration("w", &accounts, &[]);
+        assert_eq!(plan.len(), 2 * MIGRATED_EVENT_TYPES.len() + 1);
+        let revokes: Vec<_> = plan
+            .iter()
+            .filter(|s| s.event_type == "oauth.revoke")
+            .collect();
+        assert_eq!(revokes.len(), 1);
+        assert_eq!(revokes[0].filter, ActivityFilter::default());
+        assert!(plan.iter().all(|s| s.webhook_id.as_deref() == Some("w")));
+        assert!(
+            plan.iter()
+                .all(|s| s.tag.as_ref().is_some_and(|t| t.len() <= 200))
+        );
+        let mut keys: Vec<_> = plan.iter().map(|s| (&s.event_type, &s.filter)).collect();
+        keys.dedup();
+        assert_eq!(keys.len(), plan.len(), "no pair planned twice");
+    }
+
+    #[test]
+    fn what_exists_on_the_webhook_is_not_planned_again() {
+        let accounts = vec!["1".to_owned()];
+        let first = plan_migration("w", &accounts, &[]);
+        let created: Vec<ActivitySubscription> = first
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ActivitySubscription {
+                subscription_id: i.to_string(),
+                event_type: n.event_type.clone(),
+                filter: n.filter.clone(),
+                tag: n.tag.clone(),
+                webhook_id: n.webhook_id.clone(),
+                created_at: None,
+                updated_at: None,
+            })
+            .collect();
+        assert_eq!(plan_migration("w", &accounts, &created), vec![]);
+        // On another webhook it does not count.
+        let elsewhere = [existing("post.create", Some("1"), "other")];
+        assert_eq!(
+            plan_migration("w", &accounts, &elsewhere).len(),
+            first.len()
+        );
+        let partial = [
+            existing("post.create", Some("1"), "w"),
+            existing("oauth.revoke", None, "w"),
+        ];
+        assert_eq!(
+            plan_migration("w", &accounts, &partial).len(),
+            first.len() - 2
+        );
+        assert_eq!(plan_migration("w", &[], &[]), vec![]);
+    }
+
+    #[test]
+    fn every_response_shape_of_create_is_read() {
+        let sub = json!({"subscription_id": "9", "event_type": "post.create", "filter": {"user_id": "1"}});
+        for shape in [
+            json!({"data": {"subscription": sub}}),
+            json!({"data": sub}),
+            json!({"data": [sub]}),
+        ] {
+            assert_eq!(subscription_of(shape).unwrap().subscription_id, "9");
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! `aaa subscriptions activity ...` and `aaa subscriptions migrate`: the X
+//! Activity API's subscriptions, and the move of Account Activity accounts
+//! onto them (`docs/xaa.md`).
+
+use aaa_xapi::{ActivityFilter, ActivitySubscription, NewActivitySubscription, XClient, XError};
+use serde_json::json;
+
+use crate::ops::{OpsArgs, print, table};
+
+#[derive(Clone, clap::Subcommand)]
+pub enum ActivityCommand {
+    /// Create one subscription (event type + filter), delivered to --webhook.
+    Create {
+        /// e.g. post.create, like.create, follow.follow, dm.received, oauth.revoke.
+        #[arg(long)]
+        event_type: String,
+        /// filter.user_id: the account whose activity to deliver.
+        #[arg(long)]
+        user: Option<String>,
+        /// filter.keyword (news.new).
+        #[arg(long)]
+        keyword: Option<String>,
+        /// filter.direction: inbound or outbound (likes, DMs); both if unset.
+        #[arg(long, value_parser = ["inbound", "outbound"])]
+        direction: Option<String>,
+        /// A label (1-200 characters) stored with every event it matches.
+        #[arg(long)]
+        tag: Option<String>,
+        /// The webhook to deliver to.
+        #[arg(long)]
+        webhook: Option<String>,
+    },
+    /// Every subscription of the app (all pages).
+    List,
+    /// Change a subscription's tag or webhook (X allows nothing else).
+    Update {
+        id: String,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        webhook: Option<String>,
+    },
+    /// Delete subscriptions by id (several at once in batches of 100).
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+fn rows(subscriptions: &[ActivitySubscription]) -> Vec<Vec<String>> {
+    subscriptions
+        .iter()
+        .map(|s| {
+            vec![
+                s.subscription_id.clone(),
+                s.event_type.clone(),
+                serde_json::to_string(&s.filter).unwrap_or_default(),
+                s.tag.clone().unwrap_or_default(),
+                s.webhook_id.clone().unwrap_or_default(),
+            ]
+        })
+        .collect()
+}
+
+const HEADER: &[&str] = &["subscription_id", "event_type", "filter", "tag", "webhook"];
+
+pub async fn activity(args: &OpsArgs, x: &XClient, command: ActivityCommand) -> Result<(), XError> {
+    match command {
+        ActivityCommand::Create {
+            event_type,
+            user,
+            keyword,
+            direction,
+            tag,
+            webhook,
+        } => {
+            let new = NewActivitySubscription {
+                event_type,
+                filter: ActivityFilter {
+                    user_id: user,
+                    keyword,
+                    direction,
+                },
+                tag,
+                webhook_id: webhook,
+            };
+            let created = vec![x.create_activity_subscription(&new).await?];
+            print(args, json!(created[0]), || table(HEADER, rows(&created)));
+        }
+        ActivityCommand::List => {
+            let all = x.list_activity_subscriptions().await?;
+            print(args, json!(all), || table(HEADER, rows(&all)));
+        }
+        ActivityCommand::Update { id, tag, webhook } => {
+            let updated = vec![
+                x.update_activity_subscription(&id, tag.as_deref(), webhook.as_deref())
+                    .await?,
+            ];
+            print(args, json!(updated[0]), || table(HEADER, rows(&updated)));
+        }
+        ActivityCommand::Delete { ids } => {
+            let result = if let [id] = ids.as_slice() {
+                x.delete_activity_subscription(id).await?;
+                aaa_xapi::BulkDeleted {
+                    deleted: vec![id.clone()],
+                    failed: Vec::new(),
+                }
+            } else {
+                x.delete_activity_subscriptions(&ids).await?
+            };
+            let mut lines: Vec<Vec<String>> = result
+                .deleted
+                .iter()
+                .map(|id| vec![id.clone(), "deleted".into(), String::new()])
+                .collect();
+            lines.extend(
+                result
+                    .failed
+                    .iter()
+                    .map(|(id, reason, message)| vec![id.clone(), reason.clone(), message.clone()]),
+            );
+            print(
+                args,
+                json!({"deleted": result.deleted, "failed": result.failed}),
+                || table(&["subscription_id", "result", "message"], lines),
+            );
+            if !result.failed.is_empty() {
+                return Err(XError::Unexpected(format!(
+                    "{} of {} subscriptions not deleted",
+                    result.failed.len(),
+                    ids.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn migrate(
+    args: &OpsArgs,
+    x: &XClient,
+    webhook: &str,
+    dry_run: bool,
+) -> Result<(), XError> {
+    let accounts = x.list_subscriptions(webhook).await?;
+    let existing = x.list_activity_subscriptions().await?;
+    let plan = aaa_xapi::plan_migration(webhook, &accounts, &existing);
+    eprintln!(
+        "{} accounts subscribed to webhook {webhook}; {} XAA subscriptions exist; {} to create{}",
+        accounts.len(),
+        existing.len(),
+        plan.len(),
+        if dry_run {
+            " (dry run: nothing is created)"
+        } else {
+            ""
+        }
+    );
+    let mut created = Vec::new();
+    let mut failed = Vec::new();
+    if !dry_run {
+        for (i, new) in plan.iter().enumerate() {
+            match x.create_activity_subscription(new).await {
+                Ok(subscription) => created.push(subscription),
+                // Someone (or an earlier run) created it meanwhile: covered.
+                Err(XError::Refused {
+                    reason: aaa_xapi::Reason::DuplicateSubscriptionFailed,
+                    ..
+                }) => {}
+                // Transport trouble and rate limits stop the run: it resumes where it stopped.
+                Err(
+                    error
+                    @ (XError::RateLimited { .. } | XError::Transport(_) | XError::Timeout(_)),
+                ) => {
+                    eprintln!(
+                        "stopped after {} of {}: {error}; run again to continue",
+                        i,
+                        plan.len()
+                    );
+                    return Err(error);
+                }
+                Err(error) => failed.push((new.clone(), error.to_string())),
+            }
+            if (i + 1) % 50 == 0 || i + 1 == plan.len() {
+                eprintln!("created {} of {}", i + 1, plan.len());
+            }
+        }
+    }
+    let lines: Vec<Vec<String>> = plan
+        .iter()
+        .map(|new| {
+            let state = if dry_run {
+                "planned".to_owned()
+            } else if let Some((_, error)) = failed.iter().find(|(f, _)| f == new) {
+                format!("failed: {error}")
+            } else {
+                "created".to_owned()
+            };
+            vec![
+                new.event_type.clone(),
+                serde_json::to_string(&new.filter).unwrap_or_default(),
+                new.tag.clone().unwrap_or_default(),
+                state,
+            ]
+        })
+        .collect();
+    print(
+        args,
+        json!({"webhook_id": webhook, "accounts": accounts.len(), "dry_run": dry_run, "plan": plan,
+               "created": created.len(), "failed": failed.iter().map(|(n, e)| json!({"subscription": n, "error": e})).collect::<Vec<_>>()}),
+        || table(&["event_type", "filter", "tag", "result"], lines),
+    );
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(XError::Refused {
+            status: 400,
+            reason: aaa_xapi::Reason::Other("MigrationIncomplete".into()),
+            message: format!(
+                "{} of {} subscriptions refused (see the table); run again after fixing the cause",
+                failed.len(),
+                plan.len()
+            ),
+            body: String::new(),
+        })
+    }
+}
