@@ -448,9 +448,21 @@ fn expected_state(truth: &[Value]) -> (Vec<RelationshipState>, Vec<String>, Vec<
         let Ok(envelope) = aaa_events::parse_envelope(body.as_bytes()) else {
             continue;
         };
+        let created_at = owed["created_at"]
+            .as_str()
+            .and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok());
         for activity in envelope.activities.iter().flatten() {
-            let records = normalize(activity, envelope.for_user_id.as_deref(), &envelope.context)
-                .unwrap_or_default();
+            // XAA leaves some events undated; the consumer dates them on receipt.
+            let mut activity = activity.clone();
+            if let Some(at) = created_at {
+                activity.assume_received_at(at);
+            }
+            let records = normalize(
+                &activity,
+                envelope.for_user_id.as_deref(),
+                &envelope.context,
+            )
+            .unwrap_or_default();
             for record in records {
                 match record {
                     Record::Relationship(row) => changes.push(row),

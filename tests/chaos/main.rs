@@ -307,6 +307,32 @@ async fn aaa_and_xaa_mixed_with_a_gap() {
     );
 }
 
+/// An X Activity API webhook (XAA envelopes only) loses 15 simulated
+/// minutes to a receiver outage: the same watermark replays it through
+/// /2/webhooks/replay and reconciles on a completion message that also comes
+/// in the XAA envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xaa_webhook_gap_replayed() {
+    let mut run = Run::start_with_sim(StackOptions::scaled(300.0), &["--format", "xaa"]).await;
+    run.receiver_outage(TimeDelta::minutes(15)).await;
+    let settled = run.settle("XAA webhook, receiver down 15 min").await;
+    assert!(
+        settled.recovered_by_replay > 0 && settled.gap_windows > 0,
+        "{settled:?}"
+    );
+    let from_xaa: i64 = settled.events_by_kind.iter().map(|(_, _, x)| x).sum();
+    let all: i64 = settled.events_by_kind.iter().map(|(_, n, _)| n).sum();
+    assert_eq!(from_xaa, all, "every row came in an XAA envelope");
+    assert!(
+        settled
+            .events_by_kind
+            .iter()
+            .any(|(k, _, _)| k == "replay_job_status"),
+        "the XAA-shaped completion was stored: {:?}",
+        settled.events_by_kind
+    );
+}
+
 /// A receiver outage whose replay first comes back `Incomplete`, while X's
 /// API answers 503 to a fifth of the calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,10 +117,19 @@ pub(crate) fn parse(mut object: Map<String, Value>) -> Result<Envelope, Envelope
     let filter = data.get("filter").cloned().unwrap_or(json!({}));
     let includes = data.get("includes").cloned().unwrap_or(Value::Null);
     let event_uuid = text(data.get("event_uuid"));
-    let kind = kind_of(&event_type);
+    // X does not document how a replay job's completion reaches an XAA
+    // webhook: an event whose payload names a job and its state is read as
+    // AAA's `replay_job_status`, whatever its event type.
+    let completion = payload.get("job_id").is_some() && payload.get("job_state").is_some();
+    let kind = if completion {
+        ActivityKind::ReplayJobStatus
+    } else {
+        kind_of(&event_type)
+    };
     let for_user_id = match kind {
-        // A revoke is the app's, not an account's (AAA has no for_user_id either).
-        ActivityKind::UserEvent => None,
+        // A revoke is the app's, not an account's (AAA has no for_user_id
+        // either); so is a replay job.
+        ActivityKind::UserEvent | ActivityKind::ReplayJobStatus => None,
         _ => text(filter.get("user_id")),
     };
     let mut context = Map::new();
@@ -158,7 +167,8 @@ pub(crate) fn parse(mut object: Map<String, Value>) -> Result<Envelope, Envelope
             })?;
             let shared = matches!(
                 kind,
-                ActivityKind::TweetCreate
+                ActivityKind::ReplayJobStatus
+                    | ActivityKind::TweetCreate
                     | ActivityKind::Favorite
                     | ActivityKind::DirectMessage
                     | ActivityKind::DirectMessageTyping

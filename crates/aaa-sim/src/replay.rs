@@ -108,9 +108,17 @@ async fn run(sim: Sim, job: Job) {
 /// Frees the webhook and sends `replay_job_status`, like any other delivery.
 fn finish(sim: &Sim, job: &Job, state: &'static str, description: &str) {
     let now = sim.clock.now();
-    let body = json!({"replay_job_status": {
+    let status = json!({
         "webhook_id": job.webhook_id, "job_state": state, "job_state_description": description, "job_id": job.job_id,
-    }});
+    });
+    // X does not document the completion message for XAA webhooks; in XAA
+    // mode the simulator sends it in the XAA envelope (one guess at it), so
+    // the pipeline's defensive reading is exercised.
+    let body = if sim.args.format == crate::xaa::Format::Xaa {
+        json!({"data": {"event_uuid": job.job_id, "filter": {}, "event_type": "webhooks.replay.job_status", "payload": status}})
+    } else {
+        json!({"replay_job_status": status})
+    };
     let seq = {
         let mut world = sim.world();
         if let Some(j) = world.jobs.iter_mut().find(|j| j.job_id == job.job_id) {
