@@ -39,7 +39,7 @@ if [ -s "$AAA_CHAOS_REPORT" ]; then
   python3 - "$AAA_CHAOS_REPORT" <<'PY'
 import json, sys
 rows = sorted((json.loads(l) for l in open(sys.argv[1])), key=lambda r: r["scenario"])
-cols = ["owed", "delivered_live", "recovered_by_replay", "duplicates_absorbed", "x_failed_attempts", "gap_windows", "audit_windows", "recovered_by_audits", "lost", "settle_seconds"]
+cols = ["owed", "delivered_live", "recovered_by_replay", "duplicates_absorbed", "x_failed_attempts", "gap_windows", "audit_windows", "recovered_by_audits", "lost", "expired_minutes", "settle_seconds"]
 print("    | scenario | " + " | ".join(cols) + " |")
 for r in rows:
     print("    | " + r["scenario"] + " | " + " | ".join(str(r[c]) for c in cols) + " |")

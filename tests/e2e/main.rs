@@ -9,4 +9,5 @@ mod normalize;
 mod observability;
 mod pipeline;
 mod sim;
+mod stream;
 mod watermark;

@@ -8,6 +8,7 @@ mod coverage;
 mod events;
 mod http;
 mod producer;
+mod stream;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub enum Error {
     Common(#[from] aaa_common::Error),
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("activity stream: {0}")]
+    Stream(String),
 }
 
 /// Configuration of `aaa receiver`.
@@ -65,6 +68,21 @@ pub struct ReceiverArgs {
     /// This replica's name in heartbeats (defaults to the host name).
     #[arg(long, env = "AAA_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Also read the X Activity API's persistent stream at this URL
+    /// (https://api.x.com/2/activity/stream) and produce its events to the
+    /// same topic, as webhook id `stream`. Authenticates with the app's
+    /// bearer token from AAA_X_BEARER_TOKEN.
+    #[arg(long, env = "AAA_STREAM_URL")]
+    pub stream_url: Option<String>,
+    /// Minutes of backfill asked for on every stream reconnect (X: 0 to 5):
+    /// what X sent while the connection was down comes again.
+    #[arg(long, env = "AAA_STREAM_BACKFILL_MINUTES", default_value_t = 5,
+          value_parser = clap::value_parser!(u8).range(0..=5))]
+    pub stream_backfill_minutes: u8,
+    /// Real seconds without data or keep-alive after which the stream is
+    /// considered dead and reconnected.
+    #[arg(long, env = "AAA_STREAM_STALL_SECS", default_value_t = 60)]
+    pub stream_stall_secs: u64,
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "AAA_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
@@ -129,6 +147,34 @@ pub async fn run(
         Duration::from_secs(args.heartbeat_interval_secs.max(1)),
         shutdown.clone(),
     ));
+    let stream_task = match &args.stream_url {
+        Some(url) => {
+            let bearer = std::env::var("AAA_X_BEARER_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| {
+                    Error::Stream(
+                        "AAA_STREAM_URL needs AAA_X_BEARER_TOKEN (the app's bearer token)".into(),
+                    )
+                })?;
+            stream::register();
+            tracing::info!(message = "reading the activity stream", url = %url);
+            Some(tokio::spawn(stream::run(
+                stream::StreamSource {
+                    url: url.clone(),
+                    bearer: bearer.into(),
+                    backfill_minutes: args.stream_backfill_minutes,
+                    stall: Duration::from_secs(args.stream_stall_secs.max(1)),
+                    max_line_bytes: args.max_body_bytes,
+                },
+                producer.clone(),
+                args.kafka.raw_topic.clone(),
+                clock,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let app = http::router(
         state,
         webhooks,
@@ -153,6 +199,10 @@ pub async fn run(
         _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
             tracing::warn!(message = "drain timeout: abandoning in-flight requests");
         }
+    }
+    if let Some(task) = stream_task {
+        // It stops on shutdown; what it produced is flushed below.
+        let _ = tokio::time::timeout(drain, task).await;
     }
     if let Err(err) = producer.flush(drain).await {
         tracing::error!(message = "producer flush on shutdown failed", error = %err);

@@ -45,6 +45,7 @@ pub fn router(sim: Sim) -> Router {
             post(replay_account_activity),
         )
         .merge(crate::activity::router())
+        .merge(crate::stream::router())
         .layer(middleware::from_fn_with_state(sim.clone(), api_faults))
         .with_state(sim)
 }

@@ -73,6 +73,15 @@ async fn live(sim: Sim, seq: u64, failures: usize) {
             .map(|w| (w.url.clone(), w.valid));
         (target, owed.body.clone(), world.faults.clone())
     };
+    if crate::stream::carries(&sim, &body) {
+        if faults.in_outage(now) || sim.chance(faults.drop_share) {
+            record(&sim, seq, Route::Live, None, "dropped", false);
+            settle(&sim, seq);
+        } else {
+            crate::stream::send(&sim, seq, body);
+        }
+        return;
+    }
     let reason = match target {
         None => Some("webhook_deleted"),
         Some((_, false)) => Some("webhook_invalid"),

@@ -19,6 +19,7 @@ pub mod generate;
 mod replay;
 pub mod send;
 pub mod state;
+pub mod stream;
 pub mod xaa;
 
 use std::net::SocketAddr;
@@ -85,6 +86,10 @@ pub struct SimArgs {
     /// API), or `both` (every activity once in each, as during a migration).
     #[arg(long, env = "AAA_SIM_FORMAT", value_enum, default_value = "aaa")]
     pub format: xaa::Format,
+    /// Deliver XAA events on the persistent stream (GET /2/activity/stream)
+    /// instead of webhook POSTs (with --format xaa or both).
+    #[arg(long, env = "AAA_SIM_STREAM")]
+    pub stream: bool,
     /// Most X Activity API subscriptions one list page returns, whatever
     /// max_results asks for (X may return fewer; clients follow next_token).
     #[arg(long, default_value_t = 1000)]
@@ -204,6 +209,8 @@ pub struct Shared {
     deliveries: tokio::sync::Semaphore,
     /// Wakes replay jobs held by the `hold` fault.
     pub(crate) release_jobs: tokio::sync::Notify,
+    /// Open `GET /2/activity/stream` connections.
+    pub(crate) stream: stream::StreamHub,
 }
 
 pub type Sim = Arc<Shared>;
@@ -283,6 +290,7 @@ pub fn build(args: SimArgs, clock: Clock) -> Result<Sim, Error> {
         world: Mutex::new(world),
         consumer_secret,
         release_jobs: tokio::sync::Notify::new(),
+        stream: stream::StreamHub::default(),
         deliveries: tokio::sync::Semaphore::new(args.delivery_concurrency.max(1)),
         chaos: Mutex::new(ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed)),
         args,

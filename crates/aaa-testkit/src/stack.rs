@@ -202,6 +202,22 @@ impl Stack {
         self.receiver.addr("public").await;
     }
 
+    /// Another receiver replica that also reads `sim`'s activity stream
+    /// (AAA_STREAM_URL), on its own port.
+    pub fn spawn_stream_receiver(&self, sim: &crate::SimProcess) -> Service {
+        let mut env: Vec<(&str, String)> = self
+            .receiver_env
+            .iter()
+            .filter(|(k, _)| *k != "AAA_LISTEN")
+            .cloned()
+            .collect();
+        env.push(("AAA_LISTEN", "127.0.0.1:0".into()));
+        env.push(("AAA_STREAM_URL", format!("{}/2/activity/stream", sim.url)));
+        env.push(("AAA_X_BEARER_TOKEN", sim.bearer.clone()));
+        env.push(("AAA_STREAM_STALL_SECS", "10".into()));
+        Service::spawn("stream-receiver", &self.bin, &["receiver"], &env)
+    }
+
     /// A watermark replica watching this stack's webhook at `sim`.
     pub fn spawn_watermark(&self, sim: &crate::SimProcess, replica: &str) -> Service {
         let mut env = vec![
