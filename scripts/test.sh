@@ -31,6 +31,7 @@ pg_start "$work/pg" -c fsync=off -c synchronous_commit=off -c full_page_writes=o
 
 export AAA_TEST_DATABASE_URL=$PG_URL
 export AAA_NISSHI_BIN=$NISSHI_BIN
+export AAA_PG_BIN=$PG_BIN
 export AAA_CHAOS_REPORT=$work/chaos.jsonl
 say "tests (unit, end-to-end and fault injection)"
 cargo test --workspace --locked --no-fail-fast "$@"

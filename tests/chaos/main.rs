@@ -124,6 +124,30 @@ async fn postgres_down_and_back() {
     run.settle("Postgres down and back").await;
 }
 
+/// The Postgres server itself crashes (`pg_ctl stop -m immediate`) under
+/// load, stays down for 5 real seconds, and is started again on the same
+/// data: the consumer retries its batch with backoff and commits no offset
+/// meanwhile; the watermark's rounds fail and resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_crashed_and_restarted() {
+    let server = aaa_testkit::PgServer::start();
+    let run = Run::start_with(StackOptions {
+        database_cluster: Some(server.admin_url()),
+        audit_minutes: 60,
+        ..StackOptions::scaled(300.0)
+    })
+    .await;
+    server.crash();
+    let down_since = std::time::Instant::now();
+    run.sim.generate(10).await;
+    run.consumer_noticed_write_failures().await;
+    // The fault's length, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(down_since.elapsed())).await;
+    server.start_again();
+    run.settle("Postgres server crashed, down 5 s, restarted")
+        .await;
+}
+
 /// Lock contention: another session holds an exclusive lock on `events` for
 /// 3 real seconds, so every write waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

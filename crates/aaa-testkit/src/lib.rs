@@ -7,6 +7,7 @@
 //! and `AAA_NISSHI_BIN`; outside it these tests explain what to run.
 
 mod broker;
+mod postgres;
 mod process;
 mod sim;
 mod stack;
@@ -15,6 +16,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use broker::Broker;
+pub use postgres::PgServer;
 pub use process::Service;
 pub use sim::{SIM_BEARER, SimProcess, Traffic, delivered_keys, stored_keys};
 pub use stack::{SECOND_WEBHOOK_ID, Stack, StackOptions};
@@ -80,22 +82,37 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    fn admin_url() -> String {
+    fn shared_cluster_url() -> String {
         std::env::var("AAA_TEST_DATABASE_URL").unwrap_or_else(|_| {
             panic!("AAA_TEST_DATABASE_URL is not set: run the tests through scripts/test.sh")
         })
     }
 
+    /// The cluster's superuser URL (of its `postgres` database).
+    fn admin_url(&self) -> String {
+        let (base, _) = self.url.rsplit_once('/').expect("URL has a database path");
+        format!("{base}/postgres")
+    }
+
     /// A new database with every migration applied.
     pub async fn migrated() -> TestDb {
-        let db = TestDb::empty().await;
+        TestDb::migrated_on(&Self::shared_cluster_url()).await
+    }
+
+    /// A new migrated database on another cluster (e.g. a [`PgServer`]).
+    pub async fn migrated_on(admin_url: &str) -> TestDb {
+        let db = TestDb::empty_on(admin_url).await;
         aaa_db::migrate(&db.pool).await.expect("migrations apply");
         db
     }
 
     /// A new database with nothing in it.
     pub async fn empty() -> TestDb {
-        let admin_url = Self::admin_url();
+        TestDb::empty_on(&Self::shared_cluster_url()).await
+    }
+
+    async fn empty_on(admin_url: &str) -> TestDb {
+        let admin_url = admin_url.to_owned();
         let admin = sqlx::PgPool::connect(&admin_url)
             .await
             .expect("connect to the test cluster");
@@ -151,7 +168,7 @@ impl TestDb {
     }
 
     async fn set_allow_connections(&self, allow: bool) {
-        let admin = sqlx::PgPool::connect(&Self::admin_url())
+        let admin = sqlx::PgPool::connect(&self.admin_url())
             .await
             .expect("connect to the test cluster");
         // The name is ours (a UUID), not input: safe to splice.

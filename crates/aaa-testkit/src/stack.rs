@@ -19,6 +19,9 @@ pub struct StackOptions {
     /// The watermark's audit slot in minutes (`AAA_WATERMARK_AUDIT_MINUTES`).
     /// Off by default so gap tests see only the windows their gaps cause.
     pub audit_minutes: u32,
+    /// Superuser URL of the cluster to create the test database on; the
+    /// shared test cluster when `None`.
+    pub database_cluster: Option<String>,
 }
 
 impl StackOptions {
@@ -68,6 +71,7 @@ impl Default for StackOptions {
             clock: None,
             heartbeat_secs: 10,
             audit_minutes: 0,
+            database_cluster: None,
         }
     }
 }
@@ -102,7 +106,10 @@ impl Stack {
         let broker = Broker::start().await;
         let topic = "aaa.raw".to_owned();
         broker.create_topic(&topic, options.partitions).await;
-        let db = TestDb::migrated().await;
+        let db = match &options.database_cluster {
+            Some(cluster) => TestDb::migrated_on(cluster).await,
+            None => TestDb::migrated().await,
+        };
         let writer_url = db.writer_url().await;
         let config_dir = tempfile::tempdir().expect("config dir");
         let webhook_id = "1146654567674912769".to_owned();
