@@ -417,8 +417,9 @@ async fn webhook_invalidated_by_crc() {
 
 /// A seeded mix: the receiver, the consumer and the broker each fail once,
 /// Postgres refuses writes, X duplicates, and X drops deliveries, in an order drawn from the
-/// seed (AAA_CHAOS_SEED). AAA_CHAOS_ROUNDS repeats it with the next seeds:
-/// the soak (docs/chaos.md).
+/// seed (AAA_CHAOS_SEED). AAA_CHAOS_ROUNDS repeats it with the next seeds,
+/// AAA_CHAOS_DURATION_SECS until that long has passed: the soak
+/// (docs/chaos.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_mix() {
     let env = |name: &str, default: u64| {
@@ -428,8 +429,12 @@ async fn random_mix() {
             .unwrap_or(default)
     };
     let (seed, rounds) = (env("AAA_CHAOS_SEED", 7), env("AAA_CHAOS_ROUNDS", 1));
+    // A soak for a duration: rounds go on until it has passed.
+    let duration = Duration::from_secs(env("AAA_CHAOS_DURATION_SECS", 0));
+    let began = std::time::Instant::now();
     let mut run = Run::start().await;
-    for round in 0..rounds {
+    let mut round = 0;
+    while round < rounds || began.elapsed() < duration {
         let order = shuffled(6, seed + round);
         eprintln!(
             "random mix, seed {}: faults in order {order:?}",
@@ -465,8 +470,9 @@ async fn random_mix() {
             }
             run.wait_sim(TimeDelta::minutes(2)).await;
         }
+        round += 1;
     }
-    run.settle(&format!("random mix (seed {seed}, {rounds} round(s))"))
+    run.settle(&format!("random mix (seed {seed}, {round} round(s))"))
         .await;
 }
 

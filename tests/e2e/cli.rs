@@ -398,7 +398,7 @@ async fn xaa_subscriptions_and_the_migration_from_the_cli() {
             .ok(&["subscriptions", "activity", "list", "--json"], &[])
             .json()
     };
-    let per_account = aaa_xapi::MIGRATED_EVENT_TYPES.len();
+    let per_account = aaa_xapi::migrated_event_types().len();
 
     let dry = operator.ok(
         &[

@@ -101,7 +101,11 @@ pub struct Summary {
     pub delivered: u64,
     pub delivered_live: u64,
     pub delivered_by_replay_only: u64,
+    /// Account activity owed and never delivered (live or by replay).
     pub missing: u64,
+    /// Replay job completions X never got through. Not activity, and X
+    /// never replays them: the watermark times the job out and resubmits.
+    pub missing_job_status: u64,
     pub pending: u64,
     pub attempts: u64,
     pub by_kind: BTreeMap<&'static str, u64>,
@@ -269,6 +273,8 @@ impl World {
             }
             if owed.pending {
                 summary.pending += 1;
+            } else if !owed.delivered() && owed.kind == "replay_job_status" {
+                summary.missing_job_status += 1;
             } else if !owed.delivered() {
                 summary.missing += 1;
             }

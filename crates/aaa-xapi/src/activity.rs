@@ -60,27 +60,22 @@ pub struct BulkDeleted {
 }
 
 /// The XAA event types that together carry what one account's Account
-/// Activity subscription delivered (`docs/xaa.md`); `oauth.revoke` is the
-/// app's, once per webhook.
-pub const MIGRATED_EVENT_TYPES: &[&str] = &[
-    "post.create",
-    "post.delete",
-    "post.mention.create",
-    "post.reply.create",
-    "post.quote.create",
-    "post.repost.create",
-    "like.create",
-    "follow.follow",
-    "follow.unfollow",
-    "block.block",
-    "block.unblock",
-    "mute.mute",
-    "mute.unmute",
-    "dm.sent",
-    "dm.received",
-    "dm.indicate_typing",
-    "dm.read",
-];
+/// Activity subscription delivered: every type the pipeline reads as an AAA
+/// activity (`aaa_events::xaa::kind_of`), so the plan and the parser cannot
+/// drift apart. `oauth.revoke` is the app's, planned once per webhook.
+pub fn migrated_event_types() -> Vec<&'static str> {
+    aaa_events::xaa::EVENT_TYPES
+        .iter()
+        .copied()
+        .filter(|t| {
+            *t != "oauth.revoke"
+                && !matches!(
+                    aaa_events::xaa::kind_of(t),
+                    aaa_events::ActivityKind::Xaa(_)
+                )
+        })
+        .collect()
+}
 
 /// The XAA subscriptions that cover what `accounts` (subscribed to
 /// `webhook_id` on the Account Activity API) receive, minus those that
@@ -102,8 +97,9 @@ pub fn plan_migration(
     let mut accounts = accounts.to_vec();
     accounts.sort();
     accounts.dedup();
+    let types = migrated_event_types();
     let per_account = accounts.iter().flat_map(|user| {
-        MIGRATED_EVENT_TYPES.iter().map(move |event_type| {
+        types.iter().map(move |event_type| {
             (
                 *event_type,
                 ActivityFilter {
@@ -297,7 +293,13 @@ mod tests {
     fn every_account_gets_every_family_once_and_the_app_one_revoke() {
         let accounts = vec!["2".to_owned(), "1".to_owned(), "2".to_owned()];
         let plan = plan_migration("w", &accounts, &[]);
-        assert_eq!(plan.len(), 2 * MIGRATED_EVENT_TYPES.len() + 1);
+        assert_eq!(plan.len(), 2 * migrated_event_types().len() + 1);
+        assert_eq!(
+            migrated_event_types().len(),
+            17,
+            "{:?}",
+            migrated_event_types()
+        );
         let revokes: Vec<_> = plan
             .iter()
             .filter(|s| s.event_type == "oauth.revoke")

@@ -11,8 +11,8 @@ mod credentials;
 mod error;
 
 pub use activity::{
-    ActivityFilter, ActivitySubscription, BulkDeleted, MIGRATED_EVENT_TYPES,
-    NewActivitySubscription, plan_migration,
+    ActivityFilter, ActivitySubscription, BulkDeleted, NewActivitySubscription,
+    migrated_event_types, plan_migration,
 };
 pub use client::{ReplayEndpoint, ReplayJob, SubscriptionCount, Webhook, XClient};
 pub use credentials::{Credentials, XApiArgs};
