@@ -534,3 +534,102 @@ async fn xaa_subscriptions_and_the_migration_from_the_cli() {
         )
         .refused(3, "DuplicateSubscriptionFailed");
 }
+
+/// The migration of docs/xaa.md, rehearsed on a running pipeline: live
+/// Account Activity traffic; `aaa subscriptions migrate` adds the XAA
+/// subscriptions (X then delivers both envelopes); the AAA subscriptions
+/// are removed account by account (XAA only from then on). Nothing is lost,
+/// and a post delivered in both envelopes is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let sim = stack.start_sim(aaa_testkit::SMALL_SIM_ARGS).await;
+    let operator = Operator {
+        env: vec![
+            ("AAA_X_API_BASE_URL".into(), sim.url.clone()),
+            ("AAA_X_BEARER_TOKEN".into(), SIM_BEARER.into()),
+        ],
+    };
+    let webhook = stack.webhook_id.as_str();
+    let traffic = stack.start_traffic(&sim, WAIT).await;
+    let stored_from_xaa = || async {
+        stack
+            .db
+            .count("SELECT count(*) FROM events WHERE context ? 'xaa'")
+            .await
+    };
+    assert_eq!(stored_from_xaa().await, 0, "AAA only before the migration");
+
+    let migrated = operator.ok(
+        &["subscriptions", "migrate", "--webhook", webhook, "--json"],
+        &[],
+    );
+    let accounts = migrated.json()["accounts"].as_u64().unwrap_or_default();
+    assert!(accounts > 0, "{}", migrated.stdout);
+    eventually(WAIT, "XAA copies stored during the overlap", || async {
+        (stored_from_xaa().await > 20).then_some(())
+    })
+    .await;
+
+    let users = operator
+        .ok(
+            &["subscriptions", "list", "--webhook", webhook, "--json"],
+            &[],
+        )
+        .json();
+    for user in users["user_ids"].as_array().into_iter().flatten() {
+        let user = user.as_str().expect("a user id");
+        operator.ok(
+            &[
+                "subscriptions",
+                "remove",
+                "--webhook",
+                webhook,
+                "--user",
+                user,
+            ],
+            &[],
+        );
+    }
+    let after_switch = stored_from_xaa().await;
+    eventually(WAIT, "XAA-only traffic stored", || async {
+        (stored_from_xaa().await > after_switch + 20).then_some(())
+    })
+    .await;
+    traffic.stop().await;
+    sim.settled(WAIT).await;
+
+    let expected = aaa_testkit::delivered_keys(&sim).await;
+    eventually(WAIT, "everything X delivered stored, once", || async {
+        (aaa_testkit::stored_keys(&stack.db).await == expected).then_some(())
+    })
+    .await;
+    let summary = sim.summary().await;
+    assert_eq!(summary["missing"], 0, "{summary}");
+    let truth = sim.truth().await;
+    let mut posts: Vec<(u64, String)> = truth
+        .iter()
+        .filter(|o| o["kind"] == "tweet_create_events" && o["delivered"] == true)
+        .map(|o| {
+            (
+                o["activity_id"].as_u64().unwrap_or_default(),
+                o["for_user_id"].to_string(),
+            )
+        })
+        .collect();
+    let owed_posts = posts.len();
+    posts.sort();
+    posts.dedup();
+    assert!(
+        owed_posts > posts.len(),
+        "some posts were owed in both envelopes"
+    );
+    assert_eq!(
+        stack
+            .db
+            .count("SELECT count(*) FROM events WHERE kind = 'tweet_create_events'")
+            .await,
+        posts.len() as i64,
+        "each post stored once per account, whichever envelope came first"
+    );
+}

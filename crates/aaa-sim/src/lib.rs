@@ -82,9 +82,11 @@ pub struct SimArgs {
     /// Chance that the other party of an interaction is subscribed too.
     #[arg(long, default_value_t = 0.3)]
     pub interaction_share: f64,
-    /// Which product's envelope deliveries use: `aaa`, `xaa` (the X Activity
-    /// API), or `both` (every activity once in each, as during a migration).
-    #[arg(long, env = "AAA_SIM_FORMAT", value_enum, default_value = "aaa")]
+    /// Which product's envelope deliveries use. `subscribed` (as X does):
+    /// AAA for accounts subscribed on the Account Activity API, XAA for
+    /// matching X Activity API subscriptions, both when both exist. `aaa`,
+    /// `xaa` or `both` force the envelope for every AAA-subscribed account.
+    #[arg(long, env = "AAA_SIM_FORMAT", value_enum, default_value = "subscribed")]
     pub format: xaa::Format,
     /// Deliver XAA events on the persistent stream (GET /2/activity/stream)
     /// instead of webhook POSTs (with --format xaa or both).
@@ -364,6 +366,67 @@ async fn bootstrap(sim: &Sim, url: String) -> Result<(), Error> {
     Ok(())
 }
 
+/// Where one delivery goes, in which envelope: AAA to every webhook the
+/// account is subscribed on (revokes: where the actor is), XAA to the
+/// webhook of every X Activity API subscription matching its event type and
+/// filter, or, when `format` forces one, everything AAA-routed in that
+/// envelope.
+fn routes(
+    world: &state::World,
+    format: xaa::Format,
+    delivery: &generate::Delivery,
+    actor: &String,
+    activity_id: u64,
+) -> Vec<(String, Vec<u8>)> {
+    let owner = delivery.for_user_id.as_ref().unwrap_or(actor);
+    let aaa_webhooks: Vec<String> = world
+        .subscriptions
+        .iter()
+        .filter(|(_, users)| users.contains(owner))
+        .map(|(id, _)| id.clone())
+        .collect();
+    // Opaque, stable per delivery, sometimes negative (as in X's examples).
+    let uuid = (activity_id as i64).wrapping_mul(0x5851_F42D_4C95_7F2D);
+    let xaa_body = || xaa::envelope(delivery, uuid);
+    let to_all = |body: Vec<u8>| -> Vec<(String, Vec<u8>)> {
+        aaa_webhooks
+            .iter()
+            .map(|w| (w.clone(), body.clone()))
+            .collect()
+    };
+    match format {
+        xaa::Format::Aaa => to_all(delivery.to_bytes()),
+        xaa::Format::Xaa => to_all(xaa_body().to_string().into_bytes()),
+        xaa::Format::Both => {
+            let mut routes = to_all(delivery.to_bytes());
+            routes.extend(to_all(xaa_body().to_string().into_bytes()));
+            routes
+        }
+        xaa::Format::Subscribed => {
+            let mut routes = to_all(delivery.to_bytes());
+            let body = xaa_body();
+            let data = &body["data"];
+            let mut webhooks: Vec<&String> = world
+                .activity_subscriptions
+                .iter()
+                .filter(|s| {
+                    s.event_type == data["event_type"]
+                        && s.filter["user_id"] == data["filter"]["user_id"]
+                        && (s.filter["direction"].is_null()
+                            || s.filter["direction"] == data["filter"]["direction"])
+                })
+                .filter_map(|s| s.webhook_id.as_ref())
+                .filter(|w| world.webhooks.contains_key(*w))
+                .collect();
+            webhooks.sort();
+            webhooks.dedup();
+            let bytes = body.to_string().into_bytes();
+            routes.extend(webhooks.into_iter().map(|w| (w.clone(), bytes.clone())));
+            routes
+        }
+    }
+}
+
 /// Generates `n` activities now and queues their deliveries; returns how
 /// many deliveries were owed.
 pub fn generate(sim: &Sim, n: usize) -> usize {
@@ -382,43 +445,32 @@ pub fn generate(sim: &Sim, n: usize) -> usize {
             let activity_id = world.activities;
             metrics::counter!("aaa_sim_activities_total", "kind" => activity.kind).increment(1);
             for delivery in &activity.deliveries {
-                // Revokes carry no for_user_id: they go where the actor is subscribed.
-                let owner = delivery.for_user_id.as_ref().unwrap_or(&activity.actor);
-                let webhooks: Vec<String> = world
-                    .subscriptions
-                    .iter()
-                    .filter(|(_, users)| users.contains(owner))
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                let mut bodies = Vec::new();
-                if sim.args.format != xaa::Format::Xaa {
-                    bodies.push(delivery.to_bytes());
-                }
-                if sim.args.format != xaa::Format::Aaa {
-                    // Opaque, stable per delivery, sometimes negative (as in X's examples).
-                    let uuid = (activity_id as i64)
-                        .wrapping_mul(0x5851_F42D_4C95_7F2D)
-                        .wrapping_add(bodies.len() as i64);
-                    bodies.push(xaa::envelope(delivery, uuid).to_string().into_bytes());
-                }
-                for webhook_id in webhooks {
-                    for body in &bodies {
-                        let seq = world.owe(
-                            activity_id,
-                            &webhook_id,
-                            delivery.for_user_id.clone(),
-                            delivery.kind,
-                            activity.at,
-                            body.clone(),
-                        );
-                        queued.push(seq);
-                    }
+                for (webhook_id, body) in routes(
+                    &world,
+                    sim.args.format,
+                    delivery,
+                    &activity.actor,
+                    activity_id,
+                ) {
+                    let seq = world.owe(
+                        activity_id,
+                        &webhook_id,
+                        delivery.for_user_id.clone(),
+                        delivery.kind,
+                        activity.at,
+                        body,
+                    );
+                    queued.push(seq);
                 }
             }
             if activity.kind == "user_event" {
                 for users in world.subscriptions.values_mut() {
                     users.remove(&activity.actor);
                 }
+                // The app lost the account: its XAA subscriptions end too.
+                world
+                    .activity_subscriptions
+                    .retain(|s| s.filter["user_id"].as_str() != Some(activity.actor.as_str()));
                 subscribed.retain(|id| *id != activity.actor);
             }
         }

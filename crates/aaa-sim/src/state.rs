@@ -187,9 +187,20 @@ impl World {
     }
 
     /// Every account subscribed on some webhook.
+    /// Accounts with a subscription of either product.
     pub fn subscribed_accounts(&self) -> Vec<String> {
-        let all: BTreeSet<&String> = self.subscriptions.values().flatten().collect();
-        all.into_iter().cloned().collect()
+        let all: BTreeSet<&str> = self
+            .subscriptions
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .chain(
+                self.activity_subscriptions
+                    .iter()
+                    .filter_map(|s| s.filter["user_id"].as_str()),
+            )
+            .collect();
+        all.into_iter().map(str::to_owned).collect()
     }
 
     pub fn remember_nonce(&mut self, consumer_key: &str, nonce: &str) -> bool {

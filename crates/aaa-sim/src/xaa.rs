@@ -13,6 +13,8 @@ use crate::generate::Delivery;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// As X does: each subscription delivers in its own product's envelope.
+    Subscribed,
     /// Account Activity API envelopes only.
     Aaa,
     /// X Activity API envelopes only.
