@@ -25,13 +25,26 @@ async fn post(sim: &Sim, url: &str, body: &[u8]) -> (String, bool) {
 }
 
 fn record(sim: &Sim, seq: u64, route: Route, job_id: Option<&str>, outcome: &str, ok: bool) {
-    let label = match route {
+    let via = match route {
         Route::Live => "live",
         Route::Replay => "replay",
     };
+    record_via(sim, seq, route, via, job_id, outcome, ok);
+}
+
+/// One attempt, in the ground truth as `route` and in the deliveries
+/// counter as `via` (the stream is a live route of its own there).
+pub(crate) fn record_via(
+    sim: &Sim,
+    seq: u64,
+    route: Route,
+    via: &'static str,
+    job_id: Option<&str>,
+    outcome: &str,
+    ok: bool,
+) {
     let result = if ok { "ok" } else { "failed" };
-    metrics::counter!("aaa_sim_deliveries_total", "route" => label, "result" => result)
-        .increment(1);
+    metrics::counter!("aaa_sim_deliveries_total", "route" => via, "result" => result).increment(1);
     let at = sim.clock.now();
     let mut world = sim.world();
     if let Some(owed) = world.owed.get_mut(seq as usize) {
@@ -49,7 +62,7 @@ fn record(sim: &Sim, seq: u64, route: Route, job_id: Option<&str>, outcome: &str
     }
 }
 
-fn settle(sim: &Sim, seq: u64) {
+pub(crate) fn settle(sim: &Sim, seq: u64) {
     if let Some(owed) = sim.world().owed.get_mut(seq as usize) {
         owed.pending = false;
     }

@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 
 use crate::Sim;
 use crate::api::{bearer_ok, unauthorized, x_error};
-use crate::state::{Attempt, Route};
+use crate::state::Route;
 
 /// Real time between keep-alives.
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
@@ -51,23 +51,10 @@ pub fn carries(sim: &Sim, body: &[u8]) -> bool {
     sim.args.stream && body.starts_with(b"{\"data\"")
 }
 
+/// A stream attempt is live and final (X does not retry on a stream).
 fn record(sim: &Sim, seq: u64, outcome: &str, ok: bool) {
-    let at = sim.clock.now();
-    let mut world = sim.world();
-    if let Some(owed) = world.owed.get_mut(seq as usize) {
-        owed.attempts.push(Attempt {
-            at,
-            route: Route::Live,
-            job_id: None,
-            outcome: outcome.to_owned(),
-            ok,
-        });
-        owed.delivered_live |= ok;
-        owed.pending = false;
-    }
-    let result = if ok { "ok" } else { "failed" };
-    metrics::counter!("aaa_sim_deliveries_total", "route" => "stream", "result" => result)
-        .increment(1);
+    crate::delivery::record_via(sim, seq, Route::Live, "stream", None, outcome, ok);
+    crate::delivery::settle(sim, seq);
 }
 
 /// Sends one owed delivery to every open connection (once: no retries).
