@@ -6,8 +6,8 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use aaa_testkit::{
-    Service, SimProcess, Stack, StackOptions, Traffic, delivered_keys, eventually, metric,
-    stored_keys,
+    Key, Service, SimProcess, Stack, StackOptions, Traffic, delivered_keys_in, eventually, keys_of,
+    metric, stored_keys,
 };
 use chrono::TimeDelta;
 use serde_json::{Value, json};
@@ -192,19 +192,6 @@ impl Run {
         .expect("replay windows")
     }
 
-    pub async fn wait_for_submitted_window(&self) {
-        eventually(WAIT, "a replay job submitted", || async {
-            (self
-                .stack
-                .db
-                .count("SELECT count(*) FROM replay_windows WHERE state = 'submitted'")
-                .await
-                > 0)
-            .then_some(())
-        })
-        .await;
-    }
-
     /// Sum of the samples whose line starts with `prefix` on the receiver's
     /// /metrics.
     pub async fn receiver_metric(&self, prefix: &str) -> f64 {
@@ -308,7 +295,9 @@ impl Run {
                 );
             }
         };
-        let expected = delivered_keys(&self.sim).await;
+        // Settled: the ground truth no longer changes; read it once.
+        let truth = self.sim.truth().await;
+        let expected = delivered_keys_in(&truth);
         eventually(
             WAIT,
             "Postgres to hold every delivered activity",
@@ -327,7 +316,7 @@ impl Run {
         // Postgres hold more than X saw delivered, and only what X attempted.
         let attempted_undelivered = match expect {
             Expect::NothingLost => Vec::new(),
-            Expect::AgedOut => attempted_undelivered_keys(&self.sim.truth().await),
+            Expect::AgedOut => attempted_undelivered_keys(&truth),
         };
         let extra: Vec<_> = stored
             .iter()
@@ -360,7 +349,6 @@ impl Run {
             .expect("expired windows");
         let expired_minutes: i64 = expired.iter().map(|(f, t)| (*t - *f).num_minutes()).sum();
 
-        let truth = self.sim.truth().await;
         let lost: Vec<&Value> = truth
             .iter()
             .filter(|owed| {
@@ -510,12 +498,10 @@ impl Run {
 /// and starts another.
 pub async fn kill_watermark_mid_replay(run: &mut Run) {
     run.sim.set_faults(json!({"replay_delay_ms": 20})).await;
-    run.wait_for_submitted_window().await;
+    run.stack.replay_in_flight(WAIT).await;
     run.watermark.kill();
     run.watermark = run.stack.spawn_watermark(&run.sim, "watermark-b");
 }
-
-type Key = (Option<String>, String, String);
 
 /// (owed seq, key) of what X attempted to deliver and never saw succeed.
 fn attempted_undelivered_keys(truth: &[Value]) -> Vec<(u64, Key)> {
@@ -523,19 +509,8 @@ fn attempted_undelivered_keys(truth: &[Value]) -> Vec<(u64, Key)> {
         .iter()
         .filter(|o| o["delivered"] != true)
         .filter(|o| o["attempts"].as_array().is_some_and(|a| !a.is_empty()))
-        .filter_map(|o| {
-            let envelope = aaa_events::parse_envelope(o["body"].to_string().as_bytes()).ok()?;
-            Some((o["seq"].as_u64()?, envelope))
-        })
-        .flat_map(|(seq, envelope)| {
-            let for_user_id = envelope.for_user_id.clone();
-            envelope.activities.into_iter().flatten().map(move |a| {
-                (
-                    seq,
-                    (for_user_id.clone(), a.kind.to_string(), a.natural_key),
-                )
-            })
-        })
+        .filter_map(|o| Some((o["seq"].as_u64()?, keys_of(o))))
+        .flat_map(|(seq, keys)| keys.into_iter().map(move |key| (seq, key)))
         .collect()
 }
 

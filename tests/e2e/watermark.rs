@@ -324,15 +324,7 @@ async fn two_replicas_never_double_submit_and_a_killed_one_is_taken_over() {
     traffic.stop().await;
 
     // Kill -9 one replica as soon as a job is in flight; the other finishes.
-    eventually(WAIT, "a replay in flight", || async {
-        (stack
-            .db
-            .count("SELECT count(*) FROM replay_windows WHERE state = 'submitted'")
-            .await
-            > 0)
-        .then_some(())
-    })
-    .await;
+    stack.replay_in_flight(WAIT).await;
     first.kill();
     converged(&stack, &sim).await;
     assert_no_overlapping_jobs(&sim).await;

@@ -53,7 +53,10 @@ fn deliveries(accounts: usize, n: usize, seed: u64) -> Vec<aaa_sim::generate::De
 
 /// Distinct (account, kind, natural key) triples: one `events` row each.
 fn expected_events(bodies: &[Vec<u8>]) -> usize {
-    let keys: HashSet<_> = bodies.iter().flat_map(|b| crate::e2e::keys_of(b)).collect();
+    let keys: HashSet<_> = bodies
+        .iter()
+        .flat_map(|b| aaa_testkit::keys_in(b).unwrap_or_default())
+        .collect();
     keys.len()
 }
 

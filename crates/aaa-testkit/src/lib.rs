@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 pub use broker::Broker;
 pub use postgres::PgServer;
 pub use process::Service;
-pub use sim::{SIM_BEARER, SimProcess, Traffic, delivered_keys, stored_keys};
+pub use sim::{
+    Key, SIM_BEARER, SimProcess, Traffic, delivered_keys, delivered_keys_in, keys_in, keys_of,
+    stored_keys,
+};
 pub use stack::{SECOND_WEBHOOK_ID, Stack, StackOptions};
 
 /// Polls `probe` until it returns `Some`, or panics after `timeout` naming

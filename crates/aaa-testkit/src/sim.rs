@@ -134,23 +134,46 @@ impl SimProcess {
     }
 }
 
-/// (for_user_id, kind, natural key) of every activity the simulator got a 2xx
-/// for, sorted: what Postgres must hold, exactly.
-pub async fn delivered_keys(sim: &SimProcess) -> Vec<(Option<String>, String, String)> {
-    let mut keys = Vec::new();
-    for line in sim.truth().await.iter().filter(|l| l["delivered"] == true) {
-        let body = line["body"].to_string();
-        let envelope = aaa_events::parse_envelope(body.as_bytes())
-            .expect("the simulator sends readable envelopes");
-        for activity in envelope.activities {
-            let activity = activity.expect("identifiable activity");
-            keys.push((
+/// How Postgres identifies an activity: (for_user_id, kind, natural key).
+pub type Key = (Option<String>, String, String);
+
+/// The keys of the activities a delivery body holds; an error when the body
+/// is unreadable or an activity cannot be identified.
+pub fn keys_in(body: &[u8]) -> Result<Vec<Key>, String> {
+    let envelope = aaa_events::parse_envelope(body).map_err(|e| e.to_string())?;
+    envelope
+        .activities
+        .into_iter()
+        .map(|activity| {
+            let activity = activity.map_err(|e| e.to_string())?;
+            Ok((
                 envelope.for_user_id.clone(),
                 activity.kind.to_string(),
                 activity.natural_key,
-            ));
-        }
-    }
+            ))
+        })
+        .collect()
+}
+
+/// The keys of the activities in one owed delivery of the ground truth.
+pub fn keys_of(owed: &serde_json::Value) -> Vec<Key> {
+    keys_in(owed["body"].to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("the simulator sends readable, identifiable activity: {e}"))
+}
+
+/// The key of every activity the simulator got a 2xx for, sorted: what
+/// Postgres must hold, exactly.
+pub async fn delivered_keys(sim: &SimProcess) -> Vec<Key> {
+    delivered_keys_in(&sim.truth().await)
+}
+
+/// [`delivered_keys`] of a ground truth already read.
+pub fn delivered_keys_in(truth: &[serde_json::Value]) -> Vec<Key> {
+    let mut keys: Vec<Key> = truth
+        .iter()
+        .filter(|l| l["delivered"] == true)
+        .flat_map(keys_of)
+        .collect();
     keys.sort();
     // The same activity may be owed more than once (in both formats during
     // an AAA to XAA migration): stored once.
@@ -159,12 +182,11 @@ pub async fn delivered_keys(sim: &SimProcess) -> Vec<(Option<String>, String, St
 }
 
 /// The same triple for every row of `events`, sorted.
-pub async fn stored_keys(db: &crate::TestDb) -> Vec<(Option<String>, String, String)> {
-    let mut stored: Vec<(Option<String>, String, String)> =
-        sqlx::query_as("SELECT for_user_id, kind, natural_key FROM events")
-            .fetch_all(&db.pool)
-            .await
-            .expect("events");
+pub async fn stored_keys(db: &crate::TestDb) -> Vec<Key> {
+    let mut stored: Vec<Key> = sqlx::query_as("SELECT for_user_id, kind, natural_key FROM events")
+        .fetch_all(&db.pool)
+        .await
+        .expect("events");
     stored.sort();
     stored
 }

@@ -300,6 +300,19 @@ impl Stack {
         traffic
     }
 
+    /// Waits until a replay job is in flight (a window `submitted`).
+    pub async fn replay_in_flight(&self, timeout: Duration) {
+        eventually(timeout, "a replay job in flight", || async {
+            (self
+                .db
+                .count("SELECT count(*) FROM replay_windows WHERE state = 'submitted'")
+                .await
+                > 0)
+            .then_some(())
+        })
+        .await;
+    }
+
     /// Deliveries the receiver answered with `outcome` (`ok`,
     /// `bad_signature`, `broker_unavailable`, ...).
     pub async fn delivery_outcomes(&self, outcome: &str) -> f64 {
