@@ -167,7 +167,7 @@ impl Watermark {
         let registered_at = self.check_validity(conn, webhook, now).await?;
         let busy = self.follow_in_flight(conn, webhook, now).await?;
         if let Some((start, horizon)) = self.tracked(conn, webhook, now, registered_at).await? {
-            self.record_gaps(conn, webhook, now, start, horizon).await?;
+            let windows = self.record_gaps(conn, webhook, now, start, horizon).await?;
             sqlx::query(
                 "INSERT INTO watermark_progress (webhook_id, judged_to) VALUES ($1, $2)
                  ON CONFLICT (webhook_id) DO UPDATE SET judged_to = greatest(watermark_progress.judged_to, excluded.judged_to)",
@@ -176,7 +176,7 @@ impl Watermark {
             .bind(horizon)
             .execute(&mut *conn)
             .await?;
-            self.record_audits(conn, webhook, now, start, horizon)
+            self.record_audits(conn, webhook, now, start, horizon, &windows)
                 .await?;
         }
         if !busy {
@@ -466,7 +466,8 @@ impl Watermark {
     }
 
     /// Finds uncovered minutes not yet planned, and records them as pending
-    /// (or expired) windows.
+    /// (or expired) windows. Returns every window since `start`, those just
+    /// recorded included.
     async fn record_gaps(
         &self,
         conn: &mut PgConnection,
@@ -474,7 +475,7 @@ impl Watermark {
         now: DateTime<Utc>,
         start: DateTime<Utc>,
         horizon: DateTime<Utc>,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<Interval>, Error> {
         let beats: Vec<(DateTime<Utc>, DateTime<Utc>, i64)> = sqlx::query_as(
             "SELECT covered_from, covered_to, refused FROM coverage_heartbeats WHERE webhook_id = $1 AND covered_to >= $2",
         )
@@ -496,7 +497,7 @@ impl Watermark {
                 .fetch_all(&mut *conn)
                 .await?;
         let invalid = invalid_periods(&checks, now);
-        let settled = self.windows_since(conn, webhook, start).await?;
+        let mut settled = self.windows_since(conn, webhook, start).await?;
         let gaps = uncovered(start, horizon, &heartbeats, &invalid, &settled);
         let minutes: i64 = gaps.iter().map(Interval::minutes).sum();
         metrics::gauge!("aaa_watermark_uncovered_minutes", "webhook" => webhook.to_owned())
@@ -507,22 +508,25 @@ impl Watermark {
                     tracing::info!(message = "gap found: window planned for replay", webhook, from = %window.from, to = %window.to);
                     self.insert_window(conn, webhook, window, GAP, "pending", now)
                         .await?;
+                    settled.push(window);
                 }
                 Step::Expired(window) => {
                     tracing::error!(message = "gap older than X's 24 h replay limit: these minutes cannot be recovered", webhook, from = %window.from, to = %window.to);
                     metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(window.minutes() as u64);
                     self.insert_window(conn, webhook, window, GAP, "expired", now)
                         .await?;
+                    settled.push(window);
                 }
                 Step::Wait { window, until } => {
                     tracing::debug!(message = "gap not replayable yet (X replays windows at least 31 min old)", webhook, from = %window.from, to = %window.to, until = %until);
                 }
             }
         }
-        Ok(())
+        Ok(settled)
     }
 
-    /// Opens an audit window for every closed slot no window replayed yet.
+    /// Opens an audit window for every closed slot no window (of `windows`,
+    /// all since `start`) replayed yet.
     async fn record_audits(
         &self,
         conn: &mut PgConnection,
@@ -530,12 +534,12 @@ impl Watermark {
         now: DateTime<Utc>,
         start: DateTime<Utc>,
         horizon: DateTime<Utc>,
+        windows: &[Interval],
     ) -> Result<(), Error> {
         if self.audit_span <= TimeDelta::zero() {
             return Ok(());
         }
-        let windows = self.windows_since(conn, webhook, start).await?;
-        for window in plan_audits(now, start, horizon, self.audit_span, &windows) {
+        for window in plan_audits(now, start, horizon, self.audit_span, windows) {
             tracing::info!(message = "closed slot planned for an audit replay", webhook, from = %window.from, to = %window.to);
             self.insert_window(conn, webhook, window, AUDIT, "pending", now)
                 .await?;
