@@ -156,6 +156,17 @@ pub(crate) fn parse(mut object: Map<String, Value>) -> Result<Envelope, Envelope
     };
     context.insert("xaa".into(), Value::Object(meta));
     let several = views.len() > 1;
+    // Kinds whose AAA key XAA carries the fields for (so both formats share it).
+    let shared = matches!(
+        kind,
+        ActivityKind::ReplayJobStatus
+            | ActivityKind::TweetCreate
+            | ActivityKind::Favorite
+            | ActivityKind::DirectMessage
+            | ActivityKind::DirectMessageTyping
+            | ActivityKind::DirectMessageMarkRead
+            | ActivityKind::UserEvent
+    );
     let activities = views
         .into_iter()
         .enumerate()
@@ -165,16 +176,6 @@ pub(crate) fn parse(mut object: Map<String, Value>) -> Result<Envelope, Envelope
                 index,
                 path,
             })?;
-            let shared = matches!(
-                kind,
-                ActivityKind::ReplayJobStatus
-                    | ActivityKind::TweetCreate
-                    | ActivityKind::Favorite
-                    | ActivityKind::DirectMessage
-                    | ActivityKind::DirectMessageTyping
-                    | ActivityKind::DirectMessageMarkRead
-                    | ActivityKind::UserEvent
-            );
             let key = match (shared, natural_key(&kind, &view)) {
                 (true, Ok(key)) => key,
                 _ => match &event_uuid {

@@ -119,7 +119,7 @@ pub async fn run(
         if delivered {
             backoff = Duration::from_secs(1);
         }
-        let jitter = Duration::from_millis(rand_millis(backoff.as_millis() as u64 / 2));
+        let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
         let wait = backoff + jitter;
         tracing::warn!(message = "activity stream disconnected; reconnecting with backfill", reason = %ended, retry_in_ms = wait.as_millis() as u64, backfill_minutes = source.backfill_minutes);
         tokio::select! {
@@ -128,17 +128,6 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-}
-
-fn rand_millis(below: u64) -> u64 {
-    if below == 0 {
-        return 0;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or_default();
-    nanos % below
 }
 
 /// One connection; returns why it ended and whether it delivered anything.
