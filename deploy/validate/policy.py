@@ -20,6 +20,14 @@ MIN_RETENTION_MS = 72 * 3600 * 1000
 # deliveries into 503s forever.
 MIN_TOPIC_MESSAGE_BYTES = 1024 * 1024 + 64 * 1024
 SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "DATABASE_URL")
+# What each service may do on Kafka, and nothing more: (resource type,
+# resource name or None for the cluster, operation). "raw" stands for the
+# raw topic and "group" for the consumer group the consumer runs in.
+KAFKA_NEEDS = {
+    "receiver": {("topic", "raw", "Write"), ("topic", "raw", "Describe"), ("cluster", None, "IdempotentWrite")},
+    "watermark": {("topic", "raw", "Write"), ("topic", "raw", "Describe"), ("cluster", None, "IdempotentWrite")},
+    "consumer": {("topic", "raw", "Read"), ("topic", "raw", "Describe"), ("group", "group", "Read")},
+}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 
 
@@ -211,6 +219,65 @@ def check_graceful_shutdown(objs):
     return findings
 
 
+def config_value(objs, workload, key):
+    """A setting of the workload: its env, else a ConfigMap it takes envFrom."""
+    c = containers(workload)[0]
+    for e in c.get("env", []):
+        if e["name"] == key and "value" in e:
+            return e["value"]
+    for ref in c.get("envFrom", []):
+        cm_name = ref.get("configMapRef", {}).get("name")
+        for cm in objs:
+            if cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == cm_name and same_namespace(cm, workload):
+                if key in cm.get("data", {}):
+                    return cm["data"][key]
+    return None
+
+
+def check_kafka_access(objs):
+    """Each Kafka client authenticates as its own KafkaUser, whose ACLs grant
+    exactly what the service needs on the raw topic (least privilege)."""
+    findings = []
+    users = {o["metadata"]["name"]: o for o in objs if o["kind"] == "KafkaUser"}
+    for obj in objs:
+        component = pod_labels(obj).get("app.kubernetes.io/name") if obj["kind"] == "Deployment" else None
+        if component not in KAFKA_NEEDS:
+            continue
+        properties = config_value(objs, obj, "AAA_KAFKA_PROPERTIES_FILE")
+        secrets = [v["secret"]["secretName"] for v in pod_spec(obj).get("volumes", []) if "secret" in v]
+        if properties is None or f"aaa-kafka-{component}" not in secrets:
+            findings.append(f"{name(obj)}: no Kafka credentials of its own (AAA_KAFKA_PROPERTIES_FILE from Secret aaa-kafka-{component})")
+        user = users.get(f"aaa-{component}")
+        if user is None:
+            findings.append(f"{name(obj)}: no KafkaUser aaa-{component}")
+            continue
+        spec = user["spec"]
+        if spec.get("authentication", {}).get("type") not in ("scram-sha-512", "tls"):
+            findings.append(f"{name(user)}: no authentication")
+        if spec.get("authorization", {}).get("type") != "simple":
+            findings.append(f"{name(user)}: no ACLs (authorization type simple)")
+            continue
+        raw = config_value(objs, obj, "AAA_RAW_TOPIC")
+        group = config_value(objs, obj, "AAA_CONSUMER_GROUP")
+        granted = set()
+        for acl in spec["authorization"].get("acls", []):
+            resource = acl["resource"]
+            kind = resource["type"]
+            rname = resource.get("name")
+            if resource.get("patternType", "literal") != "literal" or rname == "*":
+                findings.append(f"{name(user)}: ACL on {kind} {rname} is a pattern, not one resource")
+                continue
+            alias = {raw: "raw"}.get(rname) if kind == "topic" else ({group: "group"}.get(rname) if kind == "group" else None)
+            for op in acl.get("operations", []):
+                granted.add((kind, alias if alias else rname, op))
+        needs = KAFKA_NEEDS[component]
+        for extra in sorted(granted - needs, key=str):
+            findings.append(f"{name(user)}: grants {extra[2]} on {extra[0]} {extra[1]}, which {component} does not need")
+        for missing in sorted(needs - granted, key=str):
+            findings.append(f"{name(user)}: lacks {missing[2]} on {missing[0]} {missing[1]}")
+    return findings
+
+
 def check_no_secret_values(objs):
     return [f"{name(o)}: Secret values do not belong in the manifests; reference a Secret created out of band"
             for o in objs if o["kind"] == "Secret"]
@@ -223,6 +290,7 @@ RULES = (
     check_replicas,
     check_topics,
     check_graceful_shutdown,
+    check_kafka_access,
     check_no_secret_values,
 )
 

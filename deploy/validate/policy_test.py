@@ -39,6 +39,31 @@ class PolicyTest(unittest.TestCase):
     def test_rendered_overlay_is_clean(self):
         self.assertEqual(policy.check(self.objs), [])
 
+    def test_receiver_may_not_read_the_raw_topic(self):
+        acls = find(self.objs, "KafkaUser", "aaa-receiver")["spec"]["authorization"]["acls"]
+        acls[0]["operations"].append("Read")
+        self.assertFinding("grants Read on topic raw, which receiver does not need")
+
+    def test_consumer_may_not_write(self):
+        acls = find(self.objs, "KafkaUser", "aaa-consumer")["spec"]["authorization"]["acls"]
+        acls[0]["operations"].append("Write")
+        self.assertFinding("grants Write on topic raw, which consumer does not need")
+
+    def test_wildcard_acl(self):
+        acls = find(self.objs, "KafkaUser", "aaa-watermark")["spec"]["authorization"]["acls"]
+        acls.append({"resource": {"type": "topic", "name": "*"}, "operations": ["All"]})
+        self.assertFinding("is a pattern, not one resource")
+
+    def test_missing_kafka_user(self):
+        self.objs.remove(find(self.objs, "KafkaUser", "aaa-consumer"))
+        self.assertFinding("no KafkaUser aaa-consumer")
+
+    def test_shared_kafka_credentials(self):
+        pod = find(self.objs, "Deployment", "aaa-watermark")["spec"]["template"]["spec"]
+        kafka = next(v for v in pod["volumes"] if v["name"] == "kafka")
+        kafka["secret"]["secretName"] = "aaa-kafka-receiver"
+        self.assertFinding("no Kafka credentials of its own")
+
     def test_missing_probe(self):
         del container(self.objs, "aaa-consumer")["readinessProbe"]
         self.assertFinding("no readinessProbe")

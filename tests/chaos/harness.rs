@@ -81,6 +81,9 @@ pub struct Run {
     /// receipt), so the latest change per relationship is only comparable
     /// with ground truth for AAA-only traffic.
     relationships_comparable: bool,
+    /// Authentic bodies Postgres refuses for good (`inject_poison`): each must
+    /// end up in `dead_letters`, and nothing else may.
+    poison: Vec<Vec<u8>>,
 }
 
 impl Run {
@@ -112,6 +115,7 @@ impl Run {
             traffic: Some(traffic),
             clock,
             relationships_comparable: !sim_args.contains(&"--format"),
+            poison: Vec::new(),
         }
     }
 
@@ -165,6 +169,44 @@ impl Run {
             .await
             .expect("replay request");
         assert_eq!(answer.status(), 200, "the operator's replay was accepted");
+    }
+
+    /// Posts, signed as X would, one body of each kind Postgres refuses for
+    /// good (NUL in a key, in a post's text, a timestamp before 4713 BC, a key
+    /// too long for its index) for each of `accounts` (so several partitions).
+    /// The receiver accepts them: they are authentic.
+    pub async fn inject_poison(&mut self, accounts: std::ops::Range<u64>, tag: &str) {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let client = reqwest::Client::new();
+        for account in accounts {
+            let user = format!("{}", 9_000_000 + account);
+            let long_key: String = (0..20_000)
+                .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+                .collect();
+            let bodies = [
+                json!({"for_user_id": user, "favorite_events": [{"id": format!("{tag}\u{0}{account}"), "timestamp_ms": "1700000000000"}]}),
+                json!({"for_user_id": user, "tweet_create_events": [{"id_str": format!("{tag}-nul-{account}"), "text": "a\u{0}b", "timestamp_ms": "1700000000000", "user": {"id_str": user}}]}),
+                json!({"for_user_id": user, "favorite_events": [{"id": format!("{tag}-bc-{account}"), "timestamp_ms": "-300000000000000"}]}),
+                json!({"for_user_id": user, "favorite_events": [{"id": long_key, "timestamp_ms": "1700000000000"}]}),
+            ];
+            for body in bodies {
+                let body = body.to_string().into_bytes();
+                let status = client
+                    .post(&self.stack.webhook_url)
+                    .header(
+                        aaa_signing::SIGNATURE_HEADER,
+                        aaa_signing::sign(self.stack.secret.as_bytes(), &body),
+                    )
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("an answer")
+                    .status();
+                assert_eq!(status, 200, "the receiver accepts an authentic body");
+                self.poison.push(body);
+            }
+        }
     }
 
     /// The scenario's simulated now.
@@ -334,12 +376,24 @@ impl Run {
                 expected.len()
             );
         }
-        let dead_letters = self
-            .stack
-            .db
-            .count("SELECT count(*) FROM dead_letters")
-            .await;
-        assert_eq!(dead_letters, 0, "{scenario}: no dead letters");
+        let dead: Vec<(Vec<u8>, String, String)> =
+            sqlx::query_as("SELECT raw, error_kind, reason FROM dead_letters")
+                .fetch_all(&self.stack.db.pool)
+                .await
+                .expect("dead letters");
+        for poison in &self.poison {
+            let kept = dead.iter().find(|(raw, _, _)| raw == poison);
+            assert!(
+                kept.is_some_and(|(_, kind, reason)| kind == "rejected_by_database"
+                    && reason.starts_with("SQLSTATE ")),
+                "{scenario}: a poison record is a dead letter with its bytes and reason: {kept:?}"
+            );
+        }
+        let others = dead
+            .iter()
+            .filter(|(raw, _, _)| !self.poison.contains(raw))
+            .count();
+        assert_eq!(others, 0, "{scenario}: no dead letters");
         let expired: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
             sqlx::query_as(
                 "SELECT window_from, window_to FROM replay_windows WHERE state = 'expired'",

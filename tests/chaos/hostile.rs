@@ -22,15 +22,40 @@ async fn post(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> u16 {
     request.send().await.expect("an answer").status().as_u16()
 }
 
-/// Headers, then a body that trickles in a byte a second: the receiver must
-/// give up on it (body timeout) rather than hold the slot forever.
-async fn slow_body(url: &str, signature: &str) -> String {
+async fn connect(url: &str) -> tokio::net::TcpStream {
     let url = reqwest::Url::parse(url).unwrap();
     let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+/// Sends `first` on a fresh connection, then nothing: how long until the
+/// receiver closes it (reads drain whatever it answered).
+async fn closed_after(url: &str, first: &[u8]) -> Duration {
+    let mut stream = connect(url).await;
+    let started = std::time::Instant::now();
+    stream.write_all(first).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "connection still open after 30 s");
+    started.elapsed()
+}
+
+/// Headers, then a body that trickles in a byte a second: the receiver must
+/// give up on it (total request deadline) rather than hold the slot forever.
+async fn slow_body(url: &str, signature: &str) -> String {
+    let mut stream = connect(url).await;
+    let path = reqwest::Url::parse(url).unwrap().path().to_owned();
     let head = format!(
         "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nx-twitter-webhooks-signature: {signature}\r\n\r\n",
-        url.path()
+        path
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let trickle = async {
@@ -54,7 +79,17 @@ async fn slow_body(url: &str, signature: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_counted_and_good_ones_land() {
-    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let stack = Stack::start(
+        BIN,
+        StackOptions {
+            receiver_env: vec![
+                ("AAA_REQUEST_TIMEOUT_MS", "3000".into()),
+                ("AAA_HEADER_READ_TIMEOUT_MS", "2000".into()),
+            ],
+            ..StackOptions::default()
+        },
+    )
+    .await;
     let url = stack.webhook_url.clone();
     let sign = |body: &[u8]| aaa_signing::sign(stack.secret.as_bytes(), body);
     let signed = |body: &[u8]| -> Headers { vec![(aaa_signing::SIGNATURE_HEADER, sign(body))] };
@@ -92,9 +127,19 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
         next_good().await;
     }
 
-    // Too large: 413.
+    // Too large: 413. Unsigned, counted only; signed by X, its trace is kept.
     let huge = vec![b'{'; 2 * 1024 * 1024];
+    assert_eq!(post(&url, huge.clone(), &signed(b"other")).await, 413);
+    next_good().await;
     assert_eq!(post(&url, huge.clone(), &signed(&huge)).await, 413);
+    next_good().await;
+
+    // A CRC answer replayed as a delivery's signature: refused.
+    let token = "0123456789abcdef";
+    assert_eq!(
+        post(&url, token.into(), &signed(token.as_bytes())).await,
+        401
+    );
     next_good().await;
 
     // Authentic but unreadable: accepted (X must not retry them forever) and
@@ -118,19 +163,40 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
     headers.push(("content-type", "text/plain; charset=latin1".into()));
     assert_eq!(post(&url, body, &headers).await, 200);
 
-    // Slowloris: the receiver answers 400 after its body timeout.
+    // Slowloris: the receiver answers 408 at its request deadline (3 s),
+    // although bytes keep arriving.
+    let started = std::time::Instant::now();
     let answer = slow_body(&url, &sign(b"x")).await;
     assert!(
-        answer.starts_with("HTTP/1.1 400"),
+        answer.starts_with("HTTP/1.1 408"),
         "slow body answered {answer:?}"
     );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Connections that send nothing, half a header, or idle after a request
+    // are closed at the header deadline (2 s), not held.
+    let path = reqwest::Url::parse(&url).unwrap().path().to_owned();
+    let crc = format!("GET {path}?crc_token=abc HTTP/1.1\r\nHost: x\r\n\r\n");
+    let half = format!("POST {path} HTTP/1.1\r\nHost: x\r\n");
+    for first in [&b""[..], half.as_bytes(), crc.as_bytes()] {
+        let open_for = closed_after(&url, first).await;
+        assert!(
+            open_for >= Duration::from_millis(1500) && open_for < Duration::from_secs(8),
+            "{:?} closed after {open_for:?}",
+            String::from_utf8_lossy(first)
+        );
+    }
 
     // Healthy, every good delivery stored, the garbage only as dead letters.
     let health = reqwest::get(format!("{}/healthz", stack.receiver_admin))
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let good_sent = unauthenticated.len() + 1 + garbage.len() + 1;
+    let good_sent = unauthenticated.len() + 3 + garbage.len() + 1;
     eventually(
         Duration::from_secs(60),
         "good deliveries and dead letters",
@@ -140,14 +206,16 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
                 .count("SELECT count(DISTINCT request_id) FROM events")
                 .await;
             let dead = stack.db.count("SELECT count(*) FROM dead_letters").await;
-            (events == good_sent as i64 && dead == garbage.len() as i64).then_some(())
+            (events == good_sent as i64 && dead == garbage.len() as i64 + 1).then_some(())
         },
     )
     .await;
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT raw FROM dead_letters ORDER BY id")
-        .fetch_all(&stack.db.pool)
-        .await
-        .unwrap();
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT raw FROM dead_letters WHERE error_kind <> 'too_large' ORDER BY id",
+    )
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
     let mut expected = garbage.clone();
     expected.sort();
     let mut stored_sorted = stored;
@@ -158,9 +226,84 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
         unauthenticated.len() as f64
     );
     assert_eq!(stack.delivery_outcomes("too_large").await, 1.0);
-    assert_eq!(stack.delivery_outcomes("bad_request").await, 1.0);
+    assert_eq!(stack.delivery_outcomes("too_large_authentic").await, 1.0);
+    assert_eq!(stack.delivery_outcomes("forged").await, 1.0);
     assert_eq!(
         stack.delivery_outcomes("ok").await,
         (good_sent + garbage.len()) as f64
     );
+
+    // Of all the refusals, only the authentic oversized body reaches the
+    // heartbeats (and so may become a replay): junk is counted, not a gap.
+    eventually(
+        Duration::from_secs(60),
+        "heartbeats covering every accepted delivery",
+        || async {
+            let accepted = stack
+                .db
+                .count("SELECT coalesce(sum(accepted), 0)::int8 FROM coverage_heartbeats")
+                .await;
+            (accepted == (good_sent + garbage.len()) as i64).then_some(())
+        },
+    )
+    .await;
+    let refused: Vec<(i64, serde_json::Value)> =
+        sqlx::query_as("SELECT refused, refused_by FROM coverage_heartbeats WHERE refused > 0")
+            .fetch_all(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        refused,
+        [(1, serde_json::json!({"too_large_authentic": 1}))],
+        "only X's oversized delivery counts against coverage"
+    );
+}
+
+/// Past the concurrency limit, requests are shed at once with 503 (X
+/// retries) instead of queueing behind a stalled broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_concurrency_limit_are_shed_with_503() {
+    let stack = Stack::start(
+        BIN,
+        StackOptions {
+            receiver_env: vec![("AAA_MAX_CONCURRENT_REQUESTS", "2".into())],
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let url = stack.webhook_url.clone();
+    let body = b"{\"for_user_id\":\"1\",\"favorite_events\":[{\"id\":\"shed\"}]}".to_vec();
+    let headers = vec![(
+        aaa_signing::SIGNATURE_HEADER,
+        aaa_signing::sign(stack.secret.as_bytes(), &body),
+    )];
+    // Two requests hold both slots while the broker does not answer.
+    stack.broker.pause();
+    let holding: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, body, headers) = (url.clone(), body.clone(), headers.clone());
+            tokio::spawn(async move { post(&url, body, &headers).await })
+        })
+        .collect();
+    eventually(Duration::from_secs(10), "both slots taken", || async {
+        let in_flight =
+            aaa_testkit::metric(&stack.receiver_admin, "aaa_receiver_in_flight_requests").await;
+        (in_flight >= 2.0).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(post(&url, body.clone(), &headers).await, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shed, not queued"
+    );
+    let shed = aaa_testkit::metric(&stack.receiver_admin, "aaa_receiver_requests_shed_total").await;
+    assert_eq!(shed, 1.0);
+    stack.broker.resume();
+    for request in holding {
+        // Answered by the produce deadline: 503, or 200 if the broker woke in time.
+        let status = request.await.unwrap();
+        assert!(status == 503 || status == 200, "{status}");
+    }
+    assert_eq!(post(&url, body.clone(), &headers).await, 200);
 }

@@ -59,6 +59,32 @@ async fn watermark_killed_mid_replay() {
     assert!(settled.recovered_by_replay > 0, "{settled:?}");
 }
 
+/// Authentic records Postgres refuses for good (NUL characters, a timestamp
+/// before 4713 BC, a key too long for its index), on several partitions in
+/// the middle of live traffic, twice: the consumer isolates each one into
+/// `dead_letters` with its raw bytes and the SQLSTATE, and everything around
+/// them lands; nothing waits behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_mid_stream() {
+    let mut run = Run::start().await;
+    run.inject_poison(0..3, "poison-a").await;
+    run.wait_sim(TimeDelta::minutes(2)).await;
+    run.inject_poison(3..6, "poison-b").await;
+    run.wait_sim(TimeDelta::minutes(2)).await;
+    eventually(
+        Duration::from_secs(60),
+        "the consumer to reject all 24 poison records",
+        || async {
+            let rejected = run
+                .consumer_metric("aaa_consumer_rejected_records_total")
+                .await;
+            (rejected >= 24.0).then_some(())
+        },
+    )
+    .await;
+    run.settle("poison records mid-stream").await;
+}
+
 /// The broker dies (SIGKILL), stays down for 30 real seconds (150 simulated
 /// minutes), and restarts on the same storage. The receiver answers 503
 /// meanwhile; X retries and the watermark replays the refused stretch.

@@ -1,6 +1,7 @@
 //! End-to-end: signed webhook → receiver → real broker → consumer → real
 //! Postgres, every service a real process.
 
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -24,15 +25,30 @@ async fn wait_for_rows(db: &TestDb, sql: &'static str, expected: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crc_challenge_is_answered_with_the_hmac_of_the_token() {
     let stack = Stack::start(BIN, StackOptions::default()).await;
-    let response = reqwest::get(format!("{}?crc_token=abc123", stack.webhook_url))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(
-        body["response_token"],
-        aaa_signing::crc_response_token(stack.secret.as_bytes(), "abc123")
-    );
+    let client = reqwest::Client::new();
+    let crc = |token: &[u8]| {
+        client
+            .get(&stack.webhook_url)
+            .query(&[("crc_token", String::from_utf8_lossy(token).into_owned())])
+            .send()
+    };
+    // X-shaped tokens: the simulator's (hex) and base64 of random bytes.
+    for token in [
+        "abc123",
+        "0123456789abcdef0123456789abcdef",
+        "q1w2E3+r4/t5Y6==",
+        "a-b_c",
+    ] {
+        let response = crc(token.as_bytes()).await.unwrap();
+        assert_eq!(response.status(), 200, "{token}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            body["response_token"].as_str(),
+            aaa_signing::crc_response_token(stack.secret.as_bytes(), token)
+                .ok()
+                .as_deref()
+        );
+    }
 
     for url in [
         stack.webhook_url.clone(),
@@ -41,6 +57,61 @@ async fn crc_challenge_is_answered_with_the_hmac_of_the_token() {
         let status = reqwest::get(url).await.unwrap().status();
         assert_eq!(status, 400);
     }
+
+    // The signing oracle: ask the CRC route to sign deliveries, then post
+    // them with what it answered. None may be accepted or stored.
+    let forged: Vec<Vec<u8>> = vec![
+        br#"{"for_user_id":"1","follow_events":[{"type":"unfollow","created_timestamp":"9999999999999","source":{"id":"1"},"target":{"id":"2"}}]}"#.to_vec(),
+        br#"{"user_event":{"revoke":{"date_time":"2030-01-01T00:00:00Z","target":{"app_id":"1"},"source":{"user_id":"1"}}}}"#.to_vec(),
+        b" {\"for_user_id\":\"1\",\"favorite_events\":[{\"id\":\"f\"}]}".to_vec(),
+        b"\xef\xbb\xbf{\"for_user_id\":\"1\",\"favorite_events\":[{\"id\":\"g\"}]}".to_vec(),
+        b"[{\"for_user_id\":\"1\"}]".to_vec(),
+        b"12345".to_vec(),
+        b"abc123".to_vec(),
+    ];
+    let mut accepted = 0;
+    for body in &forged {
+        let answer = crc(body).await.unwrap();
+        let status = answer.status().as_u16();
+        let token = answer
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["response_token"].as_str().map(str::to_owned));
+        let expected = String::from_utf8(body.clone())
+            .ok()
+            .filter(|text| aaa_signing::check_crc_token(text).is_ok());
+        // Only token-shaped bodies are answered at all ...
+        assert_eq!(
+            status == 200,
+            expected.is_some(),
+            "{body:?} answered {status}"
+        );
+        let Some(token) = token else { continue };
+        // ... and what the answer signs is refused as a delivery.
+        let posted = client
+            .post(&stack.webhook_url)
+            .header(aaa_signing::SIGNATURE_HEADER, token)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            posted, 401,
+            "a CRC answer was accepted as the signature of {body:?}"
+        );
+        accepted += usize::from(posted.is_success());
+    }
+    assert_eq!(accepted, 0);
+    assert_eq!(stack.delivery_outcomes("forged").await, 2.0);
+    let crc_refused = aaa_testkit::metric_where(&stack.receiver_admin, |l| {
+        l.starts_with("aaa_receiver_requests_total")
+            && l.contains("route=\"crc\"")
+            && l.contains("outcome=\"bad_token\"")
+    })
+    .await;
+    assert_eq!(crc_refused, 5.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,10 +311,23 @@ async fn bad_input_is_refused_counted_or_dead_lettered_never_lost() {
         .status();
     assert_eq!(unsigned, 401);
 
-    // 2 MiB body → 413. Its own client: the receiver answers before reading
-    // the whole body and closes that connection, which must not be reused.
+    // 2 MiB body signed by X → 413, and its trace is kept. Its own client:
+    // the receiver closes that connection, which must not be reused.
     let huge = vec![b' '; 2 * 1024 * 1024];
     assert_eq!(stack.sender().post(&huge).await.unwrap(), 413);
+    // The same size unsigned: 413, no trace.
+    let unsigned_huge = client
+        .post(&stack.webhook_url)
+        .header(
+            aaa_signing::SIGNATURE_HEADER,
+            aaa_signing::sign(b"other", &huge),
+        )
+        .body(huge.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(unsigned_huge, 413);
     let sender = stack.sender();
 
     // Authentic but unparseable → exactly one dead letter with its raw bytes.
@@ -260,14 +344,23 @@ async fn bad_input_is_refused_counted_or_dead_lettered_never_lost() {
         200
     );
     wait_for_rows(&stack.db, "SELECT count(*) FROM events", 1).await;
-    wait_for_rows(&stack.db, "SELECT count(*) FROM dead_letters", 1).await;
+    wait_for_rows(&stack.db, "SELECT count(*) FROM dead_letters", 2).await;
 
-    let (raw, kind): (Vec<u8>, String) = sqlx::query_as("SELECT raw, error_kind FROM dead_letters")
-        .fetch_one(&stack.db.pool)
-        .await
-        .unwrap();
+    let (raw, kind): (Vec<u8>, String) =
+        sqlx::query_as("SELECT raw, error_kind FROM dead_letters WHERE error_kind <> 'too_large'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
     assert_eq!(raw, garbage);
     assert_eq!(kind, "not_json");
+    let (hash, reason): (String, String) = sqlx::query_as(
+        "SELECT raw_sha256, reason FROM dead_letters WHERE error_kind = 'too_large'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(hash, hex::encode(sha2::Sha256::digest(&huge)));
+    assert!(reason.contains("2097152 bytes"), "{reason}");
     let forged_key = aaa_events::parse_envelope(&forged).unwrap().activities[0]
         .as_ref()
         .unwrap()
@@ -289,6 +382,7 @@ async fn bad_input_is_refused_counted_or_dead_lettered_never_lost() {
     };
     assert_eq!(metric(admin, &label("bad_signature")).await, 2.0);
     assert_eq!(metric(admin, &label("too_large")).await, 1.0);
+    assert_eq!(metric(admin, &label("too_large_authentic")).await, 1.0);
     assert_eq!(metric(admin, &label("ok")).await, 2.0);
 }
 
@@ -340,7 +434,7 @@ async fn one_receiver_serves_several_webhooks_each_with_its_own_secret() {
         .unwrap();
     assert_eq!(
         answer["response_token"],
-        aaa_signing::crc_response_token(stack.second_secret.as_bytes(), "token-2")
+        aaa_signing::crc_response_token(stack.second_secret.as_bytes(), "token-2").unwrap()
     );
 
     let body = deliveries(53, 1)[0].to_bytes();

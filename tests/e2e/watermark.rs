@@ -338,3 +338,73 @@ async fn two_replicas_never_double_submit_and_a_killed_one_is_taken_over() {
         "every job X ran was one accepted submission"
     );
 }
+
+/// Readers cannot interfere with the watermark: the advisory lock it once
+/// used, held by `aaa_reader`, stops nothing, and the lease table is
+/// read-only to readers. A holder that freezes (SIGSTOP) is replaced by the
+/// other replica within the lease time (3 s here), and judging goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_cannot_stall_the_watermark_and_a_frozen_holder_is_replaced() {
+    let stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
+    let reader = sqlx::PgPool::connect(&stack.db.reader_url().await)
+        .await
+        .unwrap();
+    let mut held = reader.acquire().await.unwrap();
+    let lock = format!("aaa-watermark:{}", stack.webhook_id);
+    sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(&lock)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let first = stack.spawn_watermark(&sim, "watermark-a");
+
+    let holder = || async {
+        sqlx::query_scalar::<_, String>("SELECT holder FROM watermark_leases WHERE webhook_id = $1")
+            .bind(&stack.webhook_id)
+            .fetch_optional(&reader)
+            .await
+            .unwrap()
+    };
+    let judged = || async {
+        sqlx::query_scalar::<_, DateTime<Utc>>(
+            "SELECT judged_to FROM watermark_progress WHERE webhook_id = $1",
+        )
+        .bind(&stack.webhook_id)
+        .fetch_optional(&reader)
+        .await
+        .unwrap()
+    };
+    eventually(WAIT, "watermark-a to hold the lease and judge", || async {
+        (holder().await.as_deref() == Some("watermark-a") && judged().await.is_some()).then_some(())
+    })
+    .await;
+
+    for statement in [
+        "INSERT INTO watermark_leases VALUES ('1', 'reader', now(), now(), now() + interval '1 day')",
+        "UPDATE watermark_leases SET holder = 'reader', expires_at = now() + interval '1 day'",
+        "DELETE FROM watermark_leases",
+    ] {
+        let error = sqlx::query(statement).execute(&reader).await.unwrap_err();
+        let code = error.as_database_error().and_then(|e| e.code());
+        assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
+    }
+
+    let _second = stack.spawn_watermark(&sim, "watermark-b");
+    first.freeze();
+    let frozen = Instant::now();
+    eventually(
+        WAIT,
+        "watermark-b to take the frozen holder's lease",
+        || async { (holder().await.as_deref() == Some("watermark-b")).then_some(()) },
+    )
+    .await;
+    let took = frozen.elapsed();
+    assert!(took < Duration::from_secs(15), "taken over after {took:?}");
+    let before = judged().await;
+    eventually(WAIT, "judging to go on under watermark-b", || async {
+        (judged().await > before).then_some(())
+    })
+    .await;
+    first.thaw();
+}

@@ -19,6 +19,12 @@ use crate::Error;
 /// A dependency check for `/readyz`: `Err` carries a short reason.
 pub trait Readiness: Send + Sync + 'static {
     fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+
+    /// For `/healthz`: `Err` when the process is alive but stuck (and a
+    /// restart or a human is needed). Cheap, no I/O.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 struct AdminState {
@@ -51,7 +57,7 @@ pub async fn serve(
         readiness: Box::new(readiness),
     });
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(state);
@@ -59,6 +65,13 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(Error::Serve)
+}
+
+async fn healthz(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+    match state.readiness.health() {
+        Ok(()) => (StatusCode::OK, "ok".into()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {

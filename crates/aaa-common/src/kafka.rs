@@ -26,6 +26,8 @@ pub mod control {
 
     pub const HEARTBEAT: &str = "heartbeat";
     pub const FENCE: &str = "fence";
+    /// An authentic delivery over the body limit: its trace, not its bytes.
+    pub const OVERSIZED: &str = "oversized";
 
     /// A receiver replica served `webhook_id` from `from` to `to` (service
     /// clock), accepting and refusing this many deliveries.
@@ -41,6 +43,18 @@ pub mod control {
         pub refused_by: std::collections::BTreeMap<String, u64>,
     }
 
+    /// A validly signed body the receiver refused as too large (413). It
+    /// cannot be stored, so its trace is, as a dead letter an operator sees.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct Oversized {
+        pub webhook_id: String,
+        pub size: u64,
+        /// Hex SHA-256 of the whole body: a retried copy is the same dead letter.
+        pub sha256: String,
+        pub limit: u64,
+        pub headers: std::collections::BTreeMap<String, String>,
+    }
+
     /// Written by the watermark to every partition.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Fence {
@@ -48,7 +62,7 @@ pub mod control {
     }
 }
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct KafkaArgs {
     /// Bootstrap brokers, comma separated (host:port).
     #[arg(
@@ -60,14 +74,47 @@ pub struct KafkaArgs {
     /// Topic that carries raw deliveries.
     #[arg(long = "raw-topic", env = "AAA_RAW_TOPIC", default_value = "aaa.raw")]
     pub raw_topic: String,
-    /// Extra librdkafka properties (KEY=VALUE, comma separated), e.g. for
-    /// TLS/SASL. Prefer the environment variable for anything secret.
+    /// Extra librdkafka properties, KEY=VALUE, for TLS/SASL and the like:
+    /// repeat the option, or put one per line in the environment variable.
+    /// Values are taken whole (commas included) and never printed.
     #[arg(
         long = "kafka-property",
         env = "AAA_KAFKA_PROPERTIES",
-        value_delimiter = ','
+        value_delimiter = '\n',
+        hide_env_values = true
     )]
     pub properties: Vec<String>,
+    /// A file of librdkafka properties, one KEY=VALUE per line (`#` starts a
+    /// comment): the place for SASL passwords, e.g. a mounted Secret.
+    /// `--kafka-property` values win over it.
+    #[arg(long = "kafka-properties-file", env = "AAA_KAFKA_PROPERTIES_FILE")]
+    pub properties_file: Option<std::path::PathBuf>,
+}
+
+/// Property values may be secrets: only their keys are shown.
+impl std::fmt::Debug for KafkaArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&str> = self
+            .properties
+            .iter()
+            .map(|p| p.split_once('=').map_or("?", |(k, _)| k.trim()))
+            .collect();
+        f.debug_struct("KafkaArgs")
+            .field("brokers", &self.brokers)
+            .field("raw_topic", &self.raw_topic)
+            .field("property_keys", &keys)
+            .field("properties_file", &self.properties_file)
+            .finish()
+    }
+}
+
+/// `KEY=VALUE`, or an error that names where it came from but never the text
+/// (it may hold a secret).
+fn parse_property<'a>(line: &'a str, origin: &str) -> Result<(&'a str, &'a str), Error> {
+    line.split_once('=')
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| Error::KafkaProperty(origin.to_owned()))
 }
 
 impl KafkaArgs {
@@ -81,13 +128,84 @@ impl KafkaArgs {
         for (key, value) in defaults {
             config.set(*key, *value);
         }
-        for property in &self.properties {
-            let (key, value) = property
-                .split_once('=')
-                .filter(|(k, _)| !k.trim().is_empty())
-                .ok_or_else(|| Error::KafkaProperty(property.clone()))?;
-            config.set(key.trim(), value.trim());
+        if let Some(path) = &self.properties_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::KafkaProperty(format!("{}: cannot read: {e}", path.display()))
+            })?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (key, value) =
+                    parse_property(line, &format!("{} line {}", path.display(), number + 1))?;
+                config.set(key, value);
+            }
+        }
+        for (number, property) in self.properties.iter().enumerate() {
+            if property.trim().is_empty() {
+                continue;
+            }
+            let (key, value) = parse_property(property, &format!("entry {}", number + 1))?;
+            config.set(key, value);
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    #[test]
+    fn a_value_with_commas_is_one_value_and_errors_never_echo_it() {
+        let cli = Cli::parse_from([
+            "aaa",
+            "--kafka-property",
+            "sasl.jaas.config=a,b=c",
+            "--kafka-property",
+            "security.protocol=SASL_SSL",
+        ]);
+        let config = cli.kafka.client_config(&[]).unwrap();
+        assert_eq!(config.get("sasl.jaas.config"), Some("a,b=c"));
+        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+
+        let cli = Cli::parse_from(["aaa", "--kafka-property", "hunter2-no-equals"]);
+        let error = cli.kafka.client_config(&[]).unwrap_err().to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(error.contains("entry 1"), "{error}");
+    }
+
+    #[test]
+    fn properties_come_from_a_file_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("aaa-kafka-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("kafka.properties");
+        std::fs::write(
+            &file,
+            "# SASL\nsasl.password=s3cr,et\n\nclient.id=from-file\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "aaa",
+            "--kafka-properties-file",
+            file.to_str().unwrap(),
+            "--kafka-property",
+            "client.id=from-flag",
+        ]);
+        let config = cli.kafka.client_config(&[]).unwrap();
+        assert_eq!(config.get("sasl.password"), Some("s3cr,et"));
+        assert_eq!(config.get("client.id"), Some("from-flag"));
+        std::fs::write(&file, "sasl.password\n").unwrap();
+        let error = cli.kafka.client_config(&[]).unwrap_err().to_string();
+        assert!(error.contains("line 1"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,7 +20,7 @@ pub enum Error {
     Clock(String),
     #[error("cannot install the metrics recorder: {0}")]
     Metrics(String),
-    #[error("invalid Kafka property `{0}`: expected KEY=VALUE")]
+    #[error("invalid Kafka property ({0}): expected KEY=VALUE")]
     KafkaProperty(String),
     #[error("admin server failed: {0}")]
     Serve(std::io::Error),

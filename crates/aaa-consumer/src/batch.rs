@@ -34,6 +34,8 @@ pub struct EventRow {
     pub natural_key: String,
     pub event_time: Option<DateTime<Utc>>,
     pub payload: Value,
+    /// `payload` as the JSON text X sent (what `events.payload` stores).
+    pub payload_text: String,
     pub context: Value,
     pub activity_index: i32,
     pub topic: String,
@@ -86,6 +88,12 @@ pub fn plan(records: &[RawRecord]) -> BatchPlan {
                 plan.heartbeats.push(heartbeat);
                 Ok(())
             }),
+            Some(control::OVERSIZED) => plan_control(record, &mut plan, |plan, bytes| {
+                let trace: control::Oversized = serde_json::from_slice(bytes)?;
+                plan.dead_letters
+                    .push(oversized_dead_letter(record, &trace));
+                Ok(())
+            }),
             Some(control::FENCE) => plan_control(record, &mut plan, |plan, bytes| {
                 let fence: control::Fence = serde_json::from_slice(bytes)?;
                 let latest = plan
@@ -101,6 +109,12 @@ pub fn plan(records: &[RawRecord]) -> BatchPlan {
     plan
 }
 
+/// Postgres text cannot hold NUL. Whatever a dead letter says must be
+/// storable, or the record it describes could never leave the partition.
+fn storable(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
 /// The dead letter of `record` (or of its activity at `index`; -1: the body).
 fn dead_letter(
     record: &RawRecord,
@@ -110,18 +124,44 @@ fn dead_letter(
 ) -> DeadLetterRow {
     let raw = record.payload.as_deref().unwrap_or_default();
     DeadLetterRow {
-        webhook_id: record.webhook_id.clone(),
+        webhook_id: record.webhook_id.as_deref().map(storable),
         activity_index: index,
         error_kind,
-        reason,
+        reason: storable(&reason),
         raw: raw.to_vec(),
         raw_sha256: hex::encode(Sha256::digest(raw)),
-        topic: record.topic.clone(),
+        topic: storable(&record.topic),
         partition: record.partition,
         offset: record.offset,
-        request_id: record.request_id.clone(),
+        request_id: record.request_id.as_deref().map(storable),
         received_at: record.received_at,
     }
+}
+
+/// A record Postgres refused for good (`reason`: the error and its
+/// SQLSTATE), kept whole with its raw bytes so nothing behind it waits.
+pub fn rejected_dead_letter(record: &RawRecord, reason: &str) -> DeadLetterRow {
+    dead_letter(record, -1, "rejected_by_database", reason.to_owned())
+}
+
+/// The trace of an authentic body the receiver refused as too large. Keyed
+/// by the body's hash, so X's retries of it are one dead letter.
+fn oversized_dead_letter(record: &RawRecord, trace: &control::Oversized) -> DeadLetterRow {
+    let headers: Vec<String> = trace
+        .headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}"))
+        .collect();
+    let reason = format!(
+        "body of {} bytes (sha256 {}) over the {}-byte limit, signed by X; not stored. Headers: {}",
+        trace.size,
+        trace.sha256,
+        trace.limit,
+        headers.join("; ")
+    );
+    let mut row = dead_letter(record, -1, "too_large", reason);
+    row.raw_sha256 = storable(&trace.sha256);
+    row
 }
 
 /// A control record that cannot be read is kept as a dead letter like any other.
@@ -181,6 +221,10 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
                     natural_key: activity.natural_key.clone(),
                     event_time: activity.event_time,
                     payload: activity.payload.clone(),
+                    payload_text: activity
+                        .raw
+                        .clone()
+                        .unwrap_or_else(|| activity.payload.to_string()),
                     context: Value::Object(envelope.context.clone()),
                     activity_index: index,
                     topic: record.topic.clone(),
@@ -256,6 +300,37 @@ mod tests {
             commit,
             [(("aaa.raw".into(), 0), 9), (("aaa.raw".into(), 1), 5)]
         );
+    }
+
+    #[test]
+    fn an_oversized_trace_is_a_dead_letter_keyed_by_the_body_hash() {
+        let trace = control::Oversized {
+            webhook_id: "w1".into(),
+            size: 2_000_000,
+            sha256: "ab".repeat(32),
+            limit: 1_048_576,
+            headers: [("user-agent".to_owned(), "X".to_owned())].into(),
+        };
+        let mut oversized = record(5, 2, Some(&serde_json::to_string(&trace).unwrap()));
+        oversized.record_type = Some(control::OVERSIZED.into());
+        let plan = plan(&[oversized.clone()]);
+        assert!(plan.events.is_empty());
+        let dead = &plan.dead_letters[0];
+        assert_eq!(dead.error_kind, "too_large");
+        assert_eq!(dead.raw_sha256, trace.sha256);
+        assert!(dead.reason.contains("2000000 bytes"), "{}", dead.reason);
+        assert!(dead.reason.contains("user-agent: X"), "{}", dead.reason);
+        assert_eq!(dead.raw, oversized.payload.unwrap());
+    }
+
+    #[test]
+    fn dead_letters_never_hold_nul_in_text() {
+        let mut poison = record(1, 0, Some(r#"{"a\u0000":1}"#));
+        poison.request_id = Some("r\0".into());
+        let dead = rejected_dead_letter(&poison, "bad \0 byte");
+        assert!(!dead.reason.contains('\0'));
+        assert!(!dead.request_id.unwrap().contains('\0'));
+        assert_eq!(dead.raw, br#"{"a\u0000":1}"#);
     }
 
     #[test]

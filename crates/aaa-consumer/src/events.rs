@@ -17,6 +17,8 @@ pub const KAFKA_ERRORS: &str = "aaa_consumer_kafka_errors_total";
 pub const COMMITTED_OFFSET: &str = "aaa_consumer_committed_offset";
 pub const LAG_RECORDS: &str = "aaa_consumer_lag_records";
 pub const EVENT_TIME_LAG_SECONDS: &str = "aaa_consumer_event_time_lag_seconds";
+pub const REJECTED_RECORDS: &str = "aaa_consumer_rejected_records_total";
+pub const STALLED_SECONDS: &str = "aaa_consumer_stalled_seconds";
 
 pub struct BatchStored<'a> {
     pub records: usize,
@@ -55,19 +57,50 @@ impl InternalEvent for BatchStored<'_> {
 
 pub struct WriteFailed<'a> {
     pub error: &'a sqlx::Error,
+    /// Records in the write that failed.
+    pub records: usize,
     pub attempt: u32,
-    pub retry_in: Duration,
+    /// `None`: the error is permanent, so the records are split instead.
+    pub retry_in: Option<Duration>,
 }
 
 impl InternalEvent for WriteFailed<'_> {
     fn emit(self) {
-        tracing::error!(
-            message = "writing batch to Postgres failed; retrying without committing offsets",
-            error = %self.error,
-            attempt = self.attempt,
-            retry_in_ms = self.retry_in.as_millis() as u64
-        );
+        match self.retry_in {
+            Some(retry_in) => tracing::error!(
+                message = "writing batch to Postgres failed; retrying without committing offsets",
+                error = %self.error,
+                records = self.records,
+                attempt = self.attempt,
+                retry_in_ms = retry_in.as_millis() as u64
+            ),
+            None => tracing::error!(
+                message = "Postgres refused the batch for good; splitting it to isolate the record",
+                error = %self.error,
+                records = self.records
+            ),
+        }
         metrics::counter!(WRITE_FAILURES).increment(1);
+    }
+}
+
+/// One record Postgres refused on its own: stored as a dead letter with its
+/// raw bytes so that the records behind it are not held up.
+pub struct RecordRejected<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for RecordRejected<'_> {
+    fn emit(self) {
+        tracing::error!(
+            message = "record refused by Postgres; kept as a dead letter with its raw bytes",
+            partition = self.partition,
+            offset = self.offset,
+            reason = self.reason
+        );
+        metrics::counter!(REJECTED_RECORDS).increment(1);
     }
 }
 
@@ -98,9 +131,16 @@ impl InternalEvent for KafkaReadFailed<'_> {
 /// Every counter at zero from the start, so dashboards and alerts see the
 /// series before the first failure (an absent series is not a zero).
 pub fn register() {
-    for counter in [RECORDS, WRITE_FAILURES, COMMIT_FAILURES, KAFKA_ERRORS] {
+    for counter in [
+        RECORDS,
+        WRITE_FAILURES,
+        COMMIT_FAILURES,
+        KAFKA_ERRORS,
+        REJECTED_RECORDS,
+    ] {
         metrics::counter!(counter).increment(0);
     }
+    metrics::gauge!(STALLED_SECONDS).set(0.0);
     for kind in [
         "not_json",
         "not_an_object",
@@ -109,6 +149,9 @@ pub fn register() {
         "invalid_activity",
         "unnormalizable",
         "bad_control_record",
+        "bad_for_user_id",
+        "too_large",
+        "rejected_by_database",
     ] {
         metrics::counter!(DEAD_LETTERS, "error_kind" => kind).increment(0);
     }

@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use batch::{BatchPlan, RawRecord, plan};
-use events::{BatchStored, CommitFailed, KafkaReadFailed, WriteFailed};
+use events::{BatchStored, CommitFailed, KafkaReadFailed, RecordRejected, WriteFailed};
 pub use store::{WriteStats, write as write_batch};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,10 @@ pub struct ConsumerArgs {
     /// Ceiling of the backoff between failed writes to Postgres.
     #[arg(long, env = "AAA_WRITE_BACKOFF_MAX_MS", default_value_t = 30_000)]
     pub write_backoff_max_ms: u64,
+    /// /healthz fails once a batch has waited this long to be stored:
+    /// records wait and nothing moves (Postgres unreachable, permissions).
+    #[arg(long, env = "AAA_STALL_SECS", default_value_t = 300)]
+    pub stall_secs: u64,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -98,9 +102,52 @@ type GroupConsumer = StreamConsumer<GroupContext>;
 struct ConsumerReadiness {
     pool: PgPool,
     consumer: Arc<GroupConsumer>,
+    progress: Arc<Progress>,
+}
+
+/// Since when the batch in hand has waited to be stored (`None`: no batch
+/// is failing). Read by /healthz and the stall gauge.
+#[derive(Default)]
+struct Progress {
+    waiting_since: std::sync::Mutex<Option<Instant>>,
+    stall_after: Duration,
+}
+
+impl Progress {
+    fn stalled_for(&self) -> Duration {
+        self.waiting_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|since| since.elapsed())
+            .unwrap_or_default()
+    }
+
+    fn failing(&self) {
+        self.waiting_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
+        metrics::gauge!(events::STALLED_SECONDS).set(self.stalled_for().as_secs_f64());
+    }
+
+    fn moved(&self) {
+        *self.waiting_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        metrics::gauge!(events::STALLED_SECONDS).set(0.0);
+    }
 }
 
 impl Readiness for ConsumerReadiness {
+    fn health(&self) -> Result<(), String> {
+        let stalled = self.progress.stalled_for();
+        if stalled >= self.progress.stall_after {
+            return Err(format!(
+                "no batch stored for {} s while records wait",
+                stalled.as_secs()
+            ));
+        }
+        Ok(())
+    }
+
     fn check(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
@@ -153,6 +200,10 @@ pub async fn run(
     consumer.subscribe(&[args.kafka.raw_topic.as_str()])?;
     tracing::info!(message = "consuming", topic = %args.kafka.raw_topic, group = %args.group_id);
 
+    let progress = Arc::new(Progress {
+        waiting_since: Default::default(),
+        stall_after: Duration::from_secs(args.stall_secs.max(1)),
+    });
     let admin_listener = admin::bind("admin", args.admin_listen).await?;
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -160,6 +211,7 @@ pub async fn run(
         ConsumerReadiness {
             pool: pool.clone(),
             consumer: consumer.clone(),
+            progress: progress.clone(),
         },
         shutdown.clone(),
     ));
@@ -183,20 +235,21 @@ pub async fn run(
     .await
     {
         let plan = batch::plan(&records);
-        if !write_until_stored(
-            &pool,
-            &plan,
-            records.len(),
+        let writer = Writer {
+            pool: &pool,
             live_horizon,
             backoff_max,
-            &shutdown,
-        )
-        .await
-        {
+            shutdown: &shutdown,
+            progress: &progress,
+        };
+        let offsets = plan.commit.clone();
+        let newest = plan.events.iter().filter_map(|e| e.event_time).max();
+        if !writer.store(&records, plan).await {
             break; // shutting down mid-retry: offsets stay uncommitted, records are re-read
         }
-        commit(&consumer, &plan, &committed);
-        if let Some(newest) = plan.events.iter().filter_map(|e| e.event_time).max() {
+        progress.moved();
+        commit(&consumer, &offsets, &committed);
+        if let Some(newest) = newest {
             let lag = (clock.now() - newest).as_seconds_f64().max(0.0);
             metrics::gauge!(events::EVENT_TIME_LAG_SECONDS).set(lag);
         }
@@ -336,52 +389,159 @@ fn raw_record(message: &BorrowedMessage<'_>, clock: Clock) -> RawRecord {
     }
 }
 
-/// Writes the batch, retrying with capped exponential backoff until it is
-/// stored. `false` if shutdown interrupts the retries.
-async fn write_until_stored(
-    pool: &PgPool,
-    plan: &BatchPlan,
-    records: usize,
+/// Stores batches: transient errors are retried with capped exponential
+/// backoff (nothing is lost by waiting), permanent ones are isolated.
+struct Writer<'a> {
+    pool: &'a PgPool,
     live_horizon: chrono::TimeDelta,
     backoff_max: Duration,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 1;
-    loop {
-        let started = Instant::now();
-        match store::write(pool, plan, live_horizon).await {
-            Ok(stats) => {
-                BatchStored {
-                    records,
-                    stats: &stats,
-                    dead_letter_kinds: plan.dead_letters.iter().map(|d| d.error_kind).collect(),
-                    elapsed: started.elapsed(),
+    shutdown: &'a CancellationToken,
+    progress: &'a Progress,
+}
+
+/// How one write ended.
+enum Written {
+    Stored,
+    /// Postgres refuses these rows for good: retrying cannot help.
+    Refused(String),
+    ShuttingDown,
+}
+
+impl Writer<'_> {
+    /// Stores `records` (planned as `plan`). A record Postgres refuses for
+    /// good is found by bisection and kept as a dead letter with its raw
+    /// bytes, so one poison record never holds up a partition; every other
+    /// record is stored as usual. `false` if shutdown interrupted.
+    async fn store(&self, records: &[RawRecord], plan: BatchPlan) -> bool {
+        // Ranges still to write, the next one last: a batch, then halves.
+        let mut pending: Vec<(std::ops::Range<usize>, Option<BatchPlan>)> =
+            vec![(0..records.len(), Some(plan))];
+        while let Some((range, plan)) = pending.pop() {
+            let part = &records[range.clone()];
+            let plan = plan.unwrap_or_else(|| batch::plan(part));
+            match self.write(&plan, part.len()).await {
+                Written::Stored => {}
+                Written::ShuttingDown => return false,
+                Written::Refused(reason) if part.len() == 1 => {
+                    let record = &part[0];
+                    RecordRejected {
+                        partition: record.partition,
+                        offset: record.offset,
+                        reason: &reason,
+                    }
+                    .emit();
+                    let rejected = BatchPlan {
+                        dead_letters: vec![batch::rejected_dead_letter(record, &reason)],
+                        ..BatchPlan::default()
+                    };
+                    match self.write(&rejected, 1).await {
+                        Written::Stored => {}
+                        Written::ShuttingDown => return false,
+                        // A dead letter holds only bytes and cleaned text;
+                        // if even that is refused, the database is at fault:
+                        // wait for it rather than drop the record.
+                        Written::Refused(_) => {
+                            if !self.write_until_stored(&rejected).await {
+                                return false;
+                            }
+                        }
+                    }
                 }
-                .emit();
-                return true;
+                Written::Refused(_) => {
+                    let middle = range.start + range.len() / 2;
+                    pending.push((middle..range.end, None));
+                    pending.push((range.start..middle, None));
+                }
             }
-            Err(error) => {
-                WriteFailed {
-                    error: &error,
-                    attempt,
-                    retry_in: delay,
+        }
+        true
+    }
+
+    /// One write, retried while its errors are transient.
+    async fn write(&self, plan: &BatchPlan, records: usize) -> Written {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let started = Instant::now();
+            match store::write(self.pool, plan, self.live_horizon).await {
+                Ok(stats) => {
+                    BatchStored {
+                        records,
+                        stats: &stats,
+                        dead_letter_kinds: plan.dead_letters.iter().map(|d| d.error_kind).collect(),
+                        elapsed: started.elapsed(),
+                    }
+                    .emit();
+                    return Written::Stored;
                 }
-                .emit();
-                tokio::select! {
-                    _ = shutdown.cancelled() => return false,
-                    _ = tokio::time::sleep(delay) => {}
+                Err(error) if store::is_permanent(&error) => {
+                    WriteFailed {
+                        error: &error,
+                        records,
+                        attempt,
+                        retry_in: None,
+                    }
+                    .emit();
+                    return Written::Refused(describe(&error));
                 }
-                delay = (delay * 2).min(backoff_max);
-                attempt += 1;
+                Err(error) => {
+                    self.progress.failing();
+                    WriteFailed {
+                        error: &error,
+                        records,
+                        attempt,
+                        retry_in: Some(delay),
+                    }
+                    .emit();
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return Written::ShuttingDown,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(self.backoff_max);
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Retries even "permanent" errors: for a write that must not be dropped.
+    async fn write_until_stored(&self, plan: &BatchPlan) -> bool {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.write(plan, 1).await {
+                Written::Stored => return true,
+                Written::ShuttingDown => return false,
+                Written::Refused(_) => {
+                    self.progress.failing();
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(self.backoff_max);
+                }
             }
         }
     }
 }
 
-fn commit(consumer: &GroupConsumer, plan: &BatchPlan, committed: &Committed) {
+/// The error with its SQLSTATE, for the dead letter's reason.
+fn describe(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("SQLSTATE {code}: {}", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn commit(
+    consumer: &GroupConsumer,
+    next_offsets: &std::collections::BTreeMap<(String, i32), i64>,
+    committed: &Committed,
+) {
     let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), next) in &plan.commit {
+    for ((topic, partition), next) in next_offsets {
         if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
             CommitFailed { error: &error }.emit();
             return;
@@ -390,7 +550,7 @@ fn commit(consumer: &GroupConsumer, plan: &BatchPlan, committed: &Committed) {
     match consumer.commit(&offsets, CommitMode::Sync) {
         Ok(()) => {
             let mut committed = committed.lock().unwrap_or_else(|p| p.into_inner());
-            for ((topic, partition), next) in &plan.commit {
+            for ((topic, partition), next) in next_offsets {
                 metrics::gauge!(events::COMMITTED_OFFSET, "partition" => partition.to_string())
                     .set(*next as f64);
                 committed.insert((topic.clone(), *partition), *next);

@@ -12,6 +12,24 @@ use sqlx::PgPool;
 use crate::batch::{BatchPlan, DeadLetterRow, EventRow};
 use crate::normalized::{self, NewEvent};
 
+/// Whether retrying a failed write can succeed. A permanent error is the
+/// data's (SQLSTATE classes 21 cardinality, 22 data exception: NUL in text,
+/// timestamps or numbers out of range; 23 integrity, except a unique
+/// violation, which a concurrent replica can cause; 54 program limit: a key
+/// too long for its index): the same rows fail the same way forever.
+/// Everything else (connection, resources, locks, permissions) is the
+/// database's, and waiting on it loses nothing.
+pub fn is_permanent(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            let class = code.get(..2).unwrap_or_default();
+            matches!(class, "21" | "22" | "54") || (class == "23" && code != "23505")
+        }),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
 /// What a write did, per kind label.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct WriteStats {
@@ -203,10 +221,12 @@ async fn insert_events(
         "INSERT INTO events (webhook_id, for_user_id, kind, natural_key, event_time, payload,
                              context, activity_index, kafka_topic, kafka_partition,
                              kafka_offset, request_id, received_at, via_replay)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
-                              $5::timestamptz[], $6::jsonb[], $7::jsonb[], $8::int4[],
-                              $9::text[], $10::int4[], $11::int8[], $12::text[],
-                              $13::timestamptz[], $14::bool[])
+         SELECT w, u, k, n, t, p::json, c, i, kt, kp, ko, r, ra, v
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                     $5::timestamptz[], $6::text[], $7::jsonb[], $8::int4[],
+                     $9::text[], $10::int4[], $11::int8[], $12::text[],
+                     $13::timestamptz[], $14::bool[])
+              AS x(w, u, k, n, t, p, c, i, kt, kp, ko, r, ra, v)
          ON CONFLICT ON CONSTRAINT events_natural_key DO NOTHING
          RETURNING id, for_user_id, kind, natural_key",
     )
@@ -215,7 +235,7 @@ async fn insert_events(
     .bind(column(rows, |r| r.kind.clone()))
     .bind(column(rows, |r| r.natural_key.clone()))
     .bind(column::<_, Option<DateTime<Utc>>>(rows, |r| r.event_time))
-    .bind(column::<_, Value>(rows, |r| r.payload.clone()))
+    .bind(column(rows, |r| r.payload_text.clone()))
     .bind(column::<_, Value>(rows, |r| r.context.clone()))
     .bind(column(rows, |r| r.activity_index))
     .bind(column(rows, |r| r.topic.clone()))

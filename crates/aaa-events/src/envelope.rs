@@ -1,4 +1,7 @@
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::kind::ActivityKind;
@@ -26,8 +29,12 @@ pub struct Activity {
     pub kind: ActivityKind,
     pub natural_key: String,
     pub event_time: Option<DateTime<Utc>>,
-    /// The activity item exactly as X sent it (for XAA: the event's `payload`).
+    /// The activity item as parsed (for XAA: the event's `payload`).
     pub payload: Value,
+    /// The same item's JSON text exactly as X sent it: numbers, escapes and
+    /// key order untouched (`Value` would turn `1e2` into `100.0` and a
+    /// 30-digit integer into a float). This is what `events.payload` stores.
+    pub raw: Option<String>,
     /// For an X Activity API event, the Account Activity shaped reading of
     /// `payload` that normalization works on; `None` for AAA activities.
     pub view: Option<Value>,
@@ -67,6 +74,10 @@ pub enum EnvelopeError {
     NotAnObject,
     #[error("envelope holds no activity (keys: {0})")]
     NoActivity(String),
+    /// Kept as a dead letter rather than stored under no account: a number
+    /// past u64 has already lost digits, so no id can be trusted from it.
+    #[error("for_user_id is not an account id: {0}")]
+    BadForUserId(String),
 }
 
 impl EnvelopeError {
@@ -75,6 +86,7 @@ impl EnvelopeError {
             EnvelopeError::NotJson(_) => "not_json",
             EnvelopeError::NotAnObject => "not_an_object",
             EnvelopeError::NoActivity(_) => "no_activity",
+            EnvelopeError::BadForUserId(_) => "bad_for_user_id",
         }
     }
 }
@@ -96,8 +108,13 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
     let Value::Object(object) = value else {
         return Err(EnvelopeError::NotAnObject);
     };
+    let raw = raw_members(body);
     if crate::xaa::is_xaa(&object) {
-        return crate::xaa::parse(object);
+        let raw_payload = raw
+            .get("data")
+            .map(|data| raw_members(data.get().as_bytes()))
+            .and_then(|data| data.get("payload").map(|p| p.get().to_owned()));
+        return crate::xaa::parse(object, raw_payload);
     }
     let keys = object.keys().cloned().collect::<Vec<_>>().join(", ");
 
@@ -113,28 +130,57 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
             context.insert(key, value);
             continue;
         };
-        let items = match value {
-            Value::Array(items) => items,
-            single => vec![single],
+        let raw_value = raw.get(&key).copied();
+        let (items, raw_items) = match value {
+            Value::Array(items) => {
+                let raw_items: Vec<String> = raw_value
+                    .and_then(|r| serde_json::from_str::<Vec<&RawValue>>(r.get()).ok())
+                    .filter(|r| r.len() == items.len())
+                    .map(|r| r.into_iter().map(|i| i.get().to_owned()).collect())
+                    .unwrap_or_default();
+                (items, raw_items)
+            }
+            single => (
+                vec![single],
+                raw_value.map(|r| r.get().to_owned()).into_iter().collect(),
+            ),
         };
+        let mut raw_items = raw_items.into_iter();
         for item in items {
             let index = activities.len();
-            activities.push(activity(kind.clone(), item, index));
+            let mut parsed = activity(kind.clone(), item, index);
+            if let Ok(activity) = &mut parsed {
+                activity.raw = raw_items.next();
+            }
+            activities.push(parsed);
         }
     }
     if activities.is_empty() {
         return Err(EnvelopeError::NoActivity(keys));
     }
     let for_user_id = match context.get("for_user_id") {
+        None | Some(Value::Null) => None,
         Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
         Some(Value::Number(n)) if n.is_u64() => Some(n.to_string()),
-        _ => None,
+        // As sent, not as parsed: the parsed number may have lost digits.
+        Some(_) => {
+            let sent = raw
+                .get("for_user_id")
+                .map(|r| r.get().chars().take(64).collect())
+                .unwrap_or_default();
+            return Err(EnvelopeError::BadForUserId(sent));
+        }
     };
     Ok(Envelope {
         for_user_id,
         context,
         activities,
     })
+}
+
+/// The top-level members of a JSON object as the text they were sent as.
+fn raw_members(json: &[u8]) -> BTreeMap<String, &RawValue> {
+    serde_json::from_slice(json).unwrap_or_default()
 }
 
 fn activity(kind: ActivityKind, payload: Value, index: usize) -> Result<Activity, ActivityError> {
@@ -144,6 +190,7 @@ fn activity(kind: ActivityKind, payload: Value, index: usize) -> Result<Activity
             kind,
             natural_key,
             payload,
+            raw: None,
             view: None,
         }),
         Err(missing) => Err(ActivityError {
@@ -227,6 +274,54 @@ mod tests {
             parse_envelope(b""),
             Err(EnvelopeError::NotJson(_))
         ));
+    }
+
+    #[test]
+    fn each_item_keeps_the_text_x_sent() {
+        let body = br#"{"for_user_id":"1","favorite_events":[ {"id":"a","n":1e2,"big":123456789012345678901234567890,"z":-0,"s":"\u00e9"} ,{"id":"b"}],"replay_job_status":{"job_id":"9", "job_state":"Complete"}}"#;
+        let env = parse_envelope(body).unwrap();
+        let raws: Vec<_> = env
+            .activities
+            .iter()
+            .map(|a| a.as_ref().unwrap().raw.clone().unwrap())
+            .collect();
+        assert_eq!(
+            raws,
+            [
+                r#"{"id":"a","n":1e2,"big":123456789012345678901234567890,"z":-0,"s":"\u00e9"}"#,
+                r#"{"id":"b"}"#,
+                r#"{"job_id":"9", "job_state":"Complete"}"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_for_user_id_that_is_no_id_is_an_error_not_a_null() {
+        for (body, sent) in [
+            (
+                &br#"{"for_user_id":123456789012345678901,"favorite_events":[{"id":"a"}]}"#[..],
+                "123456789012345678901",
+            ),
+            (
+                br#"{"for_user_id":1.5,"favorite_events":[{"id":"a"}]}"#,
+                "1.5",
+            ),
+            (
+                br#"{"for_user_id":{"id":"1"},"favorite_events":[{"id":"a"}]}"#,
+                r#"{"id":"1"}"#,
+            ),
+        ] {
+            assert_eq!(
+                parse_envelope(body),
+                Err(EnvelopeError::BadForUserId(sent.into()))
+            );
+        }
+        // A long id sent as a string is kept as text.
+        let env = parse_envelope(
+            br#"{"for_user_id":"123456789012345678901","favorite_events":[{"id":"a"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(env.for_user_id.as_deref(), Some("123456789012345678901"));
     }
 
     #[test]

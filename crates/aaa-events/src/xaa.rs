@@ -103,7 +103,11 @@ pub const EVENT_TYPES: &[&str] = &[
     "oauth.revoke",
 ];
 
-pub(crate) fn parse(mut object: Map<String, Value>) -> Result<Envelope, EnvelopeError> {
+/// `raw_payload`: the event's `payload` as the text X sent.
+pub(crate) fn parse(
+    mut object: Map<String, Value>,
+    raw_payload: Option<String>,
+) -> Result<Envelope, EnvelopeError> {
     let Some(Value::Object(mut data)) = object.remove("data") else {
         return Err(EnvelopeError::NotAnObject);
     };
@@ -189,6 +193,7 @@ pub(crate) fn parse(mut object: Map<String, Value>) -> Result<Envelope, Envelope
                 kind: kind.clone(),
                 natural_key: key,
                 payload: payload.clone(),
+                raw: raw_payload.clone(),
                 view: Some(view),
             })
         })

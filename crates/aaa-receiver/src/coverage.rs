@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::Outcome;
+use crate::events::{Coverage as Counts, Outcome};
 use crate::producer::RawProducer;
 
 #[derive(Default)]
@@ -41,10 +41,17 @@ impl Coverage {
         }
     }
 
+    /// Counts a delivery outcome into this interval's heartbeat. Refusals
+    /// of requests that were not shown to come from X are left out: they
+    /// must not turn into gaps, and so into replays.
     pub fn record(&self, webhook: &str, outcome: Outcome) {
+        let counts = outcome.coverage();
+        if counts == Counts::NotFromX {
+            return;
+        }
         let mut tallies = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
         let tally = tallies.entry(webhook.to_owned()).or_default();
-        if outcome == Outcome::Ok {
+        if counts == Counts::Accepted {
             tally.accepted += 1;
         } else {
             tally.refused += 1;
@@ -114,5 +121,25 @@ pub async fn heartbeat_loop(
             }
         }
         from = to;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_deliveries_from_x_that_were_not_kept_count_as_refused() {
+        let coverage = Coverage::new("r1".into(), ["w".to_owned()]);
+        for outcome in Outcome::ALL {
+            coverage.record("w", outcome);
+        }
+        let at = chrono::DateTime::UNIX_EPOCH;
+        let beats = coverage.take(at, at);
+        assert_eq!(beats.len(), 1);
+        assert_eq!(beats[0].accepted, 1);
+        assert_eq!(beats[0].refused, 2);
+        let by: Vec<_> = beats[0].refused_by.keys().cloned().collect();
+        assert_eq!(by, ["broker_unavailable", "too_large_authentic"]);
     }
 }

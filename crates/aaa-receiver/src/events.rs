@@ -16,21 +16,62 @@ pub const PRODUCER_REBUILDS: &str = "aaa_receiver_producer_rebuilds_total";
 pub enum Outcome {
     Ok,
     BadSignature,
+    /// Validly signed, but a string the CRC route would sign: a replayed
+    /// CRC answer, not a delivery.
+    Forged,
+    /// Over the body limit and not shown to be X's.
     TooLarge,
+    /// Over the body limit and signed by X: its trace is a dead letter.
+    TooLargeAuthentic,
     BadRequest,
     BrokerUnavailable,
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Ok,
+        Outcome::BadSignature,
+        Outcome::Forged,
+        Outcome::TooLarge,
+        Outcome::TooLargeAuthentic,
+        Outcome::BadRequest,
+        Outcome::BrokerUnavailable,
+    ];
+
     pub fn as_label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::BadSignature => "bad_signature",
+            Outcome::Forged => "forged",
             Outcome::TooLarge => "too_large",
+            Outcome::TooLargeAuthentic => "too_large_authentic",
             Outcome::BadRequest => "bad_request",
             Outcome::BrokerUnavailable => "broker_unavailable",
         }
     }
+
+    /// What this outcome tells the watermark. Only a delivery X sent that
+    /// was not kept may open a gap (and so a replay): anyone on the internet
+    /// can cause the other refusals, and a replay per scanner hit would
+    /// spend X's replay budget.
+    pub fn coverage(self) -> Coverage {
+        match self {
+            Outcome::Ok => Coverage::Accepted,
+            Outcome::BrokerUnavailable | Outcome::TooLargeAuthentic => Coverage::Refused,
+            Outcome::BadSignature | Outcome::Forged | Outcome::TooLarge | Outcome::BadRequest => {
+                Coverage::NotFromX
+            }
+        }
+    }
+}
+
+/// How an outcome counts in this replica's heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    Accepted,
+    Refused,
+    /// Counted in metrics only.
+    NotFromX,
 }
 
 pub struct DeliveryHandled<'a> {
@@ -92,22 +133,46 @@ impl InternalEvent for ProduceAcknowledged<'_> {
 
 pub struct CrcAnswered<'a> {
     pub webhook: &'a str,
-    pub ok: bool,
+    /// Why the token was not answered; `None`: answered.
+    pub refused: Option<&'a aaa_signing::CrcTokenError>,
 }
+
+/// CRC outcomes: `ok`, `bad_request` (no token), `bad_token` (not X's shape).
+const CRC_OUTCOMES: [&str; 3] = ["ok", "bad_request", "bad_token"];
 
 impl InternalEvent for CrcAnswered<'_> {
     fn emit(self) {
-        let outcome = if self.ok { "ok" } else { "bad_request" };
-        if self.ok {
-            tracing::info!(message = "answered CRC challenge", webhook = self.webhook);
-        } else {
-            tracing::warn!(
-                message = "CRC request without crc_token",
-                webhook = self.webhook
-            );
-        }
+        let outcome = match self.refused {
+            None => {
+                tracing::info!(message = "answered CRC challenge", webhook = self.webhook);
+                CRC_OUTCOMES[0]
+            }
+            Some(reason) => {
+                tracing::warn!(
+                    message = "CRC request refused: the token is not shaped like X's",
+                    webhook = self.webhook,
+                    reason = reason.as_label()
+                );
+                match reason {
+                    aaa_signing::CrcTokenError::Missing => CRC_OUTCOMES[1],
+                    _ => CRC_OUTCOMES[2],
+                }
+            }
+        };
         metrics::counter!(REQUESTS, "webhook" => self.webhook.to_owned(), "route" => "crc", "outcome" => outcome)
             .increment(1);
+    }
+}
+
+/// A request turned away because the concurrency limit was reached.
+pub struct RequestShed;
+
+pub const SHED: &str = "aaa_receiver_requests_shed_total";
+
+impl InternalEvent for RequestShed {
+    fn emit(self) {
+        tracing::warn!(message = "request shed: concurrency limit reached, answered 503");
+        metrics::counter!(SHED).increment(1);
     }
 }
 
@@ -146,17 +211,16 @@ impl Drop for InFlight {
 /// Every outcome of every webhook at zero from the start (an absent series is not a zero).
 pub fn register(webhooks: &[String]) {
     for webhook in webhooks {
-        for outcome in [
-            Outcome::Ok,
-            Outcome::BadSignature,
-            Outcome::TooLarge,
-            Outcome::BadRequest,
-            Outcome::BrokerUnavailable,
-        ] {
+        for outcome in Outcome::ALL {
             metrics::counter!(REQUESTS, "webhook" => webhook.clone(), "route" => "delivery", "outcome" => outcome.as_label()).increment(0);
+        }
+        for outcome in CRC_OUTCOMES {
+            metrics::counter!(REQUESTS, "webhook" => webhook.clone(), "route" => "crc", "outcome" => outcome).increment(0);
         }
         metrics::counter!(BODY_BYTES, "webhook" => webhook.clone()).increment(0);
     }
     metrics::counter!(PRODUCER_REBUILDS).increment(0);
+    metrics::counter!(SHED).increment(0);
+    metrics::counter!("aaa_receiver_heartbeat_failures_total").increment(0);
     metrics::gauge!(IN_FLIGHT).set(0.0);
 }

@@ -1,23 +1,36 @@
 //! The public HTTP surface: one GET (CRC) and one POST (delivery) route per
 //! configured webhook. Thin on purpose: verify, frame, produce, answer.
+//!
+//! Everything on this port is reachable by anyone on the internet, so every
+//! request is bounded: in time (a total deadline, body included), in size
+//! (bodies over the limit are never buffered), and in number (requests past
+//! the concurrency limit are shed with 503, which X retries).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aaa_common::Clock;
-use aaa_common::kafka::headers;
+use aaa_common::kafka::{control, headers};
 use aaa_common::observe::InternalEvent;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, HttpBody as _};
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
 use rdkafka::message::{Header, OwnedHeaders};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tower::ServiceBuilder;
 
-use crate::events::{CrcAnswered, DeliveryHandled, InFlight, Outcome, ProduceAcknowledged};
+use crate::events::{
+    CrcAnswered, DeliveryHandled, InFlight, Outcome, ProduceAcknowledged, RequestShed,
+};
 use crate::producer::RawProducer;
 use crate::webhooks::Webhook;
 
@@ -26,14 +39,25 @@ pub struct AppState {
     pub topic: String,
     pub clock: Clock,
     pub coverage: Arc<crate::coverage::Coverage>,
+    pub limits: RequestLimits,
 }
 
-pub fn router(
-    state: Arc<AppState>,
-    webhooks: Vec<Webhook>,
-    max_body_bytes: usize,
-    body_timeout: std::time::Duration,
-) -> Router {
+/// What one request may cost the receiver.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Largest body stored; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Up to this many bytes of an oversized body are still read to learn
+    /// whether X signed it (then its trace is kept); beyond, 413 at once.
+    pub max_verified_bytes: u64,
+    /// Whole request, body included, from the handler's start to its answer.
+    pub request_timeout: Duration,
+    /// Requests handled at once; the rest get 503 at once.
+    pub max_concurrent: usize,
+}
+
+pub fn router(state: Arc<AppState>, webhooks: Vec<Webhook>) -> Router {
+    let limits = state.limits;
     let mut app = Router::new();
     for webhook in webhooks {
         let path = webhook.path.clone();
@@ -43,11 +67,21 @@ pub fn router(
                 .layer(Extension(Arc::new(webhook))),
         );
     }
-    app.layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            body_timeout,
-        ))
-        .with_state(state)
+    app.with_state(state).layer(
+        ServiceBuilder::new()
+            // Outermost: a shed request is answered, never queued.
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                RequestShed.emit();
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry")
+            }))
+            .load_shed()
+            .concurrency_limit(limits.max_concurrent.max(1))
+            // Inside the limit, so a request past its deadline frees its slot.
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                limits.request_timeout,
+            )),
+    )
 }
 
 #[derive(Deserialize)]
@@ -62,29 +96,122 @@ async fn crc(
     let token = query
         .ok()
         .and_then(|Query(q)| q.crc_token)
-        .filter(|t| !t.is_empty());
-    let Some(token) = token else {
-        CrcAnswered {
-            webhook: &webhook.id,
-            ok: false,
-        }
-        .emit();
-        return (StatusCode::BAD_REQUEST, "missing crc_token").into_response();
-    };
+        .unwrap_or_default();
+    // Only tokens shaped like X's are signed: the answer is the same HMAC as
+    // a delivery signature, so signing anything would forge deliveries.
+    let answer = aaa_signing::crc_response_token(webhook.crc_secret(), &token);
     CrcAnswered {
         webhook: &webhook.id,
-        ok: true,
+        refused: answer.as_ref().err(),
     }
     .emit();
-    let response_token = aaa_signing::crc_response_token(webhook.crc_secret(), &token);
-    Json(serde_json::json!({ "response_token": response_token })).into_response()
+    match answer {
+        Ok(response_token) => {
+            Json(serde_json::json!({ "response_token": response_token })).into_response()
+        }
+        Err(err) => (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+    }
+}
+
+/// A request body as far as the receiver read it.
+enum ReadBody {
+    Complete(Bytes),
+    /// Over the limit. `authentic`: the whole body was read and X signed it.
+    TooLarge {
+        size: u64,
+        sha256: String,
+        authentic: bool,
+    },
+    Failed(String),
+}
+
+/// Buffers up to `max_body_bytes`; past that, keeps only a running
+/// signature check and hash so an oversized delivery from X leaves a trace.
+async fn read_body(
+    body: Body,
+    limits: &RequestLimits,
+    webhook: &Webhook,
+    signature: Option<&[u8]>,
+) -> ReadBody {
+    // A declared length past what is worth reading is refused unread.
+    let declared = body.size_hint().lower();
+    if declared > limits.max_verified_bytes {
+        return ReadBody::TooLarge {
+            size: declared,
+            sha256: String::new(),
+            authentic: false,
+        };
+    }
+    let mut body = body;
+    let mut buffered = BytesMut::new();
+    let mut overflow: Option<(aaa_signing::SignedStream, Sha256)> = None;
+    let mut size: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let chunk = match frame {
+            Ok(frame) => match frame.into_data() {
+                Ok(chunk) => chunk,
+                Err(_) => continue, // trailers carry nothing we read
+            },
+            Err(err) => return ReadBody::Failed(err.to_string()),
+        };
+        size += chunk.len() as u64;
+        if size > limits.max_verified_bytes {
+            return ReadBody::TooLarge {
+                size,
+                sha256: String::new(),
+                authentic: false,
+            };
+        }
+        match &mut overflow {
+            Some((signed, hash)) => {
+                signed.update(&chunk);
+                hash.update(&chunk);
+            }
+            None if buffered.len() + chunk.len() > limits.max_body_bytes => {
+                let mut signed = aaa_signing::SignedStream::new(&webhook.verify_secrets());
+                let mut hash = Sha256::new();
+                for part in [&buffered[..], &chunk[..]] {
+                    signed.update(part);
+                    hash.update(part);
+                }
+                buffered = BytesMut::new();
+                overflow = Some((signed, hash));
+            }
+            None => buffered.extend_from_slice(&chunk),
+        }
+    }
+    match overflow {
+        None => ReadBody::Complete(buffered.freeze()),
+        Some((signed, hash)) => ReadBody::TooLarge {
+            size,
+            sha256: hex::encode(hash.finalize()),
+            authentic: signed.verify(signature).is_ok(),
+        },
+    }
+}
+
+/// Every header of the request as text, for an oversized delivery's trace.
+fn header_map(request_headers: &HeaderMap) -> BTreeMap<String, String> {
+    request_headers
+        .iter()
+        .take(64)
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes())
+                    .chars()
+                    .take(512)
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 async fn deliver(
     State(state): State<Arc<AppState>>,
     Extension(webhook): Extension<Arc<Webhook>>,
     request_headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let _in_flight = InFlight::enter();
     let arrived = Instant::now();
@@ -101,26 +228,43 @@ async fn deliver(
         }
         .emit();
     };
-
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let status = rejection.status();
-            let outcome = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                Outcome::TooLarge
-            } else {
-                Outcome::BadRequest
-            };
-            done(outcome, Some(&rejection.body_text()), 0);
-            return (status, rejection.body_text()).into_response();
-        }
-    };
-
     let signature = request_headers
         .get(aaa_signing::SIGNATURE_HEADER)
         .map(|v| v.as_bytes());
+
+    let body = match read_body(body, &state.limits, &webhook, signature).await {
+        ReadBody::Complete(body) => body,
+        ReadBody::Failed(reason) => {
+            done(Outcome::BadRequest, Some(&reason), 0);
+            return (StatusCode::BAD_REQUEST, "request body could not be read").into_response();
+        }
+        ReadBody::TooLarge {
+            size,
+            authentic: false,
+            ..
+        } => {
+            let detail = format!("{size} bytes, not signed by X or not read");
+            done(Outcome::TooLarge, Some(&detail), 0);
+            return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+        }
+        ReadBody::TooLarge {
+            size,
+            sha256,
+            authentic: true,
+        } => {
+            return keep_oversized_trace(&state, &webhook, &request_headers, size, sha256, done)
+                .await;
+        }
+    };
+
     if let Err(err) = aaa_signing::verify(&webhook.verify_secrets(), signature, &body) {
         done(Outcome::BadSignature, Some(err.as_label()), body.len());
+        return (StatusCode::UNAUTHORIZED, "invalid signature").into_response();
+    }
+    // The CRC route signs token-shaped strings; such a "delivery" is one of
+    // them replayed, never X's (X sends JSON objects).
+    if aaa_signing::could_be_crc_token(&body) {
+        done(Outcome::Forged, Some("body is a CRC token"), body.len());
         return (StatusCode::UNAUTHORIZED, "invalid signature").into_response();
     }
 
@@ -166,11 +310,73 @@ async fn deliver(
                 Some(&err.to_string()),
                 body.len(),
             );
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily unavailable, retry",
-            )
-                .into_response()
+            unavailable()
+        }
+    }
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily unavailable, retry",
+    )
+        .into_response()
+}
+
+/// X sent a body over the limit: it cannot be stored, but it must not
+/// vanish. Its trace (size, hash, headers) goes through Kafka to
+/// `dead_letters`; 413 only once the broker has it, 503 (retry) otherwise.
+async fn keep_oversized_trace(
+    state: &AppState,
+    webhook: &Webhook,
+    request_headers: &HeaderMap,
+    size: u64,
+    sha256: String,
+    done: impl Fn(Outcome, Option<&str>, usize),
+) -> Response {
+    let trace = control::Oversized {
+        webhook_id: webhook.id.clone(),
+        size,
+        sha256,
+        limit: state.limits.max_body_bytes as u64,
+        headers: header_map(request_headers),
+    };
+    let Ok(payload) = serde_json::to_vec(&trace) else {
+        done(Outcome::BrokerUnavailable, Some("trace not encodable"), 0);
+        return unavailable();
+    };
+    let received_at_ms = state.clock.now().timestamp_millis().to_string();
+    let record_headers = OwnedHeaders::new()
+        .insert(Header {
+            key: headers::RECORD_TYPE,
+            value: Some(control::OVERSIZED),
+        })
+        .insert(Header {
+            key: headers::WEBHOOK_ID,
+            value: Some(webhook.id.as_str()),
+        })
+        .insert(Header {
+            key: headers::RECEIVED_AT_MS,
+            value: Some(received_at_ms.as_str()),
+        });
+    match state
+        .producer
+        .send(&state.topic, &webhook.id, &payload, record_headers)
+        .await
+    {
+        Ok(()) => {
+            let detail = format!("{size} bytes signed by X; trace kept as a dead letter");
+            done(Outcome::TooLargeAuthentic, Some(&detail), 0);
+            let mut response = (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            response
+        }
+        Err(err) => {
+            done(Outcome::BrokerUnavailable, Some(&err.to_string()), 0);
+            unavailable()
         }
     }
 }

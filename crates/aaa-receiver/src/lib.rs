@@ -8,6 +8,7 @@ mod coverage;
 mod events;
 mod http;
 mod producer;
+mod serve;
 mod stream;
 pub mod webhooks;
 
@@ -54,10 +55,23 @@ pub struct ReceiverArgs {
     /// Largest delivery body accepted; larger ones get 413.
     #[arg(long, env = "AAA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// How long a request body may take to arrive. X sends whole bodies at
-    /// once; a body that trickles in (slowloris) gets 400 and frees its slot.
-    #[arg(long, env = "AAA_BODY_TIMEOUT_MS", default_value_t = 5000)]
-    pub body_timeout_ms: u64,
+    /// Oversized bodies up to this size are still read (not stored) to learn
+    /// whether X signed them: if so, their trace becomes a dead letter.
+    /// Larger ones get 413 unread.
+    #[arg(long, env = "AAA_MAX_VERIFIED_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_verified_bytes: u64,
+    /// Total time a request may take, body and broker acknowledgement
+    /// included; then 408. X sends whole bodies at once, so a body that
+    /// trickles in (slowloris) cannot hold a slot longer than this.
+    #[arg(long, env = "AAA_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// How long a client may take to send a request's headers, and how long
+    /// an idle keep-alive connection stays open; then it is closed.
+    #[arg(long, env = "AAA_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Requests handled at once; more are answered 503 at once (X retries).
+    #[arg(long, env = "AAA_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    pub max_concurrent_requests: usize,
     /// How long to wait for the broker's acknowledgement before answering 503.
     /// Keep it under X's 3 s delivery limit.
     #[arg(long, env = "AAA_PRODUCE_TIMEOUT_MS", default_value_t = 2500)]
@@ -138,6 +152,12 @@ pub async fn run(
         topic: args.kafka.raw_topic.clone(),
         clock,
         coverage: coverage.clone(),
+        limits: http::RequestLimits {
+            max_body_bytes: args.max_body_bytes,
+            max_verified_bytes: args.max_verified_bytes.max(args.max_body_bytes as u64),
+            request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
+            max_concurrent: args.max_concurrent_requests,
+        },
     });
     let heartbeats = tokio::spawn(coverage::heartbeat_loop(
         coverage,
@@ -175,12 +195,7 @@ pub async fn run(
         }
         None => None,
     };
-    let app = http::router(
-        state,
-        webhooks,
-        args.max_body_bytes,
-        Duration::from_millis(args.body_timeout_ms),
-    );
+    let app = http::router(state, webhooks);
 
     let public = admin::bind("public", args.listen).await?;
     let admin_listener = admin::bind("admin", args.admin_listen).await?;
@@ -192,14 +207,14 @@ pub async fn run(
     ));
 
     let drain = Duration::from_millis(args.drain_timeout_ms);
-    let serve = axum::serve(public, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tokio::select! {
-        result = serve => result.map_err(Error::Serve)?,
-        // Graceful shutdown waits for in-flight requests, but not forever.
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
-            tracing::warn!(message = "drain timeout: abandoning in-flight requests");
-        }
-    }
+    serve::serve(
+        public,
+        app,
+        Duration::from_millis(args.header_read_timeout_ms.max(1)),
+        shutdown.clone(),
+        drain,
+    )
+    .await;
     if let Some(task) = stream_task {
         // It stops on shutdown; what it produced is flushed below.
         let _ = tokio::time::timeout(drain, task).await;

@@ -54,9 +54,69 @@ pub fn sign(secret: &[u8], message: &[u8]) -> String {
     format!("{SIGNATURE_PREFIX}{}", BASE64.encode(tag))
 }
 
-/// The `response_token` value that answers a CRC challenge.
-pub fn crc_response_token(secret: &[u8], crc_token: &str) -> String {
-    sign(secret, crc_token.as_bytes())
+/// Longest `crc_token` answered. X's tokens are short random strings; the
+/// bound keeps the route from hashing whatever a client sends.
+pub const CRC_TOKEN_MAX_LEN: usize = 256;
+
+/// Why a `crc_token` is not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CrcTokenError {
+    #[error("crc_token is missing or empty")]
+    Missing,
+    #[error("crc_token is longer than {CRC_TOKEN_MAX_LEN} characters")]
+    TooLong,
+    #[error("crc_token holds a character outside A-Z a-z 0-9 + / = - _")]
+    BadCharacter,
+}
+
+impl CrcTokenError {
+    /// Low-cardinality label for metrics.
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            CrcTokenError::Missing => "missing",
+            CrcTokenError::TooLong => "too_long",
+            CrcTokenError::BadCharacter => "bad_character",
+        }
+    }
+}
+
+/// A byte X's tokens may hold: the standard and URL-safe base64 alphabets.
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'/' | b'=' | b'-' | b'_')
+}
+
+/// Whether `token` has the shape of an X challenge.
+///
+/// The CRC answer and a delivery signature are the same HMAC under the same
+/// secret, so answering any token would sign any body: a client could ask
+/// for the signature of a forged delivery. The allowed bytes exclude `{`,
+/// `[`, quotes, whitespace, a BOM and every non-ASCII byte, so no token is a
+/// JSON object or array in any encoding, and the receiver refuses as forged
+/// every delivery that could be a token (`could_be_crc_token`).
+pub fn check_crc_token(token: &str) -> Result<(), CrcTokenError> {
+    if token.is_empty() {
+        return Err(CrcTokenError::Missing);
+    }
+    if token.len() > CRC_TOKEN_MAX_LEN {
+        return Err(CrcTokenError::TooLong);
+    }
+    if !token.bytes().all(is_token_byte) {
+        return Err(CrcTokenError::BadCharacter);
+    }
+    Ok(())
+}
+
+/// Whether `body` is something the CRC route would have signed. X's bodies
+/// are JSON objects, so such a body is never an authentic delivery.
+pub fn could_be_crc_token(body: &[u8]) -> bool {
+    std::str::from_utf8(body).is_ok_and(|text| check_crc_token(text).is_ok())
+}
+
+/// The `response_token` value that answers a CRC challenge; refused for a
+/// token that does not have X's shape (`check_crc_token`).
+pub fn crc_response_token(secret: &[u8], crc_token: &str) -> Result<String, CrcTokenError> {
+    check_crc_token(crc_token)?;
+    Ok(sign(secret, crc_token.as_bytes()))
 }
 
 /// Checks a delivery signature header against every secret (several during a
@@ -67,21 +127,48 @@ pub fn verify(
     header: Option<&[u8]>,
     body: &[u8],
 ) -> Result<(), SignatureError> {
-    let header = header.ok_or(SignatureError::Missing)?;
-    let encoded = header
-        .strip_prefix(SIGNATURE_PREFIX.as_bytes())
-        .ok_or(SignatureError::Malformed)?;
-    let expected = BASE64
-        .decode(encoded)
-        .map_err(|_| SignatureError::Malformed)?;
-    let mut matched = false;
-    for secret in secrets {
-        matched |= mac(secret.as_ref(), body).verify_slice(&expected).is_ok();
+    let mut stream = SignedStream::new(secrets);
+    stream.update(body);
+    stream.verify(header)
+}
+
+/// A body's signature check fed in chunks, for bodies too large to buffer:
+/// the receiver still learns whether an oversized delivery was X's.
+pub struct SignedStream {
+    macs: Vec<HmacSha256>,
+}
+
+impl SignedStream {
+    pub fn new(secrets: &[impl AsRef<[u8]>]) -> Self {
+        SignedStream {
+            macs: secrets.iter().map(|s| mac(s.as_ref(), b"")).collect(),
+        }
     }
-    if matched {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        for mac in &mut self.macs {
+            mac.update(chunk);
+        }
+    }
+
+    /// As [`verify`], over every chunk fed so far.
+    pub fn verify(self, header: Option<&[u8]>) -> Result<(), SignatureError> {
+        let header = header.ok_or(SignatureError::Missing)?;
+        let encoded = header
+            .strip_prefix(SIGNATURE_PREFIX.as_bytes())
+            .ok_or(SignatureError::Malformed)?;
+        let expected = BASE64
+            .decode(encoded)
+            .map_err(|_| SignatureError::Malformed)?;
+        let mut matched = false;
+        for mac in self.macs {
+            matched |= mac.verify_slice(&expected).is_ok();
+        }
+        if matched {
+            Ok(())
+        } else {
+            Err(SignatureError::Mismatch)
+        }
     }
 }
 
@@ -96,7 +183,74 @@ mod tests {
 
     #[test]
     fn crc_token_matches_independent_value() {
-        assert_eq!(crc_response_token(SECRET, "challenge"), KNOWN_CRC);
+        assert_eq!(
+            crc_response_token(SECRET, "challenge"),
+            Ok(KNOWN_CRC.into())
+        );
+    }
+
+    #[test]
+    fn x_shaped_tokens_are_answered() {
+        for token in [
+            "challenge",
+            "0123456789abcdef0123456789abcdef",
+            "QTZCQzk0RTAtMTVGMy00NzU5LUE5QjUtMkY2QUU3NjcwRTdE",
+            "a+b/c==",
+            "url-safe_token",
+        ] {
+            assert!(crc_response_token(SECRET, token).is_ok(), "{token}");
+        }
+        let longest = "a".repeat(CRC_TOKEN_MAX_LEN);
+        assert!(crc_response_token(SECRET, &longest).is_ok());
+    }
+
+    #[test]
+    fn tokens_of_other_shapes_are_refused() {
+        assert_eq!(check_crc_token(""), Err(CrcTokenError::Missing));
+        let too_long = "a".repeat(CRC_TOKEN_MAX_LEN + 1);
+        assert_eq!(check_crc_token(&too_long), Err(CrcTokenError::TooLong));
+        for token in ["a b", "a\nb", "é", "a%b", "a.b", "\u{feff}abc", "a\0"] {
+            assert_eq!(
+                check_crc_token(token),
+                Err(CrcTokenError::BadCharacter),
+                "{token:?}"
+            );
+        }
+    }
+
+    /// The oracle: whatever JSON body a client asks the CRC route to sign,
+    /// the answer is never a valid signature of a body the receiver accepts.
+    #[test]
+    fn no_json_object_or_array_can_be_signed_through_crc() {
+        let bodies: Vec<Vec<u8>> = vec![
+            br#"{"for_user_id":"1","follow_events":[]}"#.to_vec(),
+            b" {\"a\":1}".to_vec(),
+            b"\t\r\n{}".to_vec(),
+            b"\xef\xbb\xbf{}".to_vec(),
+            b"[{}]".to_vec(),
+            // UTF-16 (LE and BE) and UTF-32 encodings of "{}".
+            b"\xff\xfe{\x00}\x00".to_vec(),
+            b"\xfe\xff\x00{\x00}".to_vec(),
+            b"{\x00\x00\x00}\x00\x00\x00".to_vec(),
+        ];
+        for body in bodies {
+            let as_token = String::from_utf8_lossy(&body);
+            assert!(
+                crc_response_token(SECRET, &as_token).is_err(),
+                "{as_token:?} was signed"
+            );
+            assert!(!could_be_crc_token(&body));
+        }
+        // Every printable ASCII byte that could open or continue JSON
+        // structure is outside the alphabet.
+        for byte in [
+            b'{', b'[', b'"', b' ', b'\t', b'\n', b'\r', b':', b',', b'.',
+        ] {
+            assert!(!is_token_byte(byte), "{}", byte as char);
+        }
+        // What a token can be is refused as a delivery.
+        assert!(could_be_crc_token(b"12345"));
+        assert!(could_be_crc_token(b"true"));
     }
 
     #[test]
@@ -162,6 +316,23 @@ mod tests {
         assert_eq!(
             verify(&[SECRET], Some(b"sha256=!!not base64!!"), b"x"),
             Err(SignatureError::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_body_fed_in_chunks_verifies_like_the_whole() {
+        let body = b"a body that arrives in three chunks";
+        let header = sign(SECRET, body);
+        let mut stream = SignedStream::new(&[SECRET]);
+        for chunk in body.chunks(12) {
+            stream.update(chunk);
+        }
+        assert_eq!(stream.verify(Some(header.as_bytes())), Ok(()));
+        let mut partial = SignedStream::new(&[SECRET]);
+        partial.update(&body[..12]);
+        assert_eq!(
+            partial.verify(Some(header.as_bytes())),
+            Err(SignatureError::Mismatch)
         );
     }
 

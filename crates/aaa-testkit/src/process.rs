@@ -129,6 +129,17 @@ impl Service {
         }
     }
 
+    /// Freezes the process (SIGSTOP): alive, holding its connections and
+    /// leases, doing nothing, like a node that hangs.
+    pub fn freeze(&self) {
+        kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP");
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        kill(self.pid(), Signal::SIGCONT).expect("SIGCONT");
+    }
+
     /// Asks the service to shut down gracefully (SIGTERM); see [`Self::wait_exit`].
     pub fn sigterm(&self) {
         kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");

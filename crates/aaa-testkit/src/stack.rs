@@ -22,6 +22,8 @@ pub struct StackOptions {
     /// Superuser URL of the cluster to create the test database on; the
     /// shared test cluster when `None`.
     pub database_cluster: Option<String>,
+    /// More settings for the receiver (limits and timeouts under test).
+    pub receiver_env: Vec<(&'static str, String)>,
 }
 
 impl StackOptions {
@@ -72,6 +74,7 @@ impl Default for StackOptions {
             heartbeat_secs: 10,
             audit_minutes: 0,
             database_cluster: None,
+            receiver_env: Vec::new(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl Stack {
             ),
         ];
         receiver_env.extend(options.clock_env());
+        receiver_env.extend(options.receiver_env.iter().cloned());
         let mut first_env = receiver_env.clone();
         first_env.push(("AAA_LISTEN", "127.0.0.1:0".into()));
         let receiver = Service::spawn("receiver", &bin, &["receiver"], &first_env);
@@ -237,6 +241,8 @@ impl Stack {
             ("AAA_X_API_BASE_URL", sim.url.clone()),
             ("AAA_X_BEARER_TOKEN", sim.bearer.clone()),
             ("AAA_REPLICA_ID", replica.to_owned()),
+            // A killed replica's webhook is taken over within 3 real seconds.
+            ("AAA_WATERMARK_LEASE_SECS", "3".to_owned()),
             (
                 "AAA_WATERMARK_AUDIT_MINUTES",
                 self.options.audit_minutes.to_string(),

@@ -4,7 +4,7 @@
 //!
 //! The decisions are pure ([`coverage`], [`planner`]); Postgres holds the
 //! state (`replay_windows`), so a restarted or second replica picks up where
-//! the first stopped, and a per-webhook advisory lock plus a unique index
+//! the first stopped, and a per-webhook lease (`watermark_leases`) plus a unique index
 //! keep at most one job in flight per webhook.
 
 pub mod coverage;
@@ -84,15 +84,37 @@ pub struct WatermarkArgs {
     #[arg(long, env = "AAA_WATERMARK_AUDIT_MINUTES", default_value_t = 120,
           value_parser = clap::value_parser!(u32).range(0..=120))]
     pub audit_minutes: u32,
-    /// Identity of this replica in logs.
-    #[arg(long, env = "AAA_REPLICA_ID", default_value = "watermark")]
-    pub replica_id: String,
+    /// Identity of this replica in logs and in `watermark_leases`; must
+    /// differ between replicas (defaults to the host name, in Kubernetes the
+    /// pod name).
+    #[arg(long, env = "AAA_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// Real seconds a replica's lease on a webhook lasts without renewal
+    /// (every round renews it). A replica that dies or freezes is replaced
+    /// after at most this long.
+    #[arg(long, env = "AAA_WATERMARK_LEASE_SECS", default_value_t = 60)]
+    pub lease_secs: u64,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub x: XApiArgs,
+}
+
+impl WatermarkArgs {
+    /// This replica's name: configured, else the host name, else a random one.
+    pub fn replica_id(&self) -> String {
+        static RANDOM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        self.replica_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| {
+                RANDOM
+                    .get_or_init(|| format!("watermark-{:08x}", rand::random::<u32>()))
+                    .clone()
+            })
+    }
 }
 
 struct DbReadiness(sqlx::PgPool);
@@ -157,6 +179,7 @@ pub async fn run(
     shutdown.cancelled().await;
     let mut scheduler = scheduler;
     let _ = scheduler.shutdown().await;
+    watermark.release_leases().await;
     admin_task.abort();
     tracing::info!(message = "watermark stopped");
     Ok(())

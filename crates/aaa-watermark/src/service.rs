@@ -1,4 +1,4 @@
-//! One round of the watermark, per webhook, under a Postgres advisory lock:
+//! One round of the watermark, per webhook, under a lease (`watermark_leases`):
 //! record validity, write fences, follow the job in flight, record new gaps,
 //! submit the next window. Every decision is logged with its reason.
 
@@ -35,6 +35,7 @@ pub struct Watermark {
     clock: Clock,
     webhooks: Vec<String>,
     replica: String,
+    lease: Duration,
     job_timeout: TimeDelta,
     backoff: TimeDelta,
     replay_limit: i64,
@@ -109,6 +110,7 @@ impl Watermark {
             ] {
                 metrics::counter!(counter, "webhook" => w()).increment(0);
             }
+            metrics::gauge!("aaa_watermark_lease_held", "webhook" => w()).set(0.0);
         }
         Ok(Watermark {
             pool,
@@ -118,7 +120,8 @@ impl Watermark {
             partitions,
             clock,
             webhooks: args.webhooks.clone(),
-            replica: args.replica_id.clone(),
+            replica: args.replica_id(),
+            lease: Duration::from_secs(args.lease_secs.max(1)),
             job_timeout: TimeDelta::seconds(args.job_timeout_secs),
             backoff: TimeDelta::seconds(args.backoff_secs),
             replay_limit,
@@ -141,21 +144,64 @@ impl Watermark {
 
     async fn tick_webhook(&self, webhook: &str, now: DateTime<Utc>) -> Result<(), Error> {
         let mut conn = self.pool.acquire().await?;
-        let lock = format!("aaa-watermark:{webhook}");
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-            .bind(&lock)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !locked {
-            tracing::debug!(message = "another watermark replica holds this webhook", webhook, replica = %self.replica);
+        // Every replica reports how far judging got, holder or not: a holder
+        // that is frozen or failing cannot report its own stall.
+        let judged_to: Option<DateTime<Utc>> =
+            sqlx::query_scalar("SELECT judged_to FROM watermark_progress WHERE webhook_id = $1")
+                .bind(webhook)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some(judged_to) = judged_to {
+            metrics::gauge!("aaa_watermark_judged_age_seconds", "webhook" => webhook.to_owned())
+                .set((now - judged_to).as_seconds_f64().max(0.0));
+        }
+        let held = self.take_lease(&mut conn, webhook).await?;
+        metrics::gauge!("aaa_watermark_lease_held", "webhook" => webhook.to_owned()).set(if held {
+            1.0
+        } else {
+            0.0
+        });
+        if !held {
+            tracing::debug!(message = "another watermark replica holds this webhook's lease", webhook, replica = %self.replica);
             return Ok(());
         }
-        let result = self.round(&mut conn, webhook, now).await;
-        sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-            .bind(&lock)
-            .execute(&mut *conn)
-            .await?;
-        result
+        self.round(&mut conn, webhook, now).await
+    }
+
+    /// Takes or renews this replica's lease on `webhook`: granted when free,
+    /// expired, or already ours. Postgres's clock decides, so replicas with
+    /// skewed clocks agree. A round longer than the lease may overlap the
+    /// next holder's; X still gets one job per webhook (a unique index).
+    async fn take_lease(&self, conn: &mut PgConnection, webhook: &str) -> Result<bool, Error> {
+        let holder: Option<String> = sqlx::query_scalar(
+            "INSERT INTO watermark_leases AS l (webhook_id, holder, acquired_at, renewed_at, expires_at)
+             VALUES ($1, $2, now(), now(), now() + make_interval(secs => $3))
+             ON CONFLICT (webhook_id) DO UPDATE
+                SET holder = excluded.holder,
+                    acquired_at = CASE WHEN l.holder = excluded.holder THEN l.acquired_at ELSE now() END,
+                    renewed_at = now(),
+                    expires_at = excluded.expires_at
+                WHERE l.holder = excluded.holder OR l.expires_at < now()
+             RETURNING holder",
+        )
+        .bind(webhook)
+        .bind(&self.replica)
+        .bind(self.lease.as_secs_f64())
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(holder.is_some())
+    }
+
+    /// Gives up this replica's leases (on shutdown), so another takes over
+    /// at once instead of after the lease ran out.
+    pub async fn release_leases(&self) {
+        let released = sqlx::query("DELETE FROM watermark_leases WHERE holder = $1")
+            .bind(&self.replica)
+            .execute(&self.pool)
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(message = "leases not released; they expire on their own", error = %error);
+        }
     }
 
     async fn round(
