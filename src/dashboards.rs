@@ -99,6 +99,11 @@ pub const DASHBOARDS: &[Dashboard] = &[
                 unit: "short",
             },
             Panel {
+                title: "Requests shed at the concurrency limit",
+                queries: &["sum(rate(aaa_receiver_requests_shed_total[5m]))"],
+                unit: "reqps",
+            },
+            Panel {
                 title: "Body bytes per second",
                 queries: &["sum(rate(aaa_receiver_body_bytes_total{webhook=~\"$webhook\"}[5m]))"],
                 unit: "Bps",
@@ -149,6 +154,14 @@ pub const DASHBOARDS: &[Dashboard] = &[
                 unit: "short",
             },
             Panel {
+                title: "Records refused by Postgres for good (dead-lettered), and stall",
+                queries: &[
+                    "sum(increase(aaa_consumer_rejected_records_total[1h]))",
+                    "max(aaa_consumer_stalled_seconds)",
+                ],
+                unit: "short",
+            },
+            Panel {
                 title: "Write and commit failures",
                 queries: &[
                     "sum(rate(aaa_consumer_write_failures_total[5m])) or vector(0)",
@@ -193,6 +206,14 @@ pub const DASHBOARDS: &[Dashboard] = &[
             Panel {
                 title: "Webhook valid at X",
                 queries: &["min by (webhook) (aaa_watermark_webhook_valid{webhook=~\"$webhook\"})"],
+                unit: "short",
+            },
+            Panel {
+                title: "Watermark: lease held (per replica) and age of judged timeline",
+                queries: &[
+                    "sum by (webhook) (aaa_watermark_lease_held{webhook=~\"$webhook\"})",
+                    "max by (webhook) (aaa_watermark_judged_age_seconds{webhook=~\"$webhook\"})",
+                ],
                 unit: "short",
             },
             Panel {

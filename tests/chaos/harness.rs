@@ -171,9 +171,10 @@ impl Run {
         assert_eq!(answer.status(), 200, "the operator's replay was accepted");
     }
 
-    /// Posts, signed as X would, one body of each kind Postgres refuses for
-    /// good (NUL in a key, in a post's text, a timestamp before 4713 BC, a key
-    /// too long for its index) for each of `accounts` (so several partitions).
+    /// Posts, signed as X would, four poison bodies for each of `accounts`
+    /// (so several partitions): NUL in an activity (dead-lettered when
+    /// planned), and three Postgres refuses for good: NUL in the envelope's
+    /// side data, a timestamp before 4713 BC, a key too long for its index.
     /// The receiver accepts them: they are authentic.
     pub async fn inject_poison(&mut self, accounts: std::ops::Range<u64>, tag: &str) {
         use rand::Rng;
@@ -186,7 +187,7 @@ impl Run {
                 .collect();
             let bodies = [
                 json!({"for_user_id": user, "favorite_events": [{"id": format!("{tag}\u{0}{account}"), "timestamp_ms": "1700000000000"}]}),
-                json!({"for_user_id": user, "tweet_create_events": [{"id_str": format!("{tag}-nul-{account}"), "text": "a\u{0}b", "timestamp_ms": "1700000000000", "user": {"id_str": user}}]}),
+                json!({"for_user_id": user, "users": {user.clone(): {"name": "a\u{0}b"}}, "favorite_events": [{"id": format!("{tag}-ctx-{account}"), "timestamp_ms": "1700000000000"}]}),
                 json!({"for_user_id": user, "favorite_events": [{"id": format!("{tag}-bc-{account}"), "timestamp_ms": "-300000000000000"}]}),
                 json!({"for_user_id": user, "favorite_events": [{"id": long_key, "timestamp_ms": "1700000000000"}]}),
             ];
@@ -384,8 +385,9 @@ impl Run {
         for poison in &self.poison {
             let kept = dead.iter().find(|(raw, _, _)| raw == poison);
             assert!(
-                kept.is_some_and(|(_, kind, reason)| kind == "rejected_by_database"
-                    && reason.starts_with("SQLSTATE ")),
+                kept.is_some_and(|(_, kind, reason)| (kind == "rejected_by_database"
+                    && reason.starts_with("SQLSTATE "))
+                    || kind == "nul_character"),
                 "{scenario}: a poison record is a dead letter with its bytes and reason: {kept:?}"
             );
         }

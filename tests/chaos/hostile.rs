@@ -227,6 +227,7 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
     );
     assert_eq!(stack.delivery_outcomes("too_large").await, 1.0);
     assert_eq!(stack.delivery_outcomes("too_large_authentic").await, 1.0);
+    assert_eq!(stack.delivery_outcomes("bad_request").await, 1.0);
     assert_eq!(stack.delivery_outcomes("forged").await, 1.0);
     assert_eq!(
         stack.delivery_outcomes("ok").await,

@@ -633,3 +633,60 @@ async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
         "each post stored once per account, whichever envelope came first"
     );
 }
+
+/// Kafka properties may carry SASL passwords: `--help` does not show them,
+/// and a malformed one is named by position, never echoed.
+#[test]
+fn kafka_property_values_are_never_printed() {
+    const SECRET: &str = "sasl.password=hunter2,with-a-comma";
+    for command in ["receiver", "consumer", "watermark"] {
+        let help = Command::new(BIN)
+            .args([command, "--help"])
+            .env("AAA_KAFKA_PROPERTIES", SECRET)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(help.status.success(), "{command} --help");
+        assert!(text.contains("AAA_KAFKA_PROPERTIES"), "{text}");
+        assert!(
+            !text.contains("hunter2"),
+            "{command} --help shows the secret"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("consumer-secret");
+    std::fs::write(&secret, "s").unwrap();
+    let webhooks = dir.path().join("webhooks.toml");
+    std::fs::write(
+        &webhooks,
+        format!(
+            "[[webhooks]]\nid = \"1\"\npath = \"/x\"\nconsumer_secret_files = [{:?}]\n",
+            secret.display().to_string()
+        ),
+    )
+    .unwrap();
+    let refused = Command::new(BIN)
+        .args([
+            "receiver",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--webhooks-file")
+        .arg(&webhooks)
+        .env("AAA_KAFKA_PROPERTIES", "hunter2-without-equals")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!refused.status.success(), "{all}");
+    assert!(all.contains("invalid Kafka property (entry 1)"), "{all}");
+    assert!(
+        !all.contains("hunter2"),
+        "the error echoes the value: {all}"
+    );
+}

@@ -598,3 +598,42 @@ async fn the_simulator_drives_the_pipeline_and_ground_truth_matches_postgres() {
     assert_eq!(stored, expected, "Postgres holds exactly what X delivered");
     assert_eq!(stack.db.count("SELECT count(*) FROM dead_letters").await, 0);
 }
+
+/// `events.payload` is what X sent, byte for byte: numbers that a JSON
+/// library or jsonb would rewrite (`1e2`, `-0`, a 30-digit integer, `1.50`),
+/// escapes and key order. A `for_user_id` that is no account id (a number
+/// past u64, which no parser keeps exactly) is a dead letter, never a NULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_are_stored_as_sent_and_a_bad_for_user_id_is_kept() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let sender = stack.sender();
+    let item = r#"{"id":"exact-1","z":1e2,"neg":-0,"big":123456789012345678901234567890,"price":1.50,"s":"caf\u00e9 \/ \"","a":{"b":[1,2.0]}}"#;
+    let body = format!(r#"{{"for_user_id":"42","favorite_events":[ {item} ]}}"#);
+    assert_eq!(sender.post(body.as_bytes()).await.unwrap(), 200);
+    let bad = br#"{"for_user_id":123456789012345678901,"favorite_events":[{"id":"lost-id"}]}"#;
+    assert_eq!(sender.post(bad).await.unwrap(), 200);
+
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 1).await;
+    wait_for_rows(&stack.db, "SELECT count(*) FROM dead_letters", 1).await;
+    let (stored, number): (String, String) = sqlx::query_as(
+        "SELECT payload::text, payload->>'big' FROM events WHERE natural_key = 'exact-1'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, item);
+    assert_eq!(number, "123456789012345678901234567890");
+    let (raw, kind, reason): (Vec<u8>, String, String) =
+        sqlx::query_as("SELECT raw, error_kind, reason FROM dead_letters")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(raw, bad);
+    assert_eq!(kind, "bad_for_user_id");
+    assert!(reason.contains("123456789012345678901"), "{reason}");
+    let nulls = stack
+        .db
+        .count("SELECT count(*) FROM events WHERE for_user_id IS NULL")
+        .await;
+    assert_eq!(nulls, 0);
+}

@@ -138,6 +138,14 @@ fn dead_letter(
     }
 }
 
+/// Whether JSON text holds the escape of a NUL character (conservatively: a
+/// literal backslash followed by `u0000` counts too; it only dead-letters).
+fn has_nul_escape(json: &str) -> bool {
+    json.as_bytes()
+        .windows(6)
+        .any(|w| w[0] == b'\\' && w[1] == b'u' && w[2..].iter().all(|b| *b == b'0'))
+}
+
 /// A record Postgres refused for good (`reason`: the error and its
 /// SQLSTATE), kept whole with its raw bytes so nothing behind it waits.
 pub fn rejected_dead_letter(record: &RawRecord, reason: &str) -> DeadLetterRow {
@@ -213,6 +221,21 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
                             Vec::new()
                         }
                     };
+                let payload_text = activity
+                    .raw
+                    .clone()
+                    .unwrap_or_else(|| activity.payload.to_string());
+                // `json` keeps `\u0000` but every ->> over it fails: such an
+                // activity would break analysts' queries, so it is kept only
+                // as a dead letter (X does not send NUL in its JSON).
+                if has_nul_escape(&payload_text) {
+                    plan.dead_letters.push(dead(
+                        index,
+                        "nul_character",
+                        "activity holds \\u0000, which Postgres text cannot hold".to_owned(),
+                    ));
+                    continue;
+                }
                 plan.events.push(EventRow {
                     webhook_id: record.webhook_id.clone(),
                     for_user_id: envelope.for_user_id.clone(),
@@ -221,10 +244,7 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
                     natural_key: activity.natural_key.clone(),
                     event_time: activity.event_time,
                     payload: activity.payload.clone(),
-                    payload_text: activity
-                        .raw
-                        .clone()
-                        .unwrap_or_else(|| activity.payload.to_string()),
+                    payload_text,
                     context: Value::Object(envelope.context.clone()),
                     activity_index: index,
                     topic: record.topic.clone(),
@@ -321,6 +341,23 @@ mod tests {
         assert!(dead.reason.contains("2000000 bytes"), "{}", dead.reason);
         assert!(dead.reason.contains("user-agent: X"), "{}", dead.reason);
         assert_eq!(dead.raw, oversized.payload.unwrap());
+    }
+
+    #[test]
+    fn an_activity_with_a_nul_escape_is_a_dead_letter_and_its_siblings_land() {
+        let plan = plan(&[record(
+            1,
+            0,
+            Some(r#"{"for_user_id":"1","favorite_events":[{"id":"a"},{"id":"b","t":"x\u0000"}]}"#),
+        )]);
+        assert_eq!(plan.events.len(), 1);
+        assert_eq!(plan.events[0].natural_key, "a");
+        let dead: Vec<_> = plan
+            .dead_letters
+            .iter()
+            .map(|d| (d.activity_index, d.error_kind))
+            .collect();
+        assert_eq!(dead, [(1, "nul_character")]);
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub fn register() {
         "bad_for_user_id",
         "too_large",
         "rejected_by_database",
+        "nul_character",
     ] {
         metrics::counter!(DEAD_LETTERS, "error_kind" => kind).increment(0);
     }

@@ -76,10 +76,12 @@ pub fn router(state: Arc<AppState>, webhooks: Vec<Webhook>) -> Router {
             }))
             .load_shed()
             .concurrency_limit(limits.max_concurrent.max(1))
-            // Inside the limit, so a request past its deadline frees its slot.
+            // Inside the limit, so a request past its deadline frees its
+            // slot. The delivery handler keeps its own (counted) deadline on
+            // the body; this one is the backstop for everything else.
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
-                limits.request_timeout,
+                limits.request_timeout + Duration::from_secs(1),
             )),
     )
 }
@@ -232,7 +234,17 @@ async fn deliver(
         .get(aaa_signing::SIGNATURE_HEADER)
         .map(|v| v.as_bytes());
 
-    let body = match read_body(body, &state.limits, &webhook, signature).await {
+    let read = read_body(body, &state.limits, &webhook, signature);
+    let Ok(read) = tokio::time::timeout(state.limits.request_timeout, read).await else {
+        // X sends whole bodies at once: one still trickling is not X's.
+        done(
+            Outcome::BadRequest,
+            Some("body not complete within the request deadline"),
+            0,
+        );
+        return (StatusCode::REQUEST_TIMEOUT, "request body too slow").into_response();
+    };
+    let body = match read {
         ReadBody::Complete(body) => body,
         ReadBody::Failed(reason) => {
             done(Outcome::BadRequest, Some(&reason), 0);

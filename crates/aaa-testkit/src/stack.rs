@@ -170,6 +170,8 @@ impl Stack {
                 options.batch_max_records.to_string(),
             ),
             ("AAA_BATCH_MAX_WAIT_MS", "50".into()),
+            // /healthz fails after 2 s of a batch that cannot be stored.
+            ("AAA_STALL_SECS", "2".into()),
         ];
         let mut consumer_env = consumer_env;
         consumer_env.extend(options.clock_env());
