@@ -408,3 +408,191 @@ async fn readers_cannot_stall_the_watermark_and_a_frozen_holder_is_replaced() {
     .await;
     first.thaw();
 }
+
+/// Maintenance deletes, as `aaa_writer`, what only the watermark needs once
+/// it is past the horizon, in batches, and nothing a round may still read:
+/// pending windows, and a stopped webhook's history back to 26 h before
+/// where it was judged. Dead letters stay unless a retention is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_prunes_only_what_no_round_can_read() {
+    use aaa_watermark::maintenance::{Retention, prune};
+    let db = TestDb::migrated().await;
+    let now: DateTime<Utc> = "2026-12-01T00:00:00Z".parse().unwrap();
+    let days = |d: i64| now - TimeDelta::days(d);
+    // Webhook "live" judged up to now; webhook "stopped" judged 10 days ago.
+    for (webhook, judged) in [("live", now), ("stopped", days(10))] {
+        sqlx::query("INSERT INTO watermark_progress (webhook_id, judged_to) VALUES ($1, $2)")
+            .bind(webhook)
+            .bind(judged)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        // A heartbeat every hour for 12 days, and a validity sample.
+        for hour in 0..(12 * 24) {
+            let at = now - TimeDelta::hours(hour);
+            sqlx::query("INSERT INTO coverage_heartbeats (replica_id, webhook_id, covered_from, covered_to, accepted, refused) VALUES ('r', $1, $2, $3, 1, 0)")
+                .bind(webhook)
+                .bind(at - TimeDelta::hours(1))
+                .bind(at)
+                .execute(&db.pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO webhook_validity (webhook_id, checked_at, valid) VALUES ($1, $2, true)")
+                .bind(webhook)
+                .bind(at)
+                .execute(&db.pool)
+                .await
+                .unwrap();
+        }
+        for (state, age) in [
+            ("reconciled", 5),
+            ("expired", 5),
+            ("pending", 5),
+            ("reconciled", 1),
+        ] {
+            sqlx::query("INSERT INTO replay_windows (webhook_id, window_from, window_to, state, kind, created_at) VALUES ($1, $2, $3, $4, 'gap', $3)")
+                .bind(webhook)
+                .bind(days(age) - TimeDelta::hours(1))
+                .bind(days(age))
+                .bind(state)
+                .execute(&db.pool)
+                .await
+                .unwrap();
+        }
+    }
+    sqlx::query("INSERT INTO dead_letters (activity_index, error_kind, reason, raw, raw_sha256, kafka_topic, kafka_partition, kafka_offset, received_at) VALUES (-1, 'not_json', 'x', 'x', 'h', 't', 0, 0, $1)")
+        .bind(days(30))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    let retention = Retention {
+        horizon: TimeDelta::hours(72),
+        dead_letters: None,
+        batch: 50,
+    };
+    let deleted = prune(&writer, now, &retention).await.unwrap();
+
+    let db = &db;
+    let count = |sql: &'static str| async move { db.count(sql).await };
+    // live: 72 h of the hourly heartbeats stay (the one ending exactly at
+    // the cutoff included); stopped: everything from 26 h before day 10.
+    let live_kept =
+        count("SELECT count(*) FROM coverage_heartbeats WHERE webhook_id = 'live'").await;
+    assert_eq!(live_kept, 73);
+    let stopped_oldest: DateTime<Utc> = sqlx::query_scalar(
+        "SELECT min(covered_to) FROM coverage_heartbeats WHERE webhook_id = 'stopped'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stopped_oldest, days(10) - TimeDelta::hours(26));
+    assert_eq!(
+        count("SELECT count(*) FROM webhook_validity WHERE webhook_id = 'live'").await,
+        73
+    );
+    // Settled windows past the horizon go; pending ones and recent ones stay.
+    let windows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT webhook_id, state FROM replay_windows ORDER BY webhook_id, state, window_to",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        windows,
+        [
+            ("live".into(), "pending".into()),
+            ("live".into(), "reconciled".into()),
+            ("stopped".into(), "expired".into()),
+            ("stopped".into(), "pending".into()),
+            ("stopped".into(), "reconciled".into()),
+            ("stopped".into(), "reconciled".into()),
+        ]
+    );
+    // live: 288 - 73; stopped: those ending more than 266 h ago (267..=287).
+    assert_eq!(deleted["coverage_heartbeats"], 215 + 21);
+    assert_eq!(count("SELECT count(*) FROM dead_letters").await, 1);
+
+    // With a dead-letter retention, old dead letters go too.
+    let deleted = prune(
+        &writer,
+        now,
+        &Retention {
+            dead_letters: Some(TimeDelta::days(7)),
+            ..retention
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted["dead_letters"], 1);
+    assert_eq!(deleted["coverage_heartbeats"], 0, "nothing left to prune");
+}
+
+/// A watermark installed against a webhook X registered more than 25 h ago
+/// (nothing of ours ran then): the first round replays what X can still
+/// replay, and no later round judges the time before that, so nothing is
+/// marked expired and no critical alert fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installing_against_an_old_webhook_expires_nothing() {
+    let mut stack = Stack::start(
+        BIN,
+        StackOptions {
+            heartbeat_secs: 600,
+            ..StackOptions::scaled(3000.0)
+        },
+    )
+    .await;
+    let clock = stack.options.clock();
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
+    // The webhook exists at X; nothing of ours serves it for 26 h.
+    stack.receiver.kill();
+    wait_until_sim(clock, clock.now() + TimeDelta::hours(26)).await;
+    stack.restart_receiver().await;
+    let watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let judged = || async {
+        sqlx::query_scalar::<_, DateTime<Utc>>(
+            "SELECT judged_to FROM watermark_progress WHERE webhook_id = $1",
+        )
+        .bind(&stack.webhook_id)
+        .fetch_optional(&stack.db.pool)
+        .await
+        .unwrap()
+    };
+    let first = eventually(WAIT, "a first round", || async { judged().await }).await;
+    // Several more rounds (each judges up to the consumer's horizon).
+    eventually(WAIT, "rounds covering two more simulated hours", || async {
+        judged()
+            .await
+            .filter(|j| *j > first + TimeDelta::hours(2))
+            .map(|_| ())
+    })
+    .await;
+    let tracked_from: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT tracked_from FROM watermark_progress WHERE webhook_id = $1")
+            .bind(&stack.webhook_id)
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    let tracked_from = tracked_from.expect("tracking start recorded");
+    assert!(tracked_from <= first, "{tracked_from} after {first}");
+    // Nothing before tracking began is judged, so nothing there expires. (At
+    // 3000x a round is 50 simulated minutes: the oldest backfill window may
+    // age out while it waits; that is after tracking began, and counted.)
+    let before: Vec<(DateTime<Utc>, DateTime<Utc>, Option<String>)> = sqlx::query_as(
+        "SELECT window_from, window_to, last_error FROM replay_windows
+         WHERE state = 'expired' AND window_from < $1",
+    )
+    .bind(tracked_from)
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(before, [], "expired before tracking began ({tracked_from})");
+    let admin = format!("http://{}", watermark.addr("admin").await);
+    let counted = aaa_testkit::metric(&admin, "aaa_watermark_expired_minutes_total").await;
+    let marked = stack
+        .db
+        .count("SELECT coalesce(sum(extract(epoch FROM window_to - window_from) / 60), 0)::int8 FROM replay_windows WHERE state = 'expired' AND kind = 'gap'")
+        .await;
+    assert_eq!(counted, marked as f64, "every expired minute counted");
+}

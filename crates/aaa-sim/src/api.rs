@@ -143,14 +143,44 @@ async fn register(
     Json(json!({"data": webhook})).into_response()
 }
 
+/// 429 as X answers it, with when the window resets.
+fn too_many_requests(limit: u32, reset: chrono::DateTime<chrono::Utc>) -> Response {
+    let mut response = x_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        "Too Many Requests",
+    );
+    let headers = response.headers_mut();
+    headers.insert("x-rate-limit-limit", limit.into());
+    headers.insert("x-rate-limit-remaining", 0.into());
+    headers.insert("x-rate-limit-reset", reset.timestamp().into());
+    response
+}
+
+/// X's limit on the webhook endpoints, per endpoint: the 429 to answer
+/// when it is reached.
+fn webhooks_rate(sim: &Sim, endpoint: &'static str) -> Option<Response> {
+    let limit = sim.args.webhooks_read_limit;
+    sim.world()
+        .take_rate(endpoint, limit, REPLAY_RATE_WINDOW, sim.clock.now())
+        .err()
+        .map(|reset| too_many_requests(limit, reset))
+}
+
 async fn list_webhooks(State(sim): State<Sim>, headers: HeaderMap) -> Response {
     require_bearer!(sim, headers);
+    if let Some(refused) = webhooks_rate(&sim, "webhooks_list") {
+        return refused;
+    }
     let webhooks: Vec<Value> = sim.world().webhooks.values().map(|w| json!(w)).collect();
     Json(json!({"data": webhooks, "meta": {"result_count": webhooks.len()}})).into_response()
 }
 
 async fn validate(State(sim): State<Sim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     require_bearer!(sim, headers);
+    if let Some(refused) = webhooks_rate(&sim, "webhooks_validate") {
+        return refused;
+    }
     match crc::revalidate(&sim, &id).await {
         None => webhook_id_invalid(),
         Some(Ok(())) => Json(json!({"data": {"valid": true}})).into_response(),
@@ -449,16 +479,7 @@ async fn submit_replay(
         .world()
         .take_rate(endpoint, limit, REPLAY_RATE_WINDOW, now)
     {
-        let mut response = x_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "TooManyRequests",
-            "Too Many Requests",
-        );
-        let headers = response.headers_mut();
-        headers.insert("x-rate-limit-limit", limit.into());
-        headers.insert("x-rate-limit-remaining", 0.into());
-        headers.insert("x-rate-limit-reset", reset.timestamp().into());
-        return response;
+        return too_many_requests(limit, reset);
     }
     let (Some(from), Some(to)) = (from, to) else {
         return x_error(

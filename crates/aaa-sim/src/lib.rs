@@ -143,6 +143,10 @@ pub struct SimArgs {
     /// Replay requests per 15 minutes on /2/webhooks/replay.
     #[arg(long, default_value_t = 100)]
     pub webhooks_replay_limit: u32,
+    /// Reads of GET /2/webhooks, and re-validations (PUT), per 15 minutes
+    /// (X's enterprise table: 15).
+    #[arg(long, default_value_t = 15)]
+    pub webhooks_read_limit: u32,
     /// Deliveries in flight at once.
     #[arg(long, default_value_t = 16)]
     pub delivery_concurrency: usize,

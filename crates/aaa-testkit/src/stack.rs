@@ -245,6 +245,13 @@ impl Stack {
             ("AAA_REPLICA_ID", replica.to_owned()),
             // A killed replica's webhook is taken over within 3 real seconds.
             ("AAA_WATERMARK_LEASE_SECS", "3".to_owned()),
+            // Validity unread for 20 real seconds is suspect (a slow round on
+            // a loaded machine must not look like an outage at X).
+            (
+                "AAA_WATERMARK_VALIDITY_UNKNOWN_SECS",
+                ((20.0 * self.options.clock.as_ref().map_or(1.0, |(speed, _)| *speed)) as i64)
+                    .to_string(),
+            ),
             (
                 "AAA_WATERMARK_AUDIT_MINUTES",
                 self.options.audit_minutes.to_string(),

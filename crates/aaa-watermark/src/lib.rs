@@ -8,6 +8,7 @@
 //! keep at most one job in flight per webhook.
 
 pub mod coverage;
+pub mod maintenance;
 pub mod planner;
 mod service;
 
@@ -42,6 +43,8 @@ pub enum Error {
     Scheduler(String),
     #[error("topic {0} has no partitions (does it exist?)")]
     NoPartitions(String),
+    #[error("--audit-minutes-for: `{0}` is not WEBHOOK_ID=MINUTES with MINUTES from 0 to 120")]
+    AuditOverride(String),
 }
 
 /// Configuration of `aaa watermark`.
@@ -84,6 +87,51 @@ pub struct WatermarkArgs {
     #[arg(long, env = "AAA_WATERMARK_AUDIT_MINUTES", default_value_t = 120,
           value_parser = clap::value_parser!(u32).range(0..=120))]
     pub audit_minutes: u32,
+    /// Audit slot per webhook where it differs from --audit-minutes
+    /// (WEBHOOK_ID=MINUTES, comma separated; 0 turns audits off for that
+    /// webhook). Each audit re-delivers its slot's whole traffic, so a busy
+    /// webhook may want fewer.
+    #[arg(
+        long = "audit-minutes-for",
+        env = "AAA_WATERMARK_AUDIT_MINUTES_BY_WEBHOOK",
+        value_delimiter = ','
+    )]
+    pub audit_minutes_for: Vec<String>,
+    /// Seconds (service clock) kept inside X's 24 h replay limit when a
+    /// window is submitted: the request reaches X a little later, and X's
+    /// clock may differ. Minutes past it are recorded as expired.
+    #[arg(long, env = "AAA_WATERMARK_EDGE_MARGIN_SECS", default_value_t = 120)]
+    pub edge_margin_secs: i64,
+    /// Seconds (service clock) between two reads of X's webhook list, which
+    /// tell every watched webhook's validity at once.
+    #[arg(long, env = "AAA_WATERMARK_VALIDITY_SECS", default_value_t = 60)]
+    pub validity_secs: i64,
+    /// Validity nobody could read for longer than this (seconds, service
+    /// clock: X unreachable or rate limited) is suspect: its minutes are
+    /// replayed, not assumed delivered.
+    #[arg(
+        long,
+        env = "AAA_WATERMARK_VALIDITY_UNKNOWN_SECS",
+        default_value_t = 600
+    )]
+    pub validity_unknown_secs: i64,
+    /// Reads of X's webhook list (and re-validations) allowed per 15 minutes
+    /// across all replicas (X: 15).
+    #[arg(long, env = "AAA_X_WEBHOOKS_LIMIT", default_value_t = 15)]
+    pub webhooks_list_limit: u32,
+    /// Real seconds between two maintenance runs (pruning, table sizes).
+    #[arg(long, env = "AAA_WATERMARK_MAINTENANCE_SECS", default_value_t = 300)]
+    pub maintenance_secs: u64,
+    /// Hours (service clock) heartbeats, validity samples and settled replay
+    /// windows are kept; at least 26, as judging reads back 25 h. Default:
+    /// two days past X's 24 h replay horizon.
+    #[arg(long, env = "AAA_WATERMARK_RETENTION_HOURS", default_value_t = 72,
+          value_parser = clap::value_parser!(u32).range(26..))]
+    pub retention_hours: u32,
+    /// Days dead letters are kept; unset keeps them forever (the default:
+    /// they hold authentic deliveries nobody has looked at yet).
+    #[arg(long, env = "AAA_DEAD_LETTER_RETENTION_DAYS")]
+    pub dead_letter_retention_days: Option<u32>,
     /// Identity of this replica in logs and in `watermark_leases`; must
     /// differ between replicas (defaults to the host name, in Kubernetes the
     /// pod name).
@@ -103,6 +151,24 @@ pub struct WatermarkArgs {
 }
 
 impl WatermarkArgs {
+    /// The audit slot of each webhook named in --audit-minutes-for.
+    pub fn audit_overrides(&self) -> Result<std::collections::HashMap<String, u32>, Error> {
+        self.audit_minutes_for
+            .iter()
+            .filter(|entry| !entry.trim().is_empty())
+            .map(|entry| {
+                entry
+                    .split_once('=')
+                    .and_then(|(id, minutes)| {
+                        let minutes: u32 = minutes.trim().parse().ok()?;
+                        (minutes <= 120 && !id.trim().is_empty())
+                            .then(|| (id.trim().to_owned(), minutes))
+                    })
+                    .ok_or_else(|| Error::AuditOverride(entry.clone()))
+            })
+            .collect()
+    }
+
     /// This replica's name: configured, else the host name, else a random one.
     pub fn replica_id(&self) -> String {
         static RANDOM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -143,6 +209,7 @@ pub async fn run(
     aaa_db::ensure_schema_current(&pool).await?;
     let x = XClient::new(&args.x, Credentials::from_env()?)?;
     let watermark = Arc::new(Watermark::new(&args, pool.clone(), x, clock).await?);
+    let pool_for_maintenance = pool.clone();
 
     let admin_listener = admin::bind("admin", args.admin_listen).await?;
     let admin_task = tokio::spawn(admin::serve(
@@ -170,6 +237,40 @@ pub async fn run(
         .map_err(|e| Error::Scheduler(e.to_string()))?;
     scheduler
         .start()
+        .await
+        .map_err(|e| Error::Scheduler(e.to_string()))?;
+    maintenance::register();
+    let retention = maintenance::Retention {
+        horizon: chrono::TimeDelta::hours(i64::from(args.retention_hours)),
+        dead_letters: args
+            .dead_letter_retention_days
+            .map(|days| chrono::TimeDelta::days(i64::from(days))),
+        batch: 5_000,
+    };
+    let maintenance_pool = pool_for_maintenance.clone();
+    let maintenance_job = Job::new_repeated_async(
+        Duration::from_secs(args.maintenance_secs.max(1)),
+        move |_id, _scheduler| {
+            let pool = maintenance_pool.clone();
+            Box::pin(async move {
+                match maintenance::prune(&pool, clock.now(), &retention).await {
+                    Ok(deleted) => {
+                        tracing::info!(message = "maintenance: pruned", deleted = ?deleted)
+                    }
+                    Err(error) => {
+                        tracing::error!(message = "maintenance failed; retrying next run", error = %error);
+                        metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+                    }
+                }
+                if let Err(error) = maintenance::report_sizes(&pool).await {
+                    tracing::warn!(message = "table sizes not read", error = %error);
+                }
+            })
+        },
+    )
+    .map_err(|e| Error::Scheduler(e.to_string()))?;
+    scheduler
+        .add(maintenance_job)
         .await
         .map_err(|e| Error::Scheduler(e.to_string()))?;
     tracing::info!(message = "watching webhooks", webhooks = ?args.webhooks, tick_ms = args.tick_ms);

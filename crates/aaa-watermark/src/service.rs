@@ -16,14 +16,18 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use sqlx::{PgConnection, PgPool};
 
-use crate::coverage::{Heartbeat, Interval, uncovered};
-use crate::planner::{Step, earliest_from, plan, plan_audits};
+use crate::coverage::{Heartbeat, Interval, ceil_minute, uncovered};
+use crate::planner::{Step, WindowKind, earliest_from, plan, plan_audits, replay_hold};
 use crate::{Error, WatermarkArgs};
 
 /// Window kinds: a gap coverage found, or an audit of a closed slot.
 const GAP: &str = "gap";
 const AUDIT: &str = "audit";
 const RATE_WINDOW: TimeDelta = TimeDelta::minutes(15);
+/// Endpoint names in `x_api_requests` (and aaa-xapi's metrics).
+const WEBHOOKS_LIST: &str = "webhooks_list";
+const WEBHOOKS_VALIDATE: &str = "webhooks_validate";
+const REPLAY_SUBMIT: &str = "replay_submit";
 const MAX_BACKOFF: TimeDelta = TimeDelta::minutes(15);
 
 pub struct Watermark {
@@ -40,8 +44,27 @@ pub struct Watermark {
     backoff: TimeDelta,
     replay_limit: i64,
     audit_span: TimeDelta,
+    /// Kept inside X's 24 h replay edge when submitting.
+    edge_margin: TimeDelta,
+    /// Per webhook, where it differs from `audit_span`.
+    audit_spans: HashMap<String, TimeDelta>,
     /// Per webhook: no re-validation (PUT) before this time.
     revalidate_after: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// X's webhook list, fetched at most every `validity_every` for all
+    /// webhooks together (X allows 15 reads per 15 minutes).
+    listed: tokio::sync::Mutex<Listed>,
+    validity_every: TimeDelta,
+    validity_unknown_after: TimeDelta,
+    list_limit: i64,
+}
+
+/// The last answer of `GET /2/webhooks`.
+#[derive(Default)]
+struct Listed {
+    /// When it was last asked for (answered or not).
+    asked_at: Option<DateTime<Utc>>,
+    /// When it last answered, and what.
+    answer: Option<(DateTime<Utc>, Vec<aaa_xapi::Webhook>)>,
 }
 
 fn backoff(base: TimeDelta, attempt: i32) -> TimeDelta {
@@ -126,14 +149,24 @@ impl Watermark {
             backoff: TimeDelta::seconds(args.backoff_secs),
             replay_limit,
             audit_span: TimeDelta::minutes(i64::from(args.audit_minutes)),
+            edge_margin: TimeDelta::seconds(args.edge_margin_secs.max(0)),
+            audit_spans: args
+                .audit_overrides()?
+                .into_iter()
+                .map(|(id, minutes)| (id, TimeDelta::minutes(i64::from(minutes))))
+                .collect(),
             revalidate_after: Mutex::new(HashMap::new()),
+            listed: tokio::sync::Mutex::new(Listed::default()),
+            validity_every: TimeDelta::seconds(args.validity_secs.max(1)),
+            validity_unknown_after: TimeDelta::seconds(args.validity_unknown_secs.max(1)),
+            list_limit: i64::from(args.webhooks_list_limit.max(1)),
         })
     }
 
     /// One round over every webhook. Failures are logged and retried next round.
     pub async fn tick(&self) {
         let now = self.clock.now();
-        self.write_fences(now).await;
+        let _ = self.write_fences(now).await;
         for webhook in &self.webhooks {
             if let Err(error) = self.tick_webhook(webhook, now).await {
                 tracing::error!(message = "watermark round failed; retrying next round", webhook = %webhook, error = %error);
@@ -146,11 +179,13 @@ impl Watermark {
         let mut conn = self.pool.acquire().await?;
         // Every replica reports how far judging got, holder or not: a holder
         // that is frozen or failing cannot report its own stall.
-        let judged_to: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT judged_to FROM watermark_progress WHERE webhook_id = $1")
-                .bind(webhook)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let progress: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT judged_to, tracked_from FROM watermark_progress WHERE webhook_id = $1",
+        )
+        .bind(webhook)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let judged_to = progress.map(|(judged_to, _)| judged_to);
         if let Some(judged_to) = judged_to {
             metrics::gauge!("aaa_watermark_judged_age_seconds", "webhook" => webhook.to_owned())
                 .set((now - judged_to).as_seconds_f64().max(0.0));
@@ -214,12 +249,15 @@ impl Watermark {
         let busy = self.follow_in_flight(conn, webhook, now).await?;
         if let Some((start, horizon)) = self.tracked(conn, webhook, now, registered_at).await? {
             let windows = self.record_gaps(conn, webhook, now, start, horizon).await?;
+            // The first round records where tracking began; later rounds
+            // never judge before it.
             sqlx::query(
-                "INSERT INTO watermark_progress (webhook_id, judged_to) VALUES ($1, $2)
+                "INSERT INTO watermark_progress (webhook_id, judged_to, tracked_from) VALUES ($1, $2, $3)
                  ON CONFLICT (webhook_id) DO UPDATE SET judged_to = greatest(watermark_progress.judged_to, excluded.judged_to)",
             )
             .bind(webhook)
             .bind(horizon)
+            .bind(start)
             .execute(&mut *conn)
             .await?;
             self.record_audits(conn, webhook, now, start, horizon, &windows)
@@ -233,10 +271,11 @@ impl Watermark {
 
     /// A fence on every partition, stamped `now`: once the consumer stored all
     /// of them, everything produced before is in Postgres.
-    async fn write_fences(&self, now: DateTime<Utc>) {
+    /// `true` when every partition acknowledged its fence.
+    async fn write_fences(&self, now: DateTime<Utc>) -> bool {
         let payload = match serde_json::to_vec(&control::Fence { at: now }) {
             Ok(payload) => payload,
-            Err(_) => return,
+            Err(_) => return false,
         };
         let sends = self.partitions.iter().map(|partition| {
             let record = FutureRecord::<(), _>::to(&self.topic)
@@ -249,11 +288,14 @@ impl Watermark {
             self.producer
                 .send(record, Timeout::After(Duration::from_secs(5)))
         });
+        let mut all = true;
         for result in futures::future::join_all(sends).await {
             if let Err((error, _)) = result {
                 tracing::warn!(message = "fence not written; the processed horizon waits", error = %error);
+                all = false;
             }
         }
+        all
     }
 
     /// The time up to which the consumer has stored everything: the oldest of
@@ -269,18 +311,96 @@ impl Watermark {
     }
 
     /// Records X's view of the webhook; returns when X registered it.
+    /// X's webhook list as of its last answer, asked again only when it is
+    /// older than `validity_every` and X's read budget allows: one request
+    /// serves every webhook. `None` until X first answered.
+    async fn webhooks_at_x(
+        &self,
+        conn: &mut PgConnection,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(DateTime<Utc>, Vec<aaa_xapi::Webhook>)>, Error> {
+        let mut listed = self.listed.lock().await;
+        let due = listed
+            .asked_at
+            .is_none_or(|at| now - at >= self.validity_every);
+        if due
+            && self
+                .x_budget_left(conn, WEBHOOKS_LIST, self.list_limit, now)
+                .await?
+        {
+            listed.asked_at = Some(now);
+            let answer = self.x.list_webhooks().await;
+            self.count_x_request(conn, WEBHOOKS_LIST, &answer, now)
+                .await?;
+            match answer {
+                Ok(webhooks) => listed.answer = Some((now, webhooks)),
+                Err(error) => {
+                    tracing::warn!(message = "cannot read webhook validity from X", error = %error)
+                }
+            }
+        }
+        Ok(listed.answer.clone())
+    }
+
+    /// Whether another request to `endpoint` stays within `limit` per 15
+    /// minutes, counting every request any replica made (whatever X answered).
+    async fn x_budget_left(
+        &self,
+        conn: &mut PgConnection,
+        endpoint: &str,
+        limit: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let recent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM x_api_requests WHERE endpoint = $1 AND requested_at > $2",
+        )
+        .bind(endpoint)
+        .bind(now - RATE_WINDOW)
+        .fetch_one(&mut *conn)
+        .await?;
+        if recent >= limit {
+            tracing::info!(
+                message = "X's request budget for this endpoint is used up for this 15-minute window; waiting",
+                endpoint,
+                recent,
+                limit
+            );
+        }
+        Ok(recent < limit)
+    }
+
+    async fn count_x_request<T>(
+        &self,
+        conn: &mut PgConnection,
+        endpoint: &str,
+        answer: &Result<T, XError>,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let outcome = match answer {
+            Ok(_) => "ok",
+            Err(XError::RateLimited { .. }) => "rate_limited",
+            Err(XError::Refused { .. }) => "refused",
+            Err(_) => "failed",
+        };
+        sqlx::query(
+            "INSERT INTO x_api_requests (endpoint, requested_at, outcome) VALUES ($1, $2, $3)",
+        )
+        .bind(endpoint)
+        .bind(now)
+        .bind(outcome)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
     async fn check_validity(
         &self,
         conn: &mut PgConnection,
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, Error> {
-        let listed = match self.x.list_webhooks().await {
-            Ok(listed) => listed,
-            Err(error) => {
-                tracing::warn!(message = "cannot read webhook validity from X", webhook, error = %error);
-                return Ok(None);
-            }
+        let Some((checked_at, listed)) = self.webhooks_at_x(conn, now).await? else {
+            return Ok(None);
         };
         let Some(found) = listed.iter().find(|w| w.id == webhook) else {
             tracing::error!(
@@ -308,8 +428,15 @@ impl Watermark {
                 webhook,
                 revalidating = due
             );
-            if due {
-                match self.x.validate_webhook(webhook).await {
+            if due
+                && self
+                    .x_budget_left(conn, WEBHOOKS_VALIDATE, self.list_limit, now)
+                    .await?
+            {
+                let answer = self.x.validate_webhook(webhook).await;
+                self.count_x_request(conn, WEBHOOKS_VALIDATE, &answer, now)
+                    .await?;
+                match answer {
                     Ok(true) => {
                         tracing::info!(
                             message = "webhook re-validated; its invalid period will be replayed",
@@ -330,9 +457,10 @@ impl Watermark {
         metrics::gauge!("aaa_watermark_webhook_valid", "webhook" => webhook.to_owned())
             .set(if valid { 1.0 } else { 0.0 });
         // An invalid observation also marks the time since the previous check.
+        // Stamped with the time X answered: one sample per answer.
         sqlx::query("INSERT INTO webhook_validity (webhook_id, checked_at, valid) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(webhook)
-            .bind(now)
+            .bind(checked_at)
             .bind(found.valid)
             .execute(&mut *conn)
             .await?;
@@ -378,10 +506,18 @@ impl Watermark {
         match state.as_deref() {
             Some("Complete") => match fence_at {
                 None => {
-                    // Fences were written this round at `now`: reconcile once they are stored.
+                    // Fences written only now, after the completion was seen:
+                    // every replayed delivery X sent before its completion
+                    // reached Kafka before them. (The round's own fences were
+                    // written before the completion was read, and a delivery
+                    // still in flight then would be missed.)
+                    let fenced_at = self.clock.now();
+                    if !self.write_fences(fenced_at).await {
+                        return Ok(true);
+                    }
                     sqlx::query("UPDATE replay_windows SET fence_at = $2 WHERE id = $1")
                         .bind(id)
-                        .bind(now)
+                        .bind(fenced_at)
                         .execute(&mut *conn)
                         .await?;
                     tracing::info!(message = "replay job complete; waiting for the consumer to pass the fences", webhook, job_id = ?job_id);
@@ -473,21 +609,15 @@ impl Watermark {
         let Some(origin) = [start, registered_at].into_iter().flatten().min() else {
             return Ok(None);
         };
-        let judged_to: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT judged_to FROM watermark_progress WHERE webhook_id = $1")
-                .bind(webhook)
-                .fetch_optional(&mut *conn)
-                .await?;
-        // Normally the last 25 h are judged again each round (cheap, and late
-        // heartbeats count). After a long stop, judging resumes where it
-        // stopped (less a margin for the widened neighbour minutes). On the
-        // very first round, what X can still replay is the past that matters:
-        // a webhook registered long ago has no heartbeats from before we
-        // were installed, which is not an expired gap.
-        let floor = match judged_to {
-            Some(judged_to) => judged_to.min(now - TimeDelta::hours(25)) - TimeDelta::minutes(2),
-            None => earliest_from(now),
-        };
+        let progress: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT judged_to, tracked_from FROM watermark_progress WHERE webhook_id = $1",
+        )
+        .bind(webhook)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let judged_to = progress.map(|(judged_to, _)| judged_to);
+        let tracked_from = progress.and_then(|(_, tracked_from)| tracked_from);
+        let floor = judging_floor(now, judged_to, tracked_from);
         Ok(Some((origin.max(floor), horizon.min(now))))
     }
 
@@ -542,7 +672,10 @@ impl Watermark {
                 .bind(start - TimeDelta::hours(1))
                 .fetch_all(&mut *conn)
                 .await?;
-        let invalid = invalid_periods(&checks, now);
+        let mut invalid = invalid_periods(&checks, now);
+        // Validity nobody could check (X unreachable, rate limited) is
+        // suspect: X may have stopped delivering then.
+        invalid.extend(unknown_periods(&checks, now, self.validity_unknown_after));
         let mut settled = self.windows_since(conn, webhook, start).await?;
         let gaps = uncovered(start, horizon, &heartbeats, &invalid, &settled);
         let minutes: i64 = gaps.iter().map(Interval::minutes).sum();
@@ -582,10 +715,15 @@ impl Watermark {
         horizon: DateTime<Utc>,
         windows: &[Interval],
     ) -> Result<(), Error> {
-        if self.audit_span <= TimeDelta::zero() {
+        let span = self
+            .audit_spans
+            .get(webhook)
+            .copied()
+            .unwrap_or(self.audit_span);
+        if span <= TimeDelta::zero() {
             return Ok(());
         }
-        for window in plan_audits(now, start, horizon, self.audit_span, windows) {
+        for window in plan_audits(now, start, horizon, span, windows) {
             tracing::info!(message = "closed slot planned for an audit replay", webhook, from = %window.from, to = %window.to);
             self.insert_window(conn, webhook, window, AUDIT, "pending", now)
                 .await?;
@@ -636,23 +774,31 @@ impl Watermark {
         let Some((id, from, to, attempts, conflicts, kind)) = next else {
             return Ok(());
         };
-        let recent: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM replay_windows WHERE submitted_at > $1")
-                .bind(now - RATE_WINDOW)
-                .fetch_one(&mut *conn)
-                .await?;
-        // Audits leave the last request of the budget to gaps.
-        let reserved = i64::from(kind == AUDIT && self.replay_limit > 1);
-        if recent + reserved >= self.replay_limit {
-            tracing::info!(
-                message = "replay budget used up for this 15-minute window; waiting",
-                webhook,
-                recent,
-                limit = self.replay_limit
-            );
+        // Every replay request counts, whatever X answered: a conflict or a
+        // 5xx spends X's budget as much as an accepted job.
+        let recent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM x_api_requests WHERE endpoint = $1 AND requested_at > $2",
+        )
+        .bind(REPLAY_SUBMIT)
+        .bind(now - RATE_WINDOW)
+        .fetch_one(&mut *conn)
+        .await?;
+        let gap_waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM replay_windows WHERE kind = 'gap' AND state = 'pending')",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let kind_typed = if kind == AUDIT {
+            WindowKind::Audit
+        } else {
+            WindowKind::Gap
+        };
+        if let Some(hold) = replay_hold(kind_typed, recent, self.replay_limit, gap_waiting) {
+            tracing::info!(message = "replay not submitted now", webhook, from = %from, to = %to, reason = %hold);
             return Ok(());
         }
-        let earliest = earliest_from(now);
+        // A margin inside X's 24 h: the request reaches X a little later.
+        let earliest = ceil_minute(earliest_from(now) + self.edge_margin);
         if to <= earliest {
             sqlx::query("UPDATE replay_windows SET state = 'expired', last_error = 'aged past 24 h before it could be replayed' WHERE id = $1")
                 .bind(id)
@@ -667,7 +813,25 @@ impl Watermark {
             tracing::error!(message = "window aged past 24 h before it could be replayed", webhook, from = %from, to = %to);
             return Ok(());
         }
-        let from = from.max(earliest);
+        let from = if from < earliest {
+            // The oldest minutes aged out while the window waited: recorded
+            // (and, for a gap, counted) as expired, never dropped silently.
+            let aged = Interval::new(from, earliest);
+            self.insert_window(conn, webhook, aged, &kind, "expired", now)
+                .await?;
+            sqlx::query("UPDATE replay_windows SET window_from = $2 WHERE id = $1")
+                .bind(id)
+                .bind(earliest)
+                .execute(&mut *conn)
+                .await?;
+            if kind == GAP {
+                metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(aged.minutes() as u64);
+                tracing::error!(message = "the oldest minutes of a window aged past 24 h before it could be replayed", webhook, from = %aged.from, to = %aged.to);
+            }
+            earliest
+        } else {
+            from
+        };
         let set_retry = |delay: TimeDelta, error: String, conflict: bool| {
             sqlx::query(
                 "UPDATE replay_windows SET attempts = attempts + 1, conflicts = conflicts + $4, next_attempt_at = $2, last_error = $3 WHERE id = $1",
@@ -677,7 +841,7 @@ impl Watermark {
             .bind(error)
             .bind(i32::from(conflict))
         };
-        match self
+        let answer = self
             .x
             .submit_replay(
                 webhook,
@@ -687,8 +851,10 @@ impl Watermark {
                 },
                 now,
             )
-            .await
-        {
+            .await;
+        self.count_x_request(conn, REPLAY_SUBMIT, &answer, now)
+            .await?;
+        match answer {
             Ok(job) => {
                 sqlx::query(
                     "UPDATE replay_windows SET state = 'submitted', window_from = $2, job_id = $3, submitted_at = $4, attempts = attempts + 1, last_error = NULL WHERE id = $1",
@@ -780,6 +946,45 @@ impl Watermark {
     }
 }
 
+/// Stretches longer than `max_silence` in which nobody learnt whether the
+/// webhook was valid: between two checks, and from the last one to `now`.
+/// (Before the first check ever, nothing was tracked: not suspect.)
+pub fn unknown_periods(
+    checks: &[(DateTime<Utc>, bool)],
+    now: DateTime<Utc>,
+    max_silence: TimeDelta,
+) -> Vec<Interval> {
+    let times: Vec<DateTime<Utc>> = checks
+        .iter()
+        .map(|(at, _)| *at)
+        .chain(checks.last().map(|_| now))
+        .collect();
+    times
+        .windows(2)
+        .filter(|pair| pair[1] - pair[0] > max_silence)
+        .map(|pair| Interval::new(pair[0], pair[1]))
+        .collect()
+}
+
+/// The earliest time a round judges. Normally the last 25 h are judged
+/// again each round (cheap, and late heartbeats count). After a long stop,
+/// judging resumes where it stopped (less a margin for the widened
+/// neighbour minutes). On the very first round, what X can still replay is
+/// the past that matters, and no later round judges before where tracking
+/// began: a webhook registered long ago has no heartbeats from before the
+/// watermark was installed, which is not an expired gap.
+pub fn judging_floor(
+    now: DateTime<Utc>,
+    judged_to: Option<DateTime<Utc>>,
+    tracked_from: Option<DateTime<Utc>>,
+) -> DateTime<Utc> {
+    let floor = match judged_to {
+        Some(judged_to) => judged_to.min(now - TimeDelta::hours(25)) - TimeDelta::minutes(2),
+        None => earliest_from(now),
+    };
+    tracked_from.map_or(floor, |tracked_from| floor.max(tracked_from))
+}
+
 /// Periods the webhook was (or may have been) invalid: from the last check
 /// that saw it valid to the first check that sees it valid again.
 pub fn invalid_periods(checks: &[(DateTime<Utc>, bool)], now: DateTime<Utc>) -> Vec<Interval> {
@@ -831,6 +1036,42 @@ mod tests {
             vec![Interval::new(t(3), t(9))]
         );
         assert_eq!(invalid_periods(&[(t(3), true)], t(9)), vec![]);
+    }
+
+    #[test]
+    fn validity_nobody_checked_for_too_long_is_suspect() {
+        let checks = [(t(0), true), (t(1), true), (t(30), true), (t(31), true)];
+        let ten = TimeDelta::minutes(10);
+        assert_eq!(
+            unknown_periods(&checks, t(32), ten),
+            vec![Interval::new(t(1), t(30))]
+        );
+        // Silent since the last check.
+        assert_eq!(
+            unknown_periods(&checks, t(50), ten),
+            vec![Interval::new(t(1), t(30)), Interval::new(t(31), t(50))]
+        );
+        assert_eq!(unknown_periods(&[], t(50), ten), vec![]);
+    }
+
+    #[test]
+    fn no_round_judges_before_tracking_began() {
+        let now = t(60 * 30);
+        // First round: what X can still replay.
+        assert_eq!(judging_floor(now, None, None), earliest_from(now));
+        // Second round of a watermark installed against an old webhook:
+        // without `tracked_from` it would judge the hour before X's 24 h,
+        // where nothing was ever tracked (and mark it expired).
+        let tracked_from = earliest_from(now - TimeDelta::minutes(1));
+        let floor = judging_floor(now, Some(now - TimeDelta::seconds(30)), Some(tracked_from));
+        assert_eq!(floor, tracked_from);
+        assert!(judging_floor(now, Some(now), None) < tracked_from);
+        // A watermark stopped for 30 h resumes where it stopped.
+        let stopped = now - TimeDelta::hours(30);
+        assert_eq!(
+            judging_floor(now, Some(stopped), Some(stopped - TimeDelta::hours(5))),
+            stopped - TimeDelta::minutes(2)
+        );
     }
 
     #[test]
