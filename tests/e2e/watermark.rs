@@ -596,3 +596,36 @@ async fn installing_against_an_old_webhook_expires_nothing() {
         .await;
     assert_eq!(counted, marked as f64, "every expired minute counted");
 }
+
+/// X's clock runs 10 minutes ahead: the watermark reads it from the `Date`
+/// of X's answers, reports it, and still gets every gap replayed (X checks
+/// windows by its own clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_clock_skew_is_measured_and_planned_around() {
+    let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+    let clock = stack.options.clock();
+    let args: Vec<&str> = SMALL_SIM_ARGS
+        .iter()
+        .copied()
+        .chain(["--clock-skew-secs", "600"])
+        .collect();
+    let sim = stack.start_sim(&args).await;
+    let watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let admin = format!("http://{}", watermark.addr("admin").await);
+    let skew = eventually(WAIT, "the skew to be measured", || async {
+        let skew = aaa_testkit::metric(&admin, "aaa_watermark_x_clock_skew_seconds").await;
+        (skew > 0.0).then_some(skew)
+    })
+    .await;
+    // Date has whole seconds and the request takes a little (x300).
+    assert!((590.0..=660.0).contains(&skew), "measured {skew}");
+
+    let traffic = stack.start_traffic(&sim, WAIT).await;
+    stack.receiver.kill();
+    let outage_start = clock.now();
+    wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
+    stack.restart_receiver().await;
+    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
+    traffic.stop().await;
+    converged(&stack, &sim).await;
+}

@@ -92,7 +92,18 @@ async fn api_faults(State(sim): State<Sim>, request: Request, next: Next) -> Res
     let endpoint = path.split('/').take(4).collect::<Vec<_>>().join("/");
     metrics::counter!("aaa_sim_api_requests_total", "endpoint" => endpoint, "status" => response.status().as_u16().to_string())
         .increment(1);
+    // X's clock, not the machine's: the simulated one, and skewed if asked.
+    let mut response = response;
+    let date = x_now(&sim).format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    if let Ok(value) = header::HeaderValue::from_str(&date) {
+        response.headers_mut().insert(header::DATE, value);
+    }
     response
+}
+
+/// What X's clock says now.
+pub(crate) fn x_now(sim: &Sim) -> chrono::DateTime<chrono::Utc> {
+    sim.clock.now() + chrono::TimeDelta::seconds(sim.args.clock_skew_secs)
 }
 
 pub(crate) fn bearer_ok(sim: &Sim, headers: &HeaderMap) -> bool {
@@ -467,7 +478,7 @@ async fn submit_replay(
     rules: Rules,
     limit: u32,
 ) -> Response {
-    let now = sim.clock.now();
+    let now = x_now(sim);
     if !sim.world().webhooks.contains_key(webhook_id) {
         return x_error(
             StatusCode::BAD_REQUEST,

@@ -143,6 +143,10 @@ pub struct SimArgs {
     /// Replay requests per 15 minutes on /2/webhooks/replay.
     #[arg(long, default_value_t = 100)]
     pub webhooks_replay_limit: u32,
+    /// How far X's clock is ahead of the shared one (seconds, negative:
+    /// behind): its `Date` headers and its replay-window checks use it.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_skew_secs: i64,
     /// Reads of GET /2/webhooks, and re-validations (PUT), per 15 minutes
     /// (X's enterprise table: 15).
     #[arg(long, default_value_t = 15)]

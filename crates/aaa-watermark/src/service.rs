@@ -53,6 +53,8 @@ pub struct Watermark {
     /// X's webhook list, fetched at most every `validity_every` for all
     /// webhooks together (X allows 15 reads per 15 minutes).
     listed: tokio::sync::Mutex<Listed>,
+    /// How far X's clock is ahead of ours (its `Date` headers).
+    x_skew: Mutex<TimeDelta>,
     validity_every: TimeDelta,
     validity_unknown_after: TimeDelta,
     list_limit: i64,
@@ -134,7 +136,9 @@ impl Watermark {
                 metrics::counter!(counter, "webhook" => w()).increment(0);
             }
             metrics::gauge!("aaa_watermark_lease_held", "webhook" => w()).set(0.0);
+            metrics::gauge!("aaa_watermark_round_rows_read", "webhook" => w()).set(0.0);
         }
+        metrics::gauge!("aaa_watermark_x_clock_skew_seconds").set(0.0);
         Ok(Watermark {
             pool,
             x,
@@ -157,6 +161,7 @@ impl Watermark {
                 .collect(),
             revalidate_after: Mutex::new(HashMap::new()),
             listed: tokio::sync::Mutex::new(Listed::default()),
+            x_skew: Mutex::new(TimeDelta::zero()),
             validity_every: TimeDelta::seconds(args.validity_secs.max(1)),
             validity_unknown_after: TimeDelta::seconds(args.validity_unknown_secs.max(1)),
             list_limit: i64::from(args.webhooks_list_limit.max(1)),
@@ -200,7 +205,11 @@ impl Watermark {
             tracing::debug!(message = "another watermark replica holds this webhook's lease", webhook, replica = %self.replica);
             return Ok(());
         }
-        self.round(&mut conn, webhook, now).await
+        let started = std::time::Instant::now();
+        let result = self.round(&mut conn, webhook, now).await;
+        metrics::histogram!("aaa_watermark_round_seconds", "webhook" => webhook.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Takes or renews this replica's lease on `webhook`: granted when free,
@@ -330,6 +339,7 @@ impl Watermark {
         {
             listed.asked_at = Some(now);
             let answer = self.x.list_webhooks().await;
+            self.measure_x_skew();
             self.count_x_request(conn, WEBHOOKS_LIST, &answer, now)
                 .await?;
             match answer {
@@ -340,6 +350,33 @@ impl Watermark {
             }
         }
         Ok(listed.answer.clone())
+    }
+
+    /// X's time now, as far as its clock differs from ours.
+    fn x_now(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + *self.x_skew.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compares the `Date` of X's last answer with our clock. `Date` has
+    /// whole seconds, so differences under 2 s are noise and ignored.
+    fn measure_x_skew(&self) {
+        let Some(x_date) = self.x.last_x_date() else {
+            return;
+        };
+        let skew = x_date - self.clock.now();
+        let skew = if skew.abs() < TimeDelta::seconds(2) {
+            TimeDelta::zero()
+        } else {
+            skew
+        };
+        metrics::gauge!("aaa_watermark_x_clock_skew_seconds").set(skew.as_seconds_f64());
+        if skew.abs() > TimeDelta::seconds(60) {
+            tracing::warn!(
+                message = "X's clock differs from ours; replay windows are planned by X's",
+                skew_seconds = skew.num_seconds()
+            );
+        }
+        *self.x_skew.lock().unwrap_or_else(|p| p.into_inner()) = skew;
     }
 
     /// Whether another request to `endpoint` stays within `limit` per 15
@@ -672,6 +709,8 @@ impl Watermark {
                 .bind(start - TimeDelta::hours(1))
                 .fetch_all(&mut *conn)
                 .await?;
+        metrics::gauge!("aaa_watermark_round_rows_read", "webhook" => webhook.to_owned())
+            .set((heartbeats.len() + checks.len()) as f64);
         let mut invalid = invalid_periods(&checks, now);
         // Validity nobody could check (X unreachable, rate limited) is
         // suspect: X may have stopped delivering then.
@@ -681,7 +720,8 @@ impl Watermark {
         let minutes: i64 = gaps.iter().map(Interval::minutes).sum();
         metrics::gauge!("aaa_watermark_uncovered_minutes", "webhook" => webhook.to_owned())
             .set(minutes as f64);
-        for step in plan(now, &gaps) {
+        // X judges windows by its own clock.
+        for step in plan(self.x_now(now), &gaps) {
             match step {
                 Step::Submit(window) => {
                     tracing::info!(message = "gap found: window planned for replay", webhook, from = %window.from, to = %window.to);
@@ -798,7 +838,7 @@ impl Watermark {
             return Ok(());
         }
         // A margin inside X's 24 h: the request reaches X a little later.
-        let earliest = ceil_minute(earliest_from(now) + self.edge_margin);
+        let earliest = ceil_minute(earliest_from(self.x_now(now)) + self.edge_margin);
         if to <= earliest {
             sqlx::query("UPDATE replay_windows SET state = 'expired', last_error = 'aged past 24 h before it could be replayed' WHERE id = $1")
                 .bind(id)
@@ -849,7 +889,7 @@ impl Watermark {
                     from,
                     to_exclusive: to,
                 },
-                now,
+                self.x_now(now),
             )
             .await;
         self.count_x_request(conn, REPLAY_SUBMIT, &answer, now)
@@ -898,7 +938,9 @@ impl Watermark {
                         reason: Reason::QueryParamInvalid,
                         ..
                     }
-                    | XError::Invalid(_) => (self.backoff, false, "window_refused"),
+                    // Doubling, so a window X keeps refusing is not retried
+                    // every minute until it ages out.
+                    | XError::Invalid(_) => (backoff(self.backoff, attempts), false, "window_refused"),
                     _ => (backoff(self.backoff, attempts), false, "failed"),
                 };
                 metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => webhook.to_owned(), "outcome" => outcome).increment(1);

@@ -52,6 +52,15 @@ pub struct XClient {
     timeout: Duration,
     replay_endpoint: ReplayEndpoint,
     webhooks_replay_to_inclusive: bool,
+    /// X's clock as its last response's `Date` header told it.
+    x_date: std::sync::Mutex<Option<DateTime<Utc>>>,
+}
+
+/// An HTTP `Date` (IMF-fixdate, `Tue, 01 Dec 2026 03:15:00 GMT`).
+pub fn parse_http_date(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc2822(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Attempts for idempotent reads; writes get one.
@@ -70,7 +79,14 @@ impl XClient {
             timeout: args.timeout(),
             replay_endpoint: args.replay_endpoint,
             webhooks_replay_to_inclusive: args.webhooks_replay_to_inclusive,
+            x_date: std::sync::Mutex::new(None),
         })
+    }
+
+    /// X's time per the `Date` header of the last response (to the second),
+    /// for telling how far X's clock is from ours.
+    pub fn last_x_date(&self) -> Option<DateTime<Utc>> {
+        *self.x_date.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The window rules of the replay endpoint in use.
@@ -167,6 +183,14 @@ impl XClient {
             }
         })?;
         let status = response.status().as_u16();
+        if let Some(date) = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date)
+        {
+            *self.x_date.lock().unwrap_or_else(|p| p.into_inner()) = Some(date);
+        }
         let reset = response
             .headers()
             .get("x-rate-limit-reset")
@@ -361,5 +385,19 @@ impl XClient {
         job.from_date = from;
         job.to_date = to;
         Ok(job)
+    }
+}
+
+#[cfg(test)]
+mod date_tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_http_date() {
+        assert_eq!(
+            parse_http_date("Tue, 01 Dec 2026 03:15:00 GMT"),
+            "2026-12-01T03:15:00Z".parse().ok()
+        );
+        assert_eq!(parse_http_date("yesterday"), None);
     }
 }
