@@ -412,3 +412,111 @@ async fn a_simulator_run_fills_every_table_and_the_documented_sql_works() {
         .unwrap_err();
     assert!(denied.to_string().contains("permission denied"), "{denied}");
 }
+
+/// Compliance mode: once a post is deleted, its text and media leave
+/// `tweets`, its own event, a retweet and a like that embed it, and a quote
+/// that arrives after the erasure; ids and times stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_posts_are_erased_everywhere_they_are_stored() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let sender = stack.sender();
+    let post = json!({"id_str": "500", "id": 500, "text": "secret words",
+        "created_at": "Wed Oct 10 20:19:24 +0000 2018", "timestamp_ms": "1539202764000",
+        "user": {"id_str": "100", "screen_name": "a"},
+        "entities": {"hashtags": [], "media": [{"media_url_https": "https://pbs/secret.jpg"}]}});
+    let bodies = [
+        json!({"for_user_id": "100", "tweet_create_events": [post]}),
+        json!({"for_user_id": "101", "tweet_create_events": [{"id_str": "501", "text": "RT @a: secret words",
+            "created_at": "Wed Oct 10 20:19:25 +0000 2018", "timestamp_ms": "1539202765000",
+            "user": {"id_str": "101"}, "retweeted_status": post}]}),
+        json!({"for_user_id": "100", "favorite_events": [{"id": "fav-1", "created_at": "Wed Oct 10 20:20:00 +0000 2018",
+            "timestamp_ms": "1539202800000", "favorited_status": post, "user": {"id_str": "102"}}]}),
+        json!({"for_user_id": "100", "tweet_delete_events": [{"status": {"id": "500", "user_id": "100"},
+            "timestamp_ms": "1539202900000"}]}),
+    ];
+    for body in &bodies {
+        assert_eq!(sender.post(body.to_string().as_bytes()).await.unwrap(), 200);
+    }
+    let db = &stack.db;
+    eventually(
+        WAIT,
+        "the post, its copies and its deletion stored",
+        || async {
+            (db.count("SELECT count(*) FROM events").await == 4
+                && db.count("SELECT count(*) FROM tweet_deletions").await == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let holding = || async {
+        db.count("SELECT count(*) FROM events WHERE payload::text LIKE '%secret%'")
+            .await
+    };
+    assert_eq!(
+        holding().await,
+        3,
+        "the post, the retweet's and the like's copies"
+    );
+
+    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    let (posts, payloads) = aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!((posts, payloads), (1, 3));
+    assert_eq!(
+        holding().await,
+        0,
+        "no payload holds the deleted text or media"
+    );
+    let (text, entities): (String, Value) =
+        sqlx::query_as("SELECT text, entities FROM tweets WHERE tweet_id = '500'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((text.as_str(), entities), ("", json!({})));
+    // The facts stay: the retweet still names what it retweeted, the like
+    // what it liked, and the original its author and time.
+    assert_eq!(
+        db.count("SELECT count(*) FROM tweets WHERE retweeted_status_id = '500'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM favorites WHERE tweet_id = '500'")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM events WHERE payload->>'id_str' = '500' AND payload->>'timestamp_ms' = '1539202764000' AND payload->>'aaa_erased' = 'true'").await,
+        1
+    );
+    // Nothing left to do.
+    assert_eq!(
+        aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+
+    // A quote of the deleted post arrives later: erased on the next run.
+    let quote = json!({"for_user_id": "103", "tweet_create_events": [{"id_str": "502", "text": "look",
+        "created_at": "Wed Oct 10 20:22:00 +0000 2018", "timestamp_ms": "1539202920000",
+        "user": {"id_str": "103"}, "quoted_status": post}]});
+    assert_eq!(
+        sender.post(quote.to_string().as_bytes()).await.unwrap(),
+        200
+    );
+    eventually(WAIT, "the late quote stored", || async {
+        (db.count("SELECT count(*) FROM events").await == 5).then_some(())
+    })
+    .await;
+    assert_eq!(holding().await, 1);
+    assert_eq!(
+        aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
+            .await
+            .unwrap(),
+        (1, 1)
+    );
+    assert_eq!(holding().await, 0);
+    assert_eq!(db.count("SELECT count(*) FROM dead_letters").await, 0);
+}

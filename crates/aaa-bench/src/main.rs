@@ -9,6 +9,7 @@ mod procfs;
 mod receiver;
 mod recovery;
 mod report;
+mod soak;
 mod stats;
 mod wrk;
 
@@ -38,6 +39,7 @@ enum Scenario {
     E2e,
     Scale,
     Recovery,
+    Soak,
 }
 
 /// Benchmarks of the receiver, the consumer, the whole pipeline and its
@@ -147,6 +149,10 @@ async fn run(args: Args) -> Result<(), Error> {
     if wanted(Scenario::Recovery) {
         eprintln!("gap recovery");
         results.recovery = Some(recovery::run(&settings, args.recovery_rate).await?);
+    }
+    if wanted(Scenario::Soak) {
+        eprintln!("a week of operation (7 simulated days)");
+        results.soak = Some(soak::run(&settings).await?);
     }
     let (json, markdown) = results.write(&args.out)?;
     eprintln!("wrote {} and {}", json.display(), markdown.display());

@@ -8,6 +8,7 @@ use crate::consumer::ConsumerReport;
 use crate::e2e::E2eReport;
 use crate::receiver::ReceiverReport;
 use crate::recovery::RecoveryReport;
+use crate::soak::SoakReport;
 
 /// Goals from the benchmark issue: tracked here, not asserted by tests.
 const RECEIVER_RATIO_GOAL: f64 = 0.60;
@@ -33,6 +34,7 @@ pub struct Results {
     pub e2e: Option<E2eReport>,
     pub scale: Vec<ConsumerReport>,
     pub recovery: Option<RecoveryReport>,
+    pub soak: Option<SoakReport>,
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -60,6 +62,7 @@ impl Results {
             e2e: None,
             scale: Vec::new(),
             recovery: None,
+            soak: None,
         }
     }
 
@@ -148,6 +151,16 @@ impl Results {
                     .unwrap_or_default(),
                 live.map(|l| format!("{:.2}", r.replay_events_per_second / l))
                     .unwrap_or_default(),
+            );
+        }
+        if let Some(r) = &self.soak {
+            let _ = writeln!(
+                md,
+                "| Watermark round duration, day 7 vs day 1 | {:.1} ms | {:.1} ms | {:.2} | ≤ 1.2 | {} |",
+                r.days.last().map_or(0.0, |d| d.mean_round_ms),
+                r.days.first().map_or(0.0, |d| d.mean_round_ms),
+                r.round_ratio,
+                met(r.round_ratio <= 1.2)
             );
         }
         let memories = [
@@ -280,6 +293,33 @@ impl Results {
                 r.replay_events_per_second,
                 r.missing_after
             );
+        }
+        if let Some(r) = &self.soak {
+            let _ = writeln!(
+                md,
+                "\n## A week of operation\n\n7 simulated days at clock ×{}, steady traffic, audits every 2 h, maintenance (72 h retention). Round duration day 7 / day 1: {:.2}; rows read per round day 7 / day 1: {:.2}; heartbeat rows day 7 / day 4: {:.2}; rows pruned: {:.0}.\n\n| day | rounds | mean round | rows read per round | events | heartbeats | validity samples | replay windows | X requests logged | watermark tables |\n|---|---|---|---|---|---|---|---|---|---|",
+                r.clock_speed,
+                r.round_ratio,
+                r.rows_read_ratio,
+                r.heartbeats_growth_after_horizon,
+                r.pruned_rows
+            );
+            for d in &r.days {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:.1} ms | {:.0} | {} | {} | {} | {} | {} | {} kB |",
+                    d.day,
+                    d.rounds,
+                    d.mean_round_ms,
+                    d.rows_read,
+                    d.events,
+                    d.heartbeats,
+                    d.validity_samples,
+                    d.replay_windows,
+                    d.x_api_requests,
+                    d.watermark_tables_bytes / 1024
+                );
+            }
         }
         if !self.scale.is_empty() {
             let _ = writeln!(md, "\n## Scale curve (consumer stage)\n\n{consumer_header}");

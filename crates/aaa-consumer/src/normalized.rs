@@ -205,6 +205,15 @@ pub async fn write(
         .bind(touched)
         .execute(&mut *tx)
         .await?;
+        // Content of a deleted post arrived again (late, replayed, embedded
+        // in a retweet, quote or like): it must be erased again.
+        let arrived: Vec<String> = tweets.iter().map(|(t, _)| t.tweet_id.clone()).collect();
+        sqlx::query(
+            "UPDATE tweet_deletions SET erased_at = NULL WHERE tweet_id = ANY($1) AND erased_at IS NOT NULL",
+        )
+        .bind(arrived)
+        .execute(&mut *tx)
+        .await?;
     }
     if !jobs.is_empty() {
         sqlx::query(

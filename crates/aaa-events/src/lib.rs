@@ -5,6 +5,7 @@
 //! calls [`parse_envelope`]. Both must never panic on any input.
 
 mod envelope;
+pub mod erase;
 mod kind;
 mod natural_key;
 pub mod normalize;

@@ -24,6 +24,8 @@ pub struct StackOptions {
     pub database_cluster: Option<String>,
     /// More settings for the receiver (limits and timeouts under test).
     pub receiver_env: Vec<(&'static str, String)>,
+    /// More settings for every watermark replica.
+    pub watermark_env: Vec<(&'static str, String)>,
 }
 
 impl StackOptions {
@@ -75,6 +77,7 @@ impl Default for StackOptions {
             audit_minutes: 0,
             database_cluster: None,
             receiver_env: Vec::new(),
+            watermark_env: Vec::new(),
         }
     }
 }
@@ -258,6 +261,7 @@ impl Stack {
             ),
         ];
         env.extend(self.options.clock_env());
+        env.extend(self.options.watermark_env.iter().cloned());
         Service::spawn(replica, &self.bin, &["watermark"], &env)
     }
 

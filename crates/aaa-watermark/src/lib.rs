@@ -7,6 +7,7 @@
 //! the first stopped, and a per-webhook lease (`watermark_leases`) plus a unique index
 //! keep at most one job in flight per webhook.
 
+pub mod compliance;
 pub mod coverage;
 pub mod maintenance;
 pub mod planner;
@@ -132,6 +133,12 @@ pub struct WatermarkArgs {
     /// they hold authentic deliveries nobody has looked at yet).
     #[arg(long, env = "AAA_DEAD_LETTER_RETENTION_DAYS")]
     pub dead_letter_retention_days: Option<u32>,
+    /// Compliance mode: erase a deleted post's text and media from `tweets`,
+    /// `events.payload` and every embedded copy within one maintenance
+    /// interval (X's developer terms). Ids and times stay.
+    #[arg(long, env = "AAA_ERASE_DELETED_POSTS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub erase_deleted_posts: bool,
     /// Identity of this replica in logs and in `watermark_leases`; must
     /// differ between replicas (defaults to the host name, in Kubernetes the
     /// pod name).
@@ -248,6 +255,7 @@ pub async fn run(
         batch: 5_000,
     };
     let maintenance_pool = pool_for_maintenance.clone();
+    let erase = args.erase_deleted_posts;
     let maintenance_job = Job::new_repeated_async(
         Duration::from_secs(args.maintenance_secs.max(1)),
         move |_id, _scheduler| {
@@ -260,6 +268,21 @@ pub async fn run(
                     Err(error) => {
                         tracing::error!(message = "maintenance failed; retrying next run", error = %error);
                         metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+                    }
+                }
+                if erase {
+                    loop {
+                        match compliance::erase_deleted(&pool, clock.now(), 500).await {
+                            Ok((0, _)) => break,
+                            Ok((posts, payloads)) => {
+                                tracing::info!(message = "deleted posts erased", posts, payloads)
+                            }
+                            Err(error) => {
+                                tracing::error!(message = "erasing deleted posts failed; retrying next run", error = %error);
+                                metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+                                break;
+                            }
+                        }
                     }
                 }
                 if let Err(error) = maintenance::report_sizes(&pool).await {
