@@ -61,6 +61,24 @@ async fn converged(stack: &Stack, sim: &SimProcess) -> Value {
     summary
 }
 
+/// Live traffic; the receiver down for `outage` (simulated) and back for
+/// 2 more minutes; traffic stopped. Returns when the outage began.
+async fn outage_under_traffic(
+    stack: &mut Stack,
+    sim: &SimProcess,
+    outage: TimeDelta,
+) -> DateTime<Utc> {
+    let clock = stack.options.clock();
+    let traffic = stack.start_traffic(sim, WAIT).await;
+    stack.receiver.kill();
+    let outage_start = clock.now();
+    wait_until_sim(clock, outage_start + outage).await;
+    stack.restart_receiver().await;
+    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
+    traffic.stop().await;
+    outage_start
+}
+
 async fn wait_until_sim(clock: aaa_common::Clock, at: DateTime<Utc>) {
     eventually(WAIT, "simulated time to pass", || async {
         (clock.now() >= at).then_some(())
@@ -155,17 +173,10 @@ async fn a_receiver_outage_is_found_replayed_and_recovered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incomplete_replay_is_submitted_again() {
     let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
-    let clock = stack.options.clock();
     let sim = stack.start_sim(SMALL_SIM_ARGS).await;
     sim.set_faults(json!({"next_replay": "incomplete"})).await;
     let _watermark = stack.spawn_watermark(&sim, "watermark-a");
-    let traffic = stack.start_traffic(&sim, WAIT).await;
-    stack.receiver.kill();
-    let outage_start = clock.now();
-    wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
-    stack.restart_receiver().await;
-    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
-    traffic.stop().await;
+    outage_under_traffic(&mut stack, &sim, TimeDelta::minutes(10)).await;
 
     converged(&stack, &sim).await;
     let jobs = sim.jobs().await;
@@ -190,13 +201,7 @@ async fn a_conflicting_job_is_waited_out_and_never_doubled() {
     let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
     let clock = stack.options.clock();
     let sim = stack.start_sim(SMALL_SIM_ARGS).await;
-    let traffic = stack.start_traffic(&sim, WAIT).await;
-    stack.receiver.kill();
-    let outage_start = clock.now();
-    wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
-    stack.restart_receiver().await;
-    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
-    traffic.stop().await;
+    let outage_start = outage_under_traffic(&mut stack, &sim, TimeDelta::minutes(10)).await;
 
     // An operator's replay holds the webhook when the watermark starts; it
     // runs only when the test releases it.
@@ -311,17 +316,10 @@ async fn an_invalidated_webhook_is_revalidated_and_its_invalid_period_replayed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_never_double_submit_and_a_killed_one_is_taken_over() {
     let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
-    let clock = stack.options.clock();
     let sim = stack.start_sim(SMALL_SIM_ARGS).await;
     let mut first = stack.spawn_watermark(&sim, "watermark-a");
     let _second = stack.spawn_watermark(&sim, "watermark-b");
-    let traffic = stack.start_traffic(&sim, WAIT).await;
-    stack.receiver.kill();
-    let outage_start = clock.now();
-    wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
-    stack.restart_receiver().await;
-    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
-    traffic.stop().await;
+    outage_under_traffic(&mut stack, &sim, TimeDelta::minutes(10)).await;
 
     // Kill -9 one replica as soon as a job is in flight; the other finishes.
     stack.replay_in_flight(WAIT).await;
@@ -603,7 +601,6 @@ async fn installing_against_an_old_webhook_expires_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_clock_skew_is_measured_and_planned_around() {
     let mut stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
-    let clock = stack.options.clock();
     let args: Vec<&str> = SMALL_SIM_ARGS
         .iter()
         .copied()
@@ -620,12 +617,6 @@ async fn x_clock_skew_is_measured_and_planned_around() {
     // Date has whole seconds and the request takes a little (x300).
     assert!((590.0..=660.0).contains(&skew), "measured {skew}");
 
-    let traffic = stack.start_traffic(&sim, WAIT).await;
-    stack.receiver.kill();
-    let outage_start = clock.now();
-    wait_until_sim(clock, outage_start + TimeDelta::minutes(10)).await;
-    stack.restart_receiver().await;
-    wait_until_sim(clock, clock.now() + TimeDelta::minutes(2)).await;
-    traffic.stop().await;
+    outage_under_traffic(&mut stack, &sim, TimeDelta::minutes(10)).await;
     converged(&stack, &sim).await;
 }

@@ -282,16 +282,7 @@ async fn deliver(
 
     // Only the key is read from the body; bytes go to Kafka untouched.
     let key = aaa_events::probe_partition_key(&body).unwrap_or_else(|| webhook.id.clone());
-    let received_at_ms = state.clock.now().timestamp_millis().to_string();
-    let record_headers = OwnedHeaders::new()
-        .insert(Header {
-            key: headers::WEBHOOK_ID,
-            value: Some(webhook.id.as_str()),
-        })
-        .insert(Header {
-            key: headers::RECEIVED_AT_MS,
-            value: Some(received_at_ms.as_str()),
-        })
+    let record_headers = received_headers(&state, &webhook)
         .insert(Header {
             key: headers::REQUEST_ID,
             value: Some(request_id.as_str()),
@@ -327,6 +318,20 @@ async fn deliver(
     }
 }
 
+/// The headers every record from a webhook carries: which, and when.
+fn received_headers(state: &AppState, webhook: &Webhook) -> OwnedHeaders {
+    let received_at_ms = state.clock.now().timestamp_millis().to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: headers::WEBHOOK_ID,
+            value: Some(webhook.id.as_str()),
+        })
+        .insert(Header {
+            key: headers::RECEIVED_AT_MS,
+            value: Some(received_at_ms.as_str()),
+        })
+}
+
 fn unavailable() -> Response {
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -357,20 +362,10 @@ async fn keep_oversized_trace(
         done(Outcome::BrokerUnavailable, Some("trace not encodable"), 0);
         return unavailable();
     };
-    let received_at_ms = state.clock.now().timestamp_millis().to_string();
-    let record_headers = OwnedHeaders::new()
-        .insert(Header {
-            key: headers::RECORD_TYPE,
-            value: Some(control::OVERSIZED),
-        })
-        .insert(Header {
-            key: headers::WEBHOOK_ID,
-            value: Some(webhook.id.as_str()),
-        })
-        .insert(Header {
-            key: headers::RECEIVED_AT_MS,
-            value: Some(received_at_ms.as_str()),
-        });
+    let record_headers = received_headers(state, webhook).insert(Header {
+        key: headers::RECORD_TYPE,
+        value: Some(control::OVERSIZED),
+    });
     match state
         .producer
         .send(&state.topic, &webhook.id, &payload, record_headers)

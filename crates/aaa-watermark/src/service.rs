@@ -184,13 +184,7 @@ impl Watermark {
         let mut conn = self.pool.acquire().await?;
         // Every replica reports how far judging got, holder or not: a holder
         // that is frozen or failing cannot report its own stall.
-        let progress: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT judged_to, tracked_from FROM watermark_progress WHERE webhook_id = $1",
-        )
-        .bind(webhook)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let judged_to = progress.map(|(judged_to, _)| judged_to);
+        let (judged_to, _) = progress(&mut conn, webhook).await?;
         if let Some(judged_to) = judged_to {
             metrics::gauge!("aaa_watermark_judged_age_seconds", "webhook" => webhook.to_owned())
                 .set((now - judged_to).as_seconds_f64().max(0.0));
@@ -646,14 +640,7 @@ impl Watermark {
         let Some(origin) = [start, registered_at].into_iter().flatten().min() else {
             return Ok(None);
         };
-        let progress: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT judged_to, tracked_from FROM watermark_progress WHERE webhook_id = $1",
-        )
-        .bind(webhook)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let judged_to = progress.map(|(judged_to, _)| judged_to);
-        let tracked_from = progress.and_then(|(_, tracked_from)| tracked_from);
+        let (judged_to, tracked_from) = progress(conn, webhook).await?;
         let floor = judging_floor(now, judged_to, tracked_from);
         Ok(Some((origin.max(floor), horizon.min(now))))
     }
@@ -986,6 +973,20 @@ impl Watermark {
         metrics::gauge!("aaa_watermark_oldest_gap_expires_in_seconds", "webhook" => webhook.to_owned()).set(seconds_left);
         Ok(())
     }
+}
+
+/// How far `webhook`'s timeline was judged, and where tracking began.
+async fn progress(
+    conn: &mut PgConnection,
+    webhook: &str,
+) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), Error> {
+    let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT judged_to, tracked_from FROM watermark_progress WHERE webhook_id = $1",
+    )
+    .bind(webhook)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok((row.map(|r| r.0), row.and_then(|r| r.1)))
 }
 
 /// Stretches longer than `max_silence` in which nobody learnt whether the
