@@ -291,7 +291,7 @@ impl Run {
                 let expired = self
                     .stack
                     .db
-                    .count("SELECT count(*) FROM replay_windows WHERE state = 'expired'")
+                    .count("SELECT count(*) FROM replay_windows WHERE state = 'expired' AND kind = 'gap'")
                     .await;
                 let summary = self.sim.summary().await;
                 // The watermark has judged the timeline up to when settling
@@ -398,7 +398,7 @@ impl Run {
         assert_eq!(others, 0, "{scenario}: no dead letters");
         let expired: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
             sqlx::query_as(
-                "SELECT window_from, window_to FROM replay_windows WHERE state = 'expired'",
+                "SELECT window_from, window_to FROM replay_windows WHERE state = 'expired' AND kind = 'gap'",
             )
             .fetch_all(&self.stack.db.pool)
             .await

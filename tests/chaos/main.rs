@@ -59,6 +59,26 @@ async fn watermark_killed_mid_replay() {
     assert!(settled.recovered_by_replay > 0, "{settled:?}");
 }
 
+/// X's webhook endpoints answer 429 for 30 simulated minutes, and meanwhile
+/// X invalidates the webhook (it delivers nothing, retries nothing): the
+/// watermark waits out the rate limit without hammering, then sees the
+/// webhook invalid, has it re-validated and replays the invalid stretch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_endpoint_rate_limited_while_invalid() {
+    let run = Run::start().await;
+    let until = run.now() + TimeDelta::minutes(30);
+    run.sim
+        .set_faults(json!({"webhooks_rate_limited_until": until}))
+        .await;
+    run.sim.invalidate(&run.stack.webhook_id).await;
+    run.sim.generate(10).await;
+    run.wait_sim(TimeDelta::minutes(30)).await;
+    let settled = run
+        .settle("X's webhook endpoints rate-limited 30 min while the webhook is invalid")
+        .await;
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}
+
 /// Authentic records Postgres refuses for good (NUL characters, a timestamp
 /// before 4713 BC, a key too long for its index), on several partitions in
 /// the middle of live traffic, twice: the consumer isolates each one into
@@ -306,7 +326,7 @@ async fn gap_aged_past_24_hours() {
             let marked = run
                 .stack
                 .db
-                .count("SELECT coalesce(sum(extract(epoch FROM window_to - window_from) / 60), 0)::int8 FROM replay_windows WHERE state = 'expired'")
+                .count("SELECT coalesce(sum(extract(epoch FROM window_to - window_from) / 60), 0)::int8 FROM replay_windows WHERE state = 'expired' AND kind = 'gap'")
                 .await;
             let judged = run.judged_to().await >= Some(restarted_at);
             (judged && counted > 0.0 && counted == marked as f64).then_some(counted)

@@ -172,6 +172,12 @@ fn too_many_requests(limit: u32, reset: chrono::DateTime<chrono::Utc>) -> Respon
 /// when it is reached.
 fn webhooks_rate(sim: &Sim, endpoint: &'static str) -> Option<Response> {
     let limit = sim.args.webhooks_read_limit;
+    let now = sim.clock.now();
+    if let Some(until) = sim.world().faults.webhooks_rate_limited_until
+        && now < until
+    {
+        return Some(too_many_requests(limit, until));
+    }
     sim.world()
         .take_rate(endpoint, limit, REPLAY_RATE_WINDOW, sim.clock.now())
         .err()
