@@ -43,6 +43,9 @@ pub struct Settled {
     /// Owed, never delivered: only where windows aged out.
     pub lost: usize,
     pub expired_minutes: i64,
+    /// `aaa_watermark_expired_minutes_total` of the running watermark once
+    /// settled (what the AaaGapExpired alert sees).
+    pub expired_counted: f64,
 }
 
 /// The numbers, not the ground truth (thousands of lines).
@@ -535,6 +538,8 @@ impl Run {
         .await
         .expect("events by kind");
         let lost_count = lost.len();
+        let watermark_admin = format!("http://{}", self.watermark.addr("admin").await);
+        let expired_counted = metric(&watermark_admin, "aaa_watermark_expired_minutes_total").await;
         Settled {
             truth,
             events_by_kind,
@@ -546,6 +551,7 @@ impl Run {
             recovered_by_audits,
             lost: lost_count,
             expired_minutes,
+            expired_counted,
         }
     }
 }

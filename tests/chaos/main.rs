@@ -318,18 +318,16 @@ async fn gap_aged_past_24_hours() {
     run.watermark = run.stack.spawn_watermark(&run.sim, "watermark-b");
     let restarted_at = run.now();
     let admin = format!("http://{}", run.watermark.addr("admin").await);
-    let counted = eventually(
+    // Once the restarted watermark has judged up to now, the outage is
+    // counted. (Exact agreement with the windows is checked once settled:
+    // until then, windows that wait for the replay slot keep aging out.)
+    eventually(
         Duration::from_secs(60),
         "the watermark to count expired minutes (the alert's signal)",
         || async {
             let counted = aaa_testkit::metric(&admin, "aaa_watermark_expired_minutes_total").await;
-            let marked = run
-                .stack
-                .db
-                .count("SELECT coalesce(sum(extract(epoch FROM window_to - window_from) / 60), 0)::int8 FROM replay_windows WHERE state = 'expired' AND kind = 'gap'")
-                .await;
             let judged = run.judged_to().await >= Some(restarted_at);
-            (judged && counted > 0.0 && counted == marked as f64).then_some(counted)
+            (judged && counted > 0.0).then_some(())
         },
     )
     .await;
@@ -341,7 +339,7 @@ async fn gap_aged_past_24_hours() {
         "the outage held activity X could not deliver: {settled:?}"
     );
     assert_eq!(
-        counted, settled.expired_minutes as f64,
+        settled.expired_counted, settled.expired_minutes as f64,
         "every expired minute is counted for the alert"
     );
 }
