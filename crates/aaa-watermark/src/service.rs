@@ -1037,7 +1037,9 @@ pub fn invalid_periods(checks: &[(DateTime<Utc>, bool)], now: DateTime<Utc>) -> 
     let mut invalid_since: Option<DateTime<Utc>> = None;
     for (at, valid) in checks {
         match (valid, invalid_since) {
-            (false, None) => invalid_since = Some(last_valid.unwrap_or(*at)),
+            // With no valid check before it, nobody knows since when the
+            // webhook was invalid: since before anything judged.
+            (false, None) => invalid_since = Some(last_valid.unwrap_or(DateTime::<Utc>::MIN_UTC)),
             (true, Some(since)) => {
                 periods.push(Interval::new(since, *at));
                 invalid_since = None;
@@ -1075,9 +1077,10 @@ mod tests {
             invalid_periods(&checks, t(30)),
             vec![Interval::new(t(5), t(20)), Interval::new(t(20), t(30))]
         );
+        // Invalid at the first check ever: since when is unknown.
         assert_eq!(
             invalid_periods(&[(t(3), false)], t(9)),
-            vec![Interval::new(t(3), t(9))]
+            vec![Interval::new(DateTime::<Utc>::MIN_UTC, t(9))]
         );
         assert_eq!(invalid_periods(&[(t(3), true)], t(9)), vec![]);
     }
