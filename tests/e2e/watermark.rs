@@ -267,6 +267,7 @@ async fn an_invalidated_webhook_is_revalidated_and_its_invalid_period_replayed()
     let stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
     let clock = stack.options.clock();
     let sim = stack.start_sim(SMALL_SIM_ARGS).await;
+    let _watermark = stack.spawn_watermark(&sim, "watermark-a");
     let traffic = stack.start_traffic(&sim, WAIT).await;
     let invalidated = reqwest::Client::new()
         .post(format!(
@@ -280,9 +281,6 @@ async fn an_invalidated_webhook_is_revalidated_and_its_invalid_period_replayed()
     // Activity while invalid, whatever the traffic's pace on a loaded
     // machine: X owes it and delivers none of it.
     sim.generate(10).await;
-    // Started only now, so the webhook surely stayed invalid while X owed
-    // that activity.
-    let _watermark = stack.spawn_watermark(&sim, "watermark-a");
     // Nothing is delivered while invalid; the watermark notices and re-validates.
     eventually(
         WAIT,
