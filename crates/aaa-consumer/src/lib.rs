@@ -434,17 +434,11 @@ impl Writer<'_> {
                         dead_letters: vec![batch::rejected_dead_letter(record, &reason)],
                         ..BatchPlan::default()
                     };
-                    match self.write(&rejected, 1).await {
-                        Written::Stored => {}
-                        Written::ShuttingDown => return false,
-                        // A dead letter holds only bytes and cleaned text;
-                        // if even that is refused, the database is at fault:
-                        // wait for it rather than drop the record.
-                        Written::Refused(_) => {
-                            if !self.write_until_stored(&rejected).await {
-                                return false;
-                            }
-                        }
+                    // A dead letter holds only bytes and cleaned text; if
+                    // even that is refused, the database is at fault: wait
+                    // for it rather than drop the record.
+                    if !self.write_until_stored(&rejected).await {
+                        return false;
                     }
                 }
                 Written::Refused(_) => {
