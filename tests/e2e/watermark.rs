@@ -604,6 +604,81 @@ async fn installing_against_an_old_webhook_expires_nothing() {
     assert_eq!(counted, marked as f64, "every expired minute counted");
 }
 
+/// The first round of a watermark marks where tracking began even when it
+/// can judge nothing yet (the consumer has not stored its fences). A
+/// receiver outage after that, found only when a watermark runs again 25 h
+/// later, is expired and counted, never skipped as "before tracking".
+/// (1 real second = 50 simulated minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_after_tracking_began_expires_even_if_nothing_was_judged_then() {
+    let mut stack = Stack::start(
+        BIN,
+        StackOptions {
+            heartbeat_secs: 600,
+            ..StackOptions::scaled(3000.0)
+        },
+    )
+    .await;
+    let clock = stack.options.clock();
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
+    stack.consumer.freeze();
+    let mut watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let tracked_from: DateTime<Utc> = eventually(WAIT, "tracking to begin", || async {
+        sqlx::query_scalar("SELECT tracked_from FROM watermark_progress WHERE webhook_id = $1")
+            .bind(&stack.webhook_id)
+            .fetch_optional(&stack.db.pool)
+            .await
+            .ok()
+            .flatten()
+            .flatten()
+    })
+    .await;
+    watermark.kill();
+    stack.consumer.thaw();
+    let outage_from = clock.now();
+    assert!(tracked_from < outage_from - TimeDelta::hours(23));
+    stack.receiver.kill();
+    wait_until_sim(clock, outage_from + TimeDelta::hours(2)).await;
+    let outage_to = clock.now();
+    stack.restart_receiver().await;
+    wait_until_sim(clock, outage_to + TimeDelta::hours(25)).await;
+    let watermark = stack.spawn_watermark(&sim, "watermark-b");
+    let inside = TimeDelta::minutes(30);
+    let expired: Vec<(DateTime<Utc>, DateTime<Utc>)> =
+        eventually(WAIT, "the outage marked expired", || async {
+            let windows: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT window_from, window_to FROM replay_windows
+                 WHERE state = 'expired' AND kind = 'gap' ORDER BY window_from",
+            )
+            .fetch_all(&stack.db.pool)
+            .await
+            .ok()?;
+            // Every minute of the outage (less the edges heartbeats blur)
+            // lies in an expired window.
+            let mut minute = outage_from + inside;
+            while minute < outage_to - inside {
+                windows.iter().find(|(f, t)| *f <= minute && minute < *t)?;
+                minute += TimeDelta::minutes(1);
+            }
+            Some(windows)
+        })
+        .await;
+    assert!(
+        expired.iter().all(|(from, _)| *from >= tracked_from),
+        "nothing before tracking began is judged: {expired:?}"
+    );
+    let admin = format!("http://{}", watermark.addr("admin").await);
+    let marked = stack
+        .db
+        .count("SELECT coalesce(sum(extract(epoch FROM window_to - window_from) / 60), 0)::int8 FROM replay_windows WHERE state = 'expired' AND kind = 'gap'")
+        .await;
+    eventually(WAIT, "every expired minute counted", || async {
+        let counted = aaa_testkit::metric(&admin, "aaa_watermark_expired_minutes_total").await;
+        (counted >= marked as f64).then_some(())
+    })
+    .await;
+}
+
 /// X's clock runs 10 minutes ahead: the watermark reads it from the `Date`
 /// of X's answers, reports it, and still gets every gap replayed (X checks
 /// windows by its own clock).

@@ -41,7 +41,11 @@ impl Service {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .env("AAA_LOG_FORMAT", "json")
-            .env("AAA_LOG", "info");
+            // AAA_TEST_LOG=debug (a filter) for more detail when debugging.
+            .env(
+                "AAA_LOG",
+                std::env::var("AAA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         for (key, value) in env {
             command.env(key, value);
         }

@@ -248,19 +248,16 @@ impl Watermark {
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
+        self.begin_tracking(conn, webhook, now).await?;
         let registered_at = self.check_validity(conn, webhook, now).await?;
         let busy = self.follow_in_flight(conn, webhook, now).await?;
         if let Some((start, horizon)) = self.tracked(conn, webhook, now, registered_at).await? {
             let windows = self.record_gaps(conn, webhook, now, start, horizon).await?;
-            // The first round records where tracking began; later rounds
-            // never judge before it.
             sqlx::query(
-                "INSERT INTO watermark_progress (webhook_id, judged_to, tracked_from) VALUES ($1, $2, $3)
-                 ON CONFLICT (webhook_id) DO UPDATE SET judged_to = greatest(watermark_progress.judged_to, excluded.judged_to)",
+                "UPDATE watermark_progress SET judged_to = greatest(judged_to, $2) WHERE webhook_id = $1",
             )
             .bind(webhook)
             .bind(horizon)
-            .bind(start)
             .execute(&mut *conn)
             .await?;
             self.record_audits(conn, webhook, now, start, horizon, &windows)
@@ -270,6 +267,34 @@ impl Watermark {
             self.submit_next(conn, webhook, now).await?;
         }
         self.report(conn, webhook, now).await
+    }
+
+    /// The very first round of any replica marks where tracking began: what
+    /// X can still replay then. No round ever judges before it (a webhook
+    /// registered long before the watermark was installed has no
+    /// heartbeats from then, which is no gap), and every round judges from
+    /// it on, even when the first rounds could judge nothing yet (no fences
+    /// stored) and the next comes only after a long stop: an outage seen in
+    /// the heartbeats since then is expired and counted, not skipped.
+    /// Nothing is judged yet, so it is also how far judging got.
+    async fn begin_tracking(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let began = sqlx::query(
+            "INSERT INTO watermark_progress (webhook_id, judged_to, tracked_from) VALUES ($1, $2, $2)
+             ON CONFLICT (webhook_id) DO NOTHING",
+        )
+        .bind(webhook)
+        .bind(earliest_from(now))
+        .execute(&mut *conn)
+        .await?;
+        if began.rows_affected() == 1 {
+            tracing::info!(message = "tracking began: the first round judges what X can still replay, no later round judges before it", webhook, tracked_from = %earliest_from(now));
+        }
+        Ok(())
     }
 
     /// A fence on every partition, stamped `now`: once the consumer stored all
