@@ -305,25 +305,41 @@ pub async fn replay(args: &OpsArgs, command: ReplayCommand, clock: Clock) -> Res
     Ok(())
 }
 
-/// `aaa replay status`: the replay_job_status messages the pipeline stored.
+/// `aaa replay status`: replay jobs as their completion messages left them
+/// (`replay_jobs`), with the window the watermark submitted, if it did.
 pub async fn replay_status(
     args: &OpsArgs,
     database: &aaa_db::DatabaseArgs,
     webhook: Option<String>,
 ) -> anyhow::Result<()> {
     let pool = database.pool()?;
-    let rows: Vec<(Value, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT payload, received_at FROM events
-         WHERE kind = 'replay_job_status' AND ($1::text IS NULL OR payload->>'webhook_id' = $1)
-         ORDER BY received_at DESC LIMIT 100",
+    type JobRow = (
+        String,
+        Option<String>,
+        String,
+        Option<String>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+    );
+    let rows: Vec<JobRow> = sqlx::query_as(
+        "SELECT j.job_id, j.webhook_id, j.job_state, j.description, j.reported_at,
+                w.window_from, w.window_to, w.kind
+         FROM replay_jobs j LEFT JOIN replay_windows w ON w.job_id = j.job_id
+         WHERE $1::text IS NULL OR j.webhook_id = $1
+         ORDER BY j.reported_at DESC LIMIT 100",
     )
     .bind(webhook)
     .fetch_all(&pool)
     .await?;
     let jobs: Vec<Value> = rows
         .iter()
-        .map(|(p, at)| json!({"job_id": p["job_id"], "webhook_id": p["webhook_id"], "job_state": p["job_state"],
-                              "description": p["job_state_description"], "received_at": at}))
+        .map(|(job_id, webhook_id, state, description, at, from, to, kind)| {
+            json!({"job_id": job_id, "webhook_id": webhook_id, "job_state": state,
+                   "description": description, "reported_at": at,
+                   "window_from": from, "window_to": to, "window_kind": kind.as_deref().unwrap_or("operator")})
+        })
         .collect();
     let text = |v: &Value| {
         v.as_str()
@@ -338,7 +354,10 @@ pub async fn replay_status(
                 "webhook_id",
                 "job_state",
                 "description",
-                "received_at",
+                "reported_at",
+                "window_from",
+                "window_to",
+                "window_kind",
             ]
             .iter()
             .map(|k| text(&j[*k]))
@@ -347,7 +366,16 @@ pub async fn replay_status(
         .collect();
     print(args, json!(jobs), || {
         table(
-            &["job_id", "webhook", "state", "description", "received_at"],
+            &[
+                "job_id",
+                "webhook",
+                "state",
+                "description",
+                "reported_at",
+                "from",
+                "to",
+                "kind",
+            ],
             table_rows,
         )
     });

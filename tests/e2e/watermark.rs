@@ -536,6 +536,62 @@ async fn maintenance_prunes_only_what_no_round_can_read() {
     assert_eq!(deleted["coverage_heartbeats"], 0, "nothing left to prune");
 }
 
+/// With an event retention, old events keep their identity (so a late
+/// duplicate is still recognised, and normalized rows keep their event_id)
+/// and lose their payload; each run starts where the last stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_retention_drops_old_payloads_and_keeps_identity() {
+    use aaa_watermark::maintenance::drop_old_payloads;
+    let db = TestDb::migrated().await;
+    let now = Utc::now();
+    let stored = |days: i64| now - TimeDelta::days(days);
+    // Stored in id order: six 40 days ago, then four yesterday.
+    for (i, age) in [40, 40, 40, 40, 40, 40, 1, 1, 1, 1].into_iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO events (for_user_id, kind, natural_key, payload, context, activity_index, kafka_topic, kafka_partition, kafka_offset, received_at, stored_at)
+             VALUES ('1', 'favorite_events', $1, '{\"id\": 1}', '{\"users\": {}}', 0, 't', 0, $2, $3, $3)",
+        )
+        .bind(format!("fav-{i}"))
+        .bind(i as i64)
+        .bind(stored(age))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    }
+    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    // Batches of 4: the run continues past a full batch and stops at the
+    // first row too young.
+    assert_eq!(drop_old_payloads(&writer, stored(30), 4).await.unwrap(), 6);
+    let rows: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT natural_key, payload::text, context::text FROM events ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 10, "identity stays");
+    for (key, payload, context) in &rows[..6] {
+        assert!(
+            payload.is_none() && context == "{}",
+            "{key}: {payload:?} {context}"
+        );
+    }
+    for (key, payload, _) in &rows[6..] {
+        assert!(payload.is_some(), "{key} is young");
+    }
+    assert_eq!(drop_old_payloads(&writer, stored(30), 4).await.unwrap(), 0);
+    let done_to: i64 =
+        sqlx::query_scalar("SELECT done_to FROM retention_progress WHERE table_name = 'events'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let sixth: i64 = sqlx::query_scalar("SELECT id FROM events WHERE natural_key = 'fav-5'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(done_to, sixth, "the next run starts after the last old row");
+    // Once the young rows age, the next run takes them.
+    assert_eq!(drop_old_payloads(&writer, now, 4).await.unwrap(), 4);
+}
+
 /// A watermark installed against a webhook X registered more than 25 h ago
 /// (nothing of ours ran then): the first round replays what X can still
 /// replay, and no later round judges the time before that, so nothing is

@@ -54,6 +54,7 @@ async fn erase_one(pool: &PgPool, post: &str, now: DateTime<Utc>) -> Result<u64,
                    WHERE kind = 'tweet_create_events' AND natural_key = $1
                      AND for_user_id IN (SELECT user_id FROM mentions WHERE tweet_id = $1
                                          UNION SELECT author_id FROM tweets WHERE tweet_id = $1))
+           AND e.payload IS NOT NULL
          FOR UPDATE",
     )
     .bind(post)

@@ -2,16 +2,19 @@
 //! them through X one job per webhook at a time, and reconciles each job when
 //! its completion message has been stored and everything before it consumed.
 //!
-//! The decisions are pure ([`coverage`], [`planner`]); Postgres holds the
-//! state (`replay_windows`), so a restarted or second replica picks up where
+//! The decisions are pure ([`coverage`], [`planner`], [`decisions`]); every
+//! statement on the state in Postgres is in [`store`] (`replay_windows` and
+//! friends, typed), so a restarted or second replica picks up where
 //! the first stopped, and a per-webhook lease (`watermark_leases`) plus a unique index
 //! keep at most one job in flight per webhook.
 
 pub mod compliance;
 pub mod coverage;
+pub mod decisions;
 pub mod maintenance;
 pub mod planner;
 mod service;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,6 +136,13 @@ pub struct WatermarkArgs {
     /// they hold authentic deliveries nobody has looked at yet).
     #[arg(long, env = "AAA_DEAD_LETTER_RETENTION_DAYS")]
     pub dead_letter_retention_days: Option<u32>,
+    /// Days (real time) an event keeps its payload and context; after that
+    /// only its identity (ids, kind, natural key, times) stays, which
+    /// idempotence and the normalized tables need. Unset keeps everything
+    /// (the default).
+    #[arg(long, env = "AAA_EVENT_RETENTION_DAYS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub event_retention_days: Option<u32>,
     /// Compliance mode: erase a deleted post's text and media from `tweets`,
     /// `events.payload` and every embedded copy within one maintenance
     /// interval (X's developer terms). Ids and times stay.
@@ -256,6 +266,7 @@ pub async fn run(
     };
     let maintenance_pool = pool_for_maintenance.clone();
     let erase = args.erase_deleted_posts;
+    let event_retention = args.event_retention_days;
     let maintenance_job = Job::new_repeated_async(
         Duration::from_secs(args.maintenance_secs.max(1)),
         move |_id, _scheduler| {
@@ -268,6 +279,20 @@ pub async fn run(
                     Err(error) => {
                         tracing::error!(message = "maintenance failed; retrying next run", error = %error);
                         metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+                    }
+                }
+                if let Some(days) = event_retention {
+                    // Real time: `stored_at` is Postgres's clock.
+                    let cutoff = chrono::Utc::now() - chrono::TimeDelta::days(i64::from(days));
+                    match maintenance::drop_old_payloads(&pool, cutoff, 5_000).await {
+                        Ok(0) => {}
+                        Ok(dropped) => {
+                            tracing::info!(message = "event payloads past retention dropped", dropped)
+                        }
+                        Err(error) => {
+                            tracing::error!(message = "event retention failed; retrying next run", error = %error);
+                            metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+                        }
                     }
                 }
                 if erase {

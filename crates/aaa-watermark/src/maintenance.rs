@@ -132,6 +132,64 @@ pub async fn prune(
     Ok(deleted)
 }
 
+/// Drops the payload and context of events stored before `cutoff`, `batch`
+/// rows per transaction; returns how many. Rows are taken in id order from
+/// where the last run stopped (`retention_progress`), and only as long as
+/// they are old enough, so a run reads what is new since the last, never
+/// the whole table. (Ids follow `stored_at`; a row stored out of order by a
+/// concurrent transaction is handled when the marker reaches it.)
+pub async fn drop_old_payloads(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    let batch = batch.max(1);
+    let mut total = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let done_to: i64 = sqlx::query_scalar(
+            "SELECT coalesce((SELECT done_to FROM retention_progress WHERE table_name = 'events' FOR UPDATE), 0)",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let next: Vec<(i64, bool)> = sqlx::query_as(
+            "SELECT id, stored_at < $2 FROM events WHERE id > $1 ORDER BY id LIMIT $3",
+        )
+        .bind(done_to)
+        .bind(cutoff)
+        .bind(batch)
+        .fetch_all(&mut *tx)
+        .await?;
+        let old = next.iter().take_while(|(_, old)| *old).count();
+        let Some(&(upto, _)) = next[..old].last() else {
+            break;
+        };
+        let dropped = sqlx::query(
+            "UPDATE events SET payload = NULL, context = '{}'::jsonb
+             WHERE id > $1 AND id <= $2 AND payload IS NOT NULL",
+        )
+        .bind(done_to)
+        .bind(upto)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "INSERT INTO retention_progress (table_name, done_to) VALUES ('events', $1)
+             ON CONFLICT (table_name) DO UPDATE SET done_to = excluded.done_to",
+        )
+        .bind(upto)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        total += dropped;
+        metrics::counter!("aaa_watermark_dropped_payloads_total").increment(dropped);
+        if old < next.len() || next.len() < batch as usize {
+            break;
+        }
+    }
+    Ok(total)
+}
+
 /// Rows per table as Postgres estimates them (no scan): what grows and
 /// what stays flat, for the dashboards.
 pub async fn report_sizes(pool: &PgPool) -> Result<(), sqlx::Error> {
@@ -164,6 +222,7 @@ pub fn register() {
         metrics::counter!("aaa_watermark_pruned_rows_total", "table" => table).increment(0);
     }
     metrics::counter!("aaa_watermark_maintenance_failures_total").increment(0);
+    metrics::counter!("aaa_watermark_dropped_payloads_total").increment(0);
     metrics::counter!("aaa_watermark_erased_posts_total").increment(0);
     metrics::counter!("aaa_watermark_erased_payloads_total").increment(0);
 }

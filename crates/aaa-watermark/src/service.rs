@@ -9,26 +9,26 @@ use std::time::Duration;
 use aaa_common::Clock;
 use aaa_common::kafka::{control, headers};
 use aaa_replay_window::Window;
-use aaa_xapi::{Reason, ReplayEndpoint, XClient, XError};
+use aaa_xapi::{ReplayEndpoint, XClient, XError};
 use chrono::{DateTime, TimeDelta, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use sqlx::{PgConnection, PgPool};
 
-use crate::coverage::{Heartbeat, Interval, ceil_minute, uncovered};
+use crate::coverage::{Interval, ceil_minute, uncovered};
+use crate::decisions::{
+    Edge, JobStep, Submission, after_refusal, at_the_edge, follow_job, invalid_periods,
+    judging_floor, unknown_periods,
+};
 use crate::planner::{Step, WindowKind, earliest_from, plan, plan_audits, replay_hold};
+use crate::store::{self, RATE_WINDOW, WindowState};
 use crate::{Error, WatermarkArgs};
 
-/// Window kinds: a gap coverage found, or an audit of a closed slot.
-const GAP: &str = "gap";
-const AUDIT: &str = "audit";
-const RATE_WINDOW: TimeDelta = TimeDelta::minutes(15);
 /// Endpoint names in `x_api_requests` (and aaa-xapi's metrics).
 const WEBHOOKS_LIST: &str = "webhooks_list";
 const WEBHOOKS_VALIDATE: &str = "webhooks_validate";
 const REPLAY_SUBMIT: &str = "replay_submit";
-const MAX_BACKOFF: TimeDelta = TimeDelta::minutes(15);
 
 pub struct Watermark {
     pool: PgPool,
@@ -67,10 +67,6 @@ struct Listed {
     asked_at: Option<DateTime<Utc>>,
     /// When it last answered, and what.
     answer: Option<(DateTime<Utc>, Vec<aaa_xapi::Webhook>)>,
-}
-
-fn backoff(base: TimeDelta, attempt: i32) -> TimeDelta {
-    (base * 2i32.saturating_pow(attempt.clamp(0, 10) as u32)).min(MAX_BACKOFF)
 }
 
 impl Watermark {
@@ -113,15 +109,8 @@ impl Watermark {
         }) as i64;
         for webhook in &args.webhooks {
             let w = || webhook.clone();
-            for outcome in [
-                "accepted",
-                "conflict",
-                "rate_limited",
-                "webhook_refused",
-                "window_refused",
-                "failed",
-            ] {
-                metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => w(), "outcome" => outcome).increment(0);
+            for outcome in Submission::ALL {
+                metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => w(), "outcome" => outcome.as_str()).increment(0);
             }
             for outcome in ["reconciled", "incomplete", "lost"] {
                 metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => w(), "outcome" => outcome).increment(0);
@@ -184,12 +173,13 @@ impl Watermark {
         let mut conn = self.pool.acquire().await?;
         // Every replica reports how far judging got, holder or not: a holder
         // that is frozen or failing cannot report its own stall.
-        let (judged_to, _) = progress(&mut conn, webhook).await?;
-        if let Some(judged_to) = judged_to {
+        if let Some(judged_to) = store::progress(&mut conn, webhook).await?.judged_to {
             metrics::gauge!("aaa_watermark_judged_age_seconds", "webhook" => webhook.to_owned())
                 .set((now - judged_to).as_seconds_f64().max(0.0));
         }
-        let held = self.take_lease(&mut conn, webhook).await?;
+        // A round longer than the lease may overlap the next holder's; X
+        // still gets one job per webhook (a unique index).
+        let held = store::take_lease(&mut conn, webhook, &self.replica, self.lease).await?;
         metrics::gauge!("aaa_watermark_lease_held", "webhook" => webhook.to_owned()).set(if held {
             1.0
         } else {
@@ -206,38 +196,10 @@ impl Watermark {
         result
     }
 
-    /// Takes or renews this replica's lease on `webhook`: granted when free,
-    /// expired, or already ours. Postgres's clock decides, so replicas with
-    /// skewed clocks agree. A round longer than the lease may overlap the
-    /// next holder's; X still gets one job per webhook (a unique index).
-    async fn take_lease(&self, conn: &mut PgConnection, webhook: &str) -> Result<bool, Error> {
-        let holder: Option<String> = sqlx::query_scalar(
-            "INSERT INTO watermark_leases AS l (webhook_id, holder, acquired_at, renewed_at, expires_at)
-             VALUES ($1, $2, now(), now(), now() + make_interval(secs => $3))
-             ON CONFLICT (webhook_id) DO UPDATE
-                SET holder = excluded.holder,
-                    acquired_at = CASE WHEN l.holder = excluded.holder THEN l.acquired_at ELSE now() END,
-                    renewed_at = now(),
-                    expires_at = excluded.expires_at
-                WHERE l.holder = excluded.holder OR l.expires_at < now()
-             RETURNING holder",
-        )
-        .bind(webhook)
-        .bind(&self.replica)
-        .bind(self.lease.as_secs_f64())
-        .fetch_optional(&mut *conn)
-        .await?;
-        Ok(holder.is_some())
-    }
-
     /// Gives up this replica's leases (on shutdown), so another takes over
     /// at once instead of after the lease ran out.
     pub async fn release_leases(&self) {
-        let released = sqlx::query("DELETE FROM watermark_leases WHERE holder = $1")
-            .bind(&self.replica)
-            .execute(&self.pool)
-            .await;
-        if let Err(error) = released {
+        if let Err(error) = store::release_leases(&self.pool, &self.replica).await {
             tracing::warn!(message = "leases not released; they expire on their own", error = %error);
         }
     }
@@ -253,13 +215,7 @@ impl Watermark {
         let busy = self.follow_in_flight(conn, webhook, now).await?;
         if let Some((start, horizon)) = self.tracked(conn, webhook, now, registered_at).await? {
             let windows = self.record_gaps(conn, webhook, now, start, horizon).await?;
-            sqlx::query(
-                "UPDATE watermark_progress SET judged_to = greatest(judged_to, $2) WHERE webhook_id = $1",
-            )
-            .bind(webhook)
-            .bind(horizon)
-            .execute(&mut *conn)
-            .await?;
+            store::advance_judged(conn, webhook, horizon).await?;
             self.record_audits(conn, webhook, now, start, horizon, &windows)
                 .await?;
         }
@@ -283,15 +239,7 @@ impl Watermark {
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let began = sqlx::query(
-            "INSERT INTO watermark_progress (webhook_id, judged_to, tracked_from) VALUES ($1, $2, $2)
-             ON CONFLICT (webhook_id) DO NOTHING",
-        )
-        .bind(webhook)
-        .bind(earliest_from(now))
-        .execute(&mut *conn)
-        .await?;
-        if began.rows_affected() == 1 {
+        if store::begin_tracking(conn, webhook, earliest_from(now)).await? {
             tracing::info!(message = "tracking began: the first round judges what X can still replay, no later round judges before it", webhook, tracked_from = %earliest_from(now));
         }
         Ok(())
@@ -329,12 +277,7 @@ impl Watermark {
     /// The time up to which the consumer has stored everything: the oldest of
     /// the newest fences on every partition.
     async fn horizon(&self, conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, Error> {
-        let (oldest, partitions): (Option<DateTime<Utc>>, i64) = sqlx::query_as(
-            "SELECT min(fence_time), count(*) FROM consumer_fences WHERE topic = $1",
-        )
-        .bind(&self.topic)
-        .fetch_one(&mut *conn)
-        .await?;
+        let (oldest, partitions) = store::fences(conn, &self.topic).await?;
         Ok(oldest.filter(|_| partitions as usize >= self.partitions.len()))
     }
 
@@ -407,13 +350,7 @@ impl Watermark {
         limit: i64,
         now: DateTime<Utc>,
     ) -> Result<bool, Error> {
-        let recent: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM x_api_requests WHERE endpoint = $1 AND requested_at > $2",
-        )
-        .bind(endpoint)
-        .bind(now - RATE_WINDOW)
-        .fetch_one(&mut *conn)
-        .await?;
+        let recent = store::x_requests_since(conn, endpoint, now - RATE_WINDOW).await?;
         if recent >= limit {
             tracing::info!(
                 message = "X's request budget for this endpoint is used up for this 15-minute window; waiting",
@@ -438,15 +375,7 @@ impl Watermark {
             Err(XError::Refused { .. }) => "refused",
             Err(_) => "failed",
         };
-        sqlx::query(
-            "INSERT INTO x_api_requests (endpoint, requested_at, outcome) VALUES ($1, $2, $3)",
-        )
-        .bind(endpoint)
-        .bind(now)
-        .bind(outcome)
-        .execute(&mut *conn)
-        .await?;
-        Ok(())
+        Ok(store::record_x_request(conn, endpoint, now, outcome).await?)
     }
 
     async fn check_validity(
@@ -514,18 +443,9 @@ impl Watermark {
             .set(if valid { 1.0 } else { 0.0 });
         // An invalid observation also marks the time since the previous check.
         // Stamped with the time X answered: one sample per answer.
-        sqlx::query("INSERT INTO webhook_validity (webhook_id, checked_at, valid) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(webhook)
-            .bind(checked_at)
-            .bind(found.valid)
-            .execute(&mut *conn)
-            .await?;
+        store::record_validity(conn, webhook, checked_at, found.valid).await?;
         if valid && !found.valid {
-            sqlx::query("INSERT INTO webhook_validity (webhook_id, checked_at, valid) VALUES ($1, $2, true) ON CONFLICT DO NOTHING")
-                .bind(webhook)
-                .bind(now + TimeDelta::milliseconds(1))
-                .execute(&mut *conn)
-                .await?;
+            store::record_validity(conn, webhook, now + TimeDelta::milliseconds(1), true).await?;
         }
         Ok(registered_at)
     }
@@ -537,104 +457,100 @@ impl Watermark {
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, Error> {
-        type InFlight = (
-            i64,
-            Option<String>,
-            Option<DateTime<Utc>>,
-            Option<DateTime<Utc>>,
-            DateTime<Utc>,
-            String,
-        );
-        let row: Option<InFlight> = sqlx::query_as(
-            "SELECT id, job_id, submitted_at, fence_at, created_at, kind FROM replay_windows WHERE webhook_id = $1 AND state = 'submitted'",
-        )
-        .bind(webhook)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some((id, job_id, submitted_at, fence_at, created_at, kind)) = row else {
+        let Some(job) = store::in_flight(conn, webhook).await? else {
             return Ok(false);
         };
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT job_state FROM replay_jobs WHERE job_id = $1")
-                .bind(&job_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        match state.as_deref() {
-            Some("Complete") => match fence_at {
-                None => {
-                    // Fences written only now, after the completion was seen:
-                    // every replayed delivery X sent before its completion
-                    // reached Kafka before them. (The round's own fences were
-                    // written before the completion was read, and a delivery
-                    // still in flight then would be missed.)
-                    let fenced_at = self.clock.now();
-                    if !self.write_fences(fenced_at).await {
-                        return Ok(true);
-                    }
-                    sqlx::query("UPDATE replay_windows SET fence_at = $2 WHERE id = $1")
-                        .bind(id)
-                        .bind(fenced_at)
-                        .execute(&mut *conn)
-                        .await?;
-                    tracing::info!(message = "replay job complete; waiting for the consumer to pass the fences", webhook, job_id = ?job_id);
-                    Ok(true)
+        let job_state = store::job_state(conn, job.job_id.as_deref()).await?;
+        let horizon = self.horizon(conn).await?;
+        let job_id = job.job_id.as_deref().unwrap_or_default();
+        let counted = |outcome: &'static str| {
+            metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => outcome).increment(1);
+        };
+        match follow_job(
+            job_state.as_deref(),
+            job.fence_at,
+            job.submitted_at,
+            horizon,
+            now,
+            self.job_timeout,
+        ) {
+            JobStep::Running | JobStep::AwaitConsumer => Ok(true),
+            JobStep::FenceNow => {
+                // The round's own fences were written before the completion
+                // was read; a delivery still in flight then would be missed.
+                let fenced_at = self.clock.now();
+                if self.write_fences(fenced_at).await {
+                    store::set_fence(conn, job.id, fenced_at).await?;
+                    tracing::info!(
+                        message =
+                            "replay job complete; waiting for the consumer to pass the fences",
+                        webhook,
+                        job_id
+                    );
                 }
-                Some(fence_at) => {
-                    if self.horizon(conn).await?.is_none_or(|h| h < fence_at) {
-                        return Ok(true);
-                    }
-                    let (recovered, duplicates): (i64, i64) = sqlx::query_as(
-                        "UPDATE replay_windows SET state = 'reconciled', reconciled_at = $2 WHERE id = $1 RETURNING recovered, duplicates",
-                    )
-                    .bind(id)
-                    .bind(now)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                    metrics::counter!("aaa_watermark_recovered_events_total", "webhook" => webhook.to_owned()).increment(recovered as u64);
-                    metrics::counter!("aaa_watermark_duplicate_events_total", "webhook" => webhook.to_owned()).increment(duplicates as u64);
-                    metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => "reconciled").increment(1);
-                    if kind == AUDIT {
+                Ok(true)
+            }
+            JobStep::Reconcile => {
+                let (recovered, duplicates) = store::reconcile(conn, job.id, now).await?;
+                metrics::counter!("aaa_watermark_recovered_events_total", "webhook" => webhook.to_owned()).increment(recovered as u64);
+                metrics::counter!("aaa_watermark_duplicate_events_total", "webhook" => webhook.to_owned()).increment(duplicates as u64);
+                counted("reconciled");
+                match job.kind {
+                    WindowKind::Audit => {
                         metrics::counter!("aaa_watermark_audit_recovered_events_total", "webhook" => webhook.to_owned()).increment(recovered as u64);
                         if recovered > 0 {
-                            tracing::error!(message = "audit replay recovered activities X never delivered live while the receiver was up (X dropped them after its retries)", webhook, job_id = ?job_id, recovered, duplicates);
+                            tracing::error!(
+                                message = "audit replay recovered activities X never delivered live while the receiver was up (X dropped them after its retries)",
+                                webhook,
+                                job_id,
+                                recovered,
+                                duplicates
+                            );
                         } else {
-                            tracing::info!(message = "audit replay reconciled: nothing was missing", webhook, job_id = ?job_id, duplicates);
+                            tracing::info!(
+                                message = "audit replay reconciled: nothing was missing",
+                                webhook,
+                                job_id,
+                                duplicates
+                            );
                         }
-                    } else {
-                        metrics::histogram!("aaa_watermark_gap_recovery_seconds", "webhook" => webhook.to_owned())
-                            .record((now - created_at).as_seconds_f64());
-                        tracing::info!(message = "replay reconciled: gap recovered", webhook, job_id = ?job_id, recovered, duplicates);
                     }
-                    Ok(false)
+                    WindowKind::Gap => {
+                        metrics::histogram!("aaa_watermark_gap_recovery_seconds", "webhook" => webhook.to_owned())
+                            .record((now - job.created_at).as_seconds_f64());
+                        tracing::info!(
+                            message = "replay reconciled: gap recovered",
+                            webhook,
+                            job_id,
+                            recovered,
+                            duplicates
+                        );
+                    }
                 }
-            },
-            Some(other) => {
-                // Incomplete (or anything but Complete): X does not retry replayed events.
-                sqlx::query(
-                    "UPDATE replay_windows SET state = 'pending', job_id = NULL, next_attempt_at = $2, last_error = $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(now)
-                .bind(format!("X reported {other}"))
-                .execute(&mut *conn)
-                .await?;
-                metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => "incomplete").increment(1);
-                tracing::warn!(message = "replay job not complete; the same window will be submitted again", webhook, job_id = ?job_id, state = other);
                 Ok(false)
             }
-            None if submitted_at.is_some_and(|at| at < now - self.job_timeout) => {
-                sqlx::query(
-                    "UPDATE replay_windows SET state = 'pending', job_id = NULL, next_attempt_at = $2, last_error = 'no completion message in time' WHERE id = $1",
-                )
-                .bind(id)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => "lost").increment(1);
-                tracing::warn!(message = "no completion for the replay job; treating it as lost and resubmitting (a conflict will tell if it still runs)", webhook, job_id = ?job_id);
+            JobStep::Incomplete(state) => {
+                // X does not retry replayed events.
+                store::requeue(conn, job.id, now, &format!("X reported {state}")).await?;
+                counted("incomplete");
+                tracing::warn!(
+                    message = "replay job not complete; the same window will be submitted again",
+                    webhook,
+                    job_id,
+                    state
+                );
                 Ok(false)
             }
-            None => Ok(true),
+            JobStep::Lost => {
+                store::requeue(conn, job.id, now, "no completion message in time").await?;
+                counted("lost");
+                tracing::warn!(
+                    message = "no completion for the replay job; treating it as lost and resubmitting (a conflict will tell if it still runs)",
+                    webhook,
+                    job_id
+                );
+                Ok(false)
+            }
         }
     }
 
@@ -656,38 +572,13 @@ impl Watermark {
             );
             return Ok(None);
         };
-        let start: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT min(covered_from) FROM coverage_heartbeats WHERE webhook_id = $1",
-        )
-        .bind(webhook)
-        .fetch_one(&mut *conn)
-        .await?;
-        let Some(origin) = [start, registered_at].into_iter().flatten().min() else {
+        let first_heartbeat = store::first_heartbeat(conn, webhook).await?;
+        let Some(origin) = [first_heartbeat, registered_at].into_iter().flatten().min() else {
             return Ok(None);
         };
-        let (judged_to, tracked_from) = progress(conn, webhook).await?;
-        let floor = judging_floor(now, judged_to, tracked_from);
+        let progress = store::progress(conn, webhook).await?;
+        let floor = judging_floor(now, progress.judged_to, progress.tracked_from);
         Ok(Some((origin.max(floor), horizon.min(now))))
-    }
-
-    /// Windows (of either kind) that end after `start`: time already replayed
-    /// or being replayed.
-    async fn windows_since(
-        &self,
-        conn: &mut PgConnection,
-        webhook: &str,
-        start: DateTime<Utc>,
-    ) -> Result<Vec<Interval>, Error> {
-        Ok(sqlx::query_as::<_, (DateTime<Utc>, DateTime<Utc>)>(
-            "SELECT window_from, window_to FROM replay_windows WHERE webhook_id = $1 AND window_to >= $2",
-        )
-        .bind(webhook)
-        .bind(start)
-        .fetch_all(&mut *conn)
-        .await?
-        .into_iter()
-        .map(|(from, to)| Interval::new(from, to))
-        .collect())
     }
 
     /// Finds uncovered minutes not yet planned, and records them as pending
@@ -701,33 +592,15 @@ impl Watermark {
         start: DateTime<Utc>,
         horizon: DateTime<Utc>,
     ) -> Result<Vec<Interval>, Error> {
-        let beats: Vec<(DateTime<Utc>, DateTime<Utc>, i64)> = sqlx::query_as(
-            "SELECT covered_from, covered_to, refused FROM coverage_heartbeats WHERE webhook_id = $1 AND covered_to >= $2",
-        )
-        .bind(webhook)
-        .bind(start)
-        .fetch_all(&mut *conn)
-        .await?;
-        let heartbeats: Vec<Heartbeat> = beats
-            .into_iter()
-            .map(|(from, to, refused)| Heartbeat {
-                covered: Interval::new(from, to),
-                healthy: refused == 0,
-            })
-            .collect();
-        let checks: Vec<(DateTime<Utc>, bool)> =
-            sqlx::query_as("SELECT checked_at, valid FROM webhook_validity WHERE webhook_id = $1 AND checked_at >= $2 ORDER BY checked_at")
-                .bind(webhook)
-                .bind(start - TimeDelta::hours(1))
-                .fetch_all(&mut *conn)
-                .await?;
+        let heartbeats = store::heartbeats_since(conn, webhook, start).await?;
+        let checks = store::validity_since(conn, webhook, start - TimeDelta::hours(1)).await?;
         metrics::gauge!("aaa_watermark_round_rows_read", "webhook" => webhook.to_owned())
             .set((heartbeats.len() + checks.len()) as f64);
         let mut invalid = invalid_periods(&checks, now);
         // Validity nobody could check (X unreachable, rate limited) is
         // suspect: X may have stopped delivering then.
         invalid.extend(unknown_periods(&checks, now, self.validity_unknown_after));
-        let mut settled = self.windows_since(conn, webhook, start).await?;
+        let mut settled = store::windows_since(conn, webhook, start).await?;
         let gaps = uncovered(start, horizon, &heartbeats, &invalid, &settled);
         let minutes: i64 = gaps.iter().map(Interval::minutes).sum();
         metrics::gauge!("aaa_watermark_uncovered_minutes", "webhook" => webhook.to_owned())
@@ -737,15 +610,29 @@ impl Watermark {
             match step {
                 Step::Submit(window) => {
                     tracing::info!(message = "gap found: window planned for replay", webhook, from = %window.from, to = %window.to);
-                    self.insert_window(conn, webhook, window, GAP, "pending", now)
-                        .await?;
+                    store::insert_window(
+                        conn,
+                        webhook,
+                        window,
+                        WindowKind::Gap,
+                        WindowState::Pending,
+                        now,
+                    )
+                    .await?;
                     settled.push(window);
                 }
                 Step::Expired(window) => {
                     tracing::error!(message = "gap older than X's 24 h replay limit: these minutes cannot be recovered", webhook, from = %window.from, to = %window.to);
                     metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(window.minutes() as u64);
-                    self.insert_window(conn, webhook, window, GAP, "expired", now)
-                        .await?;
+                    store::insert_window(
+                        conn,
+                        webhook,
+                        window,
+                        WindowKind::Gap,
+                        WindowState::Expired,
+                        now,
+                    )
+                    .await?;
                     settled.push(window);
                 }
                 Step::Wait { window, until } => {
@@ -777,32 +664,16 @@ impl Watermark {
         }
         for window in plan_audits(now, start, horizon, span, windows) {
             tracing::info!(message = "closed slot planned for an audit replay", webhook, from = %window.from, to = %window.to);
-            self.insert_window(conn, webhook, window, AUDIT, "pending", now)
-                .await?;
+            store::insert_window(
+                conn,
+                webhook,
+                window,
+                WindowKind::Audit,
+                WindowState::Pending,
+                now,
+            )
+            .await?;
         }
-        Ok(())
-    }
-
-    async fn insert_window(
-        &self,
-        conn: &mut PgConnection,
-        webhook: &str,
-        window: Interval,
-        kind: &str,
-        state: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO replay_windows (webhook_id, window_from, window_to, kind, state, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
-        )
-        .bind(webhook)
-        .bind(window.from)
-        .bind(window.to)
-        .bind(kind)
-        .bind(state)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
         Ok(())
     }
 
@@ -812,155 +683,96 @@ impl Watermark {
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        type Pending = (i64, DateTime<Utc>, DateTime<Utc>, i32, i32, String);
-        // Gaps before audits: a gap is known to have lost something.
-        let next: Option<Pending> = sqlx::query_as(
-            "SELECT id, window_from, window_to, attempts, conflicts, kind FROM replay_windows
-             WHERE webhook_id = $1 AND state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
-             ORDER BY kind = 'audit', window_from LIMIT 1",
-        )
-        .bind(webhook)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some((id, from, to, attempts, conflicts, kind)) = next else {
+        let Some(next) = store::next_pending(conn, webhook, now).await? else {
             return Ok(());
         };
+        let (from, to) = (next.from, next.to);
         // Every replay request counts, whatever X answered: a conflict or a
         // 5xx spends X's budget as much as an accepted job.
-        let recent: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM x_api_requests WHERE endpoint = $1 AND requested_at > $2",
-        )
-        .bind(REPLAY_SUBMIT)
-        .bind(now - RATE_WINDOW)
-        .fetch_one(&mut *conn)
-        .await?;
-        let gap_waiting: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM replay_windows WHERE kind = 'gap' AND state = 'pending')",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        let kind_typed = if kind == AUDIT {
-            WindowKind::Audit
-        } else {
-            WindowKind::Gap
-        };
-        if let Some(hold) = replay_hold(kind_typed, recent, self.replay_limit, gap_waiting) {
+        let recent = store::x_requests_since(conn, REPLAY_SUBMIT, now - RATE_WINDOW).await?;
+        let gap_waiting = store::gap_waiting(conn).await?;
+        if let Some(hold) = replay_hold(next.kind, recent, self.replay_limit, gap_waiting) {
             tracing::info!(message = "replay not submitted now", webhook, from = %from, to = %to, reason = %hold);
             return Ok(());
         }
         // A margin inside X's 24 h: the request reaches X a little later.
         let earliest = ceil_minute(earliest_from(self.x_now(now)) + self.edge_margin);
-        if to <= earliest {
-            sqlx::query("UPDATE replay_windows SET state = 'expired', last_error = 'aged past 24 h before it could be replayed' WHERE id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            if kind == AUDIT {
-                // Coverage judged these minutes already; only the extra check is lost.
-                tracing::warn!(message = "audit window aged past 24 h before it could be replayed (replay budget too small for the audit rate?)", webhook, from = %from, to = %to);
+        let window = match (at_the_edge(next.interval(), earliest), next.kind) {
+            (Edge::Fits, _) => next.interval(),
+            (Edge::Expired, kind) => {
+                store::expire(conn, next.id, "aged past 24 h before it could be replayed").await?;
+                if kind == WindowKind::Audit {
+                    // Coverage judged these minutes already; only the extra check is lost.
+                    tracing::warn!(message = "audit window aged past 24 h before it could be replayed (replay budget too small for the audit rate?)", webhook, from = %from, to = %to);
+                } else {
+                    metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment((to - from).num_minutes() as u64);
+                    tracing::error!(message = "window aged past 24 h before it could be replayed", webhook, from = %from, to = %to);
+                }
                 return Ok(());
             }
-            metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment((to - from).num_minutes() as u64);
-            tracing::error!(message = "window aged past 24 h before it could be replayed", webhook, from = %from, to = %to);
-            return Ok(());
-        }
-        let from = if from < earliest {
-            // The oldest minutes aged out while the window waited: recorded
-            // (and, for a gap, counted) as expired, never dropped silently.
-            let aged = Interval::new(from, earliest);
-            sqlx::query("UPDATE replay_windows SET window_from = $2 WHERE id = $1")
-                .bind(id)
-                .bind(earliest)
-                .execute(&mut *conn)
-                .await?;
-            // An audit's aged minutes lose nothing coverage did not judge.
-            if kind == GAP {
-                self.insert_window(conn, webhook, aged, GAP, "expired", now)
+            (Edge::Trimmed { aged, rest }, kind) => {
+                // The oldest minutes aged out while the window waited:
+                // recorded (and, for a gap, counted) as expired, never
+                // dropped silently. An audit's lose nothing coverage did
+                // not judge.
+                store::trim_start(conn, next.id, rest.from).await?;
+                if kind == WindowKind::Gap {
+                    store::insert_window(
+                        conn,
+                        webhook,
+                        aged,
+                        WindowKind::Gap,
+                        WindowState::Expired,
+                        now,
+                    )
                     .await?;
-                metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(aged.minutes() as u64);
-                tracing::error!(message = "the oldest minutes of a window aged past 24 h before it could be replayed", webhook, from = %aged.from, to = %aged.to);
+                    metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(aged.minutes() as u64);
+                    tracing::error!(message = "the oldest minutes of a window aged past 24 h before it could be replayed", webhook, from = %aged.from, to = %aged.to);
+                }
+                rest
             }
-            earliest
-        } else {
-            from
-        };
-        let set_retry = |delay: TimeDelta, error: String, conflict: bool| {
-            sqlx::query(
-                "UPDATE replay_windows SET attempts = attempts + 1, conflicts = conflicts + $4, next_attempt_at = $2, last_error = $3 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(now + delay)
-            .bind(error)
-            .bind(i32::from(conflict))
         };
         let answer = self
             .x
             .submit_replay(
                 webhook,
                 Window {
-                    from,
-                    to_exclusive: to,
+                    from: window.from,
+                    to_exclusive: window.to,
                 },
                 self.x_now(now),
             )
             .await;
         self.count_x_request(conn, REPLAY_SUBMIT, &answer, now)
             .await?;
+        let submitted = |outcome: Submission| {
+            metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => webhook.to_owned(), "outcome" => outcome.as_str()).increment(1);
+        };
         match answer {
             Ok(job) => {
-                sqlx::query(
-                    "UPDATE replay_windows SET state = 'submitted', window_from = $2, job_id = $3, submitted_at = $4, attempts = attempts + 1, last_error = NULL WHERE id = $1",
-                )
-                .bind(id)
-                .bind(from)
-                .bind(&job.job_id)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-                metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => webhook.to_owned(), "outcome" => "accepted").increment(1);
-                tracing::info!(message = "replay submitted", webhook, job_id = %job.job_id, from_date = %job.from_date, to_date = %job.to_date, attempt = attempts + 1);
+                store::mark_submitted(conn, next.id, &job.job_id, now).await?;
+                submitted(Submission::Accepted);
+                tracing::info!(message = "replay submitted", webhook, job_id = %job.job_id, from_date = %job.from_date, to_date = %job.to_date, attempt = next.attempts + 1);
             }
             Err(error) => {
-                let (delay, conflict, outcome) = match &error {
-                    XError::Refused {
-                        reason: Reason::ReplayConflict,
-                        ..
-                    } => (backoff(self.backoff, conflicts), true, "conflict"),
-                    XError::RateLimited { reset, .. } => (
-                        reset
-                            .map(|r| r - now)
-                            .unwrap_or(self.backoff)
-                            .max(TimeDelta::seconds(1)),
-                        false,
-                        "rate_limited",
-                    ),
-                    XError::Refused {
-                        reason: Reason::CrcValidationFailed | Reason::WebhookIdInvalid,
-                        ..
-                    } => {
-                        tracing::error!(message = "X refuses replays for this webhook; holding it and re-validating", webhook, error = %error);
-                        self.revalidate_after
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(webhook);
-                        (backoff(self.backoff, attempts), false, "webhook_refused")
-                    }
-                    // Clock skew or a boundary: planned again next time with fresh limits.
-                    XError::Refused {
-                        reason: Reason::QueryParamInvalid,
-                        ..
-                    }
-                    // Doubling, so a window X keeps refusing is not retried
-                    // every minute until it ages out.
-                    | XError::Invalid(_) => (backoff(self.backoff, attempts), false, "window_refused"),
-                    _ => (backoff(self.backoff, attempts), false, "failed"),
-                };
-                metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => webhook.to_owned(), "outcome" => outcome).increment(1);
-                tracing::warn!(message = "replay not accepted; will retry", webhook, outcome, retry_in_secs = delay.num_seconds(), error = %error);
-                set_retry(delay, error.to_string(), conflict)
-                    .execute(&mut *conn)
-                    .await?;
+                let retry = after_refusal(&error, next.attempts, next.conflicts, self.backoff, now);
+                if retry.revalidate {
+                    tracing::error!(message = "X refuses replays for this webhook; holding it and re-validating", webhook, error = %error);
+                    self.revalidate_after
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(webhook);
+                }
+                submitted(retry.outcome);
+                tracing::warn!(message = "replay not accepted; will retry", webhook, outcome = retry.outcome.as_str(), retry_in_secs = retry.delay.num_seconds(), error = %error);
+                store::retry_later(
+                    conn,
+                    next.id,
+                    now + retry.delay,
+                    &error.to_string(),
+                    retry.conflict,
+                )
+                .await?;
             }
         }
         Ok(())
@@ -972,184 +784,22 @@ impl Watermark {
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let states: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT kind, state, count(*) FROM replay_windows WHERE webhook_id = $1 GROUP BY kind, state",
-        )
-        .bind(webhook)
-        .fetch_all(&mut *conn)
-        .await?;
-        for kind in [GAP, AUDIT] {
-            for state in ["pending", "submitted", "reconciled", "expired"] {
-                let n = states
+        let counts = store::window_counts(conn, webhook).await?;
+        for kind in WindowKind::ALL {
+            for state in WindowState::ALL {
+                let n = counts
                     .iter()
-                    .find(|(k, s, _)| k == kind && s == state)
+                    .find(|(k, s, _)| *k == kind && *s == state)
                     .map_or(0, |(_, _, n)| *n);
-                metrics::gauge!("aaa_watermark_windows", "webhook" => webhook.to_owned(), "kind" => kind, "state" => state).set(n as f64);
+                metrics::gauge!("aaa_watermark_windows", "webhook" => webhook.to_owned(), "kind" => kind.as_str(), "state" => state.as_str()).set(n as f64);
             }
         }
         // Only gaps: an audit that ages out loses nothing coverage did not judge.
-        let oldest: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT min(window_from) FROM replay_windows WHERE webhook_id = $1 AND kind = 'gap' AND state IN ('pending', 'submitted')")
-                .bind(webhook)
-                .fetch_one(&mut *conn)
-                .await?;
+        let oldest = store::oldest_open_gap(conn, webhook).await?;
         let seconds_left = oldest.map_or(f64::INFINITY, |from| {
             (from + aaa_replay_window::MAX_AGE - now).as_seconds_f64()
         });
         metrics::gauge!("aaa_watermark_oldest_gap_expires_in_seconds", "webhook" => webhook.to_owned()).set(seconds_left);
         Ok(())
-    }
-}
-
-/// How far `webhook`'s timeline was judged, and where tracking began.
-async fn progress(
-    conn: &mut PgConnection,
-    webhook: &str,
-) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), Error> {
-    let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT judged_to, tracked_from FROM watermark_progress WHERE webhook_id = $1",
-    )
-    .bind(webhook)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok((row.map(|r| r.0), row.and_then(|r| r.1)))
-}
-
-/// Stretches longer than `max_silence` in which nobody learnt whether the
-/// webhook was valid: between two checks, and from the last one to `now`.
-/// (Before the first check ever, nothing was tracked: not suspect.)
-pub fn unknown_periods(
-    checks: &[(DateTime<Utc>, bool)],
-    now: DateTime<Utc>,
-    max_silence: TimeDelta,
-) -> Vec<Interval> {
-    let times: Vec<DateTime<Utc>> = checks
-        .iter()
-        .map(|(at, _)| *at)
-        .chain(checks.last().map(|_| now))
-        .collect();
-    times
-        .windows(2)
-        .filter(|pair| pair[1] - pair[0] > max_silence)
-        .map(|pair| Interval::new(pair[0], pair[1]))
-        .collect()
-}
-
-/// The earliest time a round judges. Normally the last 25 h are judged
-/// again each round (cheap, and late heartbeats count). After a long stop,
-/// judging resumes where it stopped (less a margin for the widened
-/// neighbour minutes). On the very first round, what X can still replay is
-/// the past that matters, and no later round judges before where tracking
-/// began: a webhook registered long ago has no heartbeats from before the
-/// watermark was installed, which is not an expired gap.
-pub fn judging_floor(
-    now: DateTime<Utc>,
-    judged_to: Option<DateTime<Utc>>,
-    tracked_from: Option<DateTime<Utc>>,
-) -> DateTime<Utc> {
-    let floor = match judged_to {
-        Some(judged_to) => judged_to.min(now - TimeDelta::hours(25)) - TimeDelta::minutes(2),
-        None => earliest_from(now),
-    };
-    tracked_from.map_or(floor, |tracked_from| floor.max(tracked_from))
-}
-
-/// Periods the webhook was (or may have been) invalid: from the last check
-/// that saw it valid to the first check that sees it valid again.
-pub fn invalid_periods(checks: &[(DateTime<Utc>, bool)], now: DateTime<Utc>) -> Vec<Interval> {
-    let mut periods = Vec::new();
-    let mut last_valid: Option<DateTime<Utc>> = None;
-    let mut invalid_since: Option<DateTime<Utc>> = None;
-    for (at, valid) in checks {
-        match (valid, invalid_since) {
-            // With no valid check before it, nobody knows since when the
-            // webhook was invalid: since before anything judged.
-            (false, None) => invalid_since = Some(last_valid.unwrap_or(DateTime::<Utc>::MIN_UTC)),
-            (true, Some(since)) => {
-                periods.push(Interval::new(since, *at));
-                invalid_since = None;
-                last_valid = Some(*at);
-            }
-            (true, None) => last_valid = Some(*at),
-            (false, Some(_)) => {}
-        }
-    }
-    if let Some(since) = invalid_since {
-        periods.push(Interval::new(since, now));
-    }
-    periods
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(minute: i64) -> DateTime<Utc> {
-        "2026-11-25T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + TimeDelta::minutes(minute)
-    }
-
-    #[test]
-    fn invalid_periods_run_from_the_last_valid_check_to_the_next_valid_one() {
-        let checks = [
-            (t(0), true),
-            (t(5), true),
-            (t(10), false),
-            (t(15), false),
-            (t(20), true),
-            (t(25), false),
-        ];
-        assert_eq!(
-            invalid_periods(&checks, t(30)),
-            vec![Interval::new(t(5), t(20)), Interval::new(t(20), t(30))]
-        );
-        // Invalid at the first check ever: since when is unknown.
-        assert_eq!(
-            invalid_periods(&[(t(3), false)], t(9)),
-            vec![Interval::new(DateTime::<Utc>::MIN_UTC, t(9))]
-        );
-        assert_eq!(invalid_periods(&[(t(3), true)], t(9)), vec![]);
-    }
-
-    #[test]
-    fn validity_nobody_checked_for_too_long_is_suspect() {
-        let checks = [(t(0), true), (t(1), true), (t(30), true), (t(31), true)];
-        let ten = TimeDelta::minutes(10);
-        assert_eq!(
-            unknown_periods(&checks, t(32), ten),
-            vec![Interval::new(t(1), t(30))]
-        );
-        // Silent since the last check.
-        assert_eq!(
-            unknown_periods(&checks, t(50), ten),
-            vec![Interval::new(t(1), t(30)), Interval::new(t(31), t(50))]
-        );
-        assert_eq!(unknown_periods(&[], t(50), ten), vec![]);
-    }
-
-    #[test]
-    fn no_round_judges_before_tracking_began() {
-        let now = t(60 * 30);
-        // First round: what X can still replay.
-        assert_eq!(judging_floor(now, None, None), earliest_from(now));
-        // Second round of a watermark installed against an old webhook:
-        // without `tracked_from` it would judge the hour before X's 24 h,
-        // where nothing was ever tracked (and mark it expired).
-        let tracked_from = earliest_from(now - TimeDelta::minutes(1));
-        let floor = judging_floor(now, Some(now - TimeDelta::seconds(30)), Some(tracked_from));
-        assert_eq!(floor, tracked_from);
-        assert!(judging_floor(now, Some(now), None) < tracked_from);
-        // A watermark stopped for 30 h resumes where it stopped.
-        let stopped = now - TimeDelta::hours(30);
-        assert_eq!(
-            judging_floor(now, Some(stopped), Some(stopped - TimeDelta::hours(5))),
-            stopped - TimeDelta::minutes(2)
-        );
-    }
-
-    #[test]
-    fn backoff_doubles_and_is_capped() {
-        assert_eq!(backoff(TimeDelta::seconds(60), 0), TimeDelta::seconds(60));
-        assert_eq!(backoff(TimeDelta::seconds(60), 2), TimeDelta::seconds(240));
-        assert_eq!(backoff(TimeDelta::seconds(60), 9), MAX_BACKOFF);
     }
 }

@@ -1,0 +1,553 @@
+//! The watermark's state in Postgres: every statement a round runs, over
+//! typed rows. Nothing here decides; [`crate::decisions`] and
+//! [`crate::planner`] do, and `service` wires the two to X and Kafka.
+
+use std::fmt;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use crate::coverage::{Heartbeat, Interval};
+use crate::planner::WindowKind;
+
+/// Where a replay window is in its life (`replay_windows.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WindowState {
+    /// Waiting for its turn (the webhook's job slot, X's budget, a backoff).
+    Pending,
+    /// X accepted it as a job; waiting for the completion and the consumer.
+    Submitted,
+    /// Its job completed and everything replayed before it is stored.
+    Reconciled,
+    /// Older than X replays: recorded (and alerted for gaps), never replayed.
+    Expired,
+}
+
+impl WindowState {
+    pub const ALL: [WindowState; 4] = [
+        WindowState::Pending,
+        WindowState::Submitted,
+        WindowState::Reconciled,
+        WindowState::Expired,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowState::Pending => "pending",
+            WindowState::Submitted => "submitted",
+            WindowState::Reconciled => "reconciled",
+            WindowState::Expired => "expired",
+        }
+    }
+}
+
+impl TryFrom<String> for WindowState {
+    type Error = UnknownValue;
+    fn try_from(value: String) -> std::result::Result<Self, Self::Error> {
+        WindowState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == value)
+            .ok_or(UnknownValue(value))
+    }
+}
+
+impl WindowKind {
+    pub const ALL: [WindowKind; 2] = [WindowKind::Gap, WindowKind::Audit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowKind::Gap => "gap",
+            WindowKind::Audit => "audit",
+        }
+    }
+}
+
+impl TryFrom<String> for WindowKind {
+    type Error = UnknownValue;
+    fn try_from(value: String) -> std::result::Result<Self, Self::Error> {
+        WindowKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == value)
+            .ok_or(UnknownValue(value))
+    }
+}
+
+/// A value in a state or kind column this version does not know (a newer
+/// version wrote it, or someone edited the table by hand).
+#[derive(Debug)]
+pub struct UnknownValue(String);
+
+impl fmt::Display for UnknownValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown value `{}`", self.0)
+    }
+}
+
+impl std::error::Error for UnknownValue {}
+
+/// The window a webhook's job slot is busy with.
+#[derive(Debug, sqlx::FromRow)]
+pub struct InFlight {
+    pub id: i64,
+    pub job_id: Option<String>,
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// When fences were written after the completion was observed.
+    pub fence_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    #[sqlx(try_from = "String")]
+    pub kind: WindowKind,
+}
+
+/// The next window waiting for the job slot.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PendingWindow {
+    pub id: i64,
+    #[sqlx(rename = "window_from")]
+    pub from: DateTime<Utc>,
+    #[sqlx(rename = "window_to")]
+    pub to: DateTime<Utc>,
+    pub attempts: i32,
+    pub conflicts: i32,
+    #[sqlx(try_from = "String")]
+    pub kind: WindowKind,
+}
+
+impl PendingWindow {
+    pub fn interval(&self) -> Interval {
+        Interval::new(self.from, self.to)
+    }
+}
+
+/// How far a webhook's timeline was judged, and where tracking began.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub judged_to: Option<DateTime<Utc>>,
+    pub tracked_from: Option<DateTime<Utc>>,
+}
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+pub async fn progress(conn: &mut PgConnection, webhook: &str) -> Result<Progress> {
+    let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT judged_to, tracked_from FROM watermark_progress WHERE webhook_id = $1",
+    )
+    .bind(webhook)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(Progress {
+        judged_to: row.map(|r| r.0),
+        tracked_from: row.and_then(|r| r.1),
+    })
+}
+
+/// Records where tracking began (and that nothing is judged yet) unless a
+/// round of any replica did before; `true` when this call did.
+pub async fn begin_tracking(
+    conn: &mut PgConnection,
+    webhook: &str,
+    from: DateTime<Utc>,
+) -> Result<bool> {
+    let began = sqlx::query(
+        "INSERT INTO watermark_progress (webhook_id, judged_to, tracked_from) VALUES ($1, $2, $2)
+         ON CONFLICT (webhook_id) DO NOTHING",
+    )
+    .bind(webhook)
+    .bind(from)
+    .execute(&mut *conn)
+    .await?;
+    Ok(began.rows_affected() == 1)
+}
+
+pub async fn advance_judged(
+    conn: &mut PgConnection,
+    webhook: &str,
+    to: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE watermark_progress SET judged_to = greatest(judged_to, $2) WHERE webhook_id = $1",
+    )
+    .bind(webhook)
+    .bind(to)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Takes or renews `replica`'s lease on `webhook`: granted when free,
+/// expired, or already ours. Postgres's clock decides, so replicas with
+/// skewed clocks agree.
+pub async fn take_lease(
+    conn: &mut PgConnection,
+    webhook: &str,
+    replica: &str,
+    lease: std::time::Duration,
+) -> Result<bool> {
+    let holder: Option<String> = sqlx::query_scalar(
+        "INSERT INTO watermark_leases AS l (webhook_id, holder, acquired_at, renewed_at, expires_at)
+         VALUES ($1, $2, now(), now(), now() + make_interval(secs => $3))
+         ON CONFLICT (webhook_id) DO UPDATE
+            SET holder = excluded.holder,
+                acquired_at = CASE WHEN l.holder = excluded.holder THEN l.acquired_at ELSE now() END,
+                renewed_at = now(),
+                expires_at = excluded.expires_at
+            WHERE l.holder = excluded.holder OR l.expires_at < now()
+         RETURNING holder",
+    )
+    .bind(webhook)
+    .bind(replica)
+    .bind(lease.as_secs_f64())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(holder.is_some())
+}
+
+pub async fn release_leases(pool: &PgPool, replica: &str) -> Result<()> {
+    sqlx::query("DELETE FROM watermark_leases WHERE holder = $1")
+        .bind(replica)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The oldest of the newest fences the consumer stored per partition of
+/// `topic`, and on how many partitions it stored one.
+pub async fn fences(conn: &mut PgConnection, topic: &str) -> Result<(Option<DateTime<Utc>>, i64)> {
+    sqlx::query_as("SELECT min(fence_time), count(*) FROM consumer_fences WHERE topic = $1")
+        .bind(topic)
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Requests to X's `endpoint` any replica made after `since`.
+pub async fn x_requests_since(
+    conn: &mut PgConnection,
+    endpoint: &str,
+    since: DateTime<Utc>,
+) -> Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM x_api_requests WHERE endpoint = $1 AND requested_at > $2",
+    )
+    .bind(endpoint)
+    .bind(since)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+pub async fn record_x_request(
+    conn: &mut PgConnection,
+    endpoint: &str,
+    at: DateTime<Utc>,
+    outcome: &str,
+) -> Result<()> {
+    sqlx::query("INSERT INTO x_api_requests (endpoint, requested_at, outcome) VALUES ($1, $2, $3)")
+        .bind(endpoint)
+        .bind(at)
+        .bind(outcome)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// One observation of the webhook's validity at X (one per answer).
+pub async fn record_validity(
+    conn: &mut PgConnection,
+    webhook: &str,
+    at: DateTime<Utc>,
+    valid: bool,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_validity (webhook_id, checked_at, valid) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(webhook)
+    .bind(at)
+    .bind(valid)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Validity observations from `since` on, oldest first.
+pub async fn validity_since(
+    conn: &mut PgConnection,
+    webhook: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, bool)>> {
+    sqlx::query_as(
+        "SELECT checked_at, valid FROM webhook_validity WHERE webhook_id = $1 AND checked_at >= $2 ORDER BY checked_at",
+    )
+    .bind(webhook)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// When the receivers' first heartbeat for `webhook` began.
+pub async fn first_heartbeat(
+    conn: &mut PgConnection,
+    webhook: &str,
+) -> Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT min(covered_from) FROM coverage_heartbeats WHERE webhook_id = $1")
+        .bind(webhook)
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Heartbeats that end at or after `since`.
+pub async fn heartbeats_since(
+    conn: &mut PgConnection,
+    webhook: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<Heartbeat>> {
+    let rows: Vec<(DateTime<Utc>, DateTime<Utc>, i64)> = sqlx::query_as(
+        "SELECT covered_from, covered_to, refused FROM coverage_heartbeats WHERE webhook_id = $1 AND covered_to >= $2",
+    )
+    .bind(webhook)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(from, to, refused)| Heartbeat {
+            covered: Interval::new(from, to),
+            healthy: refused == 0,
+        })
+        .collect())
+}
+
+/// Windows (of either kind, any state) that end at or after `since`: time
+/// already replayed, being replayed, or recorded as expired.
+pub async fn windows_since(
+    conn: &mut PgConnection,
+    webhook: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<Interval>> {
+    let rows: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT window_from, window_to FROM replay_windows WHERE webhook_id = $1 AND window_to >= $2",
+    )
+    .bind(webhook)
+    .bind(since)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(from, to)| Interval::new(from, to))
+        .collect())
+}
+
+pub async fn insert_window(
+    conn: &mut PgConnection,
+    webhook: &str,
+    window: Interval,
+    kind: WindowKind,
+    state: WindowState,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO replay_windows (webhook_id, window_from, window_to, kind, state, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(webhook)
+    .bind(window.from)
+    .bind(window.to)
+    .bind(kind.as_str())
+    .bind(state.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn in_flight(conn: &mut PgConnection, webhook: &str) -> Result<Option<InFlight>> {
+    sqlx::query_as(
+        "SELECT id, job_id, submitted_at, fence_at, created_at, kind FROM replay_windows WHERE webhook_id = $1 AND state = 'submitted'",
+    )
+    .bind(webhook)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// What the job's completion message said (`replay_jobs.job_state`), once
+/// the consumer stored it.
+pub async fn job_state(conn: &mut PgConnection, job_id: Option<&str>) -> Result<Option<String>> {
+    sqlx::query_scalar("SELECT job_state FROM replay_jobs WHERE job_id = $1")
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await
+}
+
+pub async fn set_fence(conn: &mut PgConnection, id: i64, at: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE replay_windows SET fence_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Marks the window reconciled; returns what its replay recovered and how
+/// many duplicates it brought.
+pub async fn reconcile(conn: &mut PgConnection, id: i64, at: DateTime<Utc>) -> Result<(i64, i64)> {
+    sqlx::query_as(
+        "UPDATE replay_windows SET state = 'reconciled', reconciled_at = $2 WHERE id = $1 RETURNING recovered, duplicates",
+    )
+    .bind(id)
+    .bind(at)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// Puts a submitted window back in line, to be submitted again.
+pub async fn requeue(conn: &mut PgConnection, id: i64, at: DateTime<Utc>, why: &str) -> Result<()> {
+    sqlx::query(
+        "UPDATE replay_windows SET state = 'pending', job_id = NULL, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(at)
+    .bind(why)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The next window due for submission: gaps before audits (a gap is known
+/// to have lost something), oldest first.
+pub async fn next_pending(
+    conn: &mut PgConnection,
+    webhook: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<PendingWindow>> {
+    sqlx::query_as(
+        "SELECT id, window_from, window_to, attempts, conflicts, kind FROM replay_windows
+         WHERE webhook_id = $1 AND state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+         ORDER BY kind = 'audit', window_from LIMIT 1",
+    )
+    .bind(webhook)
+    .bind(now)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Whether a gap window waits on any webhook.
+pub async fn gap_waiting(conn: &mut PgConnection) -> Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM replay_windows WHERE kind = 'gap' AND state = 'pending')",
+    )
+    .fetch_one(&mut *conn)
+    .await
+}
+
+pub async fn expire(conn: &mut PgConnection, id: i64, why: &str) -> Result<()> {
+    sqlx::query("UPDATE replay_windows SET state = 'expired', last_error = $2 WHERE id = $1")
+        .bind(id)
+        .bind(why)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Moves a pending window's start later (its oldest minutes aged out).
+pub async fn trim_start(conn: &mut PgConnection, id: i64, from: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE replay_windows SET window_from = $2 WHERE id = $1")
+        .bind(id)
+        .bind(from)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn mark_submitted(
+    conn: &mut PgConnection,
+    id: i64,
+    job_id: &str,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE replay_windows SET state = 'submitted', job_id = $2, submitted_at = $3, attempts = attempts + 1, last_error = NULL WHERE id = $1",
+    )
+    .bind(id)
+    .bind(job_id)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn retry_later(
+    conn: &mut PgConnection,
+    id: i64,
+    at: DateTime<Utc>,
+    error: &str,
+    conflict: bool,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE replay_windows SET attempts = attempts + 1, conflicts = conflicts + $4, next_attempt_at = $2, last_error = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(at)
+    .bind(error)
+    .bind(i32::from(conflict))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// How many windows of `webhook` are in each kind and state.
+pub async fn window_counts(
+    conn: &mut PgConnection,
+    webhook: &str,
+) -> Result<Vec<(WindowKind, WindowState, i64)>> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT kind, state, count(*) FROM replay_windows WHERE webhook_id = $1 GROUP BY kind, state",
+    )
+    .bind(webhook)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(kind, state, n)| {
+            Some((
+                WindowKind::try_from(kind).ok()?,
+                WindowState::try_from(state).ok()?,
+                n,
+            ))
+        })
+        .collect())
+}
+
+/// Where the oldest gap still waiting or replaying begins.
+pub async fn oldest_open_gap(
+    conn: &mut PgConnection,
+    webhook: &str,
+) -> Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar(
+        "SELECT min(window_from) FROM replay_windows WHERE webhook_id = $1 AND kind = 'gap' AND state IN ('pending', 'submitted')",
+    )
+    .bind(webhook)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// The 15 minutes X counts requests over.
+pub const RATE_WINDOW: TimeDelta = TimeDelta::minutes(15);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_kinds_read_back_what_they_write() {
+        for state in WindowState::ALL {
+            assert_eq!(
+                WindowState::try_from(state.as_str().to_owned()).ok(),
+                Some(state)
+            );
+        }
+        for kind in WindowKind::ALL {
+            assert_eq!(
+                WindowKind::try_from(kind.as_str().to_owned()).ok(),
+                Some(kind)
+            );
+        }
+        let unknown = WindowState::try_from("Pending".to_owned()).unwrap_err();
+        assert_eq!(unknown.to_string(), "unknown value `Pending`");
+    }
+}
