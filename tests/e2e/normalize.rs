@@ -520,3 +520,135 @@ async fn deleted_posts_are_erased_everywhere_they_are_stored() {
     assert_eq!(holding().await, 0);
     assert_eq!(db.count("SELECT count(*) FROM dead_letters").await, 0);
 }
+
+fn fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// A like of the fixture's account, with its own id and time.
+fn like(id: &str, at: &str) -> Value {
+    let mut body = fixture("favorite_events.json");
+    let item = &mut body["favorite_events"][0];
+    item["id"] = json!(id);
+    let at: chrono::DateTime<Utc> = at.parse().unwrap();
+    item["timestamp_ms"] = json!(at.timestamp_millis());
+    item["created_at"] = json!(at.format("%a %b %d %H:%M:%S +0000 %Y").to_string());
+    body
+}
+
+/// Another transaction holding the webhook's and the subscription's rows
+/// (another replica's batch did, until commit) does not hold up a batch:
+/// "last seen" is written outside the batch transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_several_replicas_do_not_wait_on_the_webhook_row() {
+    let db = TestDb::migrated().await;
+    let first = like("like-1", "2026-11-25T11:00:00Z");
+    write_batch(&db.pool, &plan(&[record(0, &first)]), LIVE_HORIZON)
+        .await
+        .unwrap();
+    let mut holder = db.pool.begin().await.unwrap();
+    for table in ["webhooks", "subscriptions"] {
+        let sql = format!("SELECT count(*) FROM (SELECT 1 FROM {table} FOR UPDATE) locked");
+        let locked: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut *holder)
+            .await
+            .unwrap();
+        assert_eq!(locked, 1, "{table}");
+    }
+    let second = plan(&[record(1, &like("like-2", "2026-11-25T11:30:00Z"))]);
+    let stored = tokio::time::timeout(
+        Duration::from_secs(15),
+        write_batch(&db.pool, &second, LIVE_HORIZON),
+    )
+    .await
+    .expect("the batch waited for the locked webhook row")
+    .unwrap();
+    assert_eq!(stored.inserted.values().sum::<u64>(), 1);
+    holder.rollback().await.unwrap();
+    // The consumer then widens "last seen" in a statement of its own.
+    let mut seen = aaa_consumer::seen::Seen::default();
+    seen.observe(&second.events);
+    let later: chrono::DateTime<Utc> = "2026-11-25T12:30:00Z".parse().unwrap();
+    let mut newer = second.events.clone();
+    for row in &mut newer {
+        row.received_at = later;
+    }
+    seen.observe(&newer);
+    seen.write(&db.pool).await.unwrap();
+    let last: chrono::DateTime<Utc> = sqlx::query_scalar("SELECT last_seen_at FROM webhooks")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(last, later);
+}
+
+/// Active is derived from times on X's clock: a revocation makes a
+/// subscription inactive, an event from before it (a replay, a retry)
+/// changes nothing, activity after it (the account authorized the app
+/// again) makes it active again; an older revocation never replaces a newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_subscription_is_active_again_after_new_activity() {
+    let db = TestDb::migrated().await;
+    let user = "2244994945";
+    let revoke = |at: &str| json!({"user_event": {"revoke": {"date_time": at, "target": {"app_id": "13090192"}, "source": {"user_id": user}}}});
+    let mut offset = 0;
+    let mut apply = |body: Value| {
+        offset += 1;
+        let batch = plan(&[record(offset, &body)]);
+        let pool = db.pool.clone();
+        async move {
+            write_batch(&pool, &batch, LIVE_HORIZON).await.unwrap();
+            let mut seen = aaa_consumer::seen::Seen::default();
+            seen.observe(&batch.events);
+            seen.write(&pool).await.unwrap();
+            sqlx::query_as::<_, (bool, Option<chrono::DateTime<Utc>>)>(
+                "SELECT active, revoked_at FROM v_subscriptions WHERE user_id = $1",
+            )
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let t = |s: &str| Some(s.parse::<chrono::DateTime<Utc>>().unwrap());
+    assert_eq!(
+        apply(like("l1", "2026-11-01T10:00:00Z")).await,
+        (true, None)
+    );
+    let revoked = t("2026-11-10T10:00:00Z");
+    assert_eq!(
+        apply(revoke("2026-11-10T10:00:00+00:00")).await,
+        (false, revoked)
+    );
+    assert_eq!(
+        apply(like("l2", "2026-11-09T10:00:00Z")).await,
+        (false, revoked),
+        "an event from before the revocation, replayed later"
+    );
+    assert_eq!(
+        apply(revoke("2026-11-05T10:00:00+00:00")).await,
+        (false, revoked),
+        "an older revocation arriving late"
+    );
+    assert_eq!(
+        apply(like("l3", "2026-11-20T10:00:00Z")).await,
+        (true, revoked),
+        "authorized again"
+    );
+}
+
+/// An event family only XAA has is counted under the batch's label (`xaa`)
+/// when inserted, as it is when it comes again as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xaa_only_events_are_counted_under_their_own_label() {
+    let db = TestDb::migrated().await;
+    let batch = plan(&[record(0, &fixture("xaa_spaces_start.json"))]);
+    let first = write_batch(&db.pool, &batch, LIVE_HORIZON).await.unwrap();
+    assert_eq!(first.inserted.get("xaa"), Some(&1), "{first:?}");
+    assert!(!first.inserted.contains_key("unknown"), "{first:?}");
+    let again = write_batch(&db.pool, &batch, LIVE_HORIZON).await.unwrap();
+    assert_eq!(again.duplicates.get("xaa"), Some(&1), "{again:?}");
+}

@@ -7,6 +7,7 @@
 mod batch;
 mod events;
 mod normalized;
+pub mod seen;
 mod store;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use batch::{BatchPlan, RawRecord, plan};
 use events::{BatchStored, CommitFailed, KafkaReadFailed, RecordRejected, WriteFailed};
+use seen::Seen;
 pub use store::{WriteStats, write as write_batch};
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,11 @@ pub struct ConsumerArgs {
     /// Longest wait for a batch to fill after its first record.
     #[arg(long, env = "AAA_BATCH_MAX_WAIT_MS", default_value_t = 200)]
     pub batch_max_wait_ms: u64,
+    /// Milliseconds between two writes of when webhooks and subscriptions
+    /// were last seen (kept out of the batch transactions, where the one
+    /// `webhooks` row made replicas wait on each other).
+    #[arg(long, env = "AAA_SEEN_INTERVAL_MS", default_value_t = 5000)]
+    pub seen_interval_ms: u64,
     /// An event that arrives during a replay of a window holding its event
     /// time is attributed to the replay (`via_replay`) when it is at least
     /// this many seconds older than its arrival: X replays only events older
@@ -216,11 +223,15 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let committed: Committed = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
-    let lag_task = tokio::spawn(report_lag(
-        consumer.clone(),
-        committed.clone(),
-        shutdown.clone(),
+    let lag_task = tokio::spawn(report_lag(consumer.clone(), shutdown.clone()));
+    let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+    // Stopped after the last batch, so its last-seen times are written too.
+    let seen_stop = CancellationToken::new();
+    let seen_task = tokio::spawn(write_seen(
+        pool.clone(),
+        seen.clone(),
+        Duration::from_millis(args.seen_interval_ms.max(100)),
+        seen_stop.clone(),
     ));
     let batch_wait = Duration::from_millis(args.batch_max_wait_ms);
     let backoff_max = Duration::from_millis(args.write_backoff_max_ms);
@@ -237,6 +248,7 @@ pub async fn run(
         let plan = batch::plan(&records);
         let writer = Writer {
             pool: &pool,
+            seen: &seen,
             live_horizon,
             backoff_max,
             shutdown: &shutdown,
@@ -248,7 +260,7 @@ pub async fn run(
             break; // shutting down mid-retry: offsets stay uncommitted, records are re-read
         }
         progress.moved();
-        commit(&consumer, &offsets, &committed);
+        commit(&consumer, &offsets);
         if let Some(newest) = newest {
             let lag = (clock.now() - newest).as_seconds_f64().max(0.0);
             metrics::gauge!(events::EVENT_TIME_LAG_SECONDS).set(lag);
@@ -256,48 +268,92 @@ pub async fn run(
     }
     admin_task.abort();
     lag_task.abort();
+    seen_stop.cancel();
+    let _ = seen_task.await;
     tracing::info!(message = "consumer stopped");
     Ok(())
 }
 
-/// Offsets this replica committed last, per (topic, partition).
-type Committed = Arc<std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>>;
-
-/// Every 5 s: records behind the broker's high watermark, per partition.
-async fn report_lag(
-    consumer: Arc<GroupConsumer>,
-    committed: Committed,
+/// Every `interval`, and once more on shutdown: writes when webhooks and
+/// subscriptions were last seen. A failed write keeps what it held for the
+/// next attempt.
+async fn write_seen(
+    pool: PgPool,
+    seen: Arc<std::sync::Mutex<Seen>>,
+    interval: Duration,
     shutdown: CancellationToken,
 ) {
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(interval) => false,
+        };
+        let batch = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+        if !batch.is_empty()
+            && let Err(error) = batch.write(&pool).await
+        {
+            tracing::warn!(message = "last-seen times not written; retrying", error = %error);
+            seen.lock().unwrap_or_else(|p| p.into_inner()).merge(batch);
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Records of a partition the group has not consumed: from its committed
+/// offset (or, with none yet, the oldest record the broker keeps) to the
+/// high watermark.
+pub fn partition_lag(committed: Offset, low: i64, high: i64) -> i64 {
+    let from = match committed {
+        Offset::Offset(next) => next.max(low),
+        _ => low,
+    };
+    (high - from).max(0)
+}
+
+/// Every 5 s: the lag of each partition assigned to this replica now, from
+/// the group's committed offsets (whoever committed them) and the broker's
+/// high watermark. A partition stuck since start-up shows its whole
+/// backlog; one revoked in a rebalance is reported as 0 here (its new owner
+/// reports it), so `sum` and `max` over replicas stay true.
+async fn report_lag(consumer: Arc<GroupConsumer>, shutdown: CancellationToken) {
+    let mut reported: std::collections::BTreeSet<i32> = Default::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
-        let offsets: Vec<((String, i32), i64)> = committed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
         let consumer = consumer.clone();
         let lags = tokio::task::spawn_blocking(move || {
-            offsets
-                .into_iter()
-                .filter_map(|((topic, partition), next)| {
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, partition, Timeout::After(Duration::from_secs(2)))
+            let timeout = Timeout::After(Duration::from_secs(2));
+            let assignment = consumer.assignment().ok()?;
+            let committed = consumer.committed_offsets(assignment, timeout).ok()?;
+            committed
+                .elements()
+                .iter()
+                .map(|e| {
+                    let (low, high) = consumer
+                        .fetch_watermarks(e.topic(), e.partition(), timeout)
                         .ok()?;
-                    Some((partition, (high - next).max(0)))
+                    Some((e.partition(), partition_lag(e.offset(), low, high)))
                 })
-                .collect::<Vec<_>>()
+                .collect::<Option<Vec<_>>>()
         })
         .await
-        .unwrap_or_default();
+        .ok()
+        .flatten();
+        // Unknown this time (broker unreachable): keep the last values.
+        let Some(lags) = lags else { continue };
+        let assigned: std::collections::BTreeSet<i32> = lags.iter().map(|(p, _)| *p).collect();
+        for revoked in reported.difference(&assigned) {
+            metrics::gauge!(events::LAG_RECORDS, "partition" => revoked.to_string()).set(0.0);
+        }
         for (partition, lag) in lags {
             metrics::gauge!(events::LAG_RECORDS, "partition" => partition.to_string())
                 .set(lag as f64);
         }
+        reported = assigned;
     }
 }
 
@@ -393,6 +449,8 @@ fn raw_record(message: &BorrowedMessage<'_>, clock: Clock) -> RawRecord {
 /// backoff (nothing is lost by waiting), permanent ones are isolated.
 struct Writer<'a> {
     pool: &'a PgPool,
+    /// What stored batches saw, written by `write_seen` every few seconds.
+    seen: &'a std::sync::Mutex<Seen>,
     live_horizon: chrono::TimeDelta,
     backoff_max: Duration,
     shutdown: &'a CancellationToken,
@@ -459,6 +517,10 @@ impl Writer<'_> {
             let started = Instant::now();
             match store::write(self.pool, plan, self.live_horizon).await {
                 Ok(stats) => {
+                    self.seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .observe(&plan.events);
                     BatchStored {
                         records,
                         stats: &stats,
@@ -529,11 +591,7 @@ fn describe(error: &sqlx::Error) -> String {
     }
 }
 
-fn commit(
-    consumer: &GroupConsumer,
-    next_offsets: &std::collections::BTreeMap<(String, i32), i64>,
-    committed: &Committed,
-) {
+fn commit(consumer: &GroupConsumer, next_offsets: &std::collections::BTreeMap<(String, i32), i64>) {
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), next) in next_offsets {
         if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
@@ -543,13 +601,27 @@ fn commit(
     }
     match consumer.commit(&offsets, CommitMode::Sync) {
         Ok(()) => {
-            let mut committed = committed.lock().unwrap_or_else(|p| p.into_inner());
-            for ((topic, partition), next) in next_offsets {
+            for ((_, partition), next) in next_offsets {
                 metrics::gauge!(events::COMMITTED_OFFSET, "partition" => partition.to_string())
                     .set(*next as f64);
-                committed.insert((topic.clone(), *partition), *next);
             }
         }
         Err(error) => CommitFailed { error: &error }.emit(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_from_the_group_commit_or_the_oldest_kept_record() {
+        assert_eq!(partition_lag(Offset::Offset(90), 0, 100), 10);
+        assert_eq!(partition_lag(Offset::Offset(100), 0, 100), 0);
+        // Nothing committed yet: everything the broker keeps is behind.
+        assert_eq!(partition_lag(Offset::Invalid, 40, 100), 60);
+        // A commit older than what retention kept counts from what is left.
+        assert_eq!(partition_lag(Offset::Offset(10), 40, 100), 60);
+        assert_eq!(partition_lag(Offset::Offset(120), 0, 100), 0);
     }
 }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 
 use crate::batch::EventRow;
+use crate::seen::Seen;
 
 /// A new event and its id in `events`.
 pub struct NewEvent<'a> {
@@ -28,7 +29,7 @@ pub async fn write(
     batch: &[EventRow],
     new: &[NewEvent<'_>],
 ) -> Result<(), sqlx::Error> {
-    write_webhooks_and_subscriptions(tx, batch, new).await?;
+    register_webhooks_and_subscriptions(tx, batch, new).await?;
     let mut users: BTreeMap<&str, (&UserRow, i64)> = BTreeMap::new();
     let mut tweets = Vec::new();
     let mut mentions = Vec::new();
@@ -272,90 +273,85 @@ async fn write_relationships(
     Ok(())
 }
 
-/// Webhooks seen, and subscriptions seen or revoked, from every event of the
-/// batch (duplicates included: they prove a subscription is alive).
-async fn write_webhooks_and_subscriptions(
+/// Creates the rows of webhooks and subscriptions the batch saw first (an
+/// existing row is left alone and not locked: `crate::seen` widens "last
+/// seen" outside the batch transaction), and records revocations, which
+/// are state and belong to the events that carry them.
+async fn register_webhooks_and_subscriptions(
     tx: &mut PgConnection,
     batch: &[EventRow],
     new: &[NewEvent<'_>],
 ) -> Result<(), sqlx::Error> {
-    let mut webhooks: BTreeMap<&str, (DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
-    // (webhook, user) → (first seen, last seen, revoked at, revoking app)
-    type Seen<'a> = (
-        DateTime<Utc>,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-        Option<&'a str>,
-    );
-    let mut subscriptions: BTreeMap<(&str, &str), Seen<'_>> = BTreeMap::new();
-    for row in batch {
-        let Some(webhook) = row.webhook_id.as_deref() else {
-            continue;
-        };
-        let seen = webhooks
-            .entry(webhook)
-            .or_insert((row.received_at, row.received_at));
-        seen.0 = seen.0.min(row.received_at);
-        seen.1 = seen.1.max(row.received_at);
-        if let Some(user) = row.for_user_id.as_deref() {
-            let sub = subscriptions.entry((webhook, user)).or_insert((
-                row.received_at,
-                row.received_at,
-                None,
-                None,
-            ));
-            sub.0 = sub.0.min(row.received_at);
-            sub.1 = sub.1.max(row.received_at);
-        }
+    let mut seen = Seen::default();
+    seen.observe(batch);
+    if !seen.webhooks.is_empty() {
+        let rows: Vec<_> = seen.webhooks.iter().collect();
+        sqlx::query(
+            "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
+             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
+             ON CONFLICT (webhook_id) DO NOTHING",
+        )
+        .bind(col(&rows, |(w, _)| w.to_string()))
+        .bind(col(&rows, |(_, s)| s.first))
+        .bind(col(&rows, |(_, s)| s.last))
+        .execute(&mut *tx)
+        .await?;
     }
+    if !seen.subscriptions.is_empty() {
+        let rows: Vec<_> = seen.subscriptions.iter().collect();
+        sqlx::query(
+            "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, last_event_at)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
+             ON CONFLICT (webhook_id, user_id) DO NOTHING",
+        )
+        .bind(col(&rows, |((w, _), _)| w.to_string()))
+        .bind(col(&rows, |((_, u), _)| u.to_string()))
+        .bind(col(&rows, |(_, s)| s.span.first))
+        .bind(col(&rows, |(_, s)| s.span.last))
+        .bind(col(&rows, |(_, s)| s.last_event_at))
+        .execute(&mut *tx)
+        .await?;
+    }
+    // The newest revocation per subscription in this batch.
+    // (webhook, user) → (revoked at, revoking app, received at)
+    type Revocation<'a> = (DateTime<Utc>, Option<&'a str>, DateTime<Utc>);
+    let mut revoked: BTreeMap<(&str, &str), Revocation<'_>> = BTreeMap::new();
     for event in new {
         let Some(webhook) = event.row.webhook_id.as_deref() else {
             continue;
         };
         for record in &event.row.records {
             if let Record::Revoke(revoke) = record {
-                let at = event.row.received_at;
-                let sub = subscriptions
+                let this = (
+                    revoke.revoked_at,
+                    revoke.app_id.as_deref(),
+                    event.row.received_at,
+                );
+                let entry = revoked
                     .entry((webhook, revoke.user_id.as_str()))
-                    .or_insert((at, at, None, None));
-                if sub.2.is_none_or(|r| r < revoke.revoked_at) {
-                    sub.2 = Some(revoke.revoked_at);
-                    sub.3 = revoke.app_id.as_deref();
+                    .or_insert(this);
+                if entry.0 < revoke.revoked_at {
+                    *entry = this;
                 }
             }
         }
     }
-    if !webhooks.is_empty() {
-        let rows: Vec<_> = webhooks.into_iter().collect();
+    if !revoked.is_empty() {
+        let rows: Vec<_> = revoked.into_iter().collect();
+        // A revocation for an account no event of this webhook named yet
+        // still creates its row. An older revocation never replaces a newer one.
         sqlx::query(
-            "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
-             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
-             ON CONFLICT (webhook_id) DO UPDATE SET first_seen_at = LEAST(webhooks.first_seen_at, EXCLUDED.first_seen_at),
-                 last_seen_at = GREATEST(webhooks.last_seen_at, EXCLUDED.last_seen_at)",
-        )
-        .bind(col(&rows, |(w, _)| w.to_string()))
-        .bind(col(&rows, |(_, s)| s.0))
-        .bind(col(&rows, |(_, s)| s.1))
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !subscriptions.is_empty() {
-        let rows: Vec<_> = subscriptions.into_iter().collect();
-        sqlx::query(
-            "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, revoked_at, revoked_app_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+            "INSERT INTO subscriptions AS s (webhook_id, user_id, first_seen_at, last_seen_at, revoked_at, revoked_app_id)
+             SELECT w, u, at, at, revoked, app FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[]) AS r(w, u, revoked, app, at)
              ON CONFLICT (webhook_id, user_id) DO UPDATE SET
-                 first_seen_at = LEAST(subscriptions.first_seen_at, EXCLUDED.first_seen_at),
-                 last_seen_at = GREATEST(subscriptions.last_seen_at, EXCLUDED.last_seen_at),
-                 revoked_at = GREATEST(subscriptions.revoked_at, EXCLUDED.revoked_at),
-                 revoked_app_id = COALESCE(EXCLUDED.revoked_app_id, subscriptions.revoked_app_id)",
+                 revoked_at = EXCLUDED.revoked_at, revoked_app_id = EXCLUDED.revoked_app_id
+             WHERE s.revoked_at IS NULL OR s.revoked_at < EXCLUDED.revoked_at",
         )
         .bind(col(&rows, |((w, _), _)| w.to_string()))
         .bind(col(&rows, |((_, u), _)| u.to_string()))
-        .bind(col(&rows, |(_, s)| s.0))
-        .bind(col(&rows, |(_, s)| s.1))
-        .bind(col(&rows, |(_, s)| s.2))
-        .bind(col(&rows, |(_, s)| s.3.map(str::to_owned)))
+        .bind(col(&rows, |(_, (at, _, _))| *at))
+        .bind(col(&rows, |(_, (_, app, _))| app.map(str::to_owned)))
+        .bind(col(&rows, |(_, (_, _, received))| *received))
         .execute(&mut *tx)
         .await?;
     }

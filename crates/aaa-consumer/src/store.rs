@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use aaa_events::ActivityKind;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -78,9 +77,26 @@ pub async fn write(
             .collect();
         normalized::write(&mut tx, &plan.events, &new).await?;
         count_replayed(&mut tx, plan, &attributed, &ids).await?;
-        for (_, _, kind, _) in inserted {
-            let label = ActivityKind::from_envelope_key(&kind)
-                .map(|k| k.as_str())
+        // The label the batch planned for each row (an XAA event's kind is
+        // stored as `xaa:<type>`, which is no AAA envelope key).
+        let labels: std::collections::HashMap<(Option<&str>, &str, &str), &'static str> = plan
+            .events
+            .iter()
+            .map(|row| {
+                (
+                    (
+                        row.for_user_id.as_deref(),
+                        row.kind.as_str(),
+                        row.natural_key.as_str(),
+                    ),
+                    row.kind_label,
+                )
+            })
+            .collect();
+        for (_, user, kind, key) in &inserted {
+            let label = labels
+                .get(&(user.as_deref(), kind.as_str(), key.as_str()))
+                .copied()
                 .unwrap_or("unknown");
             *stats.inserted.entry(label).or_default() += 1;
             if let Some(dups) = stats.duplicates.get_mut(label) {

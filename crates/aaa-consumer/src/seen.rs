@@ -1,0 +1,205 @@
+//! When webhooks and subscriptions were last seen. A batch transaction only
+//! creates their rows (`ON CONFLICT DO NOTHING`, which takes no lock on an
+//! existing row); bumping `last_seen_at` on the one `webhooks` row inside
+//! every batch made all consumer replicas wait on each other. Instead each
+//! replica accumulates what its committed batches saw and writes it every
+//! few seconds in a short statement of its own, keys in order so replicas
+//! never deadlock. A crash loses at most one interval of "last seen"
+//! precision, never an event, a row or a revocation.
+
+use std::collections::BTreeMap;
+
+use aaa_events::Record;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::batch::EventRow;
+
+/// First and last time seen (receive time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+}
+
+impl Span {
+    fn at(t: DateTime<Utc>) -> Span {
+        Span { first: t, last: t }
+    }
+
+    fn widen(&mut self, other: Span) {
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+    }
+}
+
+/// A subscription's span, and the newest activity time (X's clock) of an
+/// event other than a revocation: activity after a revocation means the
+/// account authorized the app again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscriptionSeen {
+    pub span: Span,
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+/// What committed batches saw, not yet written.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub webhooks: BTreeMap<String, Span>,
+    pub subscriptions: BTreeMap<(String, String), SubscriptionSeen>,
+}
+
+/// The newest activity time of a row, unless it is a revocation.
+pub fn activity_time(row: &EventRow) -> Option<DateTime<Utc>> {
+    let revocation = row.records.iter().any(|r| matches!(r, Record::Revoke(_)));
+    row.event_time.filter(|_| !revocation)
+}
+
+impl Seen {
+    pub fn is_empty(&self) -> bool {
+        self.webhooks.is_empty() && self.subscriptions.is_empty()
+    }
+
+    /// Every row of a committed batch, duplicates included: they prove a
+    /// subscription is alive.
+    pub fn observe(&mut self, rows: &[EventRow]) {
+        for row in rows {
+            let Some(webhook) = row.webhook_id.as_deref() else {
+                continue;
+            };
+            self.webhook(webhook, Span::at(row.received_at));
+            if let Some(user) = row.for_user_id.as_deref() {
+                self.subscription(
+                    (webhook.to_owned(), user.to_owned()),
+                    SubscriptionSeen {
+                        span: Span::at(row.received_at),
+                        last_event_at: activity_time(row),
+                    },
+                );
+            }
+        }
+    }
+
+    fn webhook(&mut self, webhook: &str, span: Span) {
+        match self.webhooks.get_mut(webhook) {
+            Some(seen) => seen.widen(span),
+            None => {
+                self.webhooks.insert(webhook.to_owned(), span);
+            }
+        }
+    }
+
+    fn subscription(&mut self, key: (String, String), seen: SubscriptionSeen) {
+        let entry = self.subscriptions.entry(key).or_insert(seen);
+        entry.span.widen(seen.span);
+        entry.last_event_at = entry.last_event_at.max(seen.last_event_at);
+    }
+
+    /// Takes back what a failed write did not store.
+    pub fn merge(&mut self, other: Seen) {
+        for (webhook, span) in other.webhooks {
+            self.webhook(&webhook, span);
+        }
+        for (key, seen) in other.subscriptions {
+            self.subscription(key, seen);
+        }
+    }
+
+    /// Writes everything seen (widening, never narrowing, what is stored).
+    pub async fn write(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        if !self.webhooks.is_empty() {
+            let rows: Vec<_> = self.webhooks.iter().collect();
+            sqlx::query(
+                "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
+                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
+                 ON CONFLICT (webhook_id) DO UPDATE SET
+                     first_seen_at = LEAST(webhooks.first_seen_at, EXCLUDED.first_seen_at),
+                     last_seen_at = GREATEST(webhooks.last_seen_at, EXCLUDED.last_seen_at)",
+            )
+            .bind(rows.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, s)| s.first).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, s)| s.last).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.subscriptions.is_empty() {
+            let rows: Vec<_> = self.subscriptions.iter().collect();
+            sqlx::query(
+                "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, last_event_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
+                 ON CONFLICT (webhook_id, user_id) DO UPDATE SET
+                     first_seen_at = LEAST(subscriptions.first_seen_at, EXCLUDED.first_seen_at),
+                     last_seen_at = GREATEST(subscriptions.last_seen_at, EXCLUDED.last_seen_at),
+                     last_event_at = GREATEST(subscriptions.last_event_at, EXCLUDED.last_event_at)",
+            )
+            .bind(rows.iter().map(|((w, _), _)| w.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|((_, u), _)| u.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, s)| s.span.first).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, s)| s.span.last).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, s)| s.last_event_at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(second: i64) -> DateTime<Utc> {
+        "2026-12-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+            + chrono::TimeDelta::seconds(second)
+    }
+
+    fn seen(first: i64, last: i64) -> Seen {
+        let mut seen = Seen::default();
+        seen.webhook(
+            "w",
+            Span {
+                first: t(first),
+                last: t(last),
+            },
+        );
+        seen.subscription(
+            ("w".into(), "u".into()),
+            SubscriptionSeen {
+                span: Span {
+                    first: t(first),
+                    last: t(last),
+                },
+                last_event_at: Some(t(last)),
+            },
+        );
+        seen
+    }
+
+    #[test]
+    fn merging_only_widens() {
+        let mut a = seen(10, 20);
+        a.merge(seen(5, 15));
+        a.merge(seen(12, 30));
+        assert_eq!(
+            a.webhooks["w"],
+            Span {
+                first: t(5),
+                last: t(30)
+            }
+        );
+        let sub = a.subscriptions[&("w".to_owned(), "u".to_owned())];
+        assert_eq!(
+            sub.span,
+            Span {
+                first: t(5),
+                last: t(30)
+            }
+        );
+        assert_eq!(sub.last_event_at, Some(t(30)));
+        let mut empty = Seen::default();
+        assert!(empty.is_empty());
+        empty.merge(a.clone());
+        assert_eq!(empty, a);
+    }
+}
