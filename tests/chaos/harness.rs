@@ -6,8 +6,8 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use aaa_testkit::{
-    Key, Service, SimProcess, Stack, StackOptions, Traffic, delivered_keys_in, eventually, keys_of,
-    metric, stored_keys,
+    Balancer, Key, Service, SimProcess, Stack, StackOptions, Traffic, delivered_keys_in,
+    eventually, keys_of, metric, stored_keys,
 };
 use chrono::TimeDelta;
 use serde_json::{Value, json};
@@ -87,6 +87,13 @@ pub struct Run {
     /// Authentic bodies Postgres refuses for good (`inject_poison`): each must
     /// end up in `dead_letters`, and nothing else may.
     poison: Vec<Vec<u8>>,
+    /// Receiver replicas besides the stack's own, with their addresses,
+    /// behind a load balancer (`start_replicated`), which lives as long as
+    /// the run.
+    pub receivers: Vec<(Service, std::net::SocketAddr)>,
+    _balancer: Option<Balancer>,
+    /// Consumers in the stack's group besides the stack's own.
+    pub consumers: Vec<Service>,
 }
 
 impl Run {
@@ -105,7 +112,50 @@ impl Run {
 
     /// With extra simulator arguments (e.g. `--format both`).
     pub async fn start_with_sim(options: StackOptions, sim_args: &[&str]) -> Run {
-        let stack = Stack::start(BIN, options).await;
+        Run::launch(Stack::start(BIN, options).await, sim_args, Vec::new(), None).await
+    }
+
+    /// `receivers` receiver replicas behind a load balancer (X delivers to
+    /// it) and `consumers` consumers in one group.
+    pub async fn start_replicated(
+        options: StackOptions,
+        receivers: usize,
+        consumers: usize,
+    ) -> Run {
+        let mut stack = Stack::start(BIN, options).await;
+        let own: std::net::SocketAddr = stack
+            .webhook_url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("the receiver's address");
+        let mut replicas = Vec::new();
+        for i in 1..receivers {
+            replicas.push(
+                stack
+                    .spawn_receiver_replica(&format!("receiver-{i}"), None)
+                    .await,
+            );
+        }
+        let upstreams = std::iter::once(own)
+            .chain(replicas.iter().map(|(_, a)| *a))
+            .collect();
+        let balancer = Balancer::start(upstreams).await;
+        stack.webhook_url = format!("http://{}/webhooks/x", balancer.addr);
+        let mut run = Run::launch(stack, &[], replicas, Some(balancer)).await;
+        for _ in 1..consumers {
+            run.consumers.push(run.stack.spawn_consumer());
+        }
+        run
+    }
+
+    async fn launch(
+        stack: Stack,
+        sim_args: &[&str],
+        receivers: Vec<(Service, std::net::SocketAddr)>,
+        balancer: Option<Balancer>,
+    ) -> Run {
         let clock = stack.options.clock();
         let args: Vec<&str> = SIM_ARGS.iter().chain(sim_args).copied().collect();
         let sim = stack.start_sim(&args).await;
@@ -119,6 +169,9 @@ impl Run {
             clock,
             relationships_comparable: !sim_args.contains(&"--format"),
             poison: Vec::new(),
+            receivers,
+            _balancer: balancer,
+            consumers: Vec::new(),
         }
     }
 

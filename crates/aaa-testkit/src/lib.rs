@@ -6,6 +6,7 @@
 //! `scripts/test.sh` starts the cluster and exports `AAA_TEST_DATABASE_URL`
 //! and `AAA_NISSHI_BIN`; outside it these tests explain what to run.
 
+mod balancer;
 mod broker;
 mod postgres;
 mod process;
@@ -15,6 +16,7 @@ mod stack;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+pub use balancer::Balancer;
 pub use broker::Broker;
 pub use postgres::PgServer;
 pub use process::Service;

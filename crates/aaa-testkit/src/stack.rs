@@ -218,6 +218,30 @@ impl Stack {
         self.receiver.addr("public").await;
     }
 
+    /// Another receiver replica serving the same webhooks on a port of its
+    /// own (put them behind a [`crate::Balancer`]); `at` reuses the port of
+    /// a replica that was killed.
+    pub async fn spawn_receiver_replica(
+        &self,
+        name: &str,
+        at: Option<std::net::SocketAddr>,
+    ) -> (Service, std::net::SocketAddr) {
+        let mut env: Vec<(&str, String)> = self
+            .receiver_env
+            .iter()
+            .filter(|(k, _)| *k != "AAA_LISTEN")
+            .cloned()
+            .collect();
+        env.push((
+            "AAA_LISTEN",
+            at.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
+        ));
+        env.push(("AAA_REPLICA_ID", name.to_owned()));
+        let service = Service::spawn(name, &self.bin, &["receiver"], &env);
+        let addr = service.addr("public").await;
+        (service, addr)
+    }
+
     /// Another receiver replica that also reads `sim`'s activity stream
     /// (AAA_STREAM_URL), on its own port.
     pub fn spawn_stream_receiver(&self, sim: &crate::SimProcess) -> Service {
