@@ -207,5 +207,10 @@ echo "Operate the simulated X (see README, 'Operating'): source $state/operator.
 
 if [ -z "$once" ]; then
   say "stack is running; Ctrl-C stops it"
-  wait "${pids[1]}"
+  # Until Ctrl-C, or until a component stops by itself. (Not the first
+  # receiver's pid: the outage step killed it.)
+  live=()
+  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && live+=("$pid"); done
+  wait -n "${live[@]}" || true
+  die "a component of the stack stopped by itself (logs in $state)"
 fi

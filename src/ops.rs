@@ -5,9 +5,8 @@
 use std::process::ExitCode;
 
 use aaa_common::Clock;
-use aaa_replay_window::Window;
 use aaa_xapi::{Credentials, XApiArgs, XClient, XError};
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use comfy_table::Table;
 use serde_json::{Value, json};
 
@@ -109,14 +108,16 @@ pub enum ReplayCommand {
     /// X's rules, checked here before anything is sent: --from within the last
     /// 24 hours and at least 31 minutes ago, --to at least 10 minutes ago and
     /// after --from. Times are RFC 3339 (2026-11-25T10:00:00Z) or yyyymmddhhmm
-    /// UTC; --from is rounded down and --to up to whole minutes.
+    /// UTC. Both are rounded down to X's whole minutes (X checks the minute it
+    /// receives); the minutes sent are printed with the job.
     Submit {
         #[arg(long)]
         webhook: String,
         /// Start of the window (inclusive).
         #[arg(long, value_parser = parse_time)]
         from: DateTime<Utc>,
-        /// End of the window (exclusive).
+        /// End of the window: the minute holding it is the `to_date` sent
+        /// (replayed whole where X's `to_date` is inclusive).
         #[arg(long, value_parser = parse_time)]
         to: DateTime<Utc>,
     },
@@ -267,22 +268,10 @@ pub async fn subscriptions(args: &OpsArgs, command: SubscriptionsCommand) -> Res
 
 pub async fn replay(args: &OpsArgs, command: ReplayCommand, clock: Clock) -> Result<(), XError> {
     let ReplayCommand::Submit { webhook, from, to } = command;
-    let minute = TimeDelta::minutes(1);
-    let from = from
-        .duration_trunc(minute)
-        .map_err(|e| XError::Invalid(e.to_string()))?;
-    let to_floor = to
-        .duration_trunc(minute)
-        .map_err(|e| XError::Invalid(e.to_string()))?;
-    let to_exclusive = if to_floor == to {
-        to
-    } else {
-        to_floor + minute
-    };
     let x = client(args)?;
-    let job = x
-        .submit_replay(&webhook, Window { from, to_exclusive }, clock.now())
-        .await?;
+    let rules = x.replay_rules();
+    let window = aaa_replay_window::operator_window(from, to, rules);
+    let job = x.submit_replay(&webhook, window, clock.now()).await?;
     print(
         args,
         json!({"webhook_id": webhook, "job_id": job.job_id, "created_at": job.created_at, "from_date": job.from_date, "to_date": job.to_date}),
@@ -300,7 +289,19 @@ pub async fn replay(args: &OpsArgs, command: ReplayCommand, clock: Clock) -> Res
         },
     );
     eprintln!(
-        "the job's outcome arrives as a replay_job_status delivery: `aaa replay status` shows it"
+        "X replays from_date={} to_date={} ({}){}; the job's outcome arrives as a replay_job_status delivery: `aaa replay status` shows it",
+        job.from_date,
+        job.to_date,
+        if rules.to_inclusive {
+            "to_date inclusive"
+        } else {
+            "to_date exclusive"
+        },
+        if !rules.to_inclusive && window.to_exclusive < to {
+            format!(", so the seconds of {to} past that minute are not replayed")
+        } else {
+            String::new()
+        }
     );
     Ok(())
 }

@@ -311,7 +311,28 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
         "--to",
         &minute(to),
     ];
-    operator.ok(&[&["replay", "submit"], &window[..]].concat(), &[]);
+    // A --to just 10 minutes ago, seconds and all, is the minute holding it
+    // (X checks the minute it receives; rounding up was refused).
+    let just_old_enough = clock.now() - TimeDelta::minutes(10);
+    let sent = operator.ok(
+        &[
+            "replay",
+            "submit",
+            "--webhook",
+            &id,
+            "--from",
+            &minute(from),
+            "--to",
+            &just_old_enough.to_rfc3339(),
+        ],
+        &[],
+    );
+    let to_minute = just_old_enough.format("%Y%m%d%H%M").to_string();
+    assert!(
+        sent.stderr.contains(&format!("to_date={to_minute}")),
+        "{}",
+        sent.stderr
+    );
     operator
         .run(&[&["replay", "submit"], &window[..]].concat(), &[])
         .refused(3, "ReplayConflictError");

@@ -652,3 +652,154 @@ async fn xaa_only_events_are_counted_under_their_own_label() {
     let again = write_batch(&db.pool, &batch, LIVE_HORIZON).await.unwrap();
     assert_eq!(again.duplicates.get("xaa"), Some(&1), "{again:?}");
 }
+
+/// X Activity API events carry partial objects: a repost names its original
+/// by id only, an author often comes as an id only. A partial object never
+/// erases what is known, and the real post replaces a repost's stub of it
+/// whichever arrives first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_xaa_objects_never_erase_what_is_known() {
+    let db = TestDb::migrated().await;
+    let original = |id: &str, author: &str, name: &str, at: &str| {
+        json!({"for_user_id": "111", "tweet_create_events": [{
+            "id_str": id, "text": "hello from XAA", "created_at": at,
+            "user": {"id_str": author, "name": name, "screen_name": name.to_lowercase()}}]})
+    };
+    // Dan, known with his names from an older post of his.
+    let dans = original("1", "444", "Dan", "Wed Jul 01 10:00:00 +0000 2026");
+    write_batch(&db.pool, &plan(&[record(0, &dans)]), LIVE_HORIZON)
+        .await
+        .unwrap();
+    // Dan's repost (newer, author by id only) of alice's post (by id only).
+    let repost = fixture("xaa_post_repost_create.json");
+    write_batch(&db.pool, &plan(&[record(1, &repost)]), LIVE_HORIZON)
+        .await
+        .unwrap();
+    let dan: (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT screen_name, name FROM users WHERE user_id = '444'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(dan, (Some("dan".into()), Some("Dan".into())));
+    let stub: (Option<String>, String) =
+        sqlx::query_as("SELECT author_id, text FROM tweets WHERE tweet_id = '2080761390344937796'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stub, (None, String::new()), "the stub the repost left");
+    // The original arrives after its stub, and wins.
+    let alices = original(
+        "2080761390344937796",
+        "111",
+        "Alice",
+        "Fri Jul 24 21:00:00 +0000 2026",
+    );
+    write_batch(&db.pool, &plan(&[record(2, &alices)]), LIVE_HORIZON)
+        .await
+        .unwrap();
+    let post: (Option<String>, String) =
+        sqlx::query_as("SELECT author_id, text FROM tweets WHERE tweet_id = '2080761390344937796'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(post, (Some("111".into()), "hello from XAA".into()));
+    // And a stub arriving after the real post changes nothing; nor does a
+    // stub and the post in one batch, in either order.
+    write_batch(&db.pool, &plan(&[record(3, &repost)]), LIVE_HORIZON)
+        .await
+        .unwrap();
+    let again: (Option<String>, String) =
+        sqlx::query_as("SELECT author_id, text FROM tweets WHERE tweet_id = '2080761390344937796'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(again, post);
+    let other = original("77", "111", "Alice", "Fri Jul 24 21:00:00 +0000 2026");
+    let mut other_repost = repost.clone();
+    other_repost["data"]["event_uuid"] = json!("9");
+    other_repost["data"]["payload"]["id"] = json!("9");
+    other_repost["data"]["payload"]["referenced_tweets"][0]["id"] = json!("77");
+    write_batch(
+        &db.pool,
+        &plan(&[record(4, &other), record(5, &other_repost)]),
+        LIVE_HORIZON,
+    )
+    .await
+    .unwrap();
+    let text: String = sqlx::query_scalar("SELECT text FROM tweets WHERE tweet_id = '77'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(text, "hello from XAA");
+}
+
+/// X Activity API follows carry no time and are dated on arrival. An old
+/// follow that comes back in a replay must not undo an unfollow made after
+/// the replayed window: while a window of its webhook is being replayed, an
+/// undated change is dated no later than the window's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_undated_follow_never_undoes_a_newer_unfollow() {
+    let db = TestDb::migrated().await;
+    let at = |t: &str| t.parse::<chrono::DateTime<Utc>>().unwrap();
+    let arriving = |offset: i64, body: &Value, received: &str| RawRecord {
+        received_at: at(received),
+        ..record(offset, body)
+    };
+    let state = || async {
+        sqlx::query_as::<_, (bool, chrono::DateTime<Utc>)>(
+            "SELECT active, event_time FROM relationships WHERE source_id = '111' AND target_id = '333'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+    };
+    // Live: Alice unfollows Carol at 13:00.
+    let unfollow = fixture("xaa_follow_unfollow.json");
+    write_batch(
+        &db.pool,
+        &plan(&[arriving(0, &unfollow, "2026-11-25T13:00:00Z")]),
+        LIVE_HORIZON,
+    )
+    .await
+    .unwrap();
+    assert_eq!(state().await, (false, at("2026-11-25T13:00:00Z")));
+    // 10:00-12:00 is being replayed; the follow X could not deliver then
+    // comes back at 13:40.
+    sqlx::query(
+        "INSERT INTO replay_windows (webhook_id, window_from, window_to, state, kind, job_id, submitted_at, created_at)
+         VALUES ($1, $2, $3, 'submitted', 'gap', 'job-1', $4, $4)",
+    )
+    .bind("1146654567674912769")
+    .bind(at("2026-11-25T10:00:00Z"))
+    .bind(at("2026-11-25T12:00:00Z"))
+    .bind(at("2026-11-25T13:30:00Z"))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let follow = fixture("xaa_follow_follow.json");
+    write_batch(
+        &db.pool,
+        &plan(&[arriving(1, &follow, "2026-11-25T13:40:00Z")]),
+        LIVE_HORIZON,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        state().await,
+        (false, at("2026-11-25T13:00:00Z")),
+        "the replayed follow happened before the unfollow"
+    );
+    let history: Vec<(bool, chrono::DateTime<Utc>)> =
+        sqlx::query_as("SELECT active, event_time FROM relationship_events ORDER BY event_time")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        history,
+        [
+            (true, at("2026-11-25T11:59:59.999Z")),
+            (false, at("2026-11-25T13:00:00Z"))
+        ],
+        "kept in the history, dated at the latest it can have happened"
+    );
+}

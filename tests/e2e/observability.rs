@@ -249,6 +249,26 @@ async fn every_panel_and_alert_works_against_a_real_prometheus() {
         .filter_map(|n| n.as_str().map(str::to_owned))
         .collect();
 
+    // Counters exist from zero, before anything happened to them.
+    assert!(
+        exported.contains("aaa_receiver_heartbeat_failures_total"),
+        "{exported:?}"
+    );
+    // Gap recovery is measured in minutes to hours, not request latency.
+    let watermark_metrics =
+        reqwest::get(format!("http://{}/metrics", watermark.addr("admin").await))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    assert!(
+        watermark_metrics.lines().any(|l| l
+            .starts_with("aaa_watermark_gap_recovery_seconds_bucket{")
+            && l.contains("le=\"86400\"")),
+        "{watermark_metrics}"
+    );
+
     let panels = panel_queries();
     assert!(
         panels.len() >= 20,

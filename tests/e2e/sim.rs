@@ -683,3 +683,76 @@ async fn faults_on_command_lose_duplicate_and_refuse_as_ordered() {
         "nothing reached the webhook after the duplicates"
     );
 }
+
+/// X's webhook management accepts OAuth 1.0a user context as well as the
+/// app's bearer token; anything else is refused. Listing subscriptions
+/// names the webhook's URL, as X does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_managed_with_a_bearer_token_or_oauth_user_context() {
+    let hook = Hook::start().await;
+    let sim = SimProcess::start(BIN.as_ref(), SECRET, &[]).await;
+    let registered = as_user(&sim, 0, Method::POST, "/2/webhooks", 0)
+        .await
+        .json(&json!({"url": hook.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 200);
+    let body: Value = registered.json().await.unwrap();
+    let id = body["data"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/2/webhooks/{id}");
+    let revalidated = as_user(&sim, 1, Method::PUT, &path, 0)
+        .await
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 200);
+    // Neither credential: refused.
+    let anonymous = reqwest::Client::new()
+        .put(format!("{}{path}", sim.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    // A user signature replayed for another request is no credential.
+    let stale = as_user(&sim, 0, Method::PUT, &path, -3600)
+        .await
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 401);
+    let subscribed = as_user(
+        &sim,
+        0,
+        Method::POST,
+        &format!("/2/account_activity/webhooks/{id}/subscriptions/all"),
+        0,
+    )
+    .await
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(subscribed.status(), 200);
+    let list: Value = sim
+        .api(
+            Method::GET,
+            &format!("/2/account_activity/webhooks/{id}/subscriptions/all/list"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"]["webhook_url"], hook.url.as_str(), "{list}");
+    assert_eq!(
+        list["data"]["subscriptions"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let deleted = as_user(&sim, 0, Method::DELETE, &path, 0)
+        .await
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+}

@@ -40,13 +40,25 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0, 10.0,
 ];
 
+/// How long a gap takes from being found to being recovered: minutes (X
+/// replays only windows at least 31 min old) to a day (X's replay horizon).
+const RECOVERY_BUCKETS: &[f64] = &[
+    60.0, 300.0, 600.0, 1200.0, 1800.0, 2700.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0,
+];
+
 /// Batch sizes in records.
 const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
 /// Installs the global Prometheus recorder. Histograms named `*_seconds` get
-/// latency buckets, `*_records` size buckets.
+/// latency buckets (gap recovery: minutes to a day), `*_records` size buckets.
 pub fn install_metrics() -> Result<PrometheusHandle, Error> {
     let handle = PrometheusBuilder::new()
+        // A full name wins over the `_seconds` suffix: a recovery is no request latency.
+        .set_buckets_for_metric(
+            Matcher::Full("aaa_watermark_gap_recovery_seconds".into()),
+            RECOVERY_BUCKETS,
+        )
+        .map_err(|e| Error::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
         .map_err(|e| Error::Metrics(e.to_string()))?
         .set_buckets_for_metric(Matcher::Suffix("_records".into()), SIZE_BUCKETS)

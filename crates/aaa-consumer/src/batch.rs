@@ -43,6 +43,9 @@ pub struct EventRow {
     pub offset: i64,
     pub request_id: Option<String>,
     pub received_at: DateTime<Utc>,
+    /// X sent no time (XAA follows, blocks, mutes ...): `event_time` is
+    /// `received_at`, and a replayed copy must not pass for a new change.
+    pub dated_on_arrival: bool,
     /// Normalized rows, written only if this event is new.
     pub records: Vec<Record>,
 }
@@ -209,6 +212,7 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
         let index = i32::try_from(index).unwrap_or(i32::MAX);
         match activity {
             Ok(activity) => {
+                let dated_on_arrival = activity.event_time.is_none();
                 activity.assume_received_at(record.received_at);
                 // A row that cannot be normalized is still stored raw; the
                 // dead letter tells an operator what the schema missed.
@@ -252,6 +256,7 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
                     offset: record.offset,
                     request_id: record.request_id.clone(),
                     received_at: record.received_at,
+                    dated_on_arrival,
                     records,
                 });
             }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use aaa_events::Record;
-use aaa_events::normalize::{RelationshipRow, UserRow, current_relationships};
+use aaa_events::normalize::{RelationshipRow, TweetRow, UserRow, current_relationships};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -18,6 +18,9 @@ use crate::seen::Seen;
 pub struct NewEvent<'a> {
     pub id: i64,
     pub row: &'a EventRow,
+    /// The latest time it can have happened, when earlier than its own
+    /// (`store::latest_possible`): state changes are dated no later.
+    pub latest: Option<DateTime<Utc>>,
 }
 
 fn col<T, R>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
@@ -30,26 +33,35 @@ pub async fn write(
     new: &[NewEvent<'_>],
 ) -> Result<(), sqlx::Error> {
     register_webhooks_and_subscriptions(tx, batch, new).await?;
-    let mut users: BTreeMap<&str, (&UserRow, i64)> = BTreeMap::new();
-    let mut tweets = Vec::new();
+    let mut users: BTreeMap<&str, (UserRow, i64)> = BTreeMap::new();
+    // One row per post: the real post over a repost's stub of it.
+    let mut tweets: BTreeMap<&str, (&TweetRow, i64)> = BTreeMap::new();
     let mut mentions = Vec::new();
     let mut favorites = Vec::new();
     let mut apps = BTreeMap::new();
     let mut dms = Vec::new();
     let mut receipts = Vec::new();
-    let mut relationships: Vec<(&RelationshipRow, i64)> = Vec::new();
+    let mut relationships: Vec<(RelationshipRow, i64)> = Vec::new();
     let mut deletions = Vec::new();
     let mut jobs = Vec::new();
     for event in new {
         for record in &event.row.records {
             match record {
-                Record::User(u) => match users.get(u.user_id.as_str()) {
-                    Some((existing, _)) if existing.observed_at >= u.observed_at => {}
+                Record::User(u) => {
+                    let entry = users
+                        .entry(u.user_id.as_str())
+                        .or_insert_with(|| (u.clone(), event.id));
+                    if u.observed_at > entry.0.observed_at {
+                        entry.1 = event.id;
+                    }
+                    entry.0 = entry.0.merged(u);
+                }
+                Record::Tweet(t) => match tweets.get(t.tweet_id.as_str()) {
+                    Some((known, _)) if !known.is_stub() || t.is_stub() => {}
                     _ => {
-                        users.insert(&u.user_id, (u, event.id));
+                        tweets.insert(&t.tweet_id, (t, event.id));
                     }
                 },
-                Record::Tweet(t) => tweets.push((t, event.id)),
                 Record::Mention(m) => mentions.push((m, event.id)),
                 Record::Favorite(f) => favorites.push((f, event.id)),
                 Record::App(a) => {
@@ -57,7 +69,15 @@ pub async fn write(
                 }
                 Record::DirectMessage(d) => dms.push((d, event.id)),
                 Record::DmReadReceipt(r) => receipts.push((r, event.id)),
-                Record::Relationship(r) => relationships.push((r, event.id)),
+                Record::Relationship(r) => {
+                    // Dated no later than it can have happened (a replayed
+                    // copy of an undated change: inside its window).
+                    let mut r = r.clone();
+                    if let Some(latest) = event.latest {
+                        r.event_time = r.event_time.min(latest);
+                    }
+                    relationships.push((r, event.id));
+                }
                 Record::TweetDeletion(d) => deletions.push((d, event.id)),
                 Record::Revoke(_) => {} // applied with subscriptions
                 Record::ReplayJob(j) => jobs.push((j, event.id, event.row.received_at)),
@@ -70,9 +90,24 @@ pub async fn write(
         sqlx::query(
             "INSERT INTO users (user_id, screen_name, name, profile, observed_at, event_id)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::int8[])
-             ON CONFLICT (user_id) DO UPDATE SET screen_name = EXCLUDED.screen_name, name = EXCLUDED.name,
-                 profile = EXCLUDED.profile, observed_at = EXCLUDED.observed_at, event_id = EXCLUDED.event_id
-             WHERE EXCLUDED.observed_at > users.observed_at",
+             ON CONFLICT (user_id) DO UPDATE SET
+                 -- The newer snapshot's fields win; a field one lacks keeps
+                 -- the other's (a stub has only the id): nothing known is erased.
+                 screen_name = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                     THEN COALESCE(EXCLUDED.screen_name, users.screen_name)
+                     ELSE COALESCE(users.screen_name, EXCLUDED.screen_name) END,
+                 name = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                     THEN COALESCE(EXCLUDED.name, users.name)
+                     ELSE COALESCE(users.name, EXCLUDED.name) END,
+                 profile = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                     THEN users.profile || jsonb_strip_nulls(EXCLUDED.profile)
+                     ELSE EXCLUDED.profile || jsonb_strip_nulls(users.profile) END,
+                 observed_at = GREATEST(users.observed_at, EXCLUDED.observed_at),
+                 event_id = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                     THEN EXCLUDED.event_id ELSE users.event_id END
+             WHERE EXCLUDED.observed_at > users.observed_at
+                OR (users.screen_name IS NULL AND EXCLUDED.screen_name IS NOT NULL)
+                OR (users.name IS NULL AND EXCLUDED.name IS NOT NULL)",
         )
         .bind(col(&users, |(u, _)| u.user_id.clone()))
         .bind(col(&users, |(u, _)| u.screen_name.clone()))
@@ -83,13 +118,26 @@ pub async fn write(
         .execute(&mut *tx)
         .await?;
     }
+    let tweets: Vec<(&TweetRow, i64)> = tweets.into_values().collect();
     if !tweets.is_empty() {
         sqlx::query(
             "INSERT INTO tweets (tweet_id, author_id, created_at, text, is_longform, entities, display_text_range,
                                  in_reply_to_status_id, in_reply_to_user_id, quoted_status_id, retweeted_status_id, event_id)
              SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bool[], $6::jsonb[],
                                   $7::jsonb[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[])
-             ON CONFLICT (tweet_id) DO NOTHING",
+             ON CONFLICT (tweet_id) DO UPDATE SET
+                 author_id = EXCLUDED.author_id, created_at = EXCLUDED.created_at, text = EXCLUDED.text,
+                 is_longform = EXCLUDED.is_longform, entities = EXCLUDED.entities,
+                 display_text_range = EXCLUDED.display_text_range,
+                 in_reply_to_status_id = EXCLUDED.in_reply_to_status_id,
+                 in_reply_to_user_id = EXCLUDED.in_reply_to_user_id,
+                 quoted_status_id = EXCLUDED.quoted_status_id,
+                 retweeted_status_id = EXCLUDED.retweeted_status_id, event_id = EXCLUDED.event_id
+             -- Only a repost's stub gives way, and only to the real post; a
+             -- deleted post stays erased.
+             WHERE tweets.author_id IS NULL AND tweets.created_at IS NULL AND tweets.text = ''
+               AND tweets.deleted_at IS NULL
+               AND NOT (EXCLUDED.author_id IS NULL AND EXCLUDED.created_at IS NULL AND EXCLUDED.text = '')",
         )
         .bind(col(&tweets, |(t, _)| t.tweet_id.clone()))
         .bind(col(&tweets, |(t, _)| t.author_id.clone()))
@@ -236,7 +284,7 @@ pub async fn write(
 
 async fn write_relationships(
     tx: &mut PgConnection,
-    changes: &[(&RelationshipRow, i64)],
+    changes: &[(RelationshipRow, i64)],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO relationship_events (relationship, source_id, target_id, active, event_time, event_id)
@@ -252,7 +300,7 @@ async fn write_relationships(
     .execute(&mut *tx)
     .await?;
     let current: Vec<(&RelationshipRow, i64)> =
-        current_relationships(changes.iter().copied(), |(r, _)| r);
+        current_relationships(changes.iter().map(|(r, id)| (r, *id)), |(r, _)| r);
     // The stored state changes only for a change of higher precedence: later
     // event time, or the removal at the same time.
     sqlx::query(

@@ -72,7 +72,11 @@ pub async fn write(
                     row.natural_key.as_str(),
                 );
                 let id = *ids.get(&key)?;
-                seen.insert(id).then_some(NewEvent { id, row })
+                seen.insert(id).then_some(NewEvent {
+                    id,
+                    row,
+                    latest: latest_possible(row, &windows),
+                })
             })
             .collect();
         normalized::write(&mut tx, &plan.events, &new).await?;
@@ -118,10 +122,10 @@ fn column<R, T>(rows: &[R], field: impl Fn(&R) -> T) -> Vec<T> {
 
 /// A window being replayed right now (state `submitted`).
 pub struct ActiveWindow {
-    id: i64,
-    webhook_id: String,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+    pub id: i64,
+    pub webhook_id: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
 }
 
 async fn active_replay_windows(
@@ -157,6 +161,24 @@ fn attribute(row: &EventRow, windows: &[ActiveWindow], live_horizon: TimeDelta) 
                 && event_time < w.to
         })
         .map(|w| w.id)
+}
+
+/// The latest time an event can have happened, when that is earlier than
+/// its own time: an event X sent no time for is dated on arrival, but one
+/// arriving while a window of its webhook is being replayed may be a
+/// replayed copy, which happened inside the window. Dated no later than the
+/// window's end, it never overrides a change made after the window
+/// (docs/xaa.md, "Ordering").
+pub fn latest_possible(row: &EventRow, windows: &[ActiveWindow]) -> Option<DateTime<Utc>> {
+    if !row.dated_on_arrival {
+        return None;
+    }
+    windows
+        .iter()
+        .filter(|w| Some(w.webhook_id.as_str()) == row.webhook_id.as_deref())
+        .map(|w| w.to - TimeDelta::milliseconds(1))
+        .filter(|cap| *cap < row.received_at)
+        .min()
 }
 
 /// Adds this batch's replayed events to their windows: new rows are

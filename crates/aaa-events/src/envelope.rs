@@ -110,11 +110,13 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
     };
     let raw = raw_members(body);
     if crate::xaa::is_xaa(&object) {
-        let raw_payload = raw
+        let data = raw
             .get("data")
             .map(|data| raw_members(data.get().as_bytes()))
-            .and_then(|data| data.get("payload").map(|p| p.get().to_owned()));
-        return crate::xaa::parse(object, raw_payload);
+            .unwrap_or_default();
+        let raw_payload = data.get("payload").map(|p| p.get().to_owned());
+        let raw_uuid = data.get("event_uuid").map(|u| u.get().to_owned());
+        return crate::xaa::parse(object, raw_payload, raw_uuid);
     }
     let keys = object.keys().cloned().collect::<Vec<_>>().join(", ");
 

@@ -24,6 +24,42 @@ pub struct UserRow {
     pub observed_at: DateTime<Utc>,
 }
 
+impl UserRow {
+    /// One account's snapshot from two: the newer one's fields win, and a
+    /// field it lacks (an X Activity API stub carries only the id) keeps
+    /// the other's. A partial snapshot never erases what is known.
+    pub fn merged(&self, other: &UserRow) -> UserRow {
+        let (older, newer) = if other.observed_at > self.observed_at {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        let profile = match (&older.profile, &newer.profile) {
+            (Value::Object(old), Value::Object(new)) => {
+                let mut profile = old.clone();
+                profile.extend(
+                    new.iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                );
+                Value::Object(profile)
+            }
+            (old, Value::Null) => old.clone(),
+            (_, new) => new.clone(),
+        };
+        UserRow {
+            user_id: newer.user_id.clone(),
+            screen_name: newer
+                .screen_name
+                .clone()
+                .or_else(|| older.screen_name.clone()),
+            name: newer.name.clone().or_else(|| older.name.clone()),
+            profile,
+            observed_at: newer.observed_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TweetRow {
     pub tweet_id: String,
@@ -38,6 +74,15 @@ pub struct TweetRow {
     pub in_reply_to_user_id: Option<String>,
     pub quoted_status_id: Option<String>,
     pub retweeted_status_id: Option<String>,
+}
+
+impl TweetRow {
+    /// Only what a repost says of the post it reposts (an X Activity API
+    /// `post.repost.create` names the original by id): no author, time or
+    /// text. The real post replaces it whichever arrives first.
+    pub fn is_stub(&self) -> bool {
+        self.author_id.is_none() && self.created_at.is_none() && self.text.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -459,6 +504,43 @@ pub fn current_relationships<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    #[test]
+    fn a_partial_snapshot_never_erases_known_fields() {
+        let at = |h: u32| Utc.with_ymd_and_hms(2026, 7, 1, h, 0, 0).unwrap();
+        let full = UserRow {
+            user_id: "444".into(),
+            screen_name: Some("dan".into()),
+            name: Some("Dan".into()),
+            profile: json!({"id_str": "444", "name": "Dan", "location": "Berlin"}),
+            observed_at: at(10),
+        };
+        let stub = UserRow {
+            user_id: "444".into(),
+            screen_name: None,
+            name: None,
+            profile: json!({"id_str": "444"}),
+            observed_at: at(12),
+        };
+        let merged = full.merged(&stub);
+        assert_eq!(merged, stub.merged(&full), "order does not matter");
+        assert_eq!(merged.screen_name.as_deref(), Some("dan"));
+        assert_eq!(merged.name.as_deref(), Some("Dan"));
+        assert_eq!(merged.profile["location"], "Berlin");
+        assert_eq!(merged.observed_at, at(12));
+        // A newer full snapshot wins field by field.
+        let renamed = UserRow {
+            name: Some("Daniel".into()),
+            profile: json!({"id_str": "444", "name": "Daniel", "location": null}),
+            observed_at: at(13),
+            ..full.clone()
+        };
+        let merged = merged.merged(&renamed);
+        assert_eq!(merged.name.as_deref(), Some("Daniel"));
+        assert_eq!(merged.profile["location"], "Berlin", "null is no value");
+    }
     use crate::parse_envelope;
 
     fn rel(active: bool, ms: i64) -> RelationshipRow {

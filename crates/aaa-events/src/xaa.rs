@@ -103,10 +103,27 @@ pub const EVENT_TYPES: &[&str] = &[
     "oauth.revoke",
 ];
 
-/// `raw_payload`: the event's `payload` as the text X sent.
+/// `event_uuid` as X sent it: a string's content, or a number's digits
+/// (which may lie beyond what a u64 or an f64 holds, or be negative), never
+/// rounded. `None` when absent, empty or neither.
+fn uuid_as_sent(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let uuid = if raw.starts_with('"') {
+        serde_json::from_str::<String>(raw).ok()?
+    } else if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+        raw.to_owned()
+    } else {
+        return None;
+    };
+    (!uuid.is_empty()).then_some(uuid)
+}
+
+/// `raw_payload` and `raw_uuid`: the event's `payload` and `event_uuid` as
+/// the text X sent.
 pub(crate) fn parse(
     mut object: Map<String, Value>,
     raw_payload: Option<String>,
+    raw_uuid: Option<String>,
 ) -> Result<Envelope, EnvelopeError> {
     let Some(Value::Object(mut data)) = object.remove("data") else {
         return Err(EnvelopeError::NotAnObject);
@@ -120,7 +137,12 @@ pub(crate) fn parse(
     };
     let filter = data.get("filter").cloned().unwrap_or(json!({}));
     let includes = data.get("includes").cloned().unwrap_or(Value::Null);
-    let event_uuid = text(data.get("event_uuid"));
+    let event_uuid = raw_uuid.as_deref().and_then(uuid_as_sent);
+    // Kept as a string end to end (context, views, keys).
+    match &event_uuid {
+        Some(uuid) => data.insert("event_uuid".into(), Value::String(uuid.clone())),
+        None => data.remove("event_uuid"),
+    };
     // X does not document how a replay job's completion reaches an XAA
     // webhook: an event whose payload names a job and its state is read as
     // AAA's `replay_job_status`, whatever its event type.
@@ -379,6 +401,31 @@ mod tests {
         assert_eq!(first, keys(bio));
         assert!(first[0].2.starts_with("sha256:"), "{first:?}");
         assert_eq!(first[0].1, "xaa:profile.update.bio");
+    }
+
+    #[test]
+    fn an_event_uuid_stays_the_text_x_sent_however_large_or_negative() {
+        let follow = |uuid: &str| {
+            let body = format!(
+                r#"{{"data":{{"event_uuid":{uuid},"filter":{{"user_id":"1"}},"event_type":"follow.follow","payload":{{"source":{{"id":"1"}},"target":{{"data":{{"id":"2"}}}}}}}}}}"#
+            );
+            let envelope = parse_envelope(body.as_bytes()).expect("readable");
+            let activity = envelope.activities[0].clone().expect("identifiable");
+            (
+                activity.natural_key,
+                envelope.context["xaa"]["event_uuid"].clone(),
+            )
+        };
+        // Past u64 and f64 precision: two uuids an f64 cannot tell apart.
+        let a = follow("123456789012345678901234567890");
+        let b = follow("123456789012345678901234567891");
+        assert_eq!(a.0, "xaa:123456789012345678901234567890");
+        assert_ne!(a.0, b.0);
+        assert_eq!(a.1, json!("123456789012345678901234567890"));
+        assert_eq!(follow("-2781149976877970683").0, "xaa:-2781149976877970683");
+        assert_eq!(follow(r#""-7""#), ("xaa:-7".into(), json!("-7")));
+        // Not an id: keyed by content, not by a uuid.
+        assert!(follow("null").0.starts_with("sha256:"));
     }
 
     #[test]

@@ -127,12 +127,66 @@ pub fn validate(
     Ok(Window { from, to_exclusive })
 }
 
+/// The window an operator's `--from`/`--to` ask for, in X's minutes. Both
+/// are rounded down: X checks the minute it receives (`to_date` at least 10
+/// minutes ago), so the minute holding `to` is the newest it can be asked
+/// for, and rounding up would turn a `to` just 10 minutes ago into a refused
+/// request. With an inclusive `to_date` that minute is replayed whole; with
+/// an exclusive one, seconds past the minute are not (callers say so).
+pub fn operator_window(from: DateTime<Utc>, to: DateTime<Utc>, rules: Rules) -> Window {
+    let minute = |t: DateTime<Utc>| {
+        t - TimeDelta::seconds(t.timestamp().rem_euclid(60))
+            - TimeDelta::nanoseconds(i64::from(t.timestamp_subsec_nanos()))
+    };
+    let to_minute = minute(to);
+    Window {
+        from: minute(from),
+        to_exclusive: if rules.to_inclusive {
+            to_minute + TimeDelta::minutes(1)
+        } else {
+            to_minute
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn now() -> DateTime<Utc> {
         "2026-11-25T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn an_operator_to_just_10_minutes_ago_is_a_minute_x_accepts() {
+        let now: DateTime<Utc> = "2026-11-25T12:10:37Z".parse().unwrap();
+        let from: DateTime<Utc> = "2026-11-25T11:00:20Z".parse().unwrap();
+        for to in [
+            "2026-11-25T12:00:37Z",
+            "2026-11-25T12:00:36Z",
+            "2026-11-25T12:00:00Z",
+        ] {
+            let to: DateTime<Utc> = to.parse().unwrap();
+            for rules in [Rules::ACCOUNT_ACTIVITY, Rules { to_inclusive: true }] {
+                let window = operator_window(from, to, rules);
+                assert_eq!(format_minute(window.from), "202611251100");
+                let sent = if rules.to_inclusive {
+                    window.to_exclusive - TimeDelta::minutes(1)
+                } else {
+                    window.to_exclusive
+                };
+                assert_eq!(format_minute(sent), "202611251200", "{to} {rules:?}");
+                validate(
+                    now,
+                    &format_minute(window.from),
+                    &format_minute(sent),
+                    rules,
+                )
+                .unwrap_or_else(|e| panic!("{to} {rules:?}: {e}"));
+                // An inclusive to_date replays the minute holding `to` whole.
+                assert_eq!(window.contains(to), rules.to_inclusive);
+            }
+        }
     }
 
     /// `minutes` before `now()`, formatted.

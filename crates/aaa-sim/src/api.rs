@@ -123,6 +123,18 @@ macro_rules! require_bearer {
     };
 }
 
+/// App-only (bearer) or OAuth 1.0a user context: what X's webhook
+/// management endpoints accept.
+macro_rules! require_app_or_user {
+    ($sim:expr, $headers:expr, $method:expr, $path:expr, $query:expr) => {
+        if !bearer_ok(&$sim, &$headers)
+            && oauth_user(&$sim, $method, &$headers, &$path, &$query).is_none()
+        {
+            return unauthorized();
+        }
+    };
+}
+
 #[derive(Deserialize)]
 struct RegisterBody {
     url: String,
@@ -131,9 +143,10 @@ struct RegisterBody {
 async fn register(
     State(sim): State<Sim>,
     headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
     body: Option<Json<RegisterBody>>,
 ) -> Response {
-    require_bearer!(sim, headers);
+    require_app_or_user!(sim, headers, "POST", "/2/webhooks", query);
     let Some(Json(RegisterBody { url })) = body else {
         return x_error(
             StatusCode::BAD_REQUEST,
@@ -193,8 +206,13 @@ async fn list_webhooks(State(sim): State<Sim>, headers: HeaderMap) -> Response {
     Json(json!({"data": webhooks, "meta": {"result_count": webhooks.len()}})).into_response()
 }
 
-async fn validate(State(sim): State<Sim>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    require_bearer!(sim, headers);
+async fn validate(
+    State(sim): State<Sim>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    require_app_or_user!(sim, headers, "PUT", format!("/2/webhooks/{id}"), query);
     if let Some(refused) = webhooks_rate(&sim, "webhooks_validate") {
         return refused;
     }
@@ -215,8 +233,9 @@ async fn delete_webhook(
     State(sim): State<Sim>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    require_bearer!(sim, headers);
+    require_app_or_user!(sim, headers, "DELETE", format!("/2/webhooks/{id}"), query);
     let mut world = sim.world();
     if world.webhooks.remove(&id).is_none() {
         return webhook_id_invalid();
@@ -357,7 +376,8 @@ async fn list_subscriptions(
         return webhook_id_invalid();
     };
     let subscriptions: Vec<Value> = users.iter().map(|u| json!({"user_id": u})).collect();
-    Json(json!({"data": {"application_id": world.app.app_id, "webhook_id": id, "subscriptions": subscriptions}})).into_response()
+    let url = world.webhooks.get(&id).map(|w| w.url.clone());
+    Json(json!({"data": {"application_id": world.app.app_id, "webhook_id": id, "webhook_url": url, "subscriptions": subscriptions}})).into_response()
 }
 
 async fn count_subscriptions(State(sim): State<Sim>, headers: HeaderMap) -> Response {
