@@ -409,14 +409,15 @@ impl Run {
         let settle_seconds = began.elapsed().as_secs_f64();
 
         let stored = stored_keys(&self.stack.db).await;
-        // A delivery the receiver stored and acknowledged just as it was
-        // killed counts as failed for X; when no replay follows (it aged
-        // out), Postgres holds it although X never saw a 2xx. Only then may
-        // Postgres hold more than X saw delivered, and only what X attempted.
-        let attempted_undelivered = match expect {
-            Expect::NothingLost => Vec::new(),
-            Expect::AgedOut => attempted_undelivered_keys(&truth),
-        };
+        // X may count as failed a delivery the pipeline stored: the
+        // receiver was killed after producing it, its answer came after X's
+        // timeout, or the broker took the record after the receiver had
+        // given up and answered 503. X retries most deliveries (then they
+        // count as delivered), but not a replay job's completion message,
+        // and nothing once it aged out. So Postgres may hold more than X saw
+        // delivered, and only what X attempted: never anything it did not
+        // send.
+        let attempted_undelivered = attempted_undelivered_keys(&truth);
         let extra: Vec<_> = stored
             .iter()
             .filter(|k| {
@@ -501,8 +502,8 @@ impl Run {
                 }
             }
         }
-        // What reached Postgres: every delivery, and (aged-out scenarios)
-        // what was stored though X never saw it succeed.
+        // What reached Postgres: every delivery, and what was stored though
+        // X never saw it succeed.
         let stored_undelivered: std::collections::HashSet<u64> = attempted_undelivered
             .iter()
             .filter(|(_, key)| stored.contains(key))

@@ -22,6 +22,8 @@ const PARTITIONS: i32 = 6;
 pub struct ConsumerReport {
     pub accounts: usize,
     pub deliveries: usize,
+    /// Consumer processes in the group.
+    pub replicas: usize,
     /// Distinct activities in them: the `events` rows expected.
     pub events: usize,
     /// Rows in every table once done (events plus normalized tables).
@@ -39,9 +41,12 @@ pub struct ConsumerReport {
     pub ratio_to_copy: f64,
     /// Postgres CPU seconds per second of the consumer's run.
     pub db_cpu_cores: f64,
-    /// The consumer's own CPU seconds per second (from its start: includes
-    /// the group join, so a slight underestimate of the busy rate).
+    /// The consumers' CPU seconds per second, all replicas together (from
+    /// their start: includes the group join, so a slight underestimate of
+    /// the busy rate).
     pub consumer_cpu_cores: Option<f64>,
+    /// The same, per replica.
+    pub consumer_cpu_cores_per_replica: Option<f64>,
     pub consumer_memory: Option<procfs::Memory>,
     pub preload_seconds: f64,
 }
@@ -175,7 +180,9 @@ pub async fn run(
     accounts: usize,
     n: usize,
     seed: u64,
+    replicas: usize,
 ) -> Result<ConsumerReport, Error> {
+    let replicas = replicas.max(1);
     let deliveries = deliveries(accounts, n, seed);
     let bodies: Vec<Vec<u8>> = deliveries.iter().map(|d| d.to_bytes()).collect();
     let keys: Vec<String> = deliveries
@@ -203,20 +210,27 @@ pub async fn run(
     };
 
     let cpu_before = db_cpu();
-    let consumer = Service::spawn(
-        "consumer",
-        &settings.aaa_bin,
-        &["consumer"],
-        &[
-            ("AAA_ADMIN_LISTEN", "127.0.0.1:0".into()),
-            ("AAA_DATABASE_URL", writer_url),
-            ("AAA_KAFKA_BROKERS", broker.bootstrap()),
-            ("AAA_RAW_TOPIC", TOPIC.into()),
-            ("AAA_BATCH_MAX_RECORDS", settings.consumer_batch.to_string()),
-        ],
-    );
+    let consumers: Vec<Service> = (0..replicas)
+        .map(|_| {
+            Service::spawn(
+                "consumer",
+                &settings.aaa_bin,
+                &["consumer"],
+                &[
+                    ("AAA_ADMIN_LISTEN", "127.0.0.1:0".into()),
+                    ("AAA_DATABASE_URL", writer_url.clone()),
+                    ("AAA_KAFKA_BROKERS", broker.bootstrap()),
+                    ("AAA_RAW_TOPIC", TOPIC.into()),
+                    ("AAA_BATCH_MAX_RECORDS", settings.consumer_batch.to_string()),
+                ],
+            )
+        })
+        .collect();
     let spawned = Instant::now();
-    let admin = consumer.addr("admin").await;
+    let mut admins = Vec::new();
+    for consumer in &consumers {
+        admins.push(consumer.addr("admin").await);
+    }
     let mut first_row: Option<Instant> = None;
     let mut last_progress = (0i64, Instant::now());
     let done = loop {
@@ -233,8 +247,8 @@ pub async fn run(
             last_progress = (stored, Instant::now());
         } else if last_progress.1.elapsed() > Duration::from_secs(60) {
             return Err(Error::Setup(format!(
-                "consumer stalled at {stored} of {events} events; its output:\n{}",
-                consumer.output().join("\n")
+                "consumers stalled at {stored} of {events} events; the first one's output:\n{}",
+                consumers[0].output().join("\n")
             )));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -242,13 +256,19 @@ pub async fn run(
     let started = first_row.unwrap_or(done);
     let seconds = done.duration_since(started).as_secs_f64().max(1e-3);
     let db_cpu_cores = (db_cpu() - cpu_before) / seconds;
-    let consumer_memory = consumer.os_pid().and_then(procfs::memory);
-    let consumer_cpu_cores = consumer
-        .os_pid()
-        .and_then(procfs::cpu_seconds)
+    let consumer_memory = consumers[0].os_pid().and_then(procfs::memory);
+    let consumer_cpu_cores = consumers
+        .iter()
+        .map(|c| c.os_pid().and_then(procfs::cpu_seconds))
+        .sum::<Option<f64>>()
         .map(|cpu| cpu / done.duration_since(spawned).as_secs_f64());
-    let mean_batch_records = histogram_mean(admin, "aaa_consumer_batch_records").await;
-    drop(consumer);
+    let mut batch_means = Vec::new();
+    for admin in &admins {
+        batch_means.extend(histogram_mean(*admin, "aaa_consumer_batch_records").await);
+    }
+    let mean_batch_records = (!batch_means.is_empty())
+        .then(|| batch_means.iter().sum::<f64>() / batch_means.len() as f64);
+    drop(consumers);
     let rows = all_rows(&db).await?;
     let copy_seconds = copy_baseline(&db, &bodies).await?;
     let deliveries_per_second = n as f64 / seconds;
@@ -256,6 +276,7 @@ pub async fn run(
     Ok(ConsumerReport {
         accounts,
         deliveries: n,
+        replicas,
         events,
         rows,
         batch_max_records: settings.consumer_batch,
@@ -268,6 +289,7 @@ pub async fn run(
         ratio_to_copy: deliveries_per_second / copy_rows_per_second,
         db_cpu_cores,
         consumer_cpu_cores,
+        consumer_cpu_cores_per_replica: consumer_cpu_cores.map(|c| c / replicas as f64),
         consumer_memory,
         preload_seconds,
     })

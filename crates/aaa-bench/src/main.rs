@@ -40,6 +40,7 @@ enum Scenario {
     Scale,
     Recovery,
     Soak,
+    Replicas,
 }
 
 /// Benchmarks of the receiver, the consumer, the whole pipeline and its
@@ -80,6 +81,9 @@ struct Args {
     /// Subscribed accounts of the scale curve.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     scale_accounts: Vec<usize>,
+    /// Consumer processes of the replicas scenario (one group, 6 partitions).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    replicas: Vec<usize>,
     /// Deliveries of the scale curve (1000000 for the full curve: about 10 minutes more).
     #[arg(long, value_delimiter = ',', default_value = "50000,200000")]
     scale_deliveries: Vec<usize>,
@@ -130,7 +134,8 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     if wanted(Scenario::Consumer) {
         eprintln!("consumer vs COPY ({} deliveries)", args.consumer_deliveries);
-        results.consumer = Some(consumer::run(&settings, 1000, args.consumer_deliveries, 3).await?);
+        results.consumer =
+            Some(consumer::run(&settings, 1000, args.consumer_deliveries, 3, 1).await?);
     }
     if wanted(Scenario::E2e) {
         eprintln!("end to end at fixed offered rates");
@@ -142,8 +147,19 @@ async fn run(args: Args) -> Result<(), Error> {
                 eprintln!("scale: {accounts} accounts, {n} deliveries");
                 results
                     .scale
-                    .push(consumer::run(&settings, accounts, n, 5).await?);
+                    .push(consumer::run(&settings, accounts, n, 5, 1).await?);
             }
+        }
+    }
+    if wanted(Scenario::Replicas) {
+        for &replicas in &args.replicas {
+            eprintln!(
+                "consumer replicas: {replicas} ({} deliveries)",
+                args.consumer_deliveries
+            );
+            results
+                .replicas
+                .push(consumer::run(&settings, 1000, args.consumer_deliveries, 3, replicas).await?);
         }
     }
     if wanted(Scenario::Recovery) {

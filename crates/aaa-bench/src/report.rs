@@ -33,6 +33,8 @@ pub struct Results {
     pub consumer: Option<ConsumerReport>,
     pub e2e: Option<E2eReport>,
     pub scale: Vec<ConsumerReport>,
+    /// The consumer stage with 1, 2, 4 ... processes in one group.
+    pub replicas: Vec<ConsumerReport>,
     pub recovery: Option<RecoveryReport>,
     pub soak: Option<SoakReport>,
 }
@@ -61,6 +63,7 @@ impl Results {
             consumer: None,
             e2e: None,
             scale: Vec::new(),
+            replicas: Vec::new(),
             recovery: None,
             soak: None,
         }
@@ -332,6 +335,31 @@ impl Results {
                     d.replay_windows,
                     d.x_api_requests,
                     d.watermark_tables_bytes / 1024
+                );
+            }
+        }
+        if let Some(one) = self.replicas.first() {
+            let _ = writeln!(
+                md,
+                "\n## Consumer replicas (one group, 6 partitions, {} deliveries)\n\n| replicas | deliveries/s | vs 1 replica | consumer CPU (cores, all) | per replica | Postgres CPU (cores) | mean batch |\n|---|---|---|---|---|---|---|",
+                one.deliveries
+            );
+            let base = one.deliveries as f64 / one.seconds;
+            for r in &self.replicas {
+                let rate = r.deliveries as f64 / r.seconds;
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:.2} | {} | {} | {:.2} | {} |",
+                    r.replicas,
+                    rate,
+                    rate / base,
+                    r.consumer_cpu_cores
+                        .map_or("?".into(), |c| format!("{c:.2}")),
+                    r.consumer_cpu_cores_per_replica
+                        .map_or("?".into(), |c| format!("{c:.2}")),
+                    r.db_cpu_cores,
+                    r.mean_batch_records
+                        .map_or("?".into(), |b| format!("{b:.0}")),
                 );
             }
         }

@@ -24,6 +24,22 @@ async fn post(sim: &Sim, url: &str, body: &[u8]) -> (String, bool) {
     }
 }
 
+/// A body sent again (a duplicate, a replay): the same bytes, unless the
+/// `fresh_xaa_uuid_on_resend` fault gives an XAA event a new `event_uuid`.
+fn resent(sim: &Sim, body: &[u8]) -> Vec<u8> {
+    if !sim.world().faults.fresh_xaa_uuid_on_resend {
+        return body.to_vec();
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut value) if value["data"]["event_uuid"].is_string() => {
+            value["data"]["event_uuid"] =
+                serde_json::Value::String(sim.random_below(u64::MAX).to_string());
+            serde_json::to_vec(&value).unwrap_or_else(|_| body.to_vec())
+        }
+        _ => body.to_vec(),
+    }
+}
+
 fn record(sim: &Sim, seq: u64, route: Route, job_id: Option<&str>, outcome: &str, ok: bool) {
     let via = match route {
         Route::Live => "live",
@@ -119,6 +135,7 @@ async fn live(sim: Sim, seq: u64, failures: usize) {
     };
     record(&sim, seq, Route::Live, None, &outcome, ok);
     if ok && sim.chance(faults.duplicate_share) {
+        let body = resent(&sim, &body);
         let (outcome, ok) = post(&sim, &url, &body).await;
         record(
             &sim,
@@ -150,6 +167,7 @@ pub async fn replay_once(sim: &Sim, seq: u64, url: &str, job_id: &str) -> bool {
         Some(owed) => owed.body.clone(),
         None => return false,
     };
+    let body = resent(sim, &body);
     let (outcome, ok) = {
         let _permit = sim.deliveries.acquire().await;
         post(sim, url, &body).await

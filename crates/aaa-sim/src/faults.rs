@@ -24,6 +24,9 @@ pub struct Faults {
     pub replay_delay_ms: u64,
     /// What the next replay job does.
     pub next_replay: Option<ReplayFault>,
+    /// A duplicate or replayed X Activity API delivery carries a new
+    /// `event_uuid` (X does not document that it keeps it).
+    pub fresh_xaa_uuid_on_resend: bool,
     /// Until then (simulated time), `GET /2/webhooks` and `PUT
     /// /2/webhooks/{id}` answer 429, as when an app's budget is spent.
     pub webhooks_rate_limited_until: Option<DateTime<Utc>>,
