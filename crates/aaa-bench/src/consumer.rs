@@ -37,6 +37,10 @@ pub struct ConsumerReport {
     pub rows_per_second: f64,
     pub copy_seconds: f64,
     pub copy_rows_per_second: f64,
+    /// Write-ahead log Postgres wrote per delivery: the consumer's rows and
+    /// their indexes, and the `COPY` baseline's.
+    pub wal_bytes_per_delivery: f64,
+    pub copy_wal_bytes_per_row: f64,
     /// Deliveries per second, consumer ÷ COPY.
     pub ratio_to_copy: f64,
     /// Postgres CPU seconds per second of the consumer's run.
@@ -159,6 +163,23 @@ async fn copy_baseline(db: &TestDb, bodies: &[Vec<u8>]) -> Result<f64, Error> {
     Ok(seconds)
 }
 
+/// Where Postgres's write-ahead log is now.
+async fn wal_lsn(db: &TestDb) -> Result<String, Error> {
+    Ok(sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&db.pool)
+        .await?)
+}
+
+/// Bytes of write-ahead log written since `lsn`.
+async fn wal_since(db: &TestDb, lsn: &str) -> Result<f64, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+            .bind(lsn)
+            .fetch_one(&db.pool)
+            .await?,
+    )
+}
+
 /// Mean of a histogram on /metrics: `<name>_sum` ÷ `<name>_count`.
 async fn histogram_mean(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{admin}/metrics"))
@@ -210,6 +231,7 @@ pub async fn run(
     };
 
     let cpu_before = db_cpu();
+    let wal_before = wal_lsn(&db).await?;
     let consumers: Vec<Service> = (0..replicas)
         .map(|_| {
             Service::spawn(
@@ -253,6 +275,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
+    let wal_bytes = wal_since(&db, &wal_before).await?;
     let started = first_row.unwrap_or(done);
     let seconds = done.duration_since(started).as_secs_f64().max(1e-3);
     let db_cpu_cores = (db_cpu() - cpu_before) / seconds;
@@ -270,7 +293,9 @@ pub async fn run(
         .then(|| batch_means.iter().sum::<f64>() / batch_means.len() as f64);
     drop(consumers);
     let rows = all_rows(&db).await?;
+    let copy_wal_before = wal_lsn(&db).await?;
     let copy_seconds = copy_baseline(&db, &bodies).await?;
+    let copy_wal_bytes = wal_since(&db, &copy_wal_before).await?;
     let deliveries_per_second = n as f64 / seconds;
     let copy_rows_per_second = n as f64 / copy_seconds;
     Ok(ConsumerReport {
@@ -286,6 +311,8 @@ pub async fn run(
         rows_per_second: rows as f64 / seconds,
         copy_seconds,
         copy_rows_per_second,
+        wal_bytes_per_delivery: wal_bytes / n as f64,
+        copy_wal_bytes_per_row: copy_wal_bytes / n as f64,
         ratio_to_copy: deliveries_per_second / copy_rows_per_second,
         db_cpu_cores,
         consumer_cpu_cores,

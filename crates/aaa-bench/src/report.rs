@@ -341,7 +341,7 @@ impl Results {
         if let Some(one) = self.replicas.first() {
             let _ = writeln!(
                 md,
-                "\n## Consumer replicas (one group, 6 partitions, {} deliveries)\n\n| replicas | deliveries/s | vs 1 replica | consumer CPU (cores, all) | per replica | Postgres CPU (cores) | mean batch |\n|---|---|---|---|---|---|---|",
+                "\n## Consumer replicas (one group, 6 partitions, {} deliveries)\n\n| replicas | deliveries/s | vs 1 replica | consumer CPU (cores, all) | per replica | Postgres CPU (cores) | mean batch | WAL per delivery | COPY: WAL per row |\n|---|---|---|---|---|---|---|---|---|",
                 one.deliveries
             );
             let base = one.deliveries as f64 / one.seconds;
@@ -349,7 +349,7 @@ impl Results {
                 let rate = r.deliveries as f64 / r.seconds;
                 let _ = writeln!(
                     md,
-                    "| {} | {:.0} | {:.2} | {} | {} | {:.2} | {} |",
+                    "| {} | {:.0} | {:.2} | {} | {} | {:.2} | {} | {:.0} B | {:.0} B |",
                     r.replicas,
                     rate,
                     rate / base,
@@ -360,6 +360,8 @@ impl Results {
                     r.db_cpu_cores,
                     r.mean_batch_records
                         .map_or("?".into(), |b| format!("{b:.0}")),
+                    r.wal_bytes_per_delivery,
+                    r.copy_wal_bytes_per_row,
                 );
             }
         }

@@ -85,39 +85,6 @@ pub async fn write(
         }
     }
 
-    let users: Vec<_> = users.into_values().collect();
-    if !users.is_empty() {
-        sqlx::query(
-            "INSERT INTO users (user_id, screen_name, name, profile, observed_at, event_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::int8[])
-             ON CONFLICT (user_id) DO UPDATE SET
-                 -- The newer snapshot's fields win; a field one lacks keeps
-                 -- the other's (a stub has only the id): nothing known is erased.
-                 screen_name = CASE WHEN EXCLUDED.observed_at > users.observed_at
-                     THEN COALESCE(EXCLUDED.screen_name, users.screen_name)
-                     ELSE COALESCE(users.screen_name, EXCLUDED.screen_name) END,
-                 name = CASE WHEN EXCLUDED.observed_at > users.observed_at
-                     THEN COALESCE(EXCLUDED.name, users.name)
-                     ELSE COALESCE(users.name, EXCLUDED.name) END,
-                 profile = CASE WHEN EXCLUDED.observed_at > users.observed_at
-                     THEN users.profile || jsonb_strip_nulls(EXCLUDED.profile)
-                     ELSE EXCLUDED.profile || jsonb_strip_nulls(users.profile) END,
-                 observed_at = GREATEST(users.observed_at, EXCLUDED.observed_at),
-                 event_id = CASE WHEN EXCLUDED.observed_at > users.observed_at
-                     THEN EXCLUDED.event_id ELSE users.event_id END
-             WHERE EXCLUDED.observed_at > users.observed_at
-                OR (users.screen_name IS NULL AND EXCLUDED.screen_name IS NOT NULL)
-                OR (users.name IS NULL AND EXCLUDED.name IS NOT NULL)",
-        )
-        .bind(col(&users, |(u, _)| u.user_id.clone()))
-        .bind(col(&users, |(u, _)| u.screen_name.clone()))
-        .bind(col(&users, |(u, _)| u.name.clone()))
-        .bind(col::<Value, _>(&users, |(u, _)| u.profile.clone()))
-        .bind(col(&users, |(u, _)| u.observed_at))
-        .bind(col(&users, |(_, id)| *id))
-        .execute(&mut *tx)
-        .await?;
-    }
     let tweets: Vec<(&TweetRow, i64)> = tweets.into_values().collect();
     if !tweets.is_empty() {
         sqlx::query(
@@ -276,6 +243,43 @@ pub async fn write(
         .bind(col(&jobs, |(j, _, _)| j.description.clone()))
         .bind(col(&jobs, |(_, _, at)| *at))
         .bind(col(&jobs, |(_, id, _)| *id))
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Last: every batch of every replica touches the same accounts' rows,
+    // and an upserted row stays locked until commit; written last, they are
+    // held for the commit only. (On this 2-core machine replicas did not
+    // scale either way: docs/benchmarks.md, "Consumer replicas".)
+    let users: Vec<_> = users.into_values().collect();
+    if !users.is_empty() {
+        sqlx::query(
+            "INSERT INTO users (user_id, screen_name, name, profile, observed_at, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::int8[])
+             ON CONFLICT (user_id) DO UPDATE SET
+                 -- The newer snapshot's fields win; a field one lacks keeps
+                 -- the other's (a stub has only the id): nothing known is erased.
+                 screen_name = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                     THEN COALESCE(EXCLUDED.screen_name, users.screen_name)
+                     ELSE COALESCE(users.screen_name, EXCLUDED.screen_name) END,
+                 name = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                     THEN COALESCE(EXCLUDED.name, users.name)
+                     ELSE COALESCE(users.name, EXCLUDED.name) END,
+                 profile = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                     THEN users.profile || jsonb_strip_nulls(EXCLUDED.profile)
+                     ELSE EXCLUDED.profile || jsonb_strip_nulls(users.profile) END,
+                 observed_at = GREATEST(users.observed_at, EXCLUDED.observed_at),
+                 event_id = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                     THEN EXCLUDED.event_id ELSE users.event_id END
+             WHERE EXCLUDED.observed_at > users.observed_at
+                OR (users.screen_name IS NULL AND EXCLUDED.screen_name IS NOT NULL)
+                OR (users.name IS NULL AND EXCLUDED.name IS NOT NULL)",
+        )
+        .bind(col(&users, |(u, _)| u.user_id.clone()))
+        .bind(col(&users, |(u, _)| u.screen_name.clone()))
+        .bind(col(&users, |(u, _)| u.name.clone()))
+        .bind(col::<Value, _>(&users, |(u, _)| u.profile.clone()))
+        .bind(col(&users, |(u, _)| u.observed_at))
+        .bind(col(&users, |(_, id)| *id))
         .execute(&mut *tx)
         .await?;
     }
