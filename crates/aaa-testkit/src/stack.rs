@@ -218,6 +218,18 @@ impl Stack {
         self.receiver.addr("public").await;
     }
 
+    /// The receiver's environment, listening on `listen`.
+    fn receiver_env_on(&self, listen: String) -> Vec<(&'static str, String)> {
+        let mut env: Vec<(&'static str, String)> = self
+            .receiver_env
+            .iter()
+            .filter(|(k, _)| *k != "AAA_LISTEN")
+            .cloned()
+            .collect();
+        env.push(("AAA_LISTEN", listen));
+        env
+    }
+
     /// Another receiver replica serving the same webhooks on a port of its
     /// own (put them behind a [`crate::Balancer`]); `at` reuses the port of
     /// a replica that was killed.
@@ -226,16 +238,8 @@ impl Stack {
         name: &str,
         at: Option<std::net::SocketAddr>,
     ) -> (Service, std::net::SocketAddr) {
-        let mut env: Vec<(&str, String)> = self
-            .receiver_env
-            .iter()
-            .filter(|(k, _)| *k != "AAA_LISTEN")
-            .cloned()
-            .collect();
-        env.push((
-            "AAA_LISTEN",
-            at.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()),
-        ));
+        let mut env =
+            self.receiver_env_on(at.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()));
         env.push(("AAA_REPLICA_ID", name.to_owned()));
         let service = Service::spawn(name, &self.bin, &["receiver"], &env);
         let addr = service.addr("public").await;
@@ -245,13 +249,7 @@ impl Stack {
     /// Another receiver replica that also reads `sim`'s activity stream
     /// (AAA_STREAM_URL), on its own port.
     pub fn spawn_stream_receiver(&self, sim: &crate::SimProcess) -> Service {
-        let mut env: Vec<(&str, String)> = self
-            .receiver_env
-            .iter()
-            .filter(|(k, _)| *k != "AAA_LISTEN")
-            .cloned()
-            .collect();
-        env.push(("AAA_LISTEN", "127.0.0.1:0".into()));
+        let mut env = self.receiver_env_on("127.0.0.1:0".into());
         env.push(("AAA_STREAM_URL", format!("{}/2/activity/stream", sim.url)));
         env.push(("AAA_X_BEARER_TOKEN", sim.bearer.clone()));
         env.push(("AAA_STREAM_STALL_SECS", "10".into()));
