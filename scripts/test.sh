@@ -26,7 +26,7 @@ scripts/deploy-check.sh | sed "s/^/    /"
 work=$(mktemp -d /tmp/aaa-test.XXXXXX)
 chmod 755 "$work"
 demo=
-trap '[ -z "$demo" ] || { kill -TERM "$demo" 2>/dev/null; wait "$demo" 2>/dev/null; }; pg_stop "$work/pg"; rm -rf "$work"' EXIT
+trap '[ -z "$demo" ] || { kill -TERM "$demo" 2>/dev/null; wait "$demo" 2>/dev/null; } || true; pg_stop "$work/pg"; rm -rf "$work"' EXIT
 say "starting a throwaway Postgres"
 pg_start "$work/pg" -c fsync=off -c synchronous_commit=off -c full_page_writes=off
 
@@ -84,4 +84,5 @@ done
 # demo's other stop signal, handled the same way as Ctrl-C.)
 kill -TERM "$demo"
 wait "$demo" || true
+demo=
 echo "    the stack stayed up until stopped"
