@@ -516,11 +516,11 @@ impl Writer<'_> {
         loop {
             let started = Instant::now();
             match store::write(self.pool, plan, self.live_horizon).await {
-                Ok(stats) => {
+                Ok(mut stats) => {
                     self.seen
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .observe(&plan.events);
+                        .merge(std::mem::take(&mut stats.seen));
                     BatchStored {
                         records,
                         stats: &stats,

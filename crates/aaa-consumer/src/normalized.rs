@@ -4,6 +4,7 @@
 //! `INSERT ... ON CONFLICT DO UPDATE` may not touch a row twice.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use aaa_events::Record;
 use aaa_events::normalize::{RelationshipRow, TweetRow, UserRow, current_relationships};
@@ -12,7 +13,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 
 use crate::batch::EventRow;
-use crate::seen::Seen;
+use crate::seen::{Existing, Seen};
 
 /// A new event and its id in `events`.
 pub struct NewEvent<'a> {
@@ -27,12 +28,13 @@ fn col<T, R>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(f).collect()
 }
 
+/// `seen`: what the whole batch (duplicates included) saw.
 pub async fn write(
     tx: &mut PgConnection,
-    batch: &[EventRow],
+    seen: &Seen,
     new: &[NewEvent<'_>],
 ) -> Result<(), sqlx::Error> {
-    register_webhooks_and_subscriptions(tx, batch, new).await?;
+    register_webhooks_and_subscriptions(tx, seen, new).await?;
     let mut users: BTreeMap<&str, (UserRow, i64)> = BTreeMap::new();
     // One row per post: the real post over a repost's stub of it.
     let mut tweets: BTreeMap<&str, (&TweetRow, i64)> = BTreeMap::new();
@@ -47,15 +49,18 @@ pub async fn write(
     for event in new {
         for record in &event.row.records {
             match record {
-                Record::User(u) => {
-                    let entry = users
-                        .entry(u.user_id.as_str())
-                        .or_insert_with(|| (u.clone(), event.id));
-                    if u.observed_at > entry.0.observed_at {
-                        entry.1 = event.id;
+                Record::User(u) => match users.entry(u.user_id.as_str()) {
+                    Entry::Vacant(vacant) => {
+                        vacant.insert((u.clone(), event.id));
                     }
-                    entry.0 = entry.0.merged(u);
-                }
+                    Entry::Occupied(mut known) => {
+                        let (snapshot, id) = known.get_mut();
+                        if u.observed_at > snapshot.observed_at {
+                            *id = event.id;
+                        }
+                        *snapshot = snapshot.merged(u);
+                    }
+                },
                 Record::Tweet(t) => match tweets.get(t.tweet_id.as_str()) {
                     Some((known, _)) if !known.is_stub() || t.is_stub() => {}
                     _ => {
@@ -331,39 +336,10 @@ async fn write_relationships(
 /// are state and belong to the events that carry them.
 async fn register_webhooks_and_subscriptions(
     tx: &mut PgConnection,
-    batch: &[EventRow],
+    seen: &Seen,
     new: &[NewEvent<'_>],
 ) -> Result<(), sqlx::Error> {
-    let mut seen = Seen::default();
-    seen.observe(batch);
-    if !seen.webhooks.is_empty() {
-        let rows: Vec<_> = seen.webhooks.iter().collect();
-        sqlx::query(
-            "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
-             SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
-             ON CONFLICT (webhook_id) DO NOTHING",
-        )
-        .bind(col(&rows, |(w, _)| w.to_string()))
-        .bind(col(&rows, |(_, s)| s.first))
-        .bind(col(&rows, |(_, s)| s.last))
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !seen.subscriptions.is_empty() {
-        let rows: Vec<_> = seen.subscriptions.iter().collect();
-        sqlx::query(
-            "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, last_event_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
-             ON CONFLICT (webhook_id, user_id) DO NOTHING",
-        )
-        .bind(col(&rows, |((w, _), _)| w.to_string()))
-        .bind(col(&rows, |((_, u), _)| u.to_string()))
-        .bind(col(&rows, |(_, s)| s.span.first))
-        .bind(col(&rows, |(_, s)| s.span.last))
-        .bind(col(&rows, |(_, s)| s.last_event_at))
-        .execute(&mut *tx)
-        .await?;
-    }
+    seen.write_to(tx, Existing::Keep).await?;
     // The newest revocation per subscription in this batch.
     // (webhook, user) → (revoked at, revoking app, received at)
     type Revocation<'a> = (DateTime<Utc>, Option<&'a str>, DateTime<Utc>);

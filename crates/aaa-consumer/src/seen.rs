@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use aaa_events::Record;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::batch::EventRow;
 
@@ -105,45 +105,93 @@ impl Seen {
         }
     }
 
-    /// Writes everything seen (widening, never narrowing, what is stored).
+    /// Writes everything seen (widening, never narrowing, what is stored),
+    /// in a transaction of its own.
     pub async fn write(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let mut tx = pool.begin().await?;
-        if !self.webhooks.is_empty() {
-            let rows: Vec<_> = self.webhooks.iter().collect();
-            sqlx::query(
-                "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
-                 SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
-                 ON CONFLICT (webhook_id) DO UPDATE SET
-                     first_seen_at = LEAST(webhooks.first_seen_at, EXCLUDED.first_seen_at),
-                     last_seen_at = GREATEST(webhooks.last_seen_at, EXCLUDED.last_seen_at)",
-            )
-            .bind(rows.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, s)| s.first).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, s)| s.last).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if !self.subscriptions.is_empty() {
-            let rows: Vec<_> = self.subscriptions.iter().collect();
-            sqlx::query(
-                "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, last_event_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
-                 ON CONFLICT (webhook_id, user_id) DO UPDATE SET
-                     first_seen_at = LEAST(subscriptions.first_seen_at, EXCLUDED.first_seen_at),
-                     last_seen_at = GREATEST(subscriptions.last_seen_at, EXCLUDED.last_seen_at),
-                     last_event_at = GREATEST(subscriptions.last_event_at, EXCLUDED.last_event_at)",
-            )
-            .bind(rows.iter().map(|((w, _), _)| w.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|((_, u), _)| u.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, s)| s.span.first).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, s)| s.span.last).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, s)| s.last_event_at).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        }
+        self.write_to(&mut tx, Existing::Widen).await?;
         tx.commit().await
     }
+
+    /// Writes the webhooks and subscriptions seen; `existing` says what
+    /// happens to rows that are there already. Keys go in order, so
+    /// concurrent writers lock rows in the same order.
+    pub async fn write_to(
+        &self,
+        conn: &mut PgConnection,
+        existing: Existing,
+    ) -> Result<(), sqlx::Error> {
+        if !self.webhooks.is_empty() {
+            let statement = match existing {
+                Existing::Keep => WEBHOOKS_KEEP,
+                Existing::Widen => WEBHOOKS_WIDEN,
+            };
+            let rows: Vec<_> = self.webhooks.iter().collect();
+            sqlx::query(statement)
+                .bind(rows.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, s)| s.first).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, s)| s.last).collect::<Vec<_>>())
+                .execute(&mut *conn)
+                .await?;
+        }
+        if !self.subscriptions.is_empty() {
+            let statement = match existing {
+                Existing::Keep => SUBSCRIPTIONS_KEEP,
+                Existing::Widen => SUBSCRIPTIONS_WIDEN,
+            };
+            let rows: Vec<_> = self.subscriptions.iter().collect();
+            sqlx::query(statement)
+                .bind(
+                    rows.iter()
+                        .map(|((w, _), _)| w.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    rows.iter()
+                        .map(|((_, u), _)| u.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(rows.iter().map(|(_, s)| s.span.first).collect::<Vec<_>>())
+                .bind(rows.iter().map(|(_, s)| s.span.last).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|(_, s)| s.last_event_at)
+                        .collect::<Vec<_>>(),
+                )
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
 }
+
+/// What a write of [`Seen`] does to a row that exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Leaves it alone, without locking it (inside a batch transaction:
+    /// only rows seen for the first time are created).
+    Keep,
+    /// Widens its first and last seen times (outside the batches).
+    Widen,
+}
+
+const WEBHOOKS_KEEP: &str = "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
+     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
+     ON CONFLICT (webhook_id) DO NOTHING";
+const WEBHOOKS_WIDEN: &str = "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
+     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
+     ON CONFLICT (webhook_id) DO UPDATE SET
+         first_seen_at = LEAST(webhooks.first_seen_at, EXCLUDED.first_seen_at),
+         last_seen_at = GREATEST(webhooks.last_seen_at, EXCLUDED.last_seen_at)";
+const SUBSCRIPTIONS_KEEP: &str = "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, last_event_at)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
+     ON CONFLICT (webhook_id, user_id) DO NOTHING";
+const SUBSCRIPTIONS_WIDEN: &str = "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, last_event_at)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
+     ON CONFLICT (webhook_id, user_id) DO UPDATE SET
+         first_seen_at = LEAST(subscriptions.first_seen_at, EXCLUDED.first_seen_at),
+         last_seen_at = GREATEST(subscriptions.last_seen_at, EXCLUDED.last_seen_at),
+         last_event_at = GREATEST(subscriptions.last_event_at, EXCLUDED.last_event_at)";
 
 #[cfg(test)]
 mod tests {

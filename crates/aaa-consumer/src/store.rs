@@ -10,6 +10,7 @@ use sqlx::PgPool;
 
 use crate::batch::{BatchPlan, DeadLetterRow, EventRow};
 use crate::normalized::{self, NewEvent};
+use crate::seen::Seen;
 
 /// Whether retrying a failed write can succeed. A permanent error is the
 /// data's (SQLSTATE classes 21 cardinality, 22 data exception: NUL in text,
@@ -35,6 +36,9 @@ pub struct WriteStats {
     pub inserted: BTreeMap<&'static str, u64>,
     pub duplicates: BTreeMap<&'static str, u64>,
     pub dead_letters: u64,
+    /// The webhooks and subscriptions the batch saw (duplicates included),
+    /// for the consumer's periodic "last seen" write.
+    pub seen: Seen,
 }
 
 pub async fn write(
@@ -61,7 +65,7 @@ pub async fn write(
             .iter()
             .map(|(id, user, kind, key)| ((user.as_deref(), kind.as_str(), key.as_str()), *id))
             .collect();
-        let mut seen = std::collections::HashSet::new();
+        let mut taken = std::collections::HashSet::new();
         let new: Vec<NewEvent<'_>> = plan
             .events
             .iter()
@@ -72,36 +76,20 @@ pub async fn write(
                     row.natural_key.as_str(),
                 );
                 let id = *ids.get(&key)?;
-                seen.insert(id).then_some(NewEvent {
+                taken.insert(id).then_some(NewEvent {
                     id,
                     row,
                     latest: latest_possible(row, &windows),
                 })
             })
             .collect();
-        normalized::write(&mut tx, &plan.events, &new).await?;
+        stats.seen.observe(&plan.events);
+        normalized::write(&mut tx, &stats.seen, &new).await?;
         count_replayed(&mut tx, plan, &attributed, &ids).await?;
-        // The label the batch planned for each row (an XAA event's kind is
-        // stored as `xaa:<type>`, which is no AAA envelope key).
-        let labels: std::collections::HashMap<(Option<&str>, &str, &str), &'static str> = plan
-            .events
-            .iter()
-            .map(|row| {
-                (
-                    (
-                        row.for_user_id.as_deref(),
-                        row.kind.as_str(),
-                        row.natural_key.as_str(),
-                    ),
-                    row.kind_label,
-                )
-            })
-            .collect();
-        for (_, user, kind, key) in &inserted {
-            let label = labels
-                .get(&(user.as_deref(), kind.as_str(), key.as_str()))
-                .copied()
-                .unwrap_or("unknown");
+        // Counted under the label the batch planned for each new row (an
+        // XAA event's kind is stored as `xaa:<type>`, no AAA envelope key).
+        for event in &new {
+            let label = event.row.kind_label;
             *stats.inserted.entry(label).or_default() += 1;
             if let Some(dups) = stats.duplicates.get_mut(label) {
                 *dups = dups.saturating_sub(1);
@@ -122,10 +110,10 @@ fn column<R, T>(rows: &[R], field: impl Fn(&R) -> T) -> Vec<T> {
 
 /// A window being replayed right now (state `submitted`).
 pub struct ActiveWindow {
-    pub id: i64,
-    pub webhook_id: String,
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
+    id: i64,
+    webhook_id: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
 }
 
 async fn active_replay_windows(
@@ -169,7 +157,7 @@ fn attribute(row: &EventRow, windows: &[ActiveWindow], live_horizon: TimeDelta) 
 /// replayed copy, which happened inside the window. Dated no later than the
 /// window's end, it never overrides a change made after the window
 /// (docs/xaa.md, "Ordering").
-pub fn latest_possible(row: &EventRow, windows: &[ActiveWindow]) -> Option<DateTime<Utc>> {
+fn latest_possible(row: &EventRow, windows: &[ActiveWindow]) -> Option<DateTime<Utc>> {
     if !row.dated_on_arrival {
         return None;
     }

@@ -173,7 +173,8 @@ impl Watermark {
         let mut conn = self.pool.acquire().await?;
         // Every replica reports how far judging got, holder or not: a holder
         // that is frozen or failing cannot report its own stall.
-        if let Some(judged_to) = store::progress(&mut conn, webhook).await?.judged_to {
+        let progress = store::progress(&mut conn, webhook).await?;
+        if let Some(judged_to) = progress.judged_to {
             metrics::gauge!("aaa_watermark_judged_age_seconds", "webhook" => webhook.to_owned())
                 .set((now - judged_to).as_seconds_f64().max(0.0));
         }
@@ -190,7 +191,7 @@ impl Watermark {
             return Ok(());
         }
         let started = std::time::Instant::now();
-        let result = self.round(&mut conn, webhook, now).await;
+        let result = self.round(&mut conn, webhook, now, progress).await;
         metrics::histogram!("aaa_watermark_round_seconds", "webhook" => webhook.to_owned())
             .record(started.elapsed().as_secs_f64());
         result
@@ -204,16 +205,24 @@ impl Watermark {
         }
     }
 
+    /// `progress`: as read at the start of this tick (only the lease holder
+    /// changes it).
     async fn round(
         &self,
         conn: &mut PgConnection,
         webhook: &str,
         now: DateTime<Utc>,
+        progress: store::Progress,
     ) -> Result<(), Error> {
-        self.begin_tracking(conn, webhook, now).await?;
+        let progress = self.begin_tracking(conn, webhook, now, progress).await?;
         let registered_at = self.check_validity(conn, webhook, now).await?;
-        let busy = self.follow_in_flight(conn, webhook, now).await?;
-        if let Some((start, horizon)) = self.tracked(conn, webhook, now, registered_at).await? {
+        // Read once: the job in flight and the judging both wait for it.
+        let horizon = self.horizon(conn).await?;
+        let busy = self.follow_in_flight(conn, webhook, now, horizon).await?;
+        if let Some((start, horizon)) = self
+            .tracked(conn, webhook, now, registered_at, horizon, progress)
+            .await?
+        {
             let windows = self.record_gaps(conn, webhook, now, start, horizon).await?;
             store::advance_judged(conn, webhook, horizon).await?;
             self.record_audits(conn, webhook, now, start, horizon, &windows)
@@ -232,17 +241,28 @@ impl Watermark {
     /// it on, even when the first rounds could judge nothing yet (no fences
     /// stored) and the next comes only after a long stop: an outage seen in
     /// the heartbeats since then is expired and counted, not skipped.
-    /// Nothing is judged yet, so it is also how far judging got.
+    /// Nothing is judged yet, so it is also how far judging got. Returns
+    /// the progress the round goes on with.
     async fn begin_tracking(
         &self,
         conn: &mut PgConnection,
         webhook: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        if store::begin_tracking(conn, webhook, earliest_from(now)).await? {
-            tracing::info!(message = "tracking began: the first round judges what X can still replay, no later round judges before it", webhook, tracked_from = %earliest_from(now));
+        progress: store::Progress,
+    ) -> Result<store::Progress, Error> {
+        if progress.judged_to.is_some() {
+            return Ok(progress);
         }
-        Ok(())
+        let from = earliest_from(now);
+        if !store::begin_tracking(conn, webhook, from).await? {
+            // Another replica's first round came first.
+            return Ok(store::progress(conn, webhook).await?);
+        }
+        tracing::info!(message = "tracking began: the first round judges what X can still replay, no later round judges before it", webhook, tracked_from = %from);
+        Ok(store::Progress {
+            judged_to: Some(from),
+            tracked_from: Some(from),
+        })
     }
 
     /// A fence on every partition, stamped `now`: once the consumer stored all
@@ -456,12 +476,12 @@ impl Watermark {
         conn: &mut PgConnection,
         webhook: &str,
         now: DateTime<Utc>,
+        horizon: Option<DateTime<Utc>>,
     ) -> Result<bool, Error> {
         let Some(job) = store::in_flight(conn, webhook).await? else {
             return Ok(false);
         };
         let job_state = store::job_state(conn, job.job_id.as_deref()).await?;
-        let horizon = self.horizon(conn).await?;
         let job_id = job.job_id.as_deref().unwrap_or_default();
         let counted = |outcome: &'static str| {
             metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => outcome).increment(1);
@@ -564,8 +584,10 @@ impl Watermark {
         webhook: &str,
         now: DateTime<Utc>,
         registered_at: Option<DateTime<Utc>>,
+        horizon: Option<DateTime<Utc>>,
+        progress: store::Progress,
     ) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>, Error> {
-        let Some(horizon) = self.horizon(conn).await? else {
+        let Some(horizon) = horizon else {
             tracing::debug!(
                 message = "consumer has not stored fences on every partition yet: nothing judged",
                 webhook
@@ -576,7 +598,6 @@ impl Watermark {
         let Some(origin) = [first_heartbeat, registered_at].into_iter().flatten().min() else {
             return Ok(None);
         };
-        let progress = store::progress(conn, webhook).await?;
         let floor = judging_floor(now, progress.judged_to, progress.tracked_from);
         Ok(Some((origin.max(floor), horizon.min(now))))
     }
