@@ -9,7 +9,7 @@
 //! is a setting. Where the text leaves a boundary open, the stricter reading
 //! wins: exactly 24 h ago is *not* "within the last 24 hours".
 
-use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, NaiveDateTime, TimeDelta, Utc};
 
 pub const MAX_AGE: TimeDelta = TimeDelta::hours(24);
 pub const MIN_FROM_AGE: TimeDelta = TimeDelta::minutes(31);
@@ -127,6 +127,12 @@ pub fn validate(
     Ok(Window { from, to_exclusive })
 }
 
+/// The whole minute `t` falls in: X's replay bounds have minute
+/// granularity.
+pub fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t)
+}
+
 /// The window an operator's `--from`/`--to` ask for, in X's minutes. Both
 /// are rounded down: X checks the minute it receives (`to_date` at least 10
 /// minutes ago), so the minute holding `to` is the newest it can be asked
@@ -134,13 +140,9 @@ pub fn validate(
 /// request. With an inclusive `to_date` that minute is replayed whole; with
 /// an exclusive one, seconds past the minute are not (callers say so).
 pub fn operator_window(from: DateTime<Utc>, to: DateTime<Utc>, rules: Rules) -> Window {
-    let minute = |t: DateTime<Utc>| {
-        t - TimeDelta::seconds(t.timestamp().rem_euclid(60))
-            - TimeDelta::nanoseconds(i64::from(t.timestamp_subsec_nanos()))
-    };
-    let to_minute = minute(to);
+    let to_minute = floor_minute(to);
     Window {
-        from: minute(from),
+        from: floor_minute(from),
         to_exclusive: if rules.to_inclusive {
             to_minute + TimeDelta::minutes(1)
         } else {

@@ -6,7 +6,7 @@
 //! consumer has fully processed (before the horizon) are judged, so consumer
 //! lag never looks like a delivery gap.
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 
 /// A half-open interval `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -39,9 +39,7 @@ pub struct Heartbeat {
 
 pub const MINUTE: TimeDelta = TimeDelta::minutes(1);
 
-pub fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.duration_trunc(MINUTE).unwrap_or(t)
-}
+pub use aaa_replay_window::floor_minute;
 
 pub fn ceil_minute(t: DateTime<Utc>) -> DateTime<Utc> {
     let floor = floor_minute(t);
