@@ -21,7 +21,8 @@ work=$(mktemp -d /tmp/aaa-bench.XXXXXX)
 chmod 755 "$work"
 trap 'pg_stop "$work/pg"; rm -rf "$work"' EXIT
 say "starting Postgres"
-pg_start "$work/pg"
+# pg_stat_statements: where Postgres spends the consumer scenario.
+pg_start "$work/pg" -c shared_preload_libraries=pg_stat_statements
 
 export AAA_TEST_DATABASE_URL=$PG_URL
 export AAA_NISSHI_BIN=$NISSHI_BIN

@@ -13,6 +13,7 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::pgprofile::{self, PgProfile};
 use crate::{Error, Settings, procfs};
 
 const TOPIC: &str = "aaa.raw";
@@ -24,6 +25,8 @@ pub struct ConsumerReport {
     pub deliveries: usize,
     /// Consumer processes in the group.
     pub replicas: usize,
+    /// Concurrent batch writers in each (`AAA_CONSUMER_WRITERS`).
+    pub writers: usize,
     /// Distinct activities in them: the `events` rows expected.
     pub events: usize,
     /// Rows in every table once done (events plus normalized tables).
@@ -31,12 +34,24 @@ pub struct ConsumerReport {
     pub batch_max_records: usize,
     /// Mean records per written batch (from the consumer's own histogram).
     pub mean_batch_records: Option<f64>,
+    /// Mean milliseconds one batch's transaction took, first statement to
+    /// commit (the consumer's own histogram).
+    pub mean_write_ms: Option<f64>,
+    /// Of the run's wall time, how much the writers spent in transactions
+    /// (sum over writers and replicas; N writers fully busy: N).
+    pub writer_busy: Option<f64>,
     /// From the first row visible to the last (excludes group join).
     pub seconds: f64,
     pub events_per_second: f64,
     pub rows_per_second: f64,
     pub copy_seconds: f64,
     pub copy_rows_per_second: f64,
+    /// Reading the same records from the broker and nothing else (a group
+    /// of one with the consumer's fetch settings): the most the consumer
+    /// could do with a free database.
+    pub read_only_per_second: f64,
+    /// Deliveries per second, consumer ÷ read-only.
+    pub ratio_to_read_only: f64,
     /// Write-ahead log Postgres wrote per delivery: the consumer's rows and
     /// their indexes, and the `COPY` baseline's.
     pub wal_bytes_per_delivery: f64,
@@ -45,14 +60,17 @@ pub struct ConsumerReport {
     pub ratio_to_copy: f64,
     /// Postgres CPU seconds per second of the consumer's run.
     pub db_cpu_cores: f64,
-    /// The consumers' CPU seconds per second, all replicas together (from
-    /// their start: includes the group join, so a slight underestimate of
-    /// the busy rate).
+    /// The consumers' CPU seconds per second of the run, all replicas
+    /// together.
     pub consumer_cpu_cores: Option<f64>,
+    /// The broker's, serving the consumers' fetches and commits.
+    pub broker_cpu_cores: Option<f64>,
     /// The same, per replica.
     pub consumer_cpu_cores_per_replica: Option<f64>,
     pub consumer_memory: Option<procfs::Memory>,
     pub preload_seconds: f64,
+    /// Where Postgres spent the consumer's run.
+    pub pg_profile: PgProfile,
 }
 
 fn deliveries(accounts: usize, n: usize, seed: u64) -> Vec<aaa_sim::generate::Delivery> {
@@ -110,6 +128,35 @@ async fn preload(broker: &Broker, bodies: &[Vec<u8>], keys: &[String]) -> Result
         result?;
     }
     Ok(())
+}
+
+/// Seconds to read `n` records of `TOPIC` with the consumer's fetch
+/// settings and a group of its own, doing nothing with them.
+async fn read_only_baseline(broker: &Broker, n: usize) -> Result<f64, Error> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("group.id", "bench-read-only")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.max.bytes", "8388608")
+        .create()?;
+    consumer.subscribe(&[TOPIC])?;
+    // From the first record, as the consumer is timed (group join excluded).
+    let mut started = None;
+    let mut bytes = 0usize;
+    for _ in 0..n {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .map_err(|_| Error::Setup("read-only baseline: no record for 60 s".into()))??;
+        started.get_or_insert_with(Instant::now);
+        bytes += rdkafka::Message::payload(&message).map_or(0, <[u8]>::len);
+    }
+    std::hint::black_box(bytes);
+    Ok(started.map_or(1e-3, |s| s.elapsed().as_secs_f64().max(1e-3)))
 }
 
 /// Rows in every table of the schema (names from the catalog, not input).
@@ -180,6 +227,31 @@ async fn wal_since(db: &TestDb, lsn: &str) -> Result<f64, Error> {
     )
 }
 
+/// New events the consumers committed (`aaa_consumer_events_total`,
+/// outcome `inserted`), summed over replicas; an unreachable one counts 0.
+async fn inserted_events(admins: &[std::net::SocketAddr]) -> f64 {
+    let mut total = 0.0;
+    for admin in admins {
+        let Ok(response) = reqwest::get(format!("http://{admin}/metrics")).await else {
+            continue;
+        };
+        let text = response.text().await.unwrap_or_default();
+        total += aaa_testkit::sum_samples(&text, |l| {
+            l.starts_with("aaa_consumer_events_total{") && l.contains("outcome=\"inserted\"")
+        });
+    }
+    total
+}
+
+/// Sum of the samples of one series on /metrics (0 if unreachable).
+async fn histogram_total(admin: std::net::SocketAddr, series: &str) -> f64 {
+    let Ok(response) = reqwest::get(format!("http://{admin}/metrics")).await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    aaa_testkit::sum_samples(&text, |l| l.starts_with(series))
+}
+
 /// Mean of a histogram on /metrics: `<name>_sum` ÷ `<name>_count`.
 async fn histogram_mean(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("http://{admin}/metrics"))
@@ -202,6 +274,7 @@ pub async fn run(
     n: usize,
     seed: u64,
     replicas: usize,
+    writers: usize,
 ) -> Result<ConsumerReport, Error> {
     let replicas = replicas.max(1);
     let deliveries = deliveries(accounts, n, seed);
@@ -219,6 +292,7 @@ pub async fn run(
     let preload_started = Instant::now();
     preload(&broker, &bodies, &keys).await?;
     let preload_seconds = preload_started.elapsed().as_secs_f64();
+    let read_only_seconds = read_only_baseline(&broker, n).await?;
 
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(&db.pool)
@@ -231,7 +305,7 @@ pub async fn run(
     };
 
     let cpu_before = db_cpu();
-    let wal_before = wal_lsn(&db).await?;
+    let wal_before = pgprofile::start(&db).await?;
     let consumers: Vec<Service> = (0..replicas)
         .map(|_| {
             Service::spawn(
@@ -244,23 +318,36 @@ pub async fn run(
                     ("AAA_KAFKA_BROKERS", broker.bootstrap()),
                     ("AAA_RAW_TOPIC", TOPIC.into()),
                     ("AAA_BATCH_MAX_RECORDS", settings.consumer_batch.to_string()),
+                    ("AAA_CONSUMER_WRITERS", writers.to_string()),
                 ],
             )
         })
         .collect();
-    let spawned = Instant::now();
     let mut admins = Vec::new();
     for consumer in &consumers {
         admins.push(consumer.addr("admin").await);
     }
+    // CPU seconds of Postgres, the consumers and the broker: taken again
+    // at the first row, so that the rates cover the same seconds as the
+    // throughput (not the group join).
+    let consumer_cpu = || {
+        consumers
+            .iter()
+            .map(|c| c.os_pid().and_then(procfs::cpu_seconds))
+            .sum::<Option<f64>>()
+    };
+    let broker_cpu = || broker.os_pid().and_then(procfs::cpu_seconds);
+    let mut cpu_at_first_row = (cpu_before, consumer_cpu(), broker_cpu());
     let mut first_row: Option<Instant> = None;
     let mut last_progress = (0i64, Instant::now());
+    // Progress from the consumers' own count of committed new events: a
+    // `count(*)` every 25 ms took a quarter of Postgres's time in this
+    // scenario and slowed what it measured. Checked once by `count(*)` below.
     let done = loop {
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-            .fetch_one(&db.pool)
-            .await?;
+        let stored = inserted_events(&admins).await as i64;
         if stored > 0 && first_row.is_none() {
             first_row = Some(Instant::now());
+            cpu_at_first_row = (db_cpu(), consumer_cpu(), broker_cpu());
         }
         if stored as usize >= events {
             break Instant::now();
@@ -276,19 +363,37 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
     let wal_bytes = wal_since(&db, &wal_before).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await?;
+    if stored as usize != events {
+        return Err(Error::Setup(format!(
+            "the consumers reported {events} events stored, the table holds {stored}"
+        )));
+    }
+    let pg_profile = pgprofile::finish(&db, &wal_before, 12).await;
     let started = first_row.unwrap_or(done);
     let seconds = done.duration_since(started).as_secs_f64().max(1e-3);
-    let db_cpu_cores = (db_cpu() - cpu_before) / seconds;
+    let db_cpu_cores = (db_cpu() - cpu_at_first_row.0) / seconds;
     let consumer_memory = consumers[0].os_pid().and_then(procfs::memory);
-    let consumer_cpu_cores = consumers
-        .iter()
-        .map(|c| c.os_pid().and_then(procfs::cpu_seconds))
-        .sum::<Option<f64>>()
-        .map(|cpu| cpu / done.duration_since(spawned).as_secs_f64());
+    let consumer_cpu_cores = consumer_cpu()
+        .zip(cpu_at_first_row.1)
+        .map(|(now, then)| (now - then) / seconds);
+    let broker_cpu_cores = broker_cpu()
+        .zip(cpu_at_first_row.2)
+        .map(|(now, then)| (now - then) / seconds);
     let mut batch_means = Vec::new();
     for admin in &admins {
         batch_means.extend(histogram_mean(*admin, "aaa_consumer_batch_records").await);
     }
+    let mut write_means = Vec::new();
+    let mut write_seconds = 0.0;
+    for admin in &admins {
+        write_means.extend(histogram_mean(*admin, "aaa_consumer_write_duration_seconds").await);
+        write_seconds += histogram_total(*admin, "aaa_consumer_write_duration_seconds_sum").await;
+    }
+    let mean_write_ms = (!write_means.is_empty())
+        .then(|| 1e3 * write_means.iter().sum::<f64>() / write_means.len() as f64);
     let mean_batch_records = (!batch_means.is_empty())
         .then(|| batch_means.iter().sum::<f64>() / batch_means.len() as f64);
     drop(consumers);
@@ -302,10 +407,13 @@ pub async fn run(
         accounts,
         deliveries: n,
         replicas,
+        writers,
         events,
         rows,
         batch_max_records: settings.consumer_batch,
         mean_batch_records,
+        mean_write_ms,
+        writer_busy: (write_seconds > 0.0).then_some(write_seconds / seconds),
         seconds,
         events_per_second: events as f64 / seconds,
         rows_per_second: rows as f64 / seconds,
@@ -314,10 +422,14 @@ pub async fn run(
         wal_bytes_per_delivery: wal_bytes / n as f64,
         copy_wal_bytes_per_row: copy_wal_bytes / n as f64,
         ratio_to_copy: deliveries_per_second / copy_rows_per_second,
+        read_only_per_second: n as f64 / read_only_seconds,
+        ratio_to_read_only: deliveries_per_second * read_only_seconds / n as f64,
         db_cpu_cores,
         consumer_cpu_cores,
+        broker_cpu_cores,
         consumer_cpu_cores_per_replica: consumer_cpu_cores.map(|c| c / replicas as f64),
         consumer_memory,
         preload_seconds,
+        pg_profile,
     })
 }

@@ -5,6 +5,7 @@
 
 mod consumer;
 mod e2e;
+mod pgprofile;
 mod procfs;
 mod receiver;
 mod recovery;
@@ -81,6 +82,10 @@ struct Args {
     /// Subscribed accounts of the scale curve.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     scale_accounts: Vec<usize>,
+    /// Concurrent batch writers per consumer (AAA_CONSUMER_WRITERS): the
+    /// consumer scenario runs once per value; the others use the first.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    writers: Vec<usize>,
     /// Consumer processes of the replicas scenario (one group, 6 partitions).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     replicas: Vec<usize>,
@@ -121,6 +126,7 @@ async fn run(args: Args) -> Result<(), Error> {
         connections: args.connections,
         consumer_batch: args.consumer_batch.max(1),
     };
+    let writers = args.writers.first().copied().unwrap_or(2).max(1);
     let wanted = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
     let scratch = tempfile::tempdir()?;
     let mut results = report::Results::new();
@@ -133,9 +139,19 @@ async fn run(args: Args) -> Result<(), Error> {
         results.receiver = Some(receiver::run(&settings, scratch.path()).await?);
     }
     if wanted(Scenario::Consumer) {
-        eprintln!("consumer vs COPY ({} deliveries)", args.consumer_deliveries);
-        results.consumer =
-            Some(consumer::run(&settings, 1000, args.consumer_deliveries, 3, 1).await?);
+        for &writers in &args.writers {
+            eprintln!(
+                "consumer vs COPY ({} deliveries, {writers} writers)",
+                args.consumer_deliveries
+            );
+            let report =
+                consumer::run(&settings, 1000, args.consumer_deliveries, 3, 1, writers).await?;
+            if results.consumer.is_none() {
+                results.consumer = Some(report);
+            } else {
+                results.writers.push(report);
+            }
+        }
     }
     if wanted(Scenario::E2e) {
         eprintln!("end to end at fixed offered rates");
@@ -147,7 +163,7 @@ async fn run(args: Args) -> Result<(), Error> {
                 eprintln!("scale: {accounts} accounts, {n} deliveries");
                 results
                     .scale
-                    .push(consumer::run(&settings, accounts, n, 5, 1).await?);
+                    .push(consumer::run(&settings, accounts, n, 5, 1, writers).await?);
             }
         }
     }
@@ -157,9 +173,17 @@ async fn run(args: Args) -> Result<(), Error> {
                 "consumer replicas: {replicas} ({} deliveries)",
                 args.consumer_deliveries
             );
-            results
-                .replicas
-                .push(consumer::run(&settings, 1000, args.consumer_deliveries, 3, replicas).await?);
+            results.replicas.push(
+                consumer::run(
+                    &settings,
+                    1000,
+                    args.consumer_deliveries,
+                    3,
+                    replicas,
+                    writers,
+                )
+                .await?,
+            );
         }
     }
     if wanted(Scenario::Recovery) {

@@ -35,6 +35,8 @@ pub struct Results {
     pub scale: Vec<ConsumerReport>,
     /// The consumer stage with 1, 2, 4 ... processes in one group.
     pub replicas: Vec<ConsumerReport>,
+    /// The consumer scenario again with the other `--writers` values.
+    pub writers: Vec<ConsumerReport>,
     pub recovery: Option<RecoveryReport>,
     pub soak: Option<SoakReport>,
 }
@@ -64,6 +66,7 @@ impl Results {
             e2e: None,
             scale: Vec::new(),
             replicas: Vec::new(),
+            writers: Vec::new(),
             recovery: None,
             soak: None,
         }
@@ -232,7 +235,8 @@ impl Results {
         let consumer_rows = |md: &mut String, c: &ConsumerReport| {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.1} |",
+                "| {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.1} |",
+                c.writers,
                 c.accounts,
                 c.deliveries,
                 c.events,
@@ -252,32 +256,77 @@ impl Results {
                     .unwrap_or(0.0),
             );
         };
-        let consumer_header = "| Accounts | Deliveries | Events | Rows | Seconds | Events/s | Rows/s | µs/event | ÷ COPY | Mean batch | DB cores | Consumer cores | Peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+        let consumer_header = "| Writers | Accounts | Deliveries | Events | Rows | Seconds | Events/s | Rows/s | µs/event | ÷ COPY | Mean batch | DB cores | Consumer cores | Peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
         if let Some(c) = &self.consumer {
             let _ = writeln!(md, "\n## Consumer\n\n{consumer_header}");
             consumer_rows(&mut md, c);
+            for other in &self.writers {
+                consumer_rows(&mut md, other);
+            }
             let _ = writeln!(
                 md,
                 "\nCOPY of the same {} raw payloads into an unindexed table: {:.2} s. Pre-loading Kafka took {:.1} s.",
                 c.deliveries, c.copy_seconds, c.preload_seconds
             );
+            let _ = writeln!(
+                md,
+                "\n| Writers | mean batch transaction ms | writers busy in transactions (per writer; 1.0: never idle) | broker CPU (cores) | Postgres + consumer + broker (cores) |\n|---|---|---|---|---|"
+            );
+            for w in std::iter::once(c).chain(&self.writers) {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    w.writers,
+                    w.mean_write_ms.map_or("?".into(), |m| format!("{m:.1}")),
+                    w.writer_busy.map_or("?".into(), |b| format!(
+                        "{:.2}",
+                        b / w.writers.max(1) as f64
+                    )),
+                    w.broker_cpu_cores.map_or("?".into(), |b| format!("{b:.2}")),
+                    w.consumer_cpu_cores.zip(w.broker_cpu_cores).map_or(
+                        "?".into(),
+                        |(c, b)| format!("{:.2}", w.db_cpu_cores + c + b)
+                    ),
+                );
+            }
+            let _ = writeln!(
+                md,
+                "\nReading the same records from the broker and nothing else: {:.0} records/s; the consumer reached {:.2} of that{}.",
+                c.read_only_per_second,
+                c.ratio_to_read_only,
+                self.writers
+                    .iter()
+                    .map(|w| format!(
+                        " ({} writers: {:.2} of {:.0})",
+                        w.writers, w.ratio_to_read_only, w.read_only_per_second
+                    ))
+                    .collect::<String>()
+            );
+            let _ = writeln!(
+                md,
+                "\nWAL per delivery: {:.0} B (COPY: {:.0} B per row). Where Postgres spent the run:\n{}",
+                c.wal_bytes_per_delivery,
+                c.copy_wal_bytes_per_row,
+                crate::pgprofile::markdown(&c.pg_profile, c.deliveries)
+            );
         }
         if let Some(e) = &self.e2e {
             let _ = writeln!(
                 md,
-                "\n## End to end ({} s per rate, open loop)\n\n| Offered/s | Achieved/s | Shed | Failed | Events | Missing | p50 ms | p99 ms | p50 1st half | p50 2nd half | Drain s | Sustained |\n|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "\n## End to end ({} s per rate, open loop)\n\n| Offered/s | Achieved/s | Shed | Failed | Events | Missing | Stored, not seen in time | p50 ms | p99 ms | p50 1st half | p50 2nd half | Drain s | Sustained |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|",
                 e.duration_seconds
             );
             for r in &e.rates {
                 let _ = writeln!(
                     md,
-                    "| {} | {:.0} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
+                    "| {} | {:.0} | {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
                     r.offered_per_second,
                     r.achieved_per_second,
                     r.shed,
                     r.failed,
                     r.events,
                     r.missing,
+                    r.unobserved_but_stored,
                     r.latency.p50_ms,
                     r.latency.p99_ms,
                     r.p50_first_half_ms,

@@ -24,6 +24,13 @@ pub struct RawRecord {
     pub record_type: Option<String>,
 }
 
+impl RawRecord {
+    /// A fence of the watermark's (`aaa_common::kafka::control`).
+    pub fn is_fence(&self) -> bool {
+        self.record_type.as_deref() == Some(control::FENCE)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {
     pub webhook_id: Option<String>,

@@ -60,6 +60,12 @@ pub struct ConsumerArgs {
     /// Longest wait for a batch to fill after its first record.
     #[arg(long, env = "AAA_BATCH_MAX_WAIT_MS", default_value_t = 200)]
     pub batch_max_wait_ms: u64,
+    /// Batches written at once, each in its own transaction: while one
+    /// waits for Postgres (statements, the commit's fsync), the next is read
+    /// and written. Offsets are committed in reading order, each batch's
+    /// only once every batch read before it is stored.
+    #[arg(long, env = "AAA_CONSUMER_WRITERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub writers: u16,
     /// Milliseconds between two writes of when webhooks and subscriptions
     /// were last seen (kept out of the batch transactions, where the one
     /// `webhooks` row made replicas wait on each other).
@@ -112,34 +118,53 @@ struct ConsumerReadiness {
     progress: Arc<Progress>,
 }
 
-/// Since when the batch in hand has waited to be stored (`None`: no batch
-/// is failing). Read by /healthz and the stall gauge.
-#[derive(Default)]
+/// Per writer: since when the batch in hand has waited to be stored
+/// (`None`: no batch is failing). Read by /healthz and the stall gauge: the
+/// longest wait of any writer, so one stuck writer is not hidden by the
+/// others moving.
 struct Progress {
-    waiting_since: std::sync::Mutex<Option<Instant>>,
+    waiting_since: std::sync::Mutex<Vec<Option<Instant>>>,
     stall_after: Duration,
 }
 
 impl Progress {
+    fn new(writers: usize, stall_after: Duration) -> Progress {
+        Progress {
+            waiting_since: std::sync::Mutex::new(vec![None; writers]),
+            stall_after,
+        }
+    }
+
     fn stalled_for(&self) -> Duration {
         self.waiting_since
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .map(|since| since.elapsed())
+            .iter()
+            .flatten()
+            .map(Instant::elapsed)
+            .max()
             .unwrap_or_default()
     }
 
-    fn failing(&self) {
-        self.waiting_since
+    fn set(&self, writer: usize, since: Option<Instant>) {
+        if let Some(slot) = self
+            .waiting_since
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(Instant::now);
+            .get_mut(writer)
+        {
+            // A failing writer keeps the time it started failing.
+            *slot = since.map(|now| slot.unwrap_or(now));
+        }
         metrics::gauge!(events::STALLED_SECONDS).set(self.stalled_for().as_secs_f64());
     }
 
-    fn moved(&self) {
-        *self.waiting_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        metrics::gauge!(events::STALLED_SECONDS).set(0.0);
+    fn failing(&self, writer: usize) {
+        self.set(writer, Some(Instant::now()));
+    }
+
+    fn moved(&self, writer: usize) {
+        self.set(writer, None);
     }
 }
 
@@ -207,10 +232,11 @@ pub async fn run(
     consumer.subscribe(&[args.kafka.raw_topic.as_str()])?;
     tracing::info!(message = "consuming", topic = %args.kafka.raw_topic, group = %args.group_id);
 
-    let progress = Arc::new(Progress {
-        waiting_since: Default::default(),
-        stall_after: Duration::from_secs(args.stall_secs.max(1)),
-    });
+    let writers = usize::from(args.writers.max(1));
+    let progress = Arc::new(Progress::new(
+        writers,
+        Duration::from_secs(args.stall_secs.max(1)),
+    ));
     let admin_listener = admin::bind("admin", args.admin_listen).await?;
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -234,37 +260,53 @@ pub async fn run(
         seen_stop.clone(),
     ));
     let batch_wait = Duration::from_millis(args.batch_max_wait_ms);
-    let backoff_max = Duration::from_millis(args.write_backoff_max_ms);
-    let live_horizon = chrono::TimeDelta::seconds(args.live_horizon_secs as i64);
-    while let Some(records) = next_batch(
-        &consumer,
-        args.batch_max_records,
-        batch_wait,
-        clock,
-        &shutdown,
-    )
-    .await
-    {
-        let plan = batch::plan(&records);
-        let writer = Writer {
-            pool: &pool,
-            seen: &seen,
-            live_horizon,
-            backoff_max,
-            shutdown: &shutdown,
-            progress: &progress,
+    let writer = Arc::new(Writer {
+        pool: pool.clone(),
+        seen: seen.clone(),
+        live_horizon: chrono::TimeDelta::seconds(args.live_horizon_secs as i64),
+        backoff_max: Duration::from_millis(args.write_backoff_max_ms),
+        shutdown: shutdown.clone(),
+        progress: progress.clone(),
+    });
+    let (commits, commit_queue) = tokio::sync::mpsc::unbounded_channel();
+    let committer = tokio::spawn(run_committer(consumer.clone(), commit_queue));
+    let mut in_flight = InFlight::new(writers, commits);
+    loop {
+        // A free writer first: reading on would only hold more in memory.
+        while in_flight.is_full() {
+            in_flight.collect_one().await;
+        }
+        let Some(records) = next_batch(
+            &consumer,
+            args.batch_max_records,
+            batch_wait,
+            clock,
+            &shutdown,
+            &mut in_flight,
+        )
+        .await
+        else {
+            break;
         };
-        let offsets = plan.commit.clone();
-        let newest = plan.events.iter().filter_map(|e| e.event_time).max();
-        if !writer.store(&records, plan).await {
-            break; // shutting down mid-retry: offsets stay uncommitted, records are re-read
+        // A fence says every record before it in its partition is stored
+        // (the watermark reconciles replays on it): it is written only
+        // after every batch read before it.
+        if records.iter().any(RawRecord::is_fence) {
+            while !in_flight.is_empty() {
+                in_flight.collect_one().await;
+            }
         }
-        progress.moved();
-        commit(&consumer, &offsets);
-        if let Some(newest) = newest {
-            let lag = (clock.now() - newest).as_seconds_f64().max(0.0);
-            metrics::gauge!(events::EVENT_TIME_LAG_SECONDS).set(lag);
-        }
+        in_flight.start(writer.clone(), records, clock);
+    }
+    // Shutting down: batches being written finish (or give up mid-retry,
+    // uncommitted, to be re-read), and what they stored is committed before
+    // the consumer leaves the group.
+    while !in_flight.is_empty() {
+        in_flight.collect_one().await;
+    }
+    drop(in_flight);
+    if let Err(error) = committer.await {
+        tracing::error!(message = "offset committer failed", error = %error);
     }
     admin_task.abort();
     lag_task.abort();
@@ -377,14 +419,148 @@ async fn wait_for_schema(pool: &PgPool, shutdown: &CancellationToken) -> Result<
     }
 }
 
-/// The next batch: waits for a first record, then up to `wait` for more.
-/// `None` once shutdown is requested.
+type Offsets = std::collections::BTreeMap<(String, i32), i64>;
+
+/// Which stored batches' offsets may be committed: the pure bookkeeping of
+/// `InFlight`. Offsets are committed in the order the batches were read: a
+/// batch's offsets only once it and every batch read before it are stored,
+/// so a crash never skips a record of a batch still being written.
+#[derive(Default)]
+struct CommitOrder {
+    next_seq: u64,
+    /// By reading order: the writer slot (for stall accounting), and `None`
+    /// while being written, then `Some(Some(offsets))` once stored or
+    /// `Some(None)` if given up (shutdown mid-retry, a failed task).
+    batches: std::collections::BTreeMap<u64, (usize, Option<Option<Offsets>>)>,
+    /// A batch was given up: nothing read after it may be committed.
+    stopped: bool,
+}
+
+impl CommitOrder {
+    /// A new batch: its sequence number and a slot no batch being written
+    /// holds.
+    fn begin(&mut self, slots: usize) -> (u64, usize) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let slot = (0..slots.max(1))
+            .find(|slot| self.batches.values().all(|(taken, _)| taken != slot))
+            .unwrap_or(0);
+        self.batches.insert(seq, (slot, None));
+        (seq, slot)
+    }
+
+    /// Records how batch `seq` ended; returns the offsets that may now be
+    /// committed (empty while an earlier batch is still being written).
+    fn finished(&mut self, seq: u64, outcome: Option<Offsets>) -> Offsets {
+        if let Some((_, state)) = self.batches.get_mut(&seq) {
+            *state = Some(outcome);
+        }
+        let mut ready = Offsets::new();
+        while let Some(entry) = self.batches.first_entry() {
+            match &entry.get().1 {
+                None => break,
+                Some(Some(offsets)) if !self.stopped => ready.extend(offsets.clone()),
+                Some(_) => self.stopped = true,
+            }
+            entry.remove();
+        }
+        ready
+    }
+}
+
+/// Batches being written, each in its own task and transaction, at most
+/// `capacity` at once: while one waits on Postgres (statements, the
+/// commit's fsync), the next is read, planned and written. Batches of one
+/// partition may be written at the same time; every write is idempotent
+/// and state rows keep the newest change by event time, so the order in
+/// which they commit does not matter. Fences are the exception (`run`
+/// writes a batch holding one only after all before it). Offsets follow
+/// `CommitOrder`.
+struct InFlight {
+    capacity: usize,
+    order: CommitOrder,
+    done_tx: tokio::sync::mpsc::UnboundedSender<(u64, Option<Offsets>)>,
+    done_rx: tokio::sync::mpsc::UnboundedReceiver<(u64, Option<Offsets>)>,
+    /// To `run_committer`.
+    commits: tokio::sync::mpsc::UnboundedSender<Offsets>,
+}
+
+impl InFlight {
+    fn new(capacity: usize, commits: tokio::sync::mpsc::UnboundedSender<Offsets>) -> InFlight {
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+        InFlight {
+            capacity: capacity.max(1),
+            order: CommitOrder::default(),
+            done_tx,
+            done_rx,
+            commits,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.order.batches.len() >= self.capacity
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.batches.is_empty()
+    }
+
+    fn start(&mut self, writer: Arc<Writer>, records: Vec<RawRecord>, clock: Clock) {
+        let (seq, slot) = self.order.begin(self.capacity);
+        let write = tokio::spawn(async move {
+            let plan = batch::plan(&records);
+            let offsets = plan.commit.clone();
+            let newest = plan.events.iter().filter_map(|e| e.event_time).max();
+            if !writer.store(slot, &records, plan).await {
+                return None; // shutting down mid-retry: records are re-read
+            }
+            writer.progress.moved(slot);
+            if let Some(newest) = newest {
+                let lag = (clock.now() - newest).as_seconds_f64().max(0.0);
+                metrics::gauge!(events::EVENT_TIME_LAG_SECONDS).set(lag);
+            }
+            Some(offsets)
+        });
+        // Reports even a writer that panicked (as not stored), so that its
+        // place never blocks the batches behind it.
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let outcome = write.await.unwrap_or_else(|error| {
+                tracing::error!(message = "a batch writer failed; its records will be re-read", error = %error);
+                None
+            });
+            let _ = done.send((seq, outcome));
+        });
+    }
+
+    /// Waits for one batch to finish, and commits what is now stored in
+    /// reading order.
+    async fn collect_one(&mut self) {
+        if let Some(done) = self.done_rx.recv().await {
+            self.finished(done);
+        }
+    }
+
+    fn finished(&mut self, (seq, outcome): (u64, Option<Offsets>)) {
+        let ready = self.order.finished(seq, outcome);
+        if !ready.is_empty() {
+            // The committer outlives every batch: it ends after `run` drops
+            // this sender.
+            let _ = self.commits.send(ready);
+        }
+    }
+}
+
+/// The next batch: waits for a first record, then up to `wait` for more,
+/// meanwhile committing what the writers have stored. `None` once
+/// shutdown is requested.
 async fn next_batch(
     consumer: &GroupConsumer,
     max: usize,
     wait: Duration,
     clock: Clock,
     shutdown: &CancellationToken,
+    in_flight: &mut InFlight,
 ) -> Option<Vec<RawRecord>> {
     let mut records = Vec::new();
     let mut deadline: Option<tokio::time::Instant> = None;
@@ -398,6 +574,7 @@ async fn next_batch(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return None,
+            Some(done) = in_flight.done_rx.recv() => in_flight.finished(done),
             _ = until_deadline => break,
             message = consumer.recv() => match message {
                 Ok(message) => {
@@ -447,14 +624,14 @@ fn raw_record(message: &BorrowedMessage<'_>, clock: Clock) -> RawRecord {
 
 /// Stores batches: transient errors are retried with capped exponential
 /// backoff (nothing is lost by waiting), permanent ones are isolated.
-struct Writer<'a> {
-    pool: &'a PgPool,
+struct Writer {
+    pool: PgPool,
     /// What stored batches saw, written by `write_seen` every few seconds.
-    seen: &'a std::sync::Mutex<Seen>,
+    seen: Arc<std::sync::Mutex<Seen>>,
     live_horizon: chrono::TimeDelta,
     backoff_max: Duration,
-    shutdown: &'a CancellationToken,
-    progress: &'a Progress,
+    shutdown: CancellationToken,
+    progress: Arc<Progress>,
 }
 
 /// How one write ended.
@@ -465,19 +642,19 @@ enum Written {
     ShuttingDown,
 }
 
-impl Writer<'_> {
+impl Writer {
     /// Stores `records` (planned as `plan`). A record Postgres refuses for
     /// good is found by bisection and kept as a dead letter with its raw
     /// bytes, so one poison record never holds up a partition; every other
     /// record is stored as usual. `false` if shutdown interrupted.
-    async fn store(&self, records: &[RawRecord], plan: BatchPlan) -> bool {
+    async fn store(&self, slot: usize, records: &[RawRecord], plan: BatchPlan) -> bool {
         // Ranges still to write, the next one last: a batch, then halves.
         let mut pending: Vec<(std::ops::Range<usize>, Option<BatchPlan>)> =
             vec![(0..records.len(), Some(plan))];
         while let Some((range, plan)) = pending.pop() {
             let part = &records[range.clone()];
             let plan = plan.unwrap_or_else(|| batch::plan(part));
-            match self.write(&plan, part.len()).await {
+            match self.write(slot, &plan, part.len()).await {
                 Written::Stored => {}
                 Written::ShuttingDown => return false,
                 Written::Refused(reason) if part.len() == 1 => {
@@ -495,7 +672,7 @@ impl Writer<'_> {
                     // A dead letter holds only bytes and cleaned text; if
                     // even that is refused, the database is at fault: wait
                     // for it rather than drop the record.
-                    if !self.write_until_stored(&rejected).await {
+                    if !self.write_until_stored(slot, &rejected).await {
                         return false;
                     }
                 }
@@ -510,12 +687,12 @@ impl Writer<'_> {
     }
 
     /// One write, retried while its errors are transient.
-    async fn write(&self, plan: &BatchPlan, records: usize) -> Written {
+    async fn write(&self, slot: usize, plan: &BatchPlan, records: usize) -> Written {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            match store::write(self.pool, plan, self.live_horizon).await {
+            match store::write(&self.pool, plan, self.live_horizon).await {
                 Ok(mut stats) => {
                     self.seen
                         .lock()
@@ -541,7 +718,7 @@ impl Writer<'_> {
                     return Written::Refused(describe(&error));
                 }
                 Err(error) => {
-                    self.progress.failing();
+                    self.progress.failing(slot);
                     WriteFailed {
                         error: &error,
                         records,
@@ -561,14 +738,14 @@ impl Writer<'_> {
     }
 
     /// Retries even "permanent" errors: for a write that must not be dropped.
-    async fn write_until_stored(&self, plan: &BatchPlan) -> bool {
+    async fn write_until_stored(&self, slot: usize, plan: &BatchPlan) -> bool {
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.write(plan, 1).await {
+            match self.write(slot, plan, 1).await {
                 Written::Stored => return true,
                 Written::ShuttingDown => return false,
                 Written::Refused(_) => {
-                    self.progress.failing();
+                    self.progress.failing(slot);
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return false,
                         _ = tokio::time::sleep(delay) => {}
@@ -591,7 +768,27 @@ fn describe(error: &sqlx::Error) -> String {
     }
 }
 
-fn commit(consumer: &GroupConsumer, next_offsets: &std::collections::BTreeMap<(String, i32), i64>) {
+/// Commits offsets one commit at a time, in the order they are handed
+/// over, off the runtime's threads: a synchronous commit waits a broker
+/// round trip, which held up reading and writing when done inline. Offsets
+/// queued meanwhile are merged into the next commit. Ends when every
+/// sender is gone and the last offsets are committed.
+async fn run_committer(
+    consumer: Arc<GroupConsumer>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Offsets>,
+) {
+    while let Some(mut offsets) = queue.recv().await {
+        while let Ok(more) = queue.try_recv() {
+            offsets.extend(more);
+        }
+        let consumer = consumer.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || commit(&consumer, &offsets)).await {
+            tracing::error!(message = "offset commit task failed", error = %error);
+        }
+    }
+}
+
+fn commit(consumer: &GroupConsumer, next_offsets: &Offsets) {
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), next) in next_offsets {
         if let Err(error) = offsets.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
@@ -613,6 +810,63 @@ fn commit(consumer: &GroupConsumer, next_offsets: &std::collections::BTreeMap<(S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offsets(partition_next: &[(i32, i64)]) -> Offsets {
+        partition_next
+            .iter()
+            .map(|(p, next)| (("aaa.raw".to_owned(), *p), *next))
+            .collect()
+    }
+
+    #[test]
+    fn offsets_are_committed_only_once_every_batch_read_before_is_stored() {
+        let mut order = CommitOrder::default();
+        let (first, _) = order.begin(2);
+        let (second, _) = order.begin(2);
+        // The second batch (later records of partition 0) is stored first:
+        // committing it would skip the first batch's records after a crash.
+        assert!(
+            order
+                .finished(second, Some(offsets(&[(0, 20), (1, 7)])))
+                .is_empty()
+        );
+        let (third, _) = order.begin(2);
+        // Now the first: both are committed, the later offsets winning.
+        assert_eq!(
+            order.finished(first, Some(offsets(&[(0, 10), (2, 3)]))),
+            offsets(&[(0, 20), (1, 7), (2, 3)])
+        );
+        assert_eq!(
+            order.finished(third, Some(offsets(&[(0, 30)]))),
+            offsets(&[(0, 30)])
+        );
+        assert!(order.batches.is_empty());
+    }
+
+    #[test]
+    fn nothing_read_after_a_batch_given_up_is_committed() {
+        let mut order = CommitOrder::default();
+        let (first, _) = order.begin(2);
+        let (second, _) = order.begin(2);
+        assert!(order.finished(second, Some(offsets(&[(0, 20)]))).is_empty());
+        // Shutdown interrupted the first batch: its records must be read
+        // again, so the second's offsets (past them) are not committed.
+        assert!(order.finished(first, None).is_empty());
+        let (third, _) = order.begin(2);
+        assert!(order.finished(third, Some(offsets(&[(0, 30)]))).is_empty());
+    }
+
+    #[test]
+    fn batches_being_written_hold_distinct_stall_slots() {
+        let mut order = CommitOrder::default();
+        let (first, a) = order.begin(2);
+        let (_, b) = order.begin(2);
+        assert_ne!(a, b);
+        order.finished(first, Some(offsets(&[(0, 1)])));
+        // The first slot is free again; the second is still taken.
+        let (_, c) = order.begin(2);
+        assert_eq!(c, a);
+    }
 
     #[test]
     fn lag_counts_from_the_group_commit_or_the_oldest_kept_record() {

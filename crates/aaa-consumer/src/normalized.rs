@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 
 use aaa_events::Record;
-use aaa_events::normalize::{RelationshipRow, TweetRow, UserRow, current_relationships};
+use aaa_events::normalize::{
+    DeletionRow, RelationshipRow, TweetRow, UserRow, current_relationships,
+};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -211,30 +213,7 @@ pub async fn write(
             .execute(&mut *tx)
             .await?;
         }
-        // Deletions apply whichever arrived first, the tweet or its deletion.
-        let touched: Vec<String> = tweets
-            .iter()
-            .map(|(t, _)| t.tweet_id.clone())
-            .chain(deletions.iter().map(|(d, _)| d.tweet_id.clone()))
-            .collect();
-        sqlx::query(
-            "UPDATE tweets t SET deleted_at = d.deleted_at
-             FROM (SELECT tweet_id, min(deleted_at) AS deleted_at FROM tweet_deletions
-                   WHERE tweet_id = ANY($1) GROUP BY tweet_id) d
-             WHERE t.tweet_id = d.tweet_id AND (t.deleted_at IS NULL OR t.deleted_at > d.deleted_at)",
-        )
-        .bind(touched)
-        .execute(&mut *tx)
-        .await?;
-        // Content of a deleted post arrived again (late, replayed, embedded
-        // in a retweet, quote or like): it must be erased again.
-        let arrived: Vec<String> = tweets.iter().map(|(t, _)| t.tweet_id.clone()).collect();
-        sqlx::query(
-            "UPDATE tweet_deletions SET erased_at = NULL WHERE tweet_id = ANY($1) AND erased_at IS NOT NULL",
-        )
-        .bind(arrived)
-        .execute(&mut *tx)
-        .await?;
+        apply_deletions(tx, &tweets, &deletions).await?;
     }
     if !jobs.is_empty() {
         sqlx::query(
@@ -287,6 +266,57 @@ pub async fn write(
         .bind(col(&users, |(_, id)| *id))
         .execute(&mut *tx)
         .await?;
+    }
+    Ok(())
+}
+
+/// Deletions apply whichever arrived first, the post or its deletion; and
+/// content of a deleted post that arrived again (late, replayed, embedded in
+/// a repost, quote or like) must be erased again. The posts concerned are
+/// found first through `tweet_deletions`' key, and the updates touch only
+/// those by their keys: a join planned on stale statistics of a young
+/// `tweets` table scanned it whole in every batch (docs/benchmarks.md).
+async fn apply_deletions(
+    tx: &mut PgConnection,
+    tweets: &[(&TweetRow, i64)],
+    deletions: &[(&DeletionRow, i64)],
+) -> Result<(), sqlx::Error> {
+    let touched: Vec<&str> = tweets
+        .iter()
+        .map(|(t, _)| t.tweet_id.as_str())
+        .chain(deletions.iter().map(|(d, _)| d.tweet_id.as_str()))
+        .collect();
+    let deleted: Vec<(String, DateTime<Utc>, bool)> = sqlx::query_as(
+        "SELECT tweet_id, min(deleted_at), bool_or(erased_at IS NOT NULL) FROM tweet_deletions
+         WHERE tweet_id = ANY($1) GROUP BY tweet_id",
+    )
+    .bind(&touched)
+    .fetch_all(&mut *tx)
+    .await?;
+    if deleted.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE tweets t SET deleted_at = d.deleted_at
+         FROM UNNEST($1::text[], $2::timestamptz[]) AS d(tweet_id, deleted_at)
+         WHERE t.tweet_id = d.tweet_id AND (t.deleted_at IS NULL OR t.deleted_at > d.deleted_at)",
+    )
+    .bind(col(&deleted, |(id, _, _)| id.clone()))
+    .bind(col(&deleted, |(_, at, _)| *at))
+    .execute(&mut *tx)
+    .await?;
+    let arrived: std::collections::HashSet<&str> =
+        tweets.iter().map(|(t, _)| t.tweet_id.as_str()).collect();
+    let erased_again: Vec<&str> = deleted
+        .iter()
+        .filter(|(id, _, erased)| *erased && arrived.contains(id.as_str()))
+        .map(|(id, _, _)| id.as_str())
+        .collect();
+    if !erased_again.is_empty() {
+        sqlx::query("UPDATE tweet_deletions SET erased_at = NULL WHERE tweet_id = ANY($1) AND erased_at IS NOT NULL")
+            .bind(erased_again)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }
