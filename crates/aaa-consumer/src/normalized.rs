@@ -156,7 +156,13 @@ pub async fn write(
     let apps: Vec<_> = apps.into_values().collect();
     if !apps.is_empty() {
         sqlx::query(
-            "INSERT INTO apps (app_id, name, url) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])
+            // An app already stored as it is now is skipped before the
+            // upsert, which would lock its row until commit even to write
+            // the same values, and make concurrent batches wait on it.
+            "INSERT INTO apps (app_id, name, url)
+             SELECT x.* FROM UNNEST($1::text[], $2::text[], $3::text[]) AS x(app_id, name, url)
+             WHERE NOT EXISTS (SELECT 1 FROM apps a WHERE a.app_id = x.app_id
+                               AND a.name IS NOT DISTINCT FROM x.name AND a.url IS NOT DISTINCT FROM x.url)
              ON CONFLICT (app_id) DO UPDATE SET name = EXCLUDED.name, url = EXCLUDED.url",
         )
         .bind(col(&apps, |a| a.app_id.clone()))
@@ -281,14 +287,23 @@ async fn apply_deletions(
     tweets: &[(&TweetRow, i64)],
     deletions: &[(&DeletionRow, i64)],
 ) -> Result<(), sqlx::Error> {
-    let touched: Vec<&str> = tweets
+    let touched: std::collections::BTreeSet<&str> = tweets
         .iter()
         .map(|(t, _)| t.tweet_id.as_str())
         .chain(deletions.iter().map(|(d, _)| d.tweet_id.as_str()))
         .collect();
+    let touched: Vec<&str> = touched.into_iter().collect();
+    // One index lookup per post, whatever the planner believes about the
+    // table: `tweet_id = ANY($1)` was planned as a scan of all of
+    // `tweet_deletions`, comparing each row with each of the batch's posts
+    // (9 ms a batch after 100 000 deliveries, growing with the table).
     let deleted: Vec<(String, DateTime<Utc>, bool)> = sqlx::query_as(
-        "SELECT tweet_id, min(deleted_at), bool_or(erased_at IS NOT NULL) FROM tweet_deletions
-         WHERE tweet_id = ANY($1) GROUP BY tweet_id",
+        "SELECT p.tweet_id, d.deleted_at, d.erased
+         FROM UNNEST($1::text[]) AS p(tweet_id)
+         CROSS JOIN LATERAL (
+             SELECT min(deleted_at) AS deleted_at, bool_or(erased_at IS NOT NULL) AS erased
+             FROM tweet_deletions WHERE tweet_id = p.tweet_id) d
+         WHERE d.deleted_at IS NOT NULL",
     )
     .bind(&touched)
     .fetch_all(&mut *tx)
