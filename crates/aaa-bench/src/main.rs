@@ -74,7 +74,7 @@ struct Args {
     #[arg(long, default_value_t = 500)]
     consumer_batch: usize,
     /// Offered rates of the end-to-end scenario, deliveries per second.
-    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000")]
     rates: Vec<u64>,
     /// Activities generated per real second during the gap-recovery outage.
     #[arg(long, default_value_t = 1000)]
