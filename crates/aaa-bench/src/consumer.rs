@@ -227,45 +227,36 @@ async fn wal_since(db: &TestDb, lsn: &str) -> Result<f64, Error> {
     )
 }
 
+/// One consumer's /metrics page; empty if it cannot be read (a replica
+/// that went away counts nothing rather than stopping the benchmark).
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    match reqwest::get(format!("http://{admin}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 /// New events the consumers committed (`aaa_consumer_events_total`,
-/// outcome `inserted`), summed over replicas; an unreachable one counts 0.
+/// outcome `inserted`), summed over replicas.
 async fn inserted_events(admins: &[std::net::SocketAddr]) -> f64 {
     let mut total = 0.0;
     for admin in admins {
-        let Ok(response) = reqwest::get(format!("http://{admin}/metrics")).await else {
-            continue;
-        };
-        let text = response.text().await.unwrap_or_default();
-        total += aaa_testkit::sum_samples(&text, |l| {
+        total += aaa_testkit::sum_samples(&scrape(*admin).await, |l| {
             l.starts_with("aaa_consumer_events_total{") && l.contains("outcome=\"inserted\"")
         });
     }
     total
 }
 
-/// Sum of the samples of one series on /metrics (0 if unreachable).
-async fn histogram_total(admin: std::net::SocketAddr, series: &str) -> f64 {
-    let Ok(response) = reqwest::get(format!("http://{admin}/metrics")).await else {
-        return 0.0;
-    };
-    let text = response.text().await.unwrap_or_default();
-    aaa_testkit::sum_samples(&text, |l| l.starts_with(series))
+/// Sum of the series `name` in a /metrics page.
+fn series_sum(text: &str, name: &str) -> f64 {
+    aaa_testkit::sum_samples(text, |l| l.starts_with(name))
 }
 
-/// Mean of a histogram on /metrics: `<name>_sum` ÷ `<name>_count`.
-async fn histogram_mean(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let total = |suffix: &str| {
-        let prefix = format!("{name}{suffix}");
-        aaa_testkit::sum_samples(&text, |l| l.starts_with(&prefix))
-    };
-    let count = total("_count");
-    (count > 0.0).then(|| total("_sum") / count)
+/// Mean of a histogram in a /metrics page: `<name>_sum` ÷ `<name>_count`.
+fn histogram_mean(text: &str, name: &str) -> Option<f64> {
+    let count = series_sum(text, &format!("{name}_count"));
+    (count > 0.0).then(|| series_sum(text, &format!("{name}_sum")) / count)
 }
 
 pub async fn run(
@@ -382,15 +373,13 @@ pub async fn run(
     let broker_cpu_cores = broker_cpu()
         .zip(cpu_at_first_row.2)
         .map(|(now, then)| (now - then) / seconds);
-    let mut batch_means = Vec::new();
+    // One page per replica for every figure read from it.
+    let (mut batch_means, mut write_means, mut write_seconds) = (Vec::new(), Vec::new(), 0.0);
     for admin in &admins {
-        batch_means.extend(histogram_mean(*admin, "aaa_consumer_batch_records").await);
-    }
-    let mut write_means = Vec::new();
-    let mut write_seconds = 0.0;
-    for admin in &admins {
-        write_means.extend(histogram_mean(*admin, "aaa_consumer_write_duration_seconds").await);
-        write_seconds += histogram_total(*admin, "aaa_consumer_write_duration_seconds_sum").await;
+        let text = scrape(*admin).await;
+        batch_means.extend(histogram_mean(&text, "aaa_consumer_batch_records"));
+        write_means.extend(histogram_mean(&text, "aaa_consumer_write_duration_seconds"));
+        write_seconds += series_sum(&text, "aaa_consumer_write_duration_seconds_sum");
     }
     let mean_write_ms = (!write_means.is_empty())
         .then(|| 1e3 * write_means.iter().sum::<f64>() / write_means.len() as f64);
