@@ -131,22 +131,28 @@ async fn main() -> ExitCode {
     };
     let x_result = match &cli.command {
         Command::Webhooks { ops, command } => Some(
-            ops::webhooks(ops, command.clone())
-                .await
-                .map_err(|e| (ops.json, e)),
+            ops::with_client(ops, clock, async |x| {
+                ops::webhooks(ops, x, command.clone()).await
+            })
+            .await
+            .map_err(|e| (ops.json, e)),
         ),
         Command::Subscriptions { ops, command } => Some(
-            ops::subscriptions(ops, command.clone())
-                .await
-                .map_err(|e| (ops.json, e)),
+            ops::with_client(ops, clock, async |x| {
+                ops::subscriptions(ops, x, command.clone()).await
+            })
+            .await
+            .map_err(|e| (ops.json, e)),
         ),
         Command::Replay {
             ops,
             command: ReplayCli::Submit(command),
         } => Some(
-            ops::replay(ops, command.clone(), clock)
-                .await
-                .map_err(|e| (ops.json, e)),
+            ops::with_client(ops, clock, async |x| {
+                ops::replay(ops, x, command.clone(), clock).await
+            })
+            .await
+            .map_err(|e| (ops.json, e)),
         ),
         _ => None,
     };

@@ -30,6 +30,17 @@ pub struct OpsArgs {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The watermark's database, as a role that may record requests to X
+    /// (aaa_writer): every request this command sends (retries included) is
+    /// recorded there, so the watermark's X budget (15 webhook reads, 100
+    /// replays per 15 minutes, shared with the operators) counts it.
+    #[arg(
+        long = "x-budget-database-url",
+        env = "AAA_X_BUDGET_DATABASE_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub budget_database_url: Option<String>,
     #[command(flatten)]
     pub x: XApiArgs,
 }
@@ -137,6 +148,42 @@ pub(crate) fn client(args: &OpsArgs) -> Result<XClient, XError> {
     XClient::new(&args.x, Credentials::from_env()?)
 }
 
+/// Runs an operator command against X, then records every request it sent
+/// in the watermark's X budget (`--x-budget-database-url`), whether the
+/// command succeeded or not: a refused or failed request costs the same.
+pub(crate) async fn with_client(
+    args: &OpsArgs,
+    clock: Clock,
+    command: impl AsyncFnOnce(&XClient) -> Result<(), XError>,
+) -> Result<(), XError> {
+    let x = client(args)?;
+    let result = command(&x).await;
+    if let Some(url) = &args.budget_database_url
+        && let Err(error) = record_requests(url, &x, clock).await
+    {
+        eprintln!(
+            "warning: the requests to X were not recorded in the watermark's budget: {error}"
+        );
+    }
+    result
+}
+
+async fn record_requests(url: &str, x: &XClient, clock: Clock) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
+    let sent = x.requests_sent();
+    if sent.is_empty() {
+        return Ok(());
+    }
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    for (endpoint, n) in sent {
+        for _ in 0..n {
+            aaa_watermark::store::record_x_request(&mut conn, endpoint, clock.now(), "operator")
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn print(args: &OpsArgs, value: Value, table: impl FnOnce() -> Table) {
     if args.json {
         println!("{value}");
@@ -156,8 +203,7 @@ pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> Table {
     table
 }
 
-pub async fn webhooks(args: &OpsArgs, command: WebhooksCommand) -> Result<(), XError> {
-    let x = client(args)?;
+pub async fn webhooks(args: &OpsArgs, x: &XClient, command: WebhooksCommand) -> Result<(), XError> {
     let hooks = match command {
         WebhooksCommand::Register { url } => vec![x.register_webhook(&url).await?],
         WebhooksCommand::List => x.list_webhooks().await?,
@@ -193,8 +239,11 @@ pub async fn webhooks(args: &OpsArgs, command: WebhooksCommand) -> Result<(), XE
     Ok(())
 }
 
-pub async fn subscriptions(args: &OpsArgs, command: SubscriptionsCommand) -> Result<(), XError> {
-    let x = client(args)?;
+pub async fn subscriptions(
+    args: &OpsArgs,
+    x: &XClient,
+    command: SubscriptionsCommand,
+) -> Result<(), XError> {
     match command {
         SubscriptionsCommand::Add { webhook } => {
             x.subscribe(&webhook).await?;
@@ -244,10 +293,10 @@ pub async fn subscriptions(args: &OpsArgs, command: SubscriptionsCommand) -> Res
             });
         }
         SubscriptionsCommand::Activity(command) => {
-            crate::activity_ops::activity(args, &x, command).await?
+            crate::activity_ops::activity(args, x, command).await?
         }
         SubscriptionsCommand::Migrate { webhook, dry_run } => {
-            crate::activity_ops::migrate(args, &x, &webhook, dry_run).await?
+            crate::activity_ops::migrate(args, x, &webhook, dry_run).await?
         }
         SubscriptionsCommand::Remove { webhook, user } => {
             x.unsubscribe(&webhook, &user).await?;
@@ -266,9 +315,13 @@ pub async fn subscriptions(args: &OpsArgs, command: SubscriptionsCommand) -> Res
     Ok(())
 }
 
-pub async fn replay(args: &OpsArgs, command: ReplayCommand, clock: Clock) -> Result<(), XError> {
+pub async fn replay(
+    args: &OpsArgs,
+    x: &XClient,
+    command: ReplayCommand,
+    clock: Clock,
+) -> Result<(), XError> {
     let ReplayCommand::Submit { webhook, from, to } = command;
-    let x = client(args)?;
     let rules = x.replay_rules();
     let window = aaa_replay_window::operator_window(from, to, rules);
     let job = x.submit_replay(&webhook, window, clock.now()).await?;

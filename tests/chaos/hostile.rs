@@ -83,7 +83,7 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
         BIN,
         StackOptions {
             receiver_env: vec![
-                ("AAA_REQUEST_TIMEOUT_MS", "3000".into()),
+                ("AAA_BODY_TIMEOUT_MS", "3000".into()),
                 ("AAA_HEADER_READ_TIMEOUT_MS", "2000".into()),
             ],
             ..StackOptions::default()
@@ -163,7 +163,7 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
     headers.push(("content-type", "text/plain; charset=latin1".into()));
     assert_eq!(post(&url, body, &headers).await, 200);
 
-    // Slowloris: the receiver answers 408 at its request deadline (3 s),
+    // Slowloris: the receiver answers 408 at its body deadline (3 s),
     // although bytes keep arriving.
     let started = std::time::Instant::now();
     let answer = slow_body(&url, &sign(b"x")).await;
@@ -261,7 +261,10 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
 }
 
 /// Past the concurrency limit, requests are shed at once with 503 (X
-/// retries) instead of queueing behind a stalled broker.
+/// retries) instead of queueing behind a stalled broker. The limit holds
+/// over every webhook and route together, and a shed delivery that may be
+/// X's (its signature header has X's shape) is refused in the heartbeat, so
+/// its minute is a gap, not silently covered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_past_the_concurrency_limit_are_shed_with_503() {
     let stack = Stack::start(
@@ -278,7 +281,8 @@ async fn requests_past_the_concurrency_limit_are_shed_with_503() {
         aaa_signing::SIGNATURE_HEADER,
         aaa_signing::sign(stack.secret.as_bytes(), &body),
     )];
-    // Two requests hold both slots while the broker does not answer.
+    // Two requests to the first webhook hold both slots while the broker
+    // does not answer.
     stack.broker.pause();
     let holding: Vec<_> = (0..2)
         .map(|_| {
@@ -292,14 +296,29 @@ async fn requests_past_the_concurrency_limit_are_shed_with_503() {
         (in_flight >= 2.0).then_some(())
     })
     .await;
+    // The second webhook shares the limit: its delivery, a CRC challenge
+    // and an unsigned POST are all shed at once.
+    let second = stack.second_webhook_url.clone();
+    let second_headers = vec![(
+        aaa_signing::SIGNATURE_HEADER,
+        aaa_signing::sign(stack.second_secret.as_bytes(), &body),
+    )];
     let started = std::time::Instant::now();
-    assert_eq!(post(&url, body.clone(), &headers).await, 503);
+    assert_eq!(post(&second, body.clone(), &second_headers).await, 503);
     assert!(
         started.elapsed() < Duration::from_secs(1),
-        "shed, not queued"
+        "shed, not queued: one limit for every webhook"
     );
+    assert_eq!(post(&second, body.clone(), &[]).await, 503);
+    let crc = reqwest::get(format!("{second}?crc_token=abcdef"))
+        .await
+        .unwrap();
+    assert_eq!(crc.status(), 503);
+    assert_eq!(post(&url, body.clone(), &headers).await, 503);
     let shed = aaa_testkit::metric(&stack.receiver_admin, "aaa_receiver_requests_shed_total").await;
-    assert_eq!(shed, 1.0);
+    assert_eq!(shed, 4.0);
+    assert_eq!(stack.delivery_outcomes("shed").await, 2.0);
+    assert_eq!(stack.delivery_outcomes("shed_unsigned").await, 1.0);
     stack.broker.resume();
     for request in holding {
         // Answered by the produce deadline: 503, or 200 if the broker woke in time.
@@ -307,4 +326,96 @@ async fn requests_past_the_concurrency_limit_are_shed_with_503() {
         assert!(status == 503 || status == 200, "{status}");
     }
     assert_eq!(post(&url, body.clone(), &headers).await, 200);
+
+    // Both signed deliveries that were shed are refusals in their webhook's
+    // heartbeats (their minutes are gaps); the unsigned one is not.
+    eventually(
+        Duration::from_secs(60),
+        "heartbeats recording the shed deliveries",
+        || async {
+            let shed = stack
+                .db
+                .count("SELECT coalesce(sum((refused_by->>'shed')::int8), 0)::int8 FROM coverage_heartbeats")
+                .await;
+            (shed == 2).then_some(())
+        },
+    )
+    .await;
+    let by_webhook: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT webhook_id, sum((refused_by->>'shed')::int8)::int8 FROM coverage_heartbeats
+         WHERE refused_by ? 'shed' GROUP BY webhook_id ORDER BY webhook_id",
+    )
+    .fetch_all(&stack.db.pool)
+    .await
+    .unwrap();
+    let mut expected = vec![
+        (stack.webhook_id.clone(), 1),
+        (aaa_testkit::SECOND_WEBHOOK_ID.to_owned(), 1),
+    ];
+    expected.sort();
+    assert_eq!(by_webhook, expected);
+    let unsigned = stack
+        .db
+        .count("SELECT count(*) FROM coverage_heartbeats WHERE refused_by ? 'shed_unsigned'")
+        .await;
+    assert_eq!(unsigned, 0, "an unsigned request is never a gap");
+}
+
+/// An outsider holding the receiver's slots: `connections` connections,
+/// each sending a request's headers (no signature) and then a body that
+/// trickles in, starting again as soon as it is answered (408 at the body
+/// deadline, or 503 when shed), until stopped.
+pub struct SlotHolder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl SlotHolder {
+    pub fn start(url: &str, connections: usize) -> SlotHolder {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let parsed = reqwest::Url::parse(url).unwrap();
+        let addr = format!("{}:{}", parsed.host_str().unwrap(), parsed.port().unwrap());
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n",
+            parsed.path()
+        );
+        let tasks = (0..connections)
+            .map(|_| {
+                let (stop, addr, head) = (stop.clone(), addr.clone(), head.clone());
+                tokio::spawn(async move {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let Ok(stream) = tokio::net::TcpStream::connect(&addr).await else {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        let (mut read, mut write) = stream.into_split();
+                        if write.write_all(head.as_bytes()).await.is_err() {
+                            continue;
+                        }
+                        let mut answer = [0u8; 64];
+                        let trickle = async {
+                            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                if write.write_all(b" ").await.is_err() {
+                                    return;
+                                }
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        };
+                        tokio::select! {
+                            _ = read.read(&mut answer) => {}
+                            _ = trickle => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        SlotHolder { stop, tasks }
+    }
+
+    pub async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
 }

@@ -174,6 +174,243 @@ async fn watermark_killed_mid_replay() {
     assert!(settled.recovered_by_replay > 0, "{settled:?}");
 }
 
+/// The watermark holding the lease freezes (SIGSTOP) while its replay job
+/// runs; a second replica takes the lease over and finishes the job; then
+/// the frozen one thaws mid-round. Fenced by the lease generation, it
+/// changes nothing: no window planned twice, no minute replayed twice, no
+/// reconciled window put back in line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_holder_frozen_mid_replay_and_thawed() {
+    let mut run = Run::start().await;
+    let second = run.stack.spawn_watermark(&run.sim, "watermark-b");
+    run.receiver_outage(TimeDelta::minutes(20)).await;
+    run.sim.set_faults(json!({"replay_delay_ms": 20})).await;
+    run.stack.replay_in_flight(Duration::from_secs(120)).await;
+    let holder = || async {
+        sqlx::query_scalar::<_, String>("SELECT holder FROM watermark_leases")
+            .fetch_optional(&run.stack.db.pool)
+            .await
+            .unwrap()
+    };
+    let frozen_name = holder().await.expect("a lease holder");
+    let frozen = if frozen_name == "watermark-a" {
+        &run.watermark
+    } else {
+        &second
+    };
+    frozen.freeze();
+    eventually(
+        Duration::from_secs(60),
+        "the other replica to take over",
+        || async { (holder().await.is_some_and(|h| h != frozen_name)).then_some(()) },
+    )
+    .await;
+    // The new holder finishes the job (and anything else pending).
+    let open = || async {
+        run.stack
+            .db
+            .count("SELECT count(*) FROM replay_windows WHERE state IN ('pending', 'submitted')")
+            .await
+    };
+    eventually(
+        Duration::from_secs(120),
+        "every window reconciled",
+        || async { (open().await == 0).then_some(()) },
+    )
+    .await;
+    let reconciled = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT id FROM replay_windows WHERE state = 'reconciled' ORDER BY id",
+        )
+        .fetch_all(&run.stack.db.pool)
+        .await
+        .unwrap()
+    };
+    let before_thaw = reconciled().await;
+    assert!(!before_thaw.is_empty());
+    frozen.thaw();
+    // The thawed replica runs the rest of its round, then ticks again and
+    // finds the lease taken.
+    let admin = format!("http://{}", frozen.addr("admin").await);
+    eventually(
+        Duration::from_secs(60),
+        "the thawed replica to notice",
+        || async {
+            let held = aaa_testkit::metric(&admin, "aaa_watermark_lease_held").await;
+            let lost = aaa_testkit::metric(&admin, "aaa_watermark_lease_lost_total").await;
+            (held == 0.0 || lost > 0.0).then_some(())
+        },
+    )
+    .await;
+    run.wait_sim(TimeDelta::minutes(10)).await;
+    let after_thaw = reconciled().await;
+    assert!(
+        before_thaw.iter().all(|id| after_thaw.contains(id)),
+        "a reconciled window was put back in line: {before_thaw:?} then {after_thaw:?}"
+    );
+    let twice = run
+        .stack
+        .db
+        .count(
+            "SELECT count(*) FROM (SELECT 1 FROM replay_windows GROUP BY webhook_id, kind, window_from, window_to HAVING count(*) > 1) d",
+        )
+        .await;
+    assert_eq!(twice, 0, "a window planned twice");
+    // No minute replayed twice for the same reason (an audit replays its
+    // whole slot once, gaps in it included, by design), and every job X ran
+    // was one accepted submission of a window.
+    let windows: Vec<(String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as(
+            "SELECT kind, window_from, window_to FROM replay_windows WHERE state <> 'expired' ORDER BY kind, window_from",
+        )
+        .fetch_all(&run.stack.db.pool)
+        .await
+        .unwrap();
+    for pair in windows.windows(2) {
+        assert!(
+            pair[0].0 != pair[1].0 || pair[0].2 <= pair[1].1,
+            "a minute replayed twice: {pair:?}"
+        );
+    }
+    let jobs = run.sim.jobs().await["data"].as_array().unwrap().len() as i64;
+    let accepted = run
+        .stack
+        .db
+        .count("SELECT coalesce(sum(attempts - conflicts), 0)::int8 FROM replay_windows")
+        .await;
+    assert_eq!(
+        jobs, accepted,
+        "every job X ran was one accepted submission"
+    );
+    let settled = run
+        .settle("watermark holder frozen mid-replay and thawed")
+        .await;
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}
+
+/// An outsider holds every slot of the receiver with trickling bodies,
+/// first during live traffic, then while the replay of that stretch runs,
+/// and X (as it may) reports the replay job Complete although deliveries
+/// failed. Shed deliveries that may be X's make their minutes a gap (seen in
+/// `aaa gaps list`, counted for `AaaReceiverShedding`), the replay that ran
+/// while the receiver refused is submitted again instead of reconciled, and
+/// nothing X sent is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsider_holds_the_receiver_during_traffic_and_its_replay() {
+    // More than the simulator's replay concurrency (4) plus live traffic,
+    // so X's own deliveries fit when nobody else holds the slots.
+    const SLOTS: usize = 16;
+    let run = Run::start_with(StackOptions {
+        audit_minutes: 0,
+        receiver_env: vec![
+            ("AAA_MAX_CONCURRENT_REQUESTS", SLOTS.to_string()),
+            ("AAA_BODY_TIMEOUT_MS", "2000".into()),
+        ],
+        ..StackOptions::scaled(300.0)
+    })
+    .await;
+    run.sim
+        .set_faults(json!({"complete_despite_failures": true}))
+        .await;
+    let url = run.stack.webhook_url.clone();
+    let slots_full = || async {
+        let in_flight = run.receiver_metric("aaa_receiver_in_flight_requests").await;
+        (in_flight >= SLOTS as f64).then_some(())
+    };
+
+    // Live traffic meets a full receiver for 20 simulated minutes.
+    let outsider = hostile::SlotHolder::start(&url, 2 * SLOTS);
+    eventually(
+        Duration::from_secs(30),
+        "the outsider holding every slot",
+        slots_full,
+    )
+    .await;
+    run.wait_sim(TimeDelta::minutes(20)).await;
+    outsider.stop().await;
+    let shed = run.stack.delivery_outcomes("shed").await;
+    assert!(
+        shed > 0.0,
+        "X's deliveries were shed (AaaReceiverShedding's signal)"
+    );
+
+    // The gap is found; its replay is held until the outsider is back.
+    eventually(
+        Duration::from_secs(120),
+        "the shed minutes planned as a gap",
+        || async {
+            let gaps = run
+                .stack
+                .db
+                .count("SELECT count(*) FROM replay_windows WHERE kind = 'gap'")
+                .await;
+            (gaps > 0).then_some(())
+        },
+    )
+    .await;
+    run.sim
+        .set_faults(json!({"complete_despite_failures": true, "next_replay": "hold"}))
+        .await;
+    run.stack.replay_in_flight(Duration::from_secs(120)).await;
+    let outsider = hostile::SlotHolder::start(&url, 2 * SLOTS);
+    eventually(
+        Duration::from_secs(30),
+        "the outsider holding every slot again",
+        slots_full,
+    )
+    .await;
+    let jobs_before = run.sim.jobs().await["data"].as_array().unwrap().len();
+    run.sim.release_jobs().await;
+    eventually(
+        Duration::from_secs(60),
+        "the held job to finish",
+        || async {
+            let jobs = run.sim.jobs().await;
+            let finished = jobs["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|j| j["finished_at"].is_string())
+                .count();
+            (finished >= jobs_before).then_some(())
+        },
+    )
+    .await;
+    outsider.stop().await;
+
+    // X said Complete; the receivers say they refused meanwhile.
+    let admin = format!("http://{}", run.watermark.addr("admin").await);
+    eventually(
+        Duration::from_secs(120),
+        "the replay submitted again",
+        || async {
+            let missed = aaa_testkit::metric_where(&admin, |l| {
+                l.starts_with("aaa_watermark_replay_jobs_total") && l.contains("receivers_missed")
+            })
+            .await;
+            (missed >= 1.0).then_some(())
+        },
+    )
+    .await;
+
+    // What an operator sees.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_aaa"))
+        .args(["gaps", "list", "--json"])
+        .env("AAA_DATABASE_URL", run.stack.db.reader_url().await)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let gaps: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        gaps.as_array().unwrap().iter().any(|g| g["kind"] == "gap"),
+        "aaa gaps list shows the gap: {gaps}"
+    );
+    let settled = run
+        .settle("outsider holds the receiver during traffic and its replay")
+        .await;
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}
+
 /// X's webhook endpoints answer 429 for 30 simulated minutes, and meanwhile
 /// X invalidates the webhook (it delivers nothing, retries nothing): the
 /// watermark waits out the rate limit without hammering, then sees the

@@ -120,7 +120,23 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
             ("AAA_CLOCK_SPEED".into(), "600".into()),
             ("AAA_CLOCK_REAL_EPOCH".into(), epoch.clone()),
             ("AAA_DATABASE_URL".into(), stack.db.reader_url().await),
+            // The watermark's X budget counts the operator's requests.
+            (
+                "AAA_X_BUDGET_DATABASE_URL".into(),
+                stack.db.writer_url().await,
+            ),
         ],
+    };
+    let pool = stack.db.pool.clone();
+    let recorded = |endpoint: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM x_api_requests WHERE endpoint = $1")
+                .bind(endpoint)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
     };
     let user = |i: usize| {
         [
@@ -154,8 +170,14 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
         .expect("a webhook id")
         .to_owned();
     assert_eq!(registered[0]["valid"], true);
+    let lists_before = recorded("webhooks_list").await;
     let listed = operator.ok(&["webhooks", "list"], &[]).stdout;
     assert!(listed.contains(&id) && listed.contains("true"), "{listed}");
+    assert_eq!(
+        recorded("webhooks_list").await,
+        lists_before + 1,
+        "an operator's webhook list counts in the watermark's budget"
+    );
     assert_eq!(
         operator
             .ok(&["webhooks", "validate", &id, "--json"], &[])
@@ -348,6 +370,11 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
         .find(|run| run.stderr.contains("rate limited"))
         .expect("the account activity endpoint's rate limit");
     limited.refused(3, "rate limited");
+    // Accepted, conflicting and rate-limited submissions alike.
+    assert!(
+        recorded("replay_submit").await >= 4,
+        "every replay request an operator sent is in the watermark's budget"
+    );
 
     // Removing a subscription.
     let user1 = token(1, "user_id");
@@ -716,5 +743,59 @@ fn kafka_property_values_are_never_printed() {
     assert!(
         !all.contains("hunter2"),
         "the error echoes the value: {all}"
+    );
+}
+
+/// Limits that would let an outsider hurt the receiver are refused at
+/// start: a body limit so small that a CRC token counts as an authentic
+/// oversized delivery (a replay anyone could trigger), and slots × body
+/// limit over the memory set aside for bodies (every slot filled with a
+/// full body must not get the pod killed).
+#[test]
+fn the_receiver_refuses_limits_an_outsider_could_exploit() {
+    let dir = tempfile::tempdir().unwrap();
+    let webhooks = dir.path().join("webhooks.toml");
+    std::fs::write(&webhooks, "").unwrap();
+    let start = |env: &[(&str, &str)]| {
+        let mut command = Command::new(BIN);
+        command
+            .args([
+                "receiver",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--webhooks-file")
+            .arg(&webhooks)
+            .env("AAA_LOG", "warn");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let output = command.output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), all)
+    };
+    let (ok, all) = start(&[("AAA_MAX_BODY_BYTES", "200")]);
+    assert!(!ok, "{all}");
+    assert!(
+        all.contains("AAA_MAX_BODY_BYTES") || all.contains("max-body-bytes"),
+        "{all}"
+    );
+    assert!(all.contains("4096"), "the floor is named: {all}");
+
+    let (ok, all) = start(&[
+        ("AAA_MAX_CONCURRENT_REQUESTS", "1024"),
+        ("AAA_MAX_BODY_BYTES", "1048576"),
+    ]);
+    assert!(!ok, "{all}");
+    assert!(all.contains("AAA_BODY_BUFFER_BYTES"), "{all}");
+    assert!(
+        all.contains("1073741824 bytes"),
+        "the product is named: {all}"
     );
 }

@@ -451,15 +451,20 @@ async fn maintenance_prunes_only_what_no_round_can_read() {
                 .await
                 .unwrap();
         }
-        for (state, age) in [
+        // Distinct windows (a window is planned once): each starts a
+        // minute later than the one before.
+        for (i, (state, age)) in [
             ("reconciled", 5),
             ("expired", 5),
             ("pending", 5),
             ("reconciled", 1),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             sqlx::query("INSERT INTO replay_windows (webhook_id, window_from, window_to, state, kind, created_at) VALUES ($1, $2, $3, $4, 'gap', $3)")
                 .bind(webhook)
-                .bind(days(age) - TimeDelta::hours(1))
+                .bind(days(age) - TimeDelta::hours(1) + TimeDelta::minutes(i as i64))
                 .bind(days(age))
                 .bind(state)
                 .execute(&db.pool)
@@ -759,4 +764,200 @@ async fn x_clock_skew_is_measured_and_planned_around() {
 
     outage_under_traffic(&mut stack, &sim, TimeDelta::minutes(10)).await;
     converged(&stack, &sim).await;
+}
+
+/// Fencing: a replica whose lease was taken over (it froze, or its round
+/// outlived the lease) changes nothing afterwards, whatever statement it
+/// reaches; a window is planned once; a reconciled window is never put back
+/// in line; and releasing a lease never resets its generation. Run as
+/// `aaa_writer`, the services' login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_lease_changes_nothing() {
+    use aaa_watermark::coverage::Interval;
+    use aaa_watermark::planner::WindowKind;
+    use aaa_watermark::store::{self, Planned, WindowState};
+    let db = TestDb::migrated().await;
+    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    let mut conn = writer.acquire().await.unwrap();
+    let lease_secs = Duration::from_secs(60);
+    let now = Utc::now();
+    let window = |minutes: i64| {
+        Interval::new(
+            now - TimeDelta::hours(2) + TimeDelta::minutes(minutes),
+            now - TimeDelta::hours(2) + TimeDelta::minutes(minutes + 10),
+        )
+    };
+    async fn gap(
+        conn: &mut sqlx::PgConnection,
+        lease: &store::Lease,
+        window: Interval,
+        now: DateTime<Utc>,
+    ) -> Result<Planned, sqlx::Error> {
+        store::insert_window(
+            conn,
+            lease,
+            window,
+            WindowKind::Gap,
+            WindowState::Pending,
+            now,
+        )
+        .await
+    }
+
+    let a = store::take_lease(&mut conn, "w", "a", lease_secs)
+        .await
+        .unwrap()
+        .expect("a free lease");
+    assert_eq!(
+        gap(&mut conn, &a, window(0), now).await.unwrap(),
+        Planned::Inserted
+    );
+    assert_eq!(
+        gap(&mut conn, &a, window(0), now).await.unwrap(),
+        Planned::AlreadyPlanned,
+        "a window is planned once"
+    );
+    assert!(
+        store::take_lease(&mut conn, "w", "b", lease_secs)
+            .await
+            .unwrap()
+            .is_none(),
+        "a held lease is not taken"
+    );
+
+    // a freezes past its lease; b takes over.
+    sqlx::query("UPDATE watermark_leases SET expires_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let b = store::take_lease(&mut conn, "w", "b", lease_secs)
+        .await
+        .unwrap()
+        .expect("an expired lease is taken over");
+    assert!(b.generation > a.generation);
+
+    // a thaws mid-round: nothing it does lands.
+    assert_eq!(
+        gap(&mut conn, &a, window(20), now).await.unwrap(),
+        Planned::LeaseLost
+    );
+    let pending = store::next_pending(&mut conn, "w", now)
+        .await
+        .unwrap()
+        .unwrap();
+    let at = now + TimeDelta::minutes(5);
+    assert!(
+        !store::retry_later(&mut conn, &a, pending.id, at, "x", false)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store::trim_start(&mut conn, &a, &pending, at)
+            .await
+            .unwrap()
+    );
+    assert!(!store::expire(&mut conn, &a, pending.id, "x").await.unwrap());
+
+    // b submits; the stale a can neither fence, reconcile nor requeue it.
+    assert!(
+        store::mark_submitted(&mut conn, pending.id, "job-1", now)
+            .await
+            .unwrap()
+    );
+    let job = store::in_flight(&mut conn, "w").await.unwrap().unwrap();
+    assert!(!store::set_fence(&mut conn, &a, &job, now).await.unwrap());
+    assert!(
+        store::reconcile(&mut conn, &a, &job, now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!store::requeue(&mut conn, &a, &job, now, "x").await.unwrap());
+    assert!(store::set_fence(&mut conn, &b, &job, now).await.unwrap());
+    assert!(
+        store::reconcile(&mut conn, &b, &job, now)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Reconciled stays reconciled, even for the holder acting on a stale view.
+    assert!(!store::requeue(&mut conn, &b, &job, now, "x").await.unwrap());
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM replay_windows")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(states, ["reconciled"]);
+
+    // Released leases keep their generation: a later holder's is higher
+    // than every earlier one, so no stale round can match it.
+    store::release_leases(&writer, "b").await.unwrap();
+    let c = store::take_lease(&mut conn, "w", "c", lease_secs)
+        .await
+        .unwrap()
+        .expect("a released lease is free");
+    assert!(c.generation > b.generation);
+}
+
+/// X's request budget is reserved in one transaction per request: replicas
+/// asking at once never spend more than the limit, and a reader cannot
+/// hold the budget row (it would stall every replica).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_budget_is_reserved_atomically_across_replicas() {
+    use aaa_watermark::store;
+    let db = TestDb::migrated().await;
+    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    let now = Utc::now();
+    let asks = (0..24).map(|_| {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            let mut conn = writer.acquire().await.unwrap();
+            store::reserve_x_request(&mut conn, "replay_submit", 5, now)
+                .await
+                .unwrap()
+        })
+    });
+    let granted = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .filter(|r| r.as_ref().unwrap().is_some())
+        .count();
+    assert_eq!(granted, 5, "exactly the limit, however many ask at once");
+    let recorded = db
+        .count("SELECT count(*) FROM x_api_requests WHERE endpoint = 'replay_submit'")
+        .await;
+    assert_eq!(recorded, 5);
+
+    let reader = sqlx::PgPool::connect(&db.reader_url().await).await.unwrap();
+    let error = sqlx::query("SELECT 1 FROM x_api_budgets FOR UPDATE")
+        .execute(&reader)
+        .await
+        .unwrap_err();
+    let code = error.as_database_error().and_then(|e| e.code());
+    assert_eq!(code.as_deref(), Some("42501"), "{error}");
+}
+
+/// The scheduler fires every second whether or not the previous round
+/// finished; with X answering slowly (3 s a call) a replica skips those
+/// ticks instead of running two rounds at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_still_running_makes_the_next_ticks_skip() {
+    let stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
+    sim.set_faults(json!({"api_delay_ms": 3000})).await;
+    let watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let admin = format!("http://{}", watermark.addr("admin").await);
+    eventually(WAIT, "ticks skipped while a slow round runs", || async {
+        let skipped = aaa_testkit::metric(&admin, "aaa_watermark_ticks_skipped_total").await;
+        (skipped >= 2.0).then_some(())
+    })
+    .await;
+    // Every X request it made was reserved first: none beyond what the
+    // budget table holds.
+    sim.set_faults(json!({})).await;
+    let sent = aaa_testkit::metric(&admin, "aaa_xapi_requests_total").await;
+    let recorded = stack.db.count("SELECT count(*) FROM x_api_requests").await;
+    assert!(
+        sent as i64 <= recorded,
+        "{sent} requests sent, {recorded} recorded"
+    );
 }

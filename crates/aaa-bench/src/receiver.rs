@@ -170,6 +170,10 @@ pub async fn run(settings: &Settings, scratch: &Path) -> Result<ReceiverReport, 
             ("BENCH_CONSUMER_SECRET", secret.into()),
             ("AAA_KAFKA_BROKERS", broker.bootstrap()),
             ("AAA_RAW_TOPIC", "aaa.raw".into()),
+            // As many slots as the largest connection count measured, with
+            // the body budget that takes (this machine has the memory).
+            ("AAA_MAX_CONCURRENT_REQUESTS", "1024".into()),
+            ("AAA_BODY_BUFFER_BYTES", (1u64 << 30).to_string()),
         ],
     );
     let public = receiver.addr("public").await;

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use aaa_common::Clock;
 use aaa_common::kafka::{control, headers};
+use aaa_common::observe::InternalEvent;
 use chrono::{DateTime, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio_util::sync::CancellationToken;
@@ -116,8 +117,11 @@ pub async fn heartbeat_loop(
                 .send(&topic, &beat.webhook_id, &payload, record_headers)
                 .await
             {
-                tracing::warn!(message = "heartbeat not written: this interval will count as a gap", webhook = %beat.webhook_id, error = %error);
-                metrics::counter!("aaa_receiver_heartbeat_failures_total").increment(1);
+                crate::events::HeartbeatNotWritten {
+                    webhook: &beat.webhook_id,
+                    error: &error,
+                }
+                .emit();
             }
         }
         from = to;
@@ -138,8 +142,8 @@ mod tests {
         let beats = coverage.take(at, at);
         assert_eq!(beats.len(), 1);
         assert_eq!(beats[0].accepted, 1);
-        assert_eq!(beats[0].refused, 2);
+        assert_eq!(beats[0].refused, 3);
         let by: Vec<_> = beats[0].refused_by.keys().cloned().collect();
-        assert_eq!(by, ["broker_unavailable", "too_large_authentic"]);
+        assert_eq!(by, ["broker_unavailable", "shed", "too_large_authentic"]);
     }
 }

@@ -25,10 +25,18 @@ pub enum Outcome {
     TooLargeAuthentic,
     BadRequest,
     BrokerUnavailable,
+    /// Turned away unread at the concurrency limit, with a signature header
+    /// shaped like X's: it may have been X's delivery, so its minute is
+    /// suspect (a gap). An outsider holding every slot must not make X's
+    /// deliveries vanish unseen.
+    Shed,
+    /// Turned away unread at the concurrency limit, without such a header:
+    /// not X's.
+    ShedUnsigned,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Ok,
         Outcome::BadSignature,
         Outcome::Forged,
@@ -36,6 +44,8 @@ impl Outcome {
         Outcome::TooLargeAuthentic,
         Outcome::BadRequest,
         Outcome::BrokerUnavailable,
+        Outcome::Shed,
+        Outcome::ShedUnsigned,
     ];
 
     pub fn as_label(self) -> &'static str {
@@ -47,6 +57,8 @@ impl Outcome {
             Outcome::TooLargeAuthentic => "too_large_authentic",
             Outcome::BadRequest => "bad_request",
             Outcome::BrokerUnavailable => "broker_unavailable",
+            Outcome::Shed => "shed",
+            Outcome::ShedUnsigned => "shed_unsigned",
         }
     }
 
@@ -57,10 +69,14 @@ impl Outcome {
     pub fn coverage(self) -> Coverage {
         match self {
             Outcome::Ok => Coverage::Accepted,
-            Outcome::BrokerUnavailable | Outcome::TooLargeAuthentic => Coverage::Refused,
-            Outcome::BadSignature | Outcome::Forged | Outcome::TooLarge | Outcome::BadRequest => {
-                Coverage::NotFromX
+            Outcome::BrokerUnavailable | Outcome::TooLargeAuthentic | Outcome::Shed => {
+                Coverage::Refused
             }
+            Outcome::BadSignature
+            | Outcome::Forged
+            | Outcome::TooLarge
+            | Outcome::BadRequest
+            | Outcome::ShedUnsigned => Coverage::NotFromX,
         }
     }
 }
@@ -85,6 +101,10 @@ pub struct DeliveryHandled<'a> {
 }
 
 impl InternalEvent for DeliveryHandled<'_> {
+    // Refusals anyone on the internet can cause (bad signatures, junk,
+    // shed requests) log at debug only: a warn line each would be a log
+    // flood an outsider controls. Every one is counted, and those that may
+    // be X's (`Coverage::Refused`) also reach the heartbeats.
     fn emit(self) {
         let outcome = self.outcome.as_label();
         match self.outcome {
@@ -100,7 +120,14 @@ impl InternalEvent for DeliveryHandled<'_> {
                 request_id = self.request_id,
                 detail = self.detail.unwrap_or_default()
             ),
-            _ => tracing::warn!(
+            Outcome::TooLargeAuthentic => tracing::warn!(
+                message =
+                    "delivery signed by X over the body limit: its trace is kept as a dead letter",
+                webhook = self.webhook,
+                request_id = self.request_id,
+                detail = self.detail.unwrap_or_default()
+            ),
+            _ => tracing::debug!(
                 message = "delivery rejected",
                 webhook = self.webhook,
                 request_id = self.request_id,
@@ -168,15 +195,34 @@ impl InternalEvent for CrcAnswered<'_> {
     }
 }
 
-/// A request turned away because the concurrency limit was reached.
+/// A request turned away because the concurrency limit was reached (every
+/// route; a shed delivery is also a [`DeliveryHandled`]).
 pub struct RequestShed;
 
 pub const SHED: &str = "aaa_receiver_requests_shed_total";
 
 impl InternalEvent for RequestShed {
+    // Debug only: whoever fills the slots also chooses how many lines a
+    // warn per request would write. Counted, and alerted on when
+    // deliveries that may be X's are shed (`AaaReceiverShedding`).
     fn emit(self) {
-        tracing::warn!(message = "request shed: concurrency limit reached, answered 503");
+        tracing::debug!(message = "request shed: concurrency limit reached, answered 503");
         metrics::counter!(SHED).increment(1);
+    }
+}
+
+pub const HEARTBEAT_FAILURES: &str = "aaa_receiver_heartbeat_failures_total";
+
+/// A heartbeat the broker did not take: its interval will count as a gap.
+pub struct HeartbeatNotWritten<'a> {
+    pub webhook: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl InternalEvent for HeartbeatNotWritten<'_> {
+    fn emit(self) {
+        tracing::warn!(message = "heartbeat not written: this interval will count as a gap", webhook = %self.webhook, error = %self.error);
+        metrics::counter!(HEARTBEAT_FAILURES).increment(1);
     }
 }
 
@@ -225,6 +271,6 @@ pub fn register(webhooks: &[String]) {
     }
     metrics::counter!(PRODUCER_REBUILDS).increment(0);
     metrics::counter!(SHED).increment(0);
-    metrics::counter!("aaa_receiver_heartbeat_failures_total").increment(0);
+    metrics::counter!(HEARTBEAT_FAILURES).increment(0);
     metrics::gauge!(IN_FLIGHT).set(0.0);
 }

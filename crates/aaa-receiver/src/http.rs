@@ -17,7 +17,7 @@ use axum::body::{Body, HttpBody as _};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -27,6 +27,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::events::{
     CrcAnswered, DeliveryHandled, InFlight, Outcome, ProduceAcknowledged, RequestShed,
@@ -50,40 +51,91 @@ pub struct RequestLimits {
     /// Up to this many bytes of an oversized body are still read to learn
     /// whether X signed it (then its trace is kept); beyond, 413 at once.
     pub max_verified_bytes: u64,
-    /// Whole request, body included, from the handler's start to its answer.
-    pub request_timeout: Duration,
-    /// Requests handled at once; the rest get 503 at once.
+    /// How long a delivery's body may take to arrive in full; then 408.
+    pub body_timeout: Duration,
+    /// How long the broker's acknowledgement is awaited; then 503.
+    pub produce_timeout: Duration,
+    /// Requests handled at once, over every route; the rest get 503 at once.
     pub max_concurrent: usize,
+}
+
+impl RequestLimits {
+    /// The deadline of last resort on every request. Longer than a
+    /// delivery's own steps (body, then produce) together, so a handler is
+    /// never dropped mid-produce, where its outcome would go unrecorded.
+    pub fn backstop(&self) -> Duration {
+        self.body_timeout + self.produce_timeout + Duration::from_secs(1)
+    }
 }
 
 pub fn router(state: Arc<AppState>, webhooks: Vec<Webhook>) -> Router {
     let limits = state.limits;
+    // One semaphore for every route: `Router::layer` wraps each route on its
+    // own, and tower's plain concurrency limit would give each its own.
+    let slots = GlobalConcurrencyLimitLayer::new(limits.max_concurrent.max(1));
     let mut app = Router::new();
     for webhook in webhooks {
-        let path = webhook.path.clone();
+        let webhook = Arc::new(webhook);
+        let shed_state = state.clone();
+        let shed_webhook = webhook.clone();
+        let on_shed = move |method: Method, request_headers: HeaderMap, _: tower::BoxError| {
+            let response = shed(&shed_state, &shed_webhook, &method, &request_headers);
+            std::future::ready(response)
+        };
         app = app.merge(
             Router::new()
-                .route(&path, get(crc).post(deliver))
-                .layer(Extension(Arc::new(webhook))),
+                .route(&webhook.path, get(crc).post(deliver))
+                .layer(
+                    ServiceBuilder::new()
+                        // Outermost: a shed request is answered, never queued.
+                        .layer(HandleErrorLayer::new(on_shed))
+                        .load_shed()
+                        .layer(slots.clone())
+                        // Inside the limit, so a request past its deadline
+                        // frees its slot. The delivery handler keeps its own
+                        // (counted) deadlines; this is the backstop.
+                        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                            StatusCode::REQUEST_TIMEOUT,
+                            limits.backstop(),
+                        )),
+                )
+                .layer(Extension(webhook.clone())),
         );
     }
-    app.with_state(state).layer(
-        ServiceBuilder::new()
-            // Outermost: a shed request is answered, never queued.
-            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                RequestShed.emit();
-                (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry")
-            }))
-            .load_shed()
-            .concurrency_limit(limits.max_concurrent.max(1))
-            // Inside the limit, so a request past its deadline frees its
-            // slot. The delivery handler keeps its own (counted) deadline on
-            // the body; this one is the backstop for everything else.
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                StatusCode::REQUEST_TIMEOUT,
-                limits.request_timeout + Duration::from_secs(1),
-            )),
-    )
+    app.with_state(state)
+}
+
+/// Answers a request turned away at the concurrency limit. A POST carrying
+/// a signature shaped like X's may be X's delivery: it is recorded in the
+/// heartbeat as refused, so its minute becomes a gap and is replayed.
+fn shed(
+    state: &AppState,
+    webhook: &Webhook,
+    method: &Method,
+    request_headers: &HeaderMap,
+) -> Response {
+    RequestShed.emit();
+    if method == Method::POST {
+        let signature = request_headers
+            .get(aaa_signing::SIGNATURE_HEADER)
+            .map(|v| v.as_bytes());
+        let outcome = if aaa_signing::is_well_formed_signature(signature) {
+            Outcome::Shed
+        } else {
+            Outcome::ShedUnsigned
+        };
+        state.coverage.record(&webhook.id, outcome);
+        DeliveryHandled {
+            webhook: &webhook.id,
+            request_id: "",
+            outcome,
+            detail: Some("concurrency limit reached"),
+            bytes: 0,
+            elapsed: Duration::ZERO,
+        }
+        .emit();
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry").into_response()
 }
 
 #[derive(Deserialize)]
@@ -235,11 +287,11 @@ async fn deliver(
         .map(|v| v.as_bytes());
 
     let read = read_body(body, &state.limits, &webhook, signature);
-    let Ok(read) = tokio::time::timeout(state.limits.request_timeout, read).await else {
+    let Ok(read) = tokio::time::timeout(state.limits.body_timeout, read).await else {
         // X sends whole bodies at once: one still trickling is not X's.
         done(
             Outcome::BadRequest,
-            Some("body not complete within the request deadline"),
+            Some("body not complete within the body deadline"),
             0,
         );
         return (StatusCode::REQUEST_TIMEOUT, "request body too slow").into_response();

@@ -37,7 +37,16 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("activity stream: {0}")]
     Stream(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
+
+/// The smallest `AAA_MAX_BODY_BYTES` accepted. Far above the longest CRC
+/// token (256 bytes), so a token-shaped body is always read whole and
+/// refused as forged, never counted as an authentic oversized delivery
+/// (which an outsider could then trigger as a replay).
+pub const MIN_BODY_BYTES: usize = 4096;
+const _: () = assert!(MIN_BODY_BYTES > 4 * aaa_signing::CRC_TOKEN_MAX_LEN);
 
 /// Configuration of `aaa receiver`.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,26 +61,38 @@ pub struct ReceiverArgs {
     /// secrets are); see the aaa-receiver crate docs for the format.
     #[arg(long, env = "AAA_WEBHOOKS_FILE")]
     pub webhooks_file: PathBuf,
-    /// Largest delivery body accepted; larger ones get 413.
-    #[arg(long, env = "AAA_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    /// Largest delivery body accepted; larger ones get 413. At least 4096.
+    #[arg(long, env = "AAA_MAX_BODY_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(MIN_BODY_BYTES as u64..))]
     pub max_body_bytes: usize,
     /// Oversized bodies up to this size are still read (not stored) to learn
     /// whether X signed them: if so, their trace becomes a dead letter.
     /// Larger ones get 413 unread.
     #[arg(long, env = "AAA_MAX_VERIFIED_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_verified_bytes: u64,
-    /// Total time a request may take, body and broker acknowledgement
-    /// included; then 408. X sends whole bodies at once, so a body that
-    /// trickles in (slowloris) cannot hold a slot longer than this.
-    #[arg(long, env = "AAA_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
-    pub request_timeout_ms: u64,
+    /// How long a delivery's body may take to arrive in full once its
+    /// headers did; then 408. X sends whole bodies at once (and wants an
+    /// answer within 3 s), so a body that trickles in (slowloris) is not
+    /// X's and holds a slot no longer than this. Every request also has a
+    /// backstop deadline of this plus AAA_PRODUCE_TIMEOUT_MS plus 1 s.
+    #[arg(long, env = "AAA_BODY_TIMEOUT_MS", default_value_t = 2_000)]
+    pub body_timeout_ms: u64,
     /// How long a client may take to send a request's headers, and how long
     /// an idle keep-alive connection stays open; then it is closed.
     #[arg(long, env = "AAA_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
-    /// Requests handled at once; more are answered 503 at once (X retries).
-    #[arg(long, env = "AAA_MAX_CONCURRENT_REQUESTS", default_value_t = 1024)]
+    /// Requests handled at once, over every webhook and route; more are
+    /// answered 503 at once (X retries). Times AAA_MAX_BODY_BYTES it must
+    /// fit in AAA_BODY_BUFFER_BYTES.
+    #[arg(long, env = "AAA_MAX_CONCURRENT_REQUESTS", default_value_t = 128,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_concurrent_requests: usize,
+    /// Memory the receiver may spend on request bodies it holds at once
+    /// (AAA_MAX_CONCURRENT_REQUESTS × AAA_MAX_BODY_BYTES at most): half the
+    /// pod's memory limit (deploy/base: 256 MiB) is a safe value. A
+    /// configuration that could buffer more is refused at start.
+    #[arg(long, env = "AAA_BODY_BUFFER_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub body_buffer_bytes: u64,
     /// How long to wait for the broker's acknowledgement before answering 503.
     /// Keep it under X's 3 s delivery limit.
     #[arg(long, env = "AAA_PRODUCE_TIMEOUT_MS", default_value_t = 2500)]
@@ -104,6 +125,30 @@ pub struct ReceiverArgs {
     pub kafka: KafkaArgs,
 }
 
+impl ReceiverArgs {
+    /// What one request may cost, refused when the slots times the body
+    /// limit could buffer more than the memory set aside for bodies (an
+    /// outsider filling every slot with a full body must not get the pod
+    /// killed for memory).
+    fn request_limits(&self) -> Result<http::RequestLimits, Error> {
+        let buffered =
+            (self.max_concurrent_requests as u64).saturating_mul(self.max_body_bytes as u64);
+        if buffered > self.body_buffer_bytes {
+            return Err(Error::Config(format!(
+                "AAA_MAX_CONCURRENT_REQUESTS ({}) × AAA_MAX_BODY_BYTES ({}) = {buffered} bytes of bodies at once, over AAA_BODY_BUFFER_BYTES ({}); lower one of the first two or raise the budget (with the pod's memory limit)",
+                self.max_concurrent_requests, self.max_body_bytes, self.body_buffer_bytes
+            )));
+        }
+        Ok(http::RequestLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_verified_bytes: self.max_verified_bytes.max(self.max_body_bytes as u64),
+            body_timeout: Duration::from_millis(self.body_timeout_ms.max(1)),
+            produce_timeout: Duration::from_millis(self.produce_timeout_ms),
+            max_concurrent: self.max_concurrent_requests,
+        })
+    }
+}
+
 struct BrokerReadiness(Arc<producer::RawProducer>);
 
 impl Readiness for BrokerReadiness {
@@ -122,6 +167,7 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let limits = args.request_limits()?;
     let webhooks = webhooks::load(&args.webhooks_file, |var| std::env::var(var).ok())?;
     let produce_timeout = Duration::from_millis(args.produce_timeout_ms);
     let producer = Arc::new(producer::RawProducer::new(
@@ -152,12 +198,7 @@ pub async fn run(
         topic: args.kafka.raw_topic.clone(),
         clock,
         coverage: coverage.clone(),
-        limits: http::RequestLimits {
-            max_body_bytes: args.max_body_bytes,
-            max_verified_bytes: args.max_verified_bytes.max(args.max_body_bytes as u64),
-            request_timeout: Duration::from_millis(args.request_timeout_ms.max(1)),
-            max_concurrent: args.max_concurrent_requests,
-        },
+        limits,
     });
     let heartbeats = tokio::spawn(coverage::heartbeat_loop(
         coverage,

@@ -54,6 +54,18 @@ pub fn sign(secret: &[u8], message: &[u8]) -> String {
     format!("{SIGNATURE_PREFIX}{}", BASE64.encode(tag))
 }
 
+/// Whether a signature header has the shape of X's (`sha256=` and the
+/// base64 of a 32-byte HMAC), without checking it against any secret. A
+/// request the receiver never read (shed at its concurrency limit) is judged
+/// by this alone: such a request may be X's, so refusing it must not go
+/// unseen, while one without it cannot be.
+pub fn is_well_formed_signature(header: Option<&[u8]>) -> bool {
+    header
+        .and_then(|h| h.strip_prefix(SIGNATURE_PREFIX.as_bytes()))
+        .and_then(|encoded| BASE64.decode(encoded).ok())
+        .is_some_and(|tag| tag.len() == 32)
+}
+
 /// Longest `crc_token` answered. X's tokens are short random strings; the
 /// bound keeps the route from hashing whatever a client sends.
 pub const CRC_TOKEN_MAX_LEN: usize = 256;
@@ -187,6 +199,24 @@ mod tests {
             crc_response_token(SECRET, "challenge"),
             Ok(KNOWN_CRC.into())
         );
+    }
+
+    #[test]
+    fn only_signatures_shaped_like_x_are_well_formed() {
+        let real = sign(SECRET, b"{}");
+        assert!(is_well_formed_signature(Some(real.as_bytes())));
+        assert!(is_well_formed_signature(Some(KNOWN_CRC.as_bytes())));
+        for bad in [
+            "",
+            "sha256=",
+            "sha256=!!!",
+            "md5=oeUF6Wxqoezggrue+wbIDxKRPSF6esKwizR2MHh9HaA=",
+            "sha256=AAAA",
+            "oeUF6Wxqoezggrue+wbIDxKRPSF6esKwizR2MHh9HaA=",
+        ] {
+            assert!(!is_well_formed_signature(Some(bad.as_bytes())), "{bad}");
+        }
+        assert!(!is_well_formed_signature(None));
     }
 
     #[test]

@@ -79,6 +79,10 @@ fn webhook_id_invalid() -> Response {
 /// Injected 503s, and a count of every API call.
 async fn api_faults(State(sim): State<Sim>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
+    let delay_ms = sim.world().faults.api_delay_ms;
+    if delay_ms > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+    }
     let fail = sim.chance(sim.world().faults.api_error_share);
     let response = if fail {
         x_error(

@@ -17,11 +17,17 @@ pub struct Faults {
     pub reorder_ms: u64,
     /// Share of API calls answered 503.
     pub api_error_share: f64,
+    /// Extra real milliseconds before every API answer (a slow X).
+    pub api_delay_ms: u64,
     /// A full delivery outage (simulated time): nothing is delivered or
     /// retried inside it; what falls in it is owed and can only be replayed.
     pub outage: Option<Outage>,
     /// Extra real milliseconds before each replayed delivery (a slow job).
     pub replay_delay_ms: u64,
+    /// A replay job reports `Complete` even when some of its deliveries
+    /// failed (X does not document that it reports them): only the
+    /// receivers' own account can tell.
+    pub complete_despite_failures: bool,
     /// What the next replay job does.
     pub next_replay: Option<ReplayFault>,
     /// A duplicate or replayed X Activity API delivery carries a new

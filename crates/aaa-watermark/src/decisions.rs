@@ -6,8 +6,8 @@
 use aaa_xapi::{Reason, XError};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::coverage::Interval;
-use crate::planner::earliest_from;
+use crate::coverage::{Heartbeat, Interval, merge};
+use crate::planner::{WindowKind, earliest_from};
 
 /// Longest wait between two submissions of the same window.
 pub const MAX_BACKOFF: TimeDelta = TimeDelta::minutes(15);
@@ -25,10 +25,17 @@ pub enum JobStep {
     /// X said Complete: write fences now, after the completion was seen,
     /// so every replayed delivery X sent before it is behind them.
     FenceNow,
-    /// Fenced; the consumer has not stored the fences yet.
+    /// Fenced; the consumer has not stored the fences yet, or the
+    /// receivers' heartbeats do not reach the fence yet.
     AwaitConsumer,
-    /// Everything replayed is stored: the window is done.
+    /// Everything replayed is stored, and the receivers kept every
+    /// delivery while the job ran: the window is done.
     Reconcile,
+    /// X said Complete, but while the job ran the receivers refused
+    /// deliveries that may have been X's (shed, broker down) or did not
+    /// report at all: X does not retry replayed deliveries, so what it
+    /// replayed then may be lost. Submit the same window again.
+    ReceiversMissedIt,
     /// X ended the job in another state (it does not retry replayed
     /// events): submit the same window again.
     Incomplete(String),
@@ -37,27 +44,106 @@ pub enum JobStep {
     Lost,
 }
 
-/// Decides about the job in flight from what its completion message said
-/// (`job_state`), when fences were written after it (`fence_at`), and how
-/// far the consumer has stored everything (`horizon`).
-pub fn follow_job(
-    job_state: Option<&str>,
-    fence_at: Option<DateTime<Utc>>,
-    submitted_at: Option<DateTime<Utc>>,
-    horizon: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    job_timeout: TimeDelta,
-) -> JobStep {
-    match (job_state, fence_at) {
+/// How long after the fence a round waits for the receivers' heartbeats to
+/// reach it (they report every few seconds) before judging the replay with
+/// what they reported.
+pub const HEARTBEAT_GRACE: TimeDelta = TimeDelta::minutes(10);
+
+/// Whether receivers reported every instant of `during` and kept
+/// everything that may have been X's in it: `during` lies inside the
+/// healthy heartbeats (merged over replicas), and no heartbeat overlapping
+/// it reports a refusal.
+pub fn receivers_kept_up(during: Interval, heartbeats: &[Heartbeat]) -> bool {
+    let healthy = merge(
+        heartbeats
+            .iter()
+            .filter(|h| h.healthy)
+            .map(|h| h.covered)
+            .collect(),
+    );
+    let covered = healthy
+        .iter()
+        .any(|h| h.from <= during.from && during.to <= h.to);
+    let refused = heartbeats
+        .iter()
+        .any(|h| !h.healthy && h.covered.overlaps(&during));
+    covered && !refused
+}
+
+/// What a round knows about the job in flight.
+#[derive(Debug, Clone, Copy)]
+pub struct JobSeen<'a> {
+    /// What its completion message said (`replay_jobs.job_state`).
+    pub job_state: Option<&'a str>,
+    /// When fences were written after the completion was seen.
+    pub fence_at: Option<DateTime<Utc>>,
+    pub submitted_at: Option<DateTime<Utc>>,
+    /// How far the consumer has stored everything.
+    pub horizon: Option<DateTime<Utc>>,
+    /// The receivers' heartbeats from `submitted_at` on.
+    pub heartbeats: &'a [Heartbeat],
+}
+
+/// Decides about the job in flight.
+pub fn follow_job(job: JobSeen<'_>, now: DateTime<Utc>, job_timeout: TimeDelta) -> JobStep {
+    match (job.job_state, job.fence_at) {
         (Some("Complete"), None) => JobStep::FenceNow,
-        (Some("Complete"), Some(fence_at)) if horizon.is_some_and(|h| h >= fence_at) => {
-            JobStep::Reconcile
+        (Some("Complete"), Some(fence_at)) if job.horizon.is_some_and(|h| h >= fence_at) => {
+            let reported_to = job.heartbeats.iter().map(|h| h.covered.to).max();
+            let reported = reported_to.is_some_and(|to| to >= fence_at);
+            if !reported && now < fence_at + HEARTBEAT_GRACE {
+                return JobStep::AwaitConsumer;
+            }
+            let during = Interval::new(job.submitted_at.unwrap_or(fence_at), fence_at);
+            if receivers_kept_up(during, job.heartbeats) {
+                JobStep::Reconcile
+            } else {
+                JobStep::ReceiversMissedIt
+            }
         }
         (Some("Complete"), Some(_)) => JobStep::AwaitConsumer,
         (Some(other), _) => JobStep::Incomplete(other.to_owned()),
-        (None, _) if submitted_at.is_some_and(|at| at < now - job_timeout) => JobStep::Lost,
+        (None, _) if job.submitted_at.is_some_and(|at| at < now - job_timeout) => JobStep::Lost,
         (None, _) => JobStep::Running,
     }
+}
+
+/// Why a pending window is not submitted now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// X's replay budget (requests per 15 minutes, of every outcome, by
+    /// every replica and operator) has no request left for this kind.
+    Budget { limit: i64 },
+    /// An audit waits while a gap waits on a watched webhook: an audit holds
+    /// its webhook's job slot and the shared budget for hours of duplicates.
+    GapWaiting,
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hold::Budget { limit } => {
+                write!(f, "replay budget used: {limit} requests in 15 minutes")
+            }
+            Hold::GapWaiting => write!(f, "a gap waits for replay; audits go after gaps"),
+        }
+    }
+}
+
+/// Whether a pending window of `kind` must wait for a gap: audits go after
+/// every gap waiting on a webhook this watermark watches (`watched`). A gap
+/// of a webhook no longer watched will never be submitted, so it must not
+/// hold audits back for good.
+pub fn gap_hold(kind: WindowKind, gaps_waiting: &[String], watched: &[String]) -> Option<Hold> {
+    (kind == WindowKind::Audit && gaps_waiting.iter().any(|w| watched.contains(w)))
+        .then_some(Hold::GapWaiting)
+}
+
+/// How many replay requests per 15 minutes a window of `kind` may count up
+/// to, of X's `limit`: audits leave the last one to gaps (unless the
+/// budget is a single request).
+pub fn replay_budget(kind: WindowKind, limit: i64) -> i64 {
+    limit - i64::from(kind == WindowKind::Audit && limit > 1)
 }
 
 /// What X's 24 h edge leaves of a pending window, `earliest` being the
@@ -253,52 +339,57 @@ mod tests {
         }
     }
 
+    fn beat(from: i64, to: i64, healthy: bool) -> Heartbeat {
+        Heartbeat {
+            covered: Interval::new(t(from), t(to)),
+            healthy,
+        }
+    }
+
+    /// A job seen with receivers that kept up from its submission (t0) to
+    /// well past any fence.
+    fn seen<'a>(
+        job_state: Option<&'a str>,
+        fence_at: Option<DateTime<Utc>>,
+        horizon: Option<DateTime<Utc>>,
+        heartbeats: &'a [Heartbeat],
+    ) -> JobSeen<'a> {
+        JobSeen {
+            job_state,
+            fence_at,
+            submitted_at: Some(t(0)),
+            horizon,
+            heartbeats,
+        }
+    }
+
     #[test]
     fn a_job_is_reconciled_only_after_fences_written_after_its_completion_are_stored() {
         let timeout = TimeDelta::minutes(30);
-        let submitted = Some(t(0));
+        let kept_up = [beat(-5, 20, true)];
+        let complete = Some("Complete");
         // Complete, but no fence written since it was seen: fence now, even
         // if the consumer's horizon (from fences written before the
         // completion was read) is already past it.
         assert_eq!(
-            follow_job(
-                Some("Complete"),
-                None,
-                submitted,
-                Some(t(10)),
-                t(10),
-                timeout
-            ),
+            follow_job(seen(complete, None, Some(t(10)), &kept_up), t(10), timeout),
             JobStep::FenceNow
         );
         assert_eq!(
             follow_job(
-                Some("Complete"),
-                Some(t(10)),
-                submitted,
-                Some(t(9)),
+                seen(complete, Some(t(10)), Some(t(9)), &kept_up),
                 t(11),
                 timeout
             ),
             JobStep::AwaitConsumer
         );
         assert_eq!(
-            follow_job(
-                Some("Complete"),
-                Some(t(10)),
-                submitted,
-                None,
-                t(11),
-                timeout
-            ),
+            follow_job(seen(complete, Some(t(10)), None, &kept_up), t(11), timeout),
             JobStep::AwaitConsumer
         );
         assert_eq!(
             follow_job(
-                Some("Complete"),
-                Some(t(10)),
-                submitted,
-                Some(t(10)),
+                seen(complete, Some(t(10)), Some(t(10)), &kept_up),
                 t(11),
                 timeout
             ),
@@ -307,20 +398,83 @@ mod tests {
     }
 
     #[test]
+    fn a_complete_job_is_replayed_again_when_the_receivers_refused_or_missed_deliveries_meanwhile()
+    {
+        let timeout = TimeDelta::minutes(30);
+        let complete = Some("Complete");
+        let fenced = |heartbeats| seen(complete, Some(t(10)), Some(t(10)), heartbeats);
+        // Deliveries shed (or the broker down) while the job ran: X said
+        // Complete, but what it replayed then may be lost.
+        let shed = [beat(-5, 4, true), beat(4, 5, false), beat(5, 20, true)];
+        assert_eq!(
+            follow_job(fenced(&shed), t(11), timeout),
+            JobStep::ReceiversMissedIt
+        );
+        // Nobody reported part of the time (every receiver down).
+        let hole = [beat(-5, 3, true), beat(6, 20, true)];
+        assert_eq!(
+            follow_job(fenced(&hole), t(11), timeout),
+            JobStep::ReceiversMissedIt
+        );
+        // Two replicas together cover it: fine.
+        let replicas = [beat(-5, 6, true), beat(5, 20, true)];
+        assert_eq!(
+            follow_job(fenced(&replicas), t(11), timeout),
+            JobStep::Reconcile
+        );
+        // A refusal before the job was submitted is another window's gap.
+        let before = [beat(-5, -1, false), beat(-1, 20, true)];
+        assert_eq!(
+            follow_job(fenced(&before), t(11), timeout),
+            JobStep::Reconcile
+        );
+        // Heartbeats do not reach the fence yet: wait for them, for a while.
+        let behind = [beat(-5, 8, true)];
+        assert_eq!(
+            follow_job(fenced(&behind), t(11), timeout),
+            JobStep::AwaitConsumer
+        );
+        assert_eq!(
+            follow_job(fenced(&behind), t(10) + HEARTBEAT_GRACE, timeout),
+            JobStep::ReceiversMissedIt
+        );
+    }
+
+    #[test]
     fn an_unfinished_job_runs_until_it_is_overdue_and_another_state_resubmits() {
         let timeout = TimeDelta::minutes(30);
         assert_eq!(
-            follow_job(None, None, Some(t(0)), Some(t(29)), t(29), timeout),
+            follow_job(seen(None, None, Some(t(29)), &[]), t(29), timeout),
             JobStep::Running
         );
         assert_eq!(
-            follow_job(None, None, Some(t(0)), Some(t(31)), t(31), timeout),
+            follow_job(seen(None, None, Some(t(31)), &[]), t(31), timeout),
             JobStep::Lost
         );
         assert_eq!(
-            follow_job(Some("Incomplete"), None, Some(t(0)), None, t(1), timeout),
+            follow_job(seen(Some("Incomplete"), None, None, &[]), t(1), timeout),
             JobStep::Incomplete("Incomplete".into())
         );
+    }
+
+    #[test]
+    fn audits_wait_only_for_gaps_of_watched_webhooks_and_leave_the_last_request_to_gaps() {
+        use WindowKind::{Audit, Gap};
+        let watched = ["a".to_owned(), "b".to_owned()];
+        let waiting = |ids: &[&str]| ids.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(gap_hold(Gap, &waiting(&["a"]), &watched), None);
+        assert_eq!(
+            gap_hold(Audit, &waiting(&["b"]), &watched),
+            Some(Hold::GapWaiting)
+        );
+        assert_eq!(gap_hold(Audit, &waiting(&[]), &watched), None);
+        // A gap of a webhook removed from configuration is never submitted:
+        // it must not hold audits back for good.
+        assert_eq!(gap_hold(Audit, &waiting(&["removed"]), &watched), None);
+        assert_eq!(replay_budget(Gap, 100), 100);
+        assert_eq!(replay_budget(Audit, 100), 99);
+        // With a budget of one, audits may use it.
+        assert_eq!(replay_budget(Audit, 1), 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod compliance;
 pub mod coverage;
 pub mod decisions;
+mod events;
 pub mod maintenance;
 pub mod planner;
 mod service;
@@ -49,6 +50,8 @@ pub enum Error {
     NoPartitions(String),
     #[error("--audit-minutes-for: `{0}` is not WEBHOOK_ID=MINUTES with MINUTES from 0 to 120")]
     AuditOverride(String),
+    #[error("webhook {0}: another replica took the lease over during this round")]
+    LeaseLost(String),
 }
 
 /// Configuration of `aaa watermark`.
@@ -224,7 +227,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     let pool = args.database.pool()?;
     aaa_db::ensure_schema_current(&pool).await?;
-    let x = XClient::new(&args.x, Credentials::from_env()?)?;
+    // One HTTP request per call: each is reserved against X's budget first,
+    // and the next round is the retry.
+    let x = XClient::new(&args.x, Credentials::from_env()?)?.one_attempt_per_call();
     let watermark = Arc::new(Watermark::new(&args, pool.clone(), x, clock).await?);
     let pool_for_maintenance = pool.clone();
 

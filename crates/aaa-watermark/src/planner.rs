@@ -34,42 +34,6 @@ pub enum WindowKind {
     Audit,
 }
 
-/// Why a pending window is not submitted now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hold {
-    /// X's replay budget (requests per 15 minutes) is spent.
-    Budget { recent: i64, limit: i64 },
-    /// An audit waits while a gap waits on any webhook: an audit holds its
-    /// webhook's job slot and the shared budget for hours of duplicates.
-    GapWaiting,
-}
-
-impl std::fmt::Display for Hold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Hold::Budget { recent, limit } => {
-                write!(
-                    f,
-                    "replay budget used: {recent} of {limit} requests in 15 minutes"
-                )
-            }
-            Hold::GapWaiting => write!(f, "a gap waits for replay; audits go after gaps"),
-        }
-    }
-}
-
-/// Whether a pending window of `kind` may be submitted: `recent` replay
-/// requests (of every outcome) in the last 15 minutes against X's `limit`,
-/// and whether a gap window waits anywhere. Audits also leave the last
-/// request of each budget to gaps.
-pub fn replay_hold(kind: WindowKind, recent: i64, limit: i64, gap_waiting: bool) -> Option<Hold> {
-    let reserved = i64::from(kind == WindowKind::Audit && limit > 1);
-    if kind == WindowKind::Audit && gap_waiting {
-        return Some(Hold::GapWaiting);
-    }
-    (recent + reserved >= limit).then_some(Hold::Budget { recent, limit })
-}
-
 /// The earliest `from` X accepts at `now` ("within the last 24 hours", strictly).
 pub fn earliest_from(now: DateTime<Utc>) -> DateTime<Utc> {
     floor_minute(now - aaa_replay_window::MAX_AGE) + MINUTE
@@ -163,36 +127,6 @@ pub fn plan_audits(
         slot = slot_end;
     }
     audits
-}
-
-#[cfg(test)]
-mod hold_tests {
-    use super::*;
-
-    #[test]
-    fn audits_wait_for_gaps_anywhere_and_leave_the_last_request_to_gaps() {
-        use WindowKind::{Audit, Gap};
-        assert_eq!(replay_hold(Gap, 0, 100, true), None);
-        assert_eq!(replay_hold(Audit, 0, 100, true), Some(Hold::GapWaiting));
-        assert_eq!(replay_hold(Audit, 0, 100, false), None);
-        assert_eq!(
-            replay_hold(Audit, 99, 100, false),
-            Some(Hold::Budget {
-                recent: 99,
-                limit: 100
-            })
-        );
-        assert_eq!(replay_hold(Gap, 99, 100, false), None);
-        assert_eq!(
-            replay_hold(Gap, 100, 100, false),
-            Some(Hold::Budget {
-                recent: 100,
-                limit: 100
-            })
-        );
-        // With a budget of one, audits may use it.
-        assert_eq!(replay_hold(Audit, 0, 1, false), None);
-    }
 }
 
 #[cfg(test)]

@@ -18,12 +18,14 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::coverage::{Interval, ceil_minute, uncovered};
 use crate::decisions::{
-    Edge, JobStep, Submission, after_refusal, at_the_edge, follow_job, invalid_periods,
-    judging_floor, unknown_periods,
+    Edge, Hold, JobSeen, JobStep, Submission, after_refusal, at_the_edge, backoff, follow_job,
+    gap_hold, invalid_periods, judging_floor, replay_budget, unknown_periods,
 };
-use crate::planner::{Step, WindowKind, earliest_from, plan, plan_audits, replay_hold};
-use crate::store::{self, RATE_WINDOW, WindowState};
+use crate::events::{LeaseLostMidRound, TickSkipped};
+use crate::planner::{Step, WindowKind, earliest_from, plan, plan_audits};
+use crate::store::{self, WindowState};
 use crate::{Error, WatermarkArgs};
+use aaa_common::observe::InternalEvent;
 
 /// Endpoint names in `x_api_requests` (and aaa-xapi's metrics).
 const WEBHOOKS_LIST: &str = "webhooks_list";
@@ -58,6 +60,10 @@ pub struct Watermark {
     validity_every: TimeDelta,
     validity_unknown_after: TimeDelta,
     list_limit: i64,
+    /// Held while a round runs: the scheduler starts a tick whether or not
+    /// the previous one finished, and a replica must never run two rounds
+    /// at once (its lease renews for itself).
+    round_running: tokio::sync::Mutex<()>,
 }
 
 /// The last answer of `GET /2/webhooks`.
@@ -112,7 +118,7 @@ impl Watermark {
             for outcome in Submission::ALL {
                 metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => w(), "outcome" => outcome.as_str()).increment(0);
             }
-            for outcome in ["reconciled", "incomplete", "lost"] {
+            for outcome in ["reconciled", "incomplete", "lost", "receivers_missed"] {
                 metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => w(), "outcome" => outcome).increment(0);
             }
             for counter in [
@@ -128,6 +134,7 @@ impl Watermark {
             metrics::gauge!("aaa_watermark_round_rows_read", "webhook" => w()).set(0.0);
         }
         metrics::gauge!("aaa_watermark_x_clock_skew_seconds").set(0.0);
+        crate::events::register(&args.webhooks);
         Ok(Watermark {
             pool,
             x,
@@ -154,17 +161,28 @@ impl Watermark {
             validity_every: TimeDelta::seconds(args.validity_secs.max(1)),
             validity_unknown_after: TimeDelta::seconds(args.validity_unknown_secs.max(1)),
             list_limit: i64::from(args.webhooks_list_limit.max(1)),
+            round_running: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// One round over every webhook. Failures are logged and retried next round.
+    /// One round over every webhook, unless the previous one still runs
+    /// (then this tick is skipped and counted). Failures are logged and
+    /// retried next round.
     pub async fn tick(&self) {
+        let Ok(_running) = self.round_running.try_lock() else {
+            TickSkipped.emit();
+            return;
+        };
         let now = self.clock.now();
         let _ = self.write_fences(now).await;
         for webhook in &self.webhooks {
-            if let Err(error) = self.tick_webhook(webhook, now).await {
-                tracing::error!(message = "watermark round failed; retrying next round", webhook = %webhook, error = %error);
-                metrics::counter!("aaa_watermark_round_failures_total", "webhook" => webhook.clone()).increment(1);
+            match self.tick_webhook(webhook, now).await {
+                Ok(()) => {}
+                Err(Error::LeaseLost(_)) => LeaseLostMidRound { webhook }.emit(),
+                Err(error) => {
+                    tracing::error!(message = "watermark round failed; retrying next round", webhook = %webhook, error = %error);
+                    metrics::counter!("aaa_watermark_round_failures_total", "webhook" => webhook.clone()).increment(1);
+                }
             }
         }
     }
@@ -180,18 +198,15 @@ impl Watermark {
         }
         // A round longer than the lease may overlap the next holder's; X
         // still gets one job per webhook (a unique index).
-        let held = store::take_lease(&mut conn, webhook, &self.replica, self.lease).await?;
-        metrics::gauge!("aaa_watermark_lease_held", "webhook" => webhook.to_owned()).set(if held {
-            1.0
-        } else {
-            0.0
-        });
-        if !held {
+        let lease = store::take_lease(&mut conn, webhook, &self.replica, self.lease).await?;
+        metrics::gauge!("aaa_watermark_lease_held", "webhook" => webhook.to_owned())
+            .set(if lease.is_some() { 1.0 } else { 0.0 });
+        let Some(lease) = lease else {
             tracing::debug!(message = "another watermark replica holds this webhook's lease", webhook, replica = %self.replica);
             return Ok(());
-        }
+        };
         let started = std::time::Instant::now();
-        let result = self.round(&mut conn, webhook, now, progress).await;
+        let result = self.round(&mut conn, &lease, now, progress).await;
         metrics::histogram!("aaa_watermark_round_seconds", "webhook" => webhook.to_owned())
             .record(started.elapsed().as_secs_f64());
         result
@@ -210,26 +225,27 @@ impl Watermark {
     async fn round(
         &self,
         conn: &mut PgConnection,
-        webhook: &str,
+        lease: &store::Lease,
         now: DateTime<Utc>,
         progress: store::Progress,
     ) -> Result<(), Error> {
+        let webhook = lease.webhook.as_str();
         let progress = self.begin_tracking(conn, webhook, now, progress).await?;
         let registered_at = self.check_validity(conn, webhook, now).await?;
         // Read once: the job in flight and the judging both wait for it.
         let horizon = self.horizon(conn).await?;
-        let busy = self.follow_in_flight(conn, webhook, now, horizon).await?;
+        let busy = self.follow_in_flight(conn, lease, now, horizon).await?;
         if let Some((start, horizon)) = self
             .tracked(conn, webhook, now, registered_at, horizon, progress)
             .await?
         {
-            let windows = self.record_gaps(conn, webhook, now, start, horizon).await?;
+            let windows = self.record_gaps(conn, lease, now, start, horizon).await?;
             store::advance_judged(conn, webhook, horizon).await?;
-            self.record_audits(conn, webhook, now, start, horizon, &windows)
+            self.record_audits(conn, lease, now, start, horizon, &windows)
                 .await?;
         }
         if !busy {
-            self.submit_next(conn, webhook, now).await?;
+            self.submit_next(conn, lease, now).await?;
         }
         self.report(conn, webhook, now).await
     }
@@ -315,15 +331,15 @@ impl Watermark {
             .asked_at
             .is_none_or(|at| now - at >= self.validity_every);
         if due
-            && self
-                .x_budget_left(conn, WEBHOOKS_LIST, self.list_limit, now)
+            && let Some(reserved) = self
+                .reserve_x_request(conn, WEBHOOKS_LIST, self.list_limit, now)
                 .await?
         {
             listed.asked_at = Some(now);
             let answer = self.x.list_webhooks().await;
             self.measure_x_skew();
-            self.count_x_request(conn, WEBHOOKS_LIST, &answer, now)
-                .await?;
+            self.record_x_outcome(conn, WEBHOOKS_LIST, reserved, &answer)
+                .await;
             match answer {
                 Ok(webhooks) => listed.answer = Some((now, webhooks)),
                 Err(error) => {
@@ -361,41 +377,48 @@ impl Watermark {
         *self.x_skew.lock().unwrap_or_else(|p| p.into_inner()) = skew;
     }
 
-    /// Whether another request to `endpoint` stays within `limit` per 15
-    /// minutes, counting every request any replica made (whatever X answered).
-    async fn x_budget_left(
+    /// Reserves (and records) one request to `endpoint` if it stays within
+    /// `limit` per 15 minutes, counting every request any replica or
+    /// operator made, whatever X answered. The watermark's client makes
+    /// one attempt per call (its rounds are the retries), so a reservation
+    /// is exactly one HTTP request.
+    async fn reserve_x_request(
         &self,
         conn: &mut PgConnection,
         endpoint: &str,
         limit: i64,
         now: DateTime<Utc>,
-    ) -> Result<bool, Error> {
-        let recent = store::x_requests_since(conn, endpoint, now - RATE_WINDOW).await?;
-        if recent >= limit {
+    ) -> Result<Option<i64>, Error> {
+        let reserved = store::reserve_x_request(conn, endpoint, limit, now).await?;
+        if reserved.is_none() {
             tracing::info!(
                 message = "X's request budget for this endpoint is used up for this 15-minute window; waiting",
                 endpoint,
-                recent,
                 limit
             );
         }
-        Ok(recent < limit)
+        Ok(reserved)
     }
 
-    async fn count_x_request<T>(
+    /// Records X's answer to a reserved request. The request itself is
+    /// already counted, so failing to record the answer loses nothing that
+    /// matters to the budget: it is logged, never fatal.
+    async fn record_x_outcome<T>(
         &self,
         conn: &mut PgConnection,
         endpoint: &str,
+        reserved: i64,
         answer: &Result<T, XError>,
-        now: DateTime<Utc>,
-    ) -> Result<(), Error> {
+    ) {
         let outcome = match answer {
             Ok(_) => "ok",
             Err(XError::RateLimited { .. }) => "rate_limited",
             Err(XError::Refused { .. }) => "refused",
             Err(_) => "failed",
         };
-        Ok(store::record_x_request(conn, endpoint, now, outcome).await?)
+        if let Err(error) = store::record_x_outcome(conn, reserved, outcome).await {
+            tracing::warn!(message = "X's answer not recorded (the request is counted)", endpoint, error = %error);
+        }
     }
 
     async fn check_validity(
@@ -434,13 +457,13 @@ impl Watermark {
                 revalidating = due
             );
             if due
-                && self
-                    .x_budget_left(conn, WEBHOOKS_VALIDATE, self.list_limit, now)
+                && let Some(reserved) = self
+                    .reserve_x_request(conn, WEBHOOKS_VALIDATE, self.list_limit, now)
                     .await?
             {
                 let answer = self.x.validate_webhook(webhook).await;
-                self.count_x_request(conn, WEBHOOKS_VALIDATE, &answer, now)
-                    .await?;
+                self.record_x_outcome(conn, WEBHOOKS_VALIDATE, reserved, &answer)
+                    .await;
                 match answer {
                     Ok(true) => {
                         tracing::info!(
@@ -474,10 +497,11 @@ impl Watermark {
     async fn follow_in_flight(
         &self,
         conn: &mut PgConnection,
-        webhook: &str,
+        lease: &store::Lease,
         now: DateTime<Utc>,
         horizon: Option<DateTime<Utc>>,
     ) -> Result<bool, Error> {
+        let webhook = lease.webhook.as_str();
         let Some(job) = store::in_flight(conn, webhook).await? else {
             return Ok(false);
         };
@@ -486,21 +510,30 @@ impl Watermark {
         let counted = |outcome: &'static str| {
             metrics::counter!("aaa_watermark_replay_jobs_total", "webhook" => webhook.to_owned(), "outcome" => outcome).increment(1);
         };
-        match follow_job(
-            job_state.as_deref(),
-            job.fence_at,
-            job.submitted_at,
+        let heartbeats = match (job.fence_at, job.submitted_at) {
+            (Some(_), Some(submitted_at)) => {
+                store::heartbeats_since(conn, webhook, submitted_at).await?
+            }
+            _ => Vec::new(),
+        };
+        let seen = JobSeen {
+            job_state: job_state.as_deref(),
+            fence_at: job.fence_at,
+            submitted_at: job.submitted_at,
             horizon,
-            now,
-            self.job_timeout,
-        ) {
+            heartbeats: &heartbeats,
+        };
+        let lost_lease = || Error::LeaseLost(webhook.to_owned());
+        match follow_job(seen, now, self.job_timeout) {
             JobStep::Running | JobStep::AwaitConsumer => Ok(true),
             JobStep::FenceNow => {
                 // The round's own fences were written before the completion
                 // was read; a delivery still in flight then would be missed.
                 let fenced_at = self.clock.now();
                 if self.write_fences(fenced_at).await {
-                    store::set_fence(conn, job.id, fenced_at).await?;
+                    if !store::set_fence(conn, lease, &job, fenced_at).await? {
+                        return Err(lost_lease());
+                    }
                     tracing::info!(
                         message =
                             "replay job complete; waiting for the consumer to pass the fences",
@@ -511,7 +544,11 @@ impl Watermark {
                 Ok(true)
             }
             JobStep::Reconcile => {
-                let (recovered, duplicates) = store::reconcile(conn, job.id, now).await?;
+                let Some((recovered, duplicates)) =
+                    store::reconcile(conn, lease, &job, now).await?
+                else {
+                    return Err(lost_lease());
+                };
                 metrics::counter!("aaa_watermark_recovered_events_total", "webhook" => webhook.to_owned()).increment(recovered as u64);
                 metrics::counter!("aaa_watermark_duplicate_events_total", "webhook" => webhook.to_owned()).increment(duplicates as u64);
                 counted("reconciled");
@@ -549,9 +586,28 @@ impl Watermark {
                 }
                 Ok(false)
             }
+            JobStep::ReceiversMissedIt => {
+                let why = "X reported Complete, but the receivers refused deliveries (or did not report) while the job ran";
+                // Backed off: whatever made the receivers refuse (an
+                // outsider holding their slots) may still be there, and
+                // each submission spends X's budget.
+                let again = now + backoff(self.backoff, job.attempts);
+                if !store::requeue(conn, lease, &job, again, why).await? {
+                    return Err(lost_lease());
+                }
+                counted("receivers_missed");
+                tracing::warn!(
+                    message = "replay job complete at X, but the receivers refused deliveries while it ran (shed or broker down); the same window will be submitted again",
+                    webhook,
+                    job_id
+                );
+                Ok(false)
+            }
             JobStep::Incomplete(state) => {
                 // X does not retry replayed events.
-                store::requeue(conn, job.id, now, &format!("X reported {state}")).await?;
+                if !store::requeue(conn, lease, &job, now, &format!("X reported {state}")).await? {
+                    return Err(lost_lease());
+                }
                 counted("incomplete");
                 tracing::warn!(
                     message = "replay job not complete; the same window will be submitted again",
@@ -562,7 +618,9 @@ impl Watermark {
                 Ok(false)
             }
             JobStep::Lost => {
-                store::requeue(conn, job.id, now, "no completion message in time").await?;
+                if !store::requeue(conn, lease, &job, now, "no completion message in time").await? {
+                    return Err(lost_lease());
+                }
                 counted("lost");
                 tracing::warn!(
                     message = "no completion for the replay job; treating it as lost and resubmitting (a conflict will tell if it still runs)",
@@ -608,11 +666,12 @@ impl Watermark {
     async fn record_gaps(
         &self,
         conn: &mut PgConnection,
-        webhook: &str,
+        lease: &store::Lease,
         now: DateTime<Utc>,
         start: DateTime<Utc>,
         horizon: DateTime<Utc>,
     ) -> Result<Vec<Interval>, Error> {
+        let webhook = lease.webhook.as_str();
         let heartbeats = store::heartbeats_since(conn, webhook, start).await?;
         let checks = store::validity_since(conn, webhook, start - TimeDelta::hours(1)).await?;
         metrics::gauge!("aaa_watermark_round_rows_read", "webhook" => webhook.to_owned())
@@ -631,9 +690,9 @@ impl Watermark {
             match step {
                 Step::Submit(window) => {
                     tracing::info!(message = "gap found: window planned for replay", webhook, from = %window.from, to = %window.to);
-                    store::insert_window(
+                    plan_window(
                         conn,
-                        webhook,
+                        lease,
                         window,
                         WindowKind::Gap,
                         WindowState::Pending,
@@ -644,16 +703,18 @@ impl Watermark {
                 }
                 Step::Expired(window) => {
                     tracing::error!(message = "gap older than X's 24 h replay limit: these minutes cannot be recovered", webhook, from = %window.from, to = %window.to);
-                    metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(window.minutes() as u64);
-                    store::insert_window(
+                    if plan_window(
                         conn,
-                        webhook,
+                        lease,
                         window,
                         WindowKind::Gap,
                         WindowState::Expired,
                         now,
                     )
-                    .await?;
+                    .await?
+                    {
+                        metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(window.minutes() as u64);
+                    }
                     settled.push(window);
                 }
                 Step::Wait { window, until } => {
@@ -669,12 +730,13 @@ impl Watermark {
     async fn record_audits(
         &self,
         conn: &mut PgConnection,
-        webhook: &str,
+        lease: &store::Lease,
         now: DateTime<Utc>,
         start: DateTime<Utc>,
         horizon: DateTime<Utc>,
         windows: &[Interval],
     ) -> Result<(), Error> {
+        let webhook = lease.webhook.as_str();
         let span = self
             .audit_spans
             .get(webhook)
@@ -685,9 +747,9 @@ impl Watermark {
         }
         for window in plan_audits(now, start, horizon, span, windows) {
             tracing::info!(message = "closed slot planned for an audit replay", webhook, from = %window.from, to = %window.to);
-            store::insert_window(
+            plan_window(
                 conn,
-                webhook,
+                lease,
                 window,
                 WindowKind::Audit,
                 WindowState::Pending,
@@ -701,27 +763,35 @@ impl Watermark {
     async fn submit_next(
         &self,
         conn: &mut PgConnection,
-        webhook: &str,
+        lease: &store::Lease,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
+        let webhook = lease.webhook.as_str();
         let Some(next) = store::next_pending(conn, webhook, now).await? else {
             return Ok(());
         };
         let (from, to) = (next.from, next.to);
-        // Every replay request counts, whatever X answered: a conflict or a
-        // 5xx spends X's budget as much as an accepted job.
-        let recent = store::x_requests_since(conn, REPLAY_SUBMIT, now - RATE_WINDOW).await?;
-        let gap_waiting = store::gap_waiting(conn).await?;
-        if let Some(hold) = replay_hold(next.kind, recent, self.replay_limit, gap_waiting) {
+        let gaps_waiting = store::gaps_waiting(conn).await?;
+        if let Some(hold) = gap_hold(next.kind, &gaps_waiting, &self.webhooks) {
             tracing::info!(message = "replay not submitted now", webhook, from = %from, to = %to, reason = %hold);
             return Ok(());
         }
+        let lost_lease = || Error::LeaseLost(webhook.to_owned());
         // A margin inside X's 24 h: the request reaches X a little later.
         let earliest = ceil_minute(earliest_from(self.x_now(now)) + self.edge_margin);
         let window = match (at_the_edge(next.interval(), earliest), next.kind) {
             (Edge::Fits, _) => next.interval(),
             (Edge::Expired, kind) => {
-                store::expire(conn, next.id, "aged past 24 h before it could be replayed").await?;
+                if !store::expire(
+                    conn,
+                    lease,
+                    next.id,
+                    "aged past 24 h before it could be replayed",
+                )
+                .await?
+                {
+                    return Err(lost_lease());
+                }
                 if kind == WindowKind::Audit {
                     // Coverage judged these minutes already; only the extra check is lost.
                     tracing::warn!(message = "audit window aged past 24 h before it could be replayed (replay budget too small for the audit rate?)", webhook, from = %from, to = %to);
@@ -736,22 +806,37 @@ impl Watermark {
                 // recorded (and, for a gap, counted) as expired, never
                 // dropped silently. An audit's lose nothing coverage did
                 // not judge.
-                store::trim_start(conn, next.id, rest.from).await?;
-                if kind == WindowKind::Gap {
-                    store::insert_window(
+                if !store::trim_start(conn, lease, &next, rest.from).await? {
+                    return Err(lost_lease());
+                }
+                if kind == WindowKind::Gap
+                    && plan_window(
                         conn,
-                        webhook,
+                        lease,
                         aged,
                         WindowKind::Gap,
                         WindowState::Expired,
                         now,
                     )
-                    .await?;
+                    .await?
+                {
                     metrics::counter!("aaa_watermark_expired_minutes_total", "webhook" => webhook.to_owned()).increment(aged.minutes() as u64);
                     tracing::error!(message = "the oldest minutes of a window aged past 24 h before it could be replayed", webhook, from = %aged.from, to = %aged.to);
                 }
                 rest
             }
+        };
+        // Every replay request counts, whatever X answered: a conflict or a
+        // 5xx spends X's budget as much as an accepted job. Reserved before
+        // it is sent, atomically across replicas.
+        let limit = replay_budget(next.kind, self.replay_limit);
+        let Some(reserved) = self
+            .reserve_x_request(conn, REPLAY_SUBMIT, limit, now)
+            .await?
+        else {
+            let hold = Hold::Budget { limit };
+            tracing::info!(message = "replay not submitted now", webhook, from = %from, to = %to, reason = %hold);
+            return Ok(());
         };
         let answer = self
             .x
@@ -764,19 +849,21 @@ impl Watermark {
                 self.x_now(now),
             )
             .await;
-        self.count_x_request(conn, REPLAY_SUBMIT, &answer, now)
-            .await?;
         let submitted = |outcome: Submission| {
             metrics::counter!("aaa_watermark_replay_submissions_total", "webhook" => webhook.to_owned(), "outcome" => outcome.as_str()).increment(1);
         };
-        match answer {
+        match &answer {
             Ok(job) => {
-                store::mark_submitted(conn, next.id, &job.job_id, now).await?;
+                // First, before anything else can fail: X runs this job
+                // now, and a window not marked would be submitted again.
+                if !store::mark_submitted(conn, next.id, &job.job_id, now).await? {
+                    tracing::error!(message = "X accepted a replay job for a window that is no longer pending (another replica acted on it)", webhook, job_id = %job.job_id);
+                }
                 submitted(Submission::Accepted);
                 tracing::info!(message = "replay submitted", webhook, job_id = %job.job_id, from_date = %job.from_date, to_date = %job.to_date, attempt = next.attempts + 1);
             }
             Err(error) => {
-                let retry = after_refusal(&error, next.attempts, next.conflicts, self.backoff, now);
+                let retry = after_refusal(error, next.attempts, next.conflicts, self.backoff, now);
                 if retry.revalidate {
                     tracing::error!(message = "X refuses replays for this webhook; holding it and re-validating", webhook, error = %error);
                     self.revalidate_after
@@ -786,16 +873,22 @@ impl Watermark {
                 }
                 submitted(retry.outcome);
                 tracing::warn!(message = "replay not accepted; will retry", webhook, outcome = retry.outcome.as_str(), retry_in_secs = retry.delay.num_seconds(), error = %error);
-                store::retry_later(
+                if !store::retry_later(
                     conn,
+                    lease,
                     next.id,
                     now + retry.delay,
                     &error.to_string(),
                     retry.conflict,
                 )
-                .await?;
+                .await?
+                {
+                    return Err(lost_lease());
+                }
             }
         }
+        self.record_x_outcome(conn, REPLAY_SUBMIT, reserved, &answer)
+            .await;
         Ok(())
     }
 
@@ -822,5 +915,22 @@ impl Watermark {
         });
         metrics::gauge!("aaa_watermark_oldest_gap_expires_in_seconds", "webhook" => webhook.to_owned()).set(seconds_left);
         Ok(())
+    }
+}
+
+/// Plans a window under the round's lease; `true` when it was new. A window
+/// planned before is left as it is; a lost lease ends the round.
+async fn plan_window(
+    conn: &mut PgConnection,
+    lease: &store::Lease,
+    window: Interval,
+    kind: WindowKind,
+    state: WindowState,
+    now: DateTime<Utc>,
+) -> Result<bool, Error> {
+    match store::insert_window(conn, lease, window, kind, state, now).await? {
+        store::Planned::Inserted => Ok(true),
+        store::Planned::AlreadyPlanned => Ok(false),
+        store::Planned::LeaseLost => Err(Error::LeaseLost(lease.webhook.clone())),
     }
 }

@@ -96,6 +96,8 @@ pub struct InFlight {
     pub created_at: DateTime<Utc>,
     #[sqlx(try_from = "String")]
     pub kind: WindowKind,
+    /// Submissions so far.
+    pub attempts: i32,
 }
 
 /// The next window waiting for the job slot.
@@ -126,6 +128,38 @@ pub struct Progress {
 }
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
+
+/// This replica's lease on a webhook as a round took it. Every state change
+/// of the round is conditional on it (holder and generation, a fencing
+/// token): once another replica took the lease over, a round that outlived
+/// its lease (frozen, or slow) changes nothing.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub webhook: String,
+    pub holder: String,
+    pub generation: i64,
+}
+
+/// The condition that the round's lease is still held, for a statement on
+/// `replay_windows` whose parameters `$holder` and `$generation` are the
+/// lease's holder and generation.
+macro_rules! still_held {
+    ($holder:literal, $generation:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM watermark_leases l WHERE l.webhook_id = replay_windows.webhook_id AND l.holder = $",
+            $holder,
+            " AND l.generation = $",
+            $generation,
+            ")"
+        )
+    };
+}
+
+/// Whether an update changed its row: `false` when the row was no longer
+/// in the state the round expected, or the lease changed hands.
+fn applied(result: sqlx::postgres::PgQueryResult) -> bool {
+    result.rows_affected() == 1
+}
 
 pub async fn progress(conn: &mut PgConnection, webhook: &str) -> Result<Progress> {
     let row: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
@@ -175,34 +209,42 @@ pub async fn advance_judged(
 
 /// Takes or renews `replica`'s lease on `webhook`: granted when free,
 /// expired, or already ours. Postgres's clock decides, so replicas with
-/// skewed clocks agree.
+/// skewed clocks agree. The generation goes up whenever the lease changes
+/// hands (and only then).
 pub async fn take_lease(
     conn: &mut PgConnection,
     webhook: &str,
     replica: &str,
     lease: std::time::Duration,
-) -> Result<bool> {
-    let holder: Option<String> = sqlx::query_scalar(
+) -> Result<Option<Lease>> {
+    let generation: Option<i64> = sqlx::query_scalar(
         "INSERT INTO watermark_leases AS l (webhook_id, holder, acquired_at, renewed_at, expires_at)
          VALUES ($1, $2, now(), now(), now() + make_interval(secs => $3))
          ON CONFLICT (webhook_id) DO UPDATE
             SET holder = excluded.holder,
                 acquired_at = CASE WHEN l.holder = excluded.holder THEN l.acquired_at ELSE now() END,
+                generation = CASE WHEN l.holder = excluded.holder THEN l.generation ELSE l.generation + 1 END,
                 renewed_at = now(),
                 expires_at = excluded.expires_at
             WHERE l.holder = excluded.holder OR l.expires_at < now()
-         RETURNING holder",
+         RETURNING generation",
     )
     .bind(webhook)
     .bind(replica)
     .bind(lease.as_secs_f64())
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(holder.is_some())
+    Ok(generation.map(|generation| Lease {
+        webhook: webhook.to_owned(),
+        holder: replica.to_owned(),
+        generation,
+    }))
 }
 
+/// Expires this replica's leases at once (rather than deleting them, which
+/// would reset their generation).
 pub async fn release_leases(pool: &PgPool, replica: &str) -> Result<()> {
-    sqlx::query("DELETE FROM watermark_leases WHERE holder = $1")
+    sqlx::query("UPDATE watermark_leases SET expires_at = now() WHERE holder = $1")
         .bind(replica)
         .execute(pool)
         .await?;
@@ -233,6 +275,58 @@ pub async fn x_requests_since(
     .await
 }
 
+/// Reserves one request to X's `endpoint` if fewer than `limit` were made
+/// (by any replica or operator) in the 15 minutes before `at`, and records
+/// it: the check and the record are one transaction holding the endpoint's
+/// budget row, so two replicas never both take the last request. Returns
+/// the reservation's id (to record X's answer on), or `None` when the
+/// budget is spent.
+pub async fn reserve_x_request(
+    conn: &mut PgConnection,
+    endpoint: &str,
+    limit: i64,
+    at: DateTime<Utc>,
+) -> Result<Option<i64>> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
+    sqlx::query("INSERT INTO x_api_budgets (endpoint) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(endpoint)
+        .execute(&mut *tx)
+        .await?;
+    // FOR UPDATE needs UPDATE on the row: readers cannot hold it.
+    sqlx::query("SELECT 1 FROM x_api_budgets WHERE endpoint = $1 FOR UPDATE")
+        .bind(endpoint)
+        .execute(&mut *tx)
+        .await?;
+    // A statement of its own, so it sees what the previous holder of the
+    // row committed.
+    let reserved: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO x_api_requests (endpoint, requested_at, outcome)
+         SELECT $1, $2, 'sent'
+         WHERE (SELECT count(*) FROM x_api_requests WHERE endpoint = $1 AND requested_at > $2 - interval '15 minutes') < $3
+         RETURNING id",
+    )
+    .bind(endpoint)
+    .bind(at)
+    .bind(limit)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(reserved)
+}
+
+/// Records how a request reserved with [`reserve_x_request`] ended.
+pub async fn record_x_outcome(conn: &mut PgConnection, id: i64, outcome: &str) -> Result<()> {
+    sqlx::query("UPDATE x_api_requests SET outcome = $2 WHERE id = $1")
+        .bind(id)
+        .bind(outcome)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Records a request to X made outside a watermark round (an operator's
+/// CLI command), so the watermark's budget counts it.
 pub async fn record_x_request(
     conn: &mut PgConnection,
     endpoint: &str,
@@ -334,31 +428,55 @@ pub async fn windows_since(
         .collect())
 }
 
+/// What came of planning a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planned {
+    Inserted,
+    /// The same window was planned before (by any replica): left as it is.
+    AlreadyPlanned,
+    /// The lease changed hands: nothing written.
+    LeaseLost,
+}
+
 pub async fn insert_window(
     conn: &mut PgConnection,
-    webhook: &str,
+    lease: &Lease,
     window: Interval,
     kind: WindowKind,
     state: WindowState,
     now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO replay_windows (webhook_id, window_from, window_to, kind, state, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $6)",
+) -> Result<Planned> {
+    let (held, inserted): (bool, bool) = sqlx::query_as(
+        "WITH lease AS (
+             SELECT 1 FROM watermark_leases WHERE webhook_id = $1 AND holder = $7 AND generation = $8
+         ), planned AS (
+             INSERT INTO replay_windows (webhook_id, window_from, window_to, kind, state, next_attempt_at, created_at)
+             SELECT $1, $2, $3, $4, $5, $6, $6 FROM lease
+             ON CONFLICT (webhook_id, kind, window_from, window_to) DO NOTHING
+             RETURNING 1
+         )
+         SELECT EXISTS (SELECT 1 FROM lease), EXISTS (SELECT 1 FROM planned)",
     )
-    .bind(webhook)
+    .bind(&lease.webhook)
     .bind(window.from)
     .bind(window.to)
     .bind(kind.as_str())
     .bind(state.as_str())
     .bind(now)
-    .execute(&mut *conn)
+    .bind(&lease.holder)
+    .bind(lease.generation)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(())
+    Ok(match (held, inserted) {
+        (_, true) => Planned::Inserted,
+        (true, false) => Planned::AlreadyPlanned,
+        (false, false) => Planned::LeaseLost,
+    })
 }
 
 pub async fn in_flight(conn: &mut PgConnection, webhook: &str) -> Result<Option<InFlight>> {
     sqlx::query_as(
-        "SELECT id, job_id, submitted_at, fence_at, created_at, kind FROM replay_windows WHERE webhook_id = $1 AND state = 'submitted'",
+        "SELECT id, job_id, submitted_at, fence_at, created_at, kind, attempts FROM replay_windows WHERE webhook_id = $1 AND state = 'submitted'",
     )
     .bind(webhook)
     .fetch_optional(&mut *conn)
@@ -374,38 +492,77 @@ pub async fn job_state(conn: &mut PgConnection, job_id: Option<&str>) -> Result<
         .await
 }
 
-pub async fn set_fence(conn: &mut PgConnection, id: i64, at: DateTime<Utc>) -> Result<()> {
-    sqlx::query("UPDATE replay_windows SET fence_at = $2 WHERE id = $1")
-        .bind(id)
+/// Records when fences were written after the job's completion; only for
+/// the job in flight, once, under the lease.
+pub async fn set_fence(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    job: &InFlight,
+    at: DateTime<Utc>,
+) -> Result<bool> {
+    const SQL: &str = concat!(
+        "UPDATE replay_windows SET fence_at = $2 WHERE id = $1 AND state = 'submitted' AND job_id = $3 AND fence_at IS NULL AND ",
+        still_held!("4", "5")
+    );
+    let result = sqlx::query(SQL)
+        .bind(job.id)
         .bind(at)
+        .bind(&job.job_id)
+        .bind(&lease.holder)
+        .bind(lease.generation)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(applied(result))
 }
 
-/// Marks the window reconciled; returns what its replay recovered and how
-/// many duplicates it brought.
-pub async fn reconcile(conn: &mut PgConnection, id: i64, at: DateTime<Utc>) -> Result<(i64, i64)> {
-    sqlx::query_as(
-        "UPDATE replay_windows SET state = 'reconciled', reconciled_at = $2 WHERE id = $1 RETURNING recovered, duplicates",
-    )
-    .bind(id)
-    .bind(at)
-    .fetch_one(&mut *conn)
-    .await
+/// Marks the job in flight reconciled; returns what its replay recovered
+/// and how many duplicates it brought (`None`: not changed, see [`applied`]).
+pub async fn reconcile(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    job: &InFlight,
+    at: DateTime<Utc>,
+) -> Result<Option<(i64, i64)>> {
+    const SQL: &str = concat!(
+        "UPDATE replay_windows SET state = 'reconciled', reconciled_at = $2
+         WHERE id = $1 AND state = 'submitted' AND job_id = $3 AND ",
+        still_held!("4", "5"),
+        "
+         RETURNING recovered, duplicates"
+    );
+    sqlx::query_as(SQL)
+        .bind(job.id)
+        .bind(at)
+        .bind(&job.job_id)
+        .bind(&lease.holder)
+        .bind(lease.generation)
+        .fetch_optional(&mut *conn)
+        .await
 }
 
-/// Puts a submitted window back in line, to be submitted again.
-pub async fn requeue(conn: &mut PgConnection, id: i64, at: DateTime<Utc>, why: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE replay_windows SET state = 'pending', job_id = NULL, next_attempt_at = $2, last_error = $3 WHERE id = $1",
-    )
-    .bind(id)
-    .bind(at)
-    .bind(why)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+/// Puts the job in flight's window back in line, to be submitted again.
+pub async fn requeue(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    job: &InFlight,
+    at: DateTime<Utc>,
+    why: &str,
+) -> Result<bool> {
+    const SQL: &str = concat!(
+        "UPDATE replay_windows SET state = 'pending', job_id = NULL, fence_at = NULL, next_attempt_at = $2, last_error = $3
+         WHERE id = $1 AND state = 'submitted' AND job_id = $4 AND ",
+        still_held!("5", "6")
+    );
+    let result = sqlx::query(SQL)
+        .bind(job.id)
+        .bind(at)
+        .bind(why)
+        .bind(&job.job_id)
+        .bind(&lease.holder)
+        .bind(lease.generation)
+        .execute(&mut *conn)
+        .await?;
+    Ok(applied(result))
 }
 
 /// The next window due for submission: gaps before audits (a gap is known
@@ -426,68 +583,128 @@ pub async fn next_pending(
     .await
 }
 
-/// Whether a gap window waits on any webhook.
-pub async fn gap_waiting(conn: &mut PgConnection) -> Result<bool> {
+/// The webhooks that have a gap window waiting (watched or not: which
+/// count is [`crate::decisions::gap_hold`]'s rule).
+pub async fn gaps_waiting(conn: &mut PgConnection) -> Result<Vec<String>> {
     sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM replay_windows WHERE kind = 'gap' AND state = 'pending')",
+        "SELECT DISTINCT webhook_id FROM replay_windows WHERE kind = 'gap' AND state = 'pending'",
     )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Whether any receiver refused a delivery that may be X's (a
+/// heartbeat with refusals) for `webhook` during `[from, to]`.
+pub async fn refused_during(
+    conn: &mut PgConnection,
+    webhook: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM coverage_heartbeats
+                        WHERE webhook_id = $1 AND refused > 0 AND covered_to >= $2 AND covered_from <= $3)",
+    )
+    .bind(webhook)
+    .bind(from)
+    .bind(to)
     .fetch_one(&mut *conn)
     .await
 }
 
-pub async fn expire(conn: &mut PgConnection, id: i64, why: &str) -> Result<()> {
-    sqlx::query("UPDATE replay_windows SET state = 'expired', last_error = $2 WHERE id = $1")
+/// The latest time some receiver's heartbeats for `webhook` reach.
+pub async fn heartbeats_reach(
+    conn: &mut PgConnection,
+    webhook: &str,
+) -> Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT max(covered_to) FROM coverage_heartbeats WHERE webhook_id = $1")
+        .bind(webhook)
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Expires a pending window (it aged past what X replays).
+pub async fn expire(conn: &mut PgConnection, lease: &Lease, id: i64, why: &str) -> Result<bool> {
+    const SQL: &str = concat!(
+        "UPDATE replay_windows SET state = 'expired', last_error = $2 WHERE id = $1 AND state = 'pending' AND ",
+        still_held!("3", "4")
+    );
+    let result = sqlx::query(SQL)
         .bind(id)
         .bind(why)
+        .bind(&lease.holder)
+        .bind(lease.generation)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(applied(result))
 }
 
 /// Moves a pending window's start later (its oldest minutes aged out).
-pub async fn trim_start(conn: &mut PgConnection, id: i64, from: DateTime<Utc>) -> Result<()> {
-    sqlx::query("UPDATE replay_windows SET window_from = $2 WHERE id = $1")
-        .bind(id)
+pub async fn trim_start(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    window: &PendingWindow,
+    from: DateTime<Utc>,
+) -> Result<bool> {
+    const SQL: &str = concat!(
+        "UPDATE replay_windows SET window_from = $2 WHERE id = $1 AND state = 'pending' AND window_from = $3 AND ",
+        still_held!("4", "5")
+    );
+    let result = sqlx::query(SQL)
+        .bind(window.id)
         .bind(from)
+        .bind(window.from)
+        .bind(&lease.holder)
+        .bind(lease.generation)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(applied(result))
 }
 
+/// Records that X accepted the window as `job_id`. Not conditional on the
+/// lease: X runs the job whoever holds it now, and forgetting an accepted
+/// job would submit its window again. Only a pending window is marked.
 pub async fn mark_submitted(
     conn: &mut PgConnection,
     id: i64,
     job_id: &str,
     at: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE replay_windows SET state = 'submitted', job_id = $2, submitted_at = $3, attempts = attempts + 1, last_error = NULL WHERE id = $1",
+) -> Result<bool> {
+    let result = sqlx::query(
+        "UPDATE replay_windows SET state = 'submitted', job_id = $2, submitted_at = $3, fence_at = NULL, attempts = attempts + 1, last_error = NULL
+         WHERE id = $1 AND state = 'pending'",
     )
     .bind(id)
     .bind(job_id)
     .bind(at)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(applied(result))
 }
 
 pub async fn retry_later(
     conn: &mut PgConnection,
+    lease: &Lease,
     id: i64,
     at: DateTime<Utc>,
     error: &str,
     conflict: bool,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE replay_windows SET attempts = attempts + 1, conflicts = conflicts + $4, next_attempt_at = $2, last_error = $3 WHERE id = $1",
-    )
-    .bind(id)
-    .bind(at)
-    .bind(error)
-    .bind(i32::from(conflict))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+) -> Result<bool> {
+    const SQL: &str = concat!(
+        "UPDATE replay_windows SET attempts = attempts + 1, conflicts = conflicts + $4, next_attempt_at = $2, last_error = $3
+         WHERE id = $1 AND state = 'pending' AND ",
+        still_held!("5", "6")
+    );
+    let result = sqlx::query(SQL)
+        .bind(id)
+        .bind(at)
+        .bind(error)
+        .bind(i32::from(conflict))
+        .bind(&lease.holder)
+        .bind(lease.generation)
+        .execute(&mut *conn)
+        .await?;
+    Ok(applied(result))
 }
 
 /// How many windows of `webhook` are in each kind and state.

@@ -54,6 +54,10 @@ pub struct XClient {
     webhooks_replay_to_inclusive: bool,
     /// X's clock as its last response's `Date` header told it.
     x_date: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// Attempts per idempotent read (writes get one).
+    read_attempts: u32,
+    /// HTTP requests sent per endpoint, every attempt counted.
+    requests_sent: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// An HTTP `Date` (IMF-fixdate, `Tue, 01 Dec 2026 03:15:00 GMT`).
@@ -80,7 +84,24 @@ impl XClient {
             replay_endpoint: args.replay_endpoint,
             webhooks_replay_to_inclusive: args.webhooks_replay_to_inclusive,
             x_date: std::sync::Mutex::new(None),
+            read_attempts: READ_ATTEMPTS,
+            requests_sent: std::sync::Mutex::default(),
         })
+    }
+
+    /// One HTTP request per call, reads included: for a caller that
+    /// reserves X's request budget per request and retries on its own
+    /// schedule (the watermark's rounds).
+    pub fn one_attempt_per_call(mut self) -> XClient {
+        self.read_attempts = 1;
+        self
+    }
+
+    /// HTTP requests this client sent so far per endpoint, every retry
+    /// counted: what they cost of X's per-endpoint budgets.
+    pub fn requests_sent(&self) -> Vec<(&'static str, u64)> {
+        let sent = self.requests_sent.lock().unwrap_or_else(|p| p.into_inner());
+        sent.iter().map(|(e, n)| (*e, *n)).collect()
     }
 
     /// X's time per the `Date` header of the last response (to the second),
@@ -145,11 +166,17 @@ impl XClient {
         idempotent: bool,
         build: impl Fn() -> Result<reqwest::RequestBuilder, XError>,
     ) -> Result<Value, XError> {
-        let attempts = if idempotent { READ_ATTEMPTS } else { 1 };
+        let attempts = if idempotent { self.read_attempts } else { 1 };
         let mut delay = Duration::from_millis(200);
         let mut attempt = 1;
         loop {
             let started = Instant::now();
+            *self
+                .requests_sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(endpoint)
+                .or_default() += 1;
             let result = self.once(build()?).await;
             metrics::histogram!("aaa_xapi_request_duration_seconds", "endpoint" => endpoint)
                 .record(started.elapsed().as_secs_f64());
