@@ -58,8 +58,9 @@ enum Command {
         #[arg(long, default_value = "deploy/base")]
         deploy: std::path::PathBuf,
     },
-    /// Apply database migrations (run before starting a new version).
-    Migrate(aaa_db::DatabaseArgs),
+    /// Apply database migrations (run before starting a new version), as
+    /// the schema's owner (docs/deploy.md).
+    Migrate(MigrateArgs),
     /// The X simulator: generate and deliver signed activity.
     #[command(subcommand)]
     Sim(sim_cli::SimCommand),
@@ -86,6 +87,17 @@ enum Command {
         #[command(subcommand)]
         command: ReplayCli,
     },
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    database: aaa_db::DatabaseArgs,
+    /// Longest wait for any lock (the migrator's advisory lock, which any
+    /// session can hold, or a table behind a long transaction); then the
+    /// migration stops and names who holds advisory locks.
+    #[arg(long, env = "AAA_MIGRATE_LOCK_WAIT_SECS", default_value_t = 60)]
+    lock_wait_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -197,9 +209,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             aaa_consumer::run(args, clock, metrics, shutdown).await?;
         }
         Command::Migrate(args) => {
-            let pool = args.pool()?;
+            let pool = args.database.pool()?;
             let before = aaa_db::applied_version(&pool).await?;
-            let after = aaa_db::migrate(&pool).await?;
+            let after = aaa_db::migrate(
+                &pool,
+                std::time::Duration::from_secs(args.lock_wait_secs.max(1)),
+            )
+            .await?;
             tracing::info!(
                 message = "migrations applied",
                 from_version = before,

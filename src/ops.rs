@@ -31,7 +31,7 @@ pub struct OpsArgs {
     #[arg(long, global = true)]
     pub json: bool,
     /// The watermark's database, as a role that may record requests to X
-    /// (aaa_writer): every request this command sends (retries included) is
+    /// (aaa_operator): every request this command sends (retries included) is
     /// recorded there, so the watermark's X budget (15 webhook reads, 100
     /// replays per 15 minutes, shared with the operators) counts it.
     #[arg(

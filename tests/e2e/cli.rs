@@ -123,7 +123,7 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
             // The watermark's X budget counts the operator's requests.
             (
                 "AAA_X_BUDGET_DATABASE_URL".into(),
-                stack.db.writer_url().await,
+                stack.db.operator_url().await,
             ),
         ],
     };

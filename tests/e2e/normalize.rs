@@ -458,7 +458,9 @@ async fn deleted_posts_are_erased_everywhere_they_are_stored() {
         "the post, the retweet's and the like's copies"
     );
 
-    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
+        .await
+        .unwrap();
     let (posts, payloads) = aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
         .await
         .unwrap();

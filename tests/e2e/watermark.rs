@@ -416,7 +416,7 @@ async fn readers_cannot_stall_the_watermark_and_a_frozen_holder_is_replaced() {
     first.thaw();
 }
 
-/// Maintenance deletes, as `aaa_writer`, what only the watermark needs once
+/// Maintenance deletes, as `aaa_watermark`, what only the watermark needs once
 /// it is past the horizon, in batches, and nothing a round may still read:
 /// pending windows, and a stopped webhook's history back to 26 h before
 /// where it was judged. Dead letters stay unless a retention is set.
@@ -478,7 +478,9 @@ async fn maintenance_prunes_only_what_no_round_can_read() {
         .await
         .unwrap();
 
-    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
+        .await
+        .unwrap();
     let retention = Retention {
         horizon: TimeDelta::hours(72),
         dead_letters: None,
@@ -563,7 +565,9 @@ async fn event_retention_drops_old_payloads_and_keeps_identity() {
         .await
         .unwrap();
     }
-    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
+        .await
+        .unwrap();
     // Batches of 4: the run continues past a full batch and stops at the
     // first row too young.
     assert_eq!(drop_old_payloads(&writer, stored(30), 4).await.unwrap(), 6);
@@ -770,14 +774,16 @@ async fn x_clock_skew_is_measured_and_planned_around() {
 /// outlived the lease) changes nothing afterwards, whatever statement it
 /// reaches; a window is planned once; a reconciled window is never put back
 /// in line; and releasing a lease never resets its generation. Run as
-/// `aaa_writer`, the services' login.
+/// `aaa_watermark`, the watermark's login.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_lost_its_lease_changes_nothing() {
     use aaa_watermark::coverage::Interval;
     use aaa_watermark::planner::WindowKind;
     use aaa_watermark::store::{self, Planned, WindowState};
     let db = TestDb::migrated().await;
-    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
+        .await
+        .unwrap();
     let mut conn = writer.acquire().await.unwrap();
     let lease_secs = Duration::from_secs(60);
     let now = Utc::now();
@@ -905,7 +911,9 @@ async fn a_replica_that_lost_its_lease_changes_nothing() {
 async fn x_budget_is_reserved_atomically_across_replicas() {
     use aaa_watermark::store;
     let db = TestDb::migrated().await;
-    let writer = sqlx::PgPool::connect(&db.writer_url().await).await.unwrap();
+    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
+        .await
+        .unwrap();
     let now = Utc::now();
     let asks = (0..24).map(|_| {
         let writer = writer.clone();
@@ -959,5 +967,114 @@ async fn a_round_still_running_makes_the_next_ticks_skip() {
     assert!(
         sent as i64 <= recorded,
         "{sent} requests sent, {recorded} recorded"
+    );
+}
+
+/// Each service's login holds only what that service needs: the consumer
+/// cannot rewrite payloads, delete dead letters or touch the watermark's
+/// state; the watermark cannot insert or delete events, nor change their
+/// identity; an operator may record requests to X and only read the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_holds_only_what_it_needs() {
+    let db = TestDb::migrated().await;
+    let connect = |url: String| async move { sqlx::PgPool::connect(&url).await.unwrap() };
+    let consumer = connect(db.consumer_url().await).await;
+    let watermark = connect(db.watermark_url().await).await;
+    let operator = connect(db.operator_url().await).await;
+    let denied = |pool: &sqlx::PgPool, statement: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let error = sqlx::query(statement).execute(&pool).await.unwrap_err();
+            let code = error.as_database_error().and_then(|e| e.code());
+            assert_eq!(code.as_deref(), Some("42501"), "{statement}: {error}");
+        }
+    };
+    for statement in [
+        "UPDATE events SET payload = NULL",
+        "DELETE FROM dead_letters",
+        "DELETE FROM events",
+        "INSERT INTO replay_windows (webhook_id, window_from, window_to, state, created_at) VALUES ('w', now(), now(), 'pending', now())",
+        "UPDATE replay_windows SET state = 'reconciled'",
+        "UPDATE watermark_leases SET holder = 'consumer'",
+        "INSERT INTO x_api_requests (endpoint, requested_at, outcome) VALUES ('replay_submit', now(), 'x')",
+    ] {
+        denied(&consumer, statement).await;
+    }
+    for statement in [
+        "INSERT INTO events (for_user_id, kind, natural_key) VALUES ('1', 'k', 'n')",
+        "DELETE FROM events",
+        "UPDATE events SET kind = 'other'",
+        "UPDATE tweets SET author_id = '1'",
+        "INSERT INTO relationships (relationship, source_id, target_id, active) VALUES ('follow', '1', '2', true)",
+        "UPDATE consumer_fences SET fence_time = now()",
+    ] {
+        denied(&watermark, statement).await;
+    }
+    sqlx::query(
+        "INSERT INTO x_api_requests (endpoint, requested_at, outcome) VALUES ('webhooks_list', now(), 'operator')",
+    )
+    .execute(&operator)
+    .await
+    .unwrap();
+    for statement in [
+        "UPDATE replay_windows SET state = 'reconciled'",
+        "DELETE FROM x_api_requests",
+        "SELECT 1 FROM x_api_budgets FOR UPDATE",
+    ] {
+        denied(&operator, statement).await;
+    }
+}
+
+/// `aaa migrate` waits for sqlx's advisory lock, which any role can take:
+/// a reader holding it makes the migration stop after its lock wait with
+/// who holds it, never hang; once released, the migration runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_cannot_hang_aaa_migrate() {
+    let db = TestDb::migrated().await;
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    // sqlx's migration lock: a fixed factor times the CRC-32 of the name.
+    let key = 0x3d32ad9e_i64 * i64::from(crc32fast::hash(name.as_bytes()));
+    let reader = sqlx::PgPool::connect(&db.reader_url().await).await.unwrap();
+    let mut held = reader.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(key)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let migrate = || {
+        std::process::Command::new(BIN)
+            .arg("migrate")
+            .env("AAA_DATABASE_URL", &db.url)
+            .env("AAA_MIGRATE_LOCK_WAIT_SECS", "2")
+            .env("AAA_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let refused = migrate();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("aaa_reader_test"),
+        "the holder is named: {stderr}"
+    );
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let done = migrate();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
     );
 }

@@ -279,7 +279,7 @@ pub async fn run(
     let broker = Broker::start().await;
     broker.create_topic(TOPIC, PARTITIONS).await;
     let db = TestDb::migrated().await;
-    let writer_url = db.writer_url().await;
+    let writer_url = db.consumer_url().await;
     let preload_started = Instant::now();
     preload(&broker, &bodies, &keys).await?;
     let preload_seconds = preload_started.elapsed().as_secs_f64();

@@ -24,6 +24,10 @@ pub enum Error {
     SchemaBehind { applied: i64, required: i64 },
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
+    #[error(
+        "migrations waited {waited_secs} s for a lock and gave up; held by: {holders} (any role can take the migrator's advisory lock: end that session, then run `aaa migrate` again)"
+    )]
+    LockWait { waited_secs: u64, holders: String },
 }
 
 /// Connection settings. The URL holds a password, so it is a secret: it comes
@@ -65,8 +69,54 @@ pub fn required_version() -> i64 {
 }
 
 /// Applies pending migrations; returns the schema version afterwards.
-pub async fn migrate(pool: &PgPool) -> Result<i64, Error> {
-    MIGRATOR.run(pool).await?;
+///
+/// Every lock the migrations wait for is waited for at most `lock_wait`:
+/// the advisory lock that keeps two migrations apart is one any role can
+/// take (a reader's session holding it would otherwise hang `aaa migrate`
+/// for good), and a DDL statement behind a long transaction would too.
+/// Past it the migration stops with who holds advisory locks here.
+pub async fn migrate(pool: &PgPool, lock_wait: std::time::Duration) -> Result<i64, Error> {
+    let mut conn = pool.acquire().await.map_err(Error::Connect)?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, false)")
+        .bind(format!("{}ms", lock_wait.as_millis().max(1)))
+        .execute(&mut *conn)
+        .await?;
+    let result = MIGRATOR.run(&mut *conn).await;
+    let timed_out = match &result {
+        Err(
+            sqlx::migrate::MigrateError::Execute(error)
+            | sqlx::migrate::MigrateError::ExecuteMigration(error, _),
+        ) => error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "55P03"),
+        _ => false,
+    };
+    if timed_out {
+        let holders: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT format('%s (pid %s, %s)', a.usename, a.pid, coalesce(nullif(a.application_name, ''), 'no application name'))
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+             WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_default();
+        let holders = if holders.is_empty() {
+            "a session holding a table lock (a long transaction?)".to_owned()
+        } else {
+            holders.join(", ")
+        };
+        return Err(Error::LockWait {
+            waited_secs: lock_wait.as_secs(),
+            holders,
+        });
+    }
+    result?;
+    sqlx::query("RESET lock_timeout")
+        .execute(&mut *conn)
+        .await?;
+    drop(conn);
     applied_version(pool).await
 }
 

@@ -107,7 +107,9 @@ impl TestDb {
     /// A new migrated database on another cluster (e.g. a [`PgServer`]).
     pub async fn migrated_on(admin_url: &str) -> TestDb {
         let db = TestDb::empty_on(admin_url).await;
-        aaa_db::migrate(&db.pool).await.expect("migrations apply");
+        aaa_db::migrate(&db.pool, std::time::Duration::from_secs(60))
+            .await
+            .expect("migrations apply");
         db
     }
 
@@ -136,11 +138,27 @@ impl TestDb {
         TestDb { url, pool }
     }
 
-    /// This database's URL for the services: a login that is a member of
-    /// `aaa_writer` and nothing more, as in production (docs/deploy.md), so
-    /// a missing grant fails the tests.
+    /// A login in `aaa_writer`, older releases' role for every service (now
+    /// the union of `aaa_consumer` and `aaa_watermark`).
     pub async fn writer_url(&self) -> String {
         self.login_url("aaa_writer").await
+    }
+
+    /// What the consumer connects with: a member of `aaa_consumer` and
+    /// nothing more, as in production (docs/deploy.md), so a missing grant
+    /// fails the tests.
+    pub async fn consumer_url(&self) -> String {
+        self.login_url("aaa_consumer").await
+    }
+
+    /// What the watermark connects with: a member of `aaa_watermark` only.
+    pub async fn watermark_url(&self) -> String {
+        self.login_url("aaa_watermark").await
+    }
+
+    /// An operator who may record requests to X: `aaa_operator`.
+    pub async fn operator_url(&self) -> String {
+        self.login_url("aaa_operator").await
     }
 
     /// This database's URL for operators and analysts: `aaa_reader` only.

@@ -88,8 +88,10 @@ pub struct Stack {
     pub bin: PathBuf,
     pub broker: Broker,
     pub db: TestDb,
-    /// What the services connect with: a member of `aaa_writer` only.
-    pub writer_url: String,
+    /// What the consumer connects with: a member of `aaa_consumer` only.
+    pub consumer_url: String,
+    /// What the watermark connects with: a member of `aaa_watermark` only.
+    pub watermark_url: String,
     pub receiver: Service,
     pub consumer: Service,
     pub webhook_id: String,
@@ -116,7 +118,8 @@ impl Stack {
             Some(cluster) => TestDb::migrated_on(cluster).await,
             None => TestDb::migrated().await,
         };
-        let writer_url = db.writer_url().await;
+        let consumer_url = db.consumer_url().await;
+        let watermark_url = db.watermark_url().await;
         let config_dir = tempfile::tempdir().expect("config dir");
         let webhook_id = "1146654567674912769".to_owned();
         let webhooks_file = config_dir.path().join("webhooks.toml");
@@ -164,7 +167,7 @@ impl Stack {
         let admin = receiver.addr("admin").await;
         let consumer_env = vec![
             ("AAA_ADMIN_LISTEN", "127.0.0.1:0".into()),
-            ("AAA_DATABASE_URL", writer_url.clone()),
+            ("AAA_DATABASE_URL", consumer_url.clone()),
             ("AAA_KAFKA_BROKERS", broker.bootstrap()),
             ("AAA_RAW_TOPIC", topic.clone()),
             ("AAA_CONSUMER_GROUP", "aaa-consumer-test".into()),
@@ -186,7 +189,8 @@ impl Stack {
             bin,
             broker,
             db,
-            writer_url,
+            consumer_url,
+            watermark_url,
             receiver,
             webhook_id,
             webhook_url: format!("http://{public}/webhooks/x"),
@@ -260,7 +264,7 @@ impl Stack {
     pub fn spawn_watermark(&self, sim: &crate::SimProcess, replica: &str) -> Service {
         let mut env = vec![
             ("AAA_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
-            ("AAA_DATABASE_URL", self.writer_url.clone()),
+            ("AAA_DATABASE_URL", self.watermark_url.clone()),
             ("AAA_KAFKA_BROKERS", self.broker.bootstrap()),
             ("AAA_RAW_TOPIC", self.topic.clone()),
             ("AAA_WATERMARK_WEBHOOKS", self.webhook_id.clone()),
