@@ -191,6 +191,16 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
         );
     }
 
+    // Refusals anyone can cause are counted, not logged above debug: no
+    // log flood an outsider controls.
+    let flood: Vec<String> = stack
+        .receiver
+        .output()
+        .into_iter()
+        .filter(|l| l.contains("delivery rejected") || l.contains("request shed"))
+        .collect();
+    assert!(flood.is_empty(), "logged at info or above: {flood:?}");
+
     // Healthy, every good delivery stored, the garbage only as dead letters.
     let health = reqwest::get(format!("{}/healthz", stack.receiver_admin))
         .await
@@ -319,6 +329,13 @@ async fn requests_past_the_concurrency_limit_are_shed_with_503() {
     assert_eq!(shed, 4.0);
     assert_eq!(stack.delivery_outcomes("shed").await, 2.0);
     assert_eq!(stack.delivery_outcomes("shed_unsigned").await, 1.0);
+    let logged = stack
+        .receiver
+        .output()
+        .into_iter()
+        .filter(|l| l.contains("shed"))
+        .count();
+    assert_eq!(logged, 0, "shedding is counted, not logged above debug");
     stack.broker.resume();
     for request in holding {
         // Answered by the produce deadline: 503, or 200 if the broker woke in time.

@@ -439,3 +439,28 @@ async fn keep_oversized_trace(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backstop must never cut a delivery short between its own
+    /// deadlines: dropped mid-produce, its outcome would go unrecorded
+    /// (no coverage, no count) while the broker may still take it.
+    #[test]
+    fn the_backstop_outlasts_a_deliverys_own_deadlines() {
+        for (body_ms, produce_ms) in [(2_000, 2_500), (10_000, 2_500), (1, 1), (30_000, 60_000)] {
+            let limits = RequestLimits {
+                max_body_bytes: 1 << 20,
+                max_verified_bytes: 8 << 20,
+                body_timeout: Duration::from_millis(body_ms),
+                produce_timeout: Duration::from_millis(produce_ms),
+                max_concurrent: 128,
+            };
+            assert!(
+                limits.backstop() > limits.body_timeout + limits.produce_timeout,
+                "{limits:?}"
+            );
+        }
+    }
+}
