@@ -59,6 +59,17 @@ pub fn merge(mut intervals: Vec<Interval>) -> Vec<Interval> {
     merged
 }
 
+/// The time healthy heartbeats cover, merged over replicas.
+pub fn healthy_stretches(heartbeats: &[Heartbeat]) -> Vec<Interval> {
+    merge(
+        heartbeats
+            .iter()
+            .filter(|h| h.healthy)
+            .map(|h| h.covered)
+            .collect(),
+    )
+}
+
 /// Uncovered stretches, in whole minutes, between `start` (rounded up) and
 /// `horizon` (rounded down), leaving out `settled` time (already recovered,
 /// or being replayed now). The minutes on either side of an uncovered one
@@ -72,13 +83,7 @@ pub fn uncovered(
     invalid: &[Interval],
     settled: &[Interval],
 ) -> Vec<Interval> {
-    let healthy = merge(
-        heartbeats
-            .iter()
-            .filter(|h| h.healthy)
-            .map(|h| h.covered)
-            .collect(),
-    );
+    let healthy = healthy_stretches(heartbeats);
     let hurt: Vec<Interval> = heartbeats
         .iter()
         .filter(|h| !h.healthy)

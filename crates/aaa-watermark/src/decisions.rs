@@ -6,7 +6,7 @@
 use aaa_xapi::{Reason, XError};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::coverage::{Heartbeat, Interval, merge};
+use crate::coverage::{Heartbeat, Interval, healthy_stretches};
 use crate::planner::{WindowKind, earliest_from};
 
 /// Longest wait between two submissions of the same window.
@@ -54,14 +54,7 @@ pub const HEARTBEAT_GRACE: TimeDelta = TimeDelta::minutes(10);
 /// healthy heartbeats (merged over replicas), and no heartbeat overlapping
 /// it reports a refusal.
 pub fn receivers_kept_up(during: Interval, heartbeats: &[Heartbeat]) -> bool {
-    let healthy = merge(
-        heartbeats
-            .iter()
-            .filter(|h| h.healthy)
-            .map(|h| h.covered)
-            .collect(),
-    );
-    let covered = healthy
+    let covered = healthy_stretches(heartbeats)
         .iter()
         .any(|h| h.from <= during.from && during.to <= h.to);
     let refused = heartbeats
