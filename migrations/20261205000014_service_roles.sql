@@ -60,3 +60,8 @@ GRANT USAGE ON SEQUENCE x_api_requests_id_seq TO aaa_operator;
 REVOKE ALL ON ALL TABLES IN SCHEMA public FROM aaa_writer;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM aaa_writer;
 GRANT aaa_consumer, aaa_watermark TO aaa_writer;
+
+-- A deletion takes its post's row, with a placeholder removed again in the
+-- same transaction when the post is not there yet (so a post and its
+-- deletion in two batches at once serialize on the key).
+GRANT DELETE ON tweets TO aaa_consumer;

@@ -536,6 +536,24 @@ impl Run {
             stored_deletions, deletions,
             "{scenario}: deletions are the delivered ones"
         );
+        // Every stored post that was deleted is marked so, whichever batch
+        // (of two writing at once) came first; no other post is.
+        let marked: Vec<String> = sqlx::query_scalar(
+            "SELECT tweet_id FROM tweets WHERE deleted_at IS NOT NULL ORDER BY 1",
+        )
+        .fetch_all(&self.stack.db.pool)
+        .await
+        .expect("deleted posts");
+        let stored_and_deleted: Vec<String> =
+            sqlx::query_scalar("SELECT tweet_id FROM tweets WHERE tweet_id = ANY($1) ORDER BY 1")
+                .bind(&deletions)
+                .fetch_all(&self.stack.db.pool)
+                .await
+                .expect("stored posts");
+        assert_eq!(
+            marked, stored_and_deleted,
+            "{scenario}: tweets.deleted_at is set on exactly the deleted posts"
+        );
         let stored_revoked: Vec<Revoked> = sqlx::query_as(
             "SELECT user_id, revoked_at FROM subscriptions WHERE revoked_at IS NOT NULL ORDER BY 1",
         )

@@ -635,6 +635,14 @@ async fn a_revoked_subscription_is_active_again_after_new_activity() {
         (false, revoked),
         "an older revocation arriving late"
     );
+    let undated = json!({"data": {"event_uuid": "77001", "filter": {"user_id": user},
+        "event_type": "follow.follow",
+        "payload": {"source": {"data": {"id": user}}, "target": {"data": {"id": "333"}}}}});
+    assert_eq!(
+        apply(undated).await,
+        (false, revoked),
+        "an XAA event X sent without a time (a retry or replay, dated on arrival after the revocation) is no new authorization"
+    );
     assert_eq!(
         apply(like("l3", "2026-11-20T10:00:00Z")).await,
         (true, revoked),
@@ -891,4 +899,141 @@ async fn an_xaa_event_resent_under_a_new_uuid_is_stored_twice_and_state_is_uncha
         stored("SELECT count(*) FROM events WHERE kind = 'tweet_create_events'").await,
         posts
     );
+}
+
+/// A post and its deletion written by two batches at once (two writers, or
+/// a replay window carrying both): the post's batch holds its row while it
+/// waits on something else (here, the author's `users` row, which the test
+/// keeps locked), and the deletion's batch runs meanwhile. Whichever order
+/// they commit in, the post ends up deleted: before, the post's batch found
+/// no deletion and the deletion's update found no post, and `deleted_at`
+/// stayed NULL for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_and_its_deletion_in_concurrent_batches_end_deleted() {
+    let db = TestDb::migrated().await;
+    let consumer = sqlx::PgPool::connect(&db.consumer_url().await)
+        .await
+        .unwrap();
+    let tweet = |id: &str, text: &str| {
+        json!({"for_user_id": "700", "tweet_create_events": [{"id_str": id, "text": text,
+            "created_at": "Wed Oct 10 20:19:24 +0000 2018", "timestamp_ms": "1539202764000",
+            "user": {"id_str": "700", "screen_name": "author"}}]})
+    };
+    // The author is known (a `users` row the test can lock).
+    write_batch(
+        &consumer,
+        &plan(&[record(1, &tweet("800", "first"))]),
+        LIVE_HORIZON,
+    )
+    .await
+    .unwrap();
+    let mut holder = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE user_id = '700' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let waiting = |statement: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+            )
+            .bind(format!("%{statement}%"))
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let post_batch = {
+        let (pool, batch) = (
+            consumer.clone(),
+            plan(&[record(2, &tweet("801", "soon deleted"))]),
+        );
+        tokio::spawn(async move { write_batch(&pool, &batch, LIVE_HORIZON).await })
+    };
+    eventually(
+        WAIT,
+        "the post's batch holding the post, waiting on its author",
+        || async { (waiting("INSERT INTO users").await == 1).then_some(()) },
+    )
+    .await;
+    let deletion = json!({"for_user_id": "700", "tweet_delete_events": [{"status": {"id": "801", "user_id": "700"},
+        "timestamp_ms": "1539202900000"}]});
+    let deletion_batch = {
+        let (pool, batch) = (consumer.clone(), plan(&[record(3, &deletion)]));
+        tokio::spawn(async move { write_batch(&pool, &batch, LIVE_HORIZON).await })
+    };
+    // The deletion's batch either commits now (the old way) or waits for
+    // the post's row.
+    eventually(WAIT, "the deletion's batch to commit or wait", || async {
+        (deletion_batch.is_finished() || waiting("INSERT INTO tweets").await == 1).then_some(())
+    })
+    .await;
+    holder.rollback().await.unwrap();
+    post_batch.await.unwrap().unwrap();
+    deletion_batch.await.unwrap().unwrap();
+
+    let deleted: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("SELECT deleted_at FROM tweets WHERE tweet_id = '801'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(deleted.is_some(), "the post is marked deleted");
+    assert_eq!(
+        db.count("SELECT count(*) FROM tweets").await,
+        2,
+        "no placeholder row left behind"
+    );
+}
+
+/// An app's name and URL are those of the newest message that showed them,
+/// whichever batch is written last (two writers, a replay of old messages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_keeps_its_newest_observation_whatever_order_batches_land_in() {
+    let db = TestDb::migrated().await;
+    let consumer = sqlx::PgPool::connect(&db.consumer_url().await)
+        .await
+        .unwrap();
+    let dm = |id: &str, ms: i64, name: &str| {
+        json!({"for_user_id": "900", "direct_message_events": [{"type": "message_create", "id": id,
+            "created_timestamp": ms.to_string(),
+            "message_create": {"target": {"recipient_id": "900"}, "sender_id": "901", "source_app_id": "42",
+                "message_data": {"text": "hi", "entities": {}}}}],
+            "apps": {"42": {"id": "42", "name": name, "url": "https://app.example"}}})
+    };
+    let name = || async {
+        sqlx::query_scalar::<_, Option<String>>("SELECT name FROM apps WHERE app_id = '42'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+    };
+    write_batch(
+        &consumer,
+        &plan(&[record(1, &dm("d2", 1_700_000_100_000, "Renamed"))]),
+        LIVE_HORIZON,
+    )
+    .await
+    .unwrap();
+    // An older message (replayed, or the other writer's batch) lands after.
+    write_batch(
+        &consumer,
+        &plan(&[record(2, &dm("d1", 1_700_000_000_000, "Original"))]),
+        LIVE_HORIZON,
+    )
+    .await
+    .unwrap();
+    assert_eq!(name().await.as_deref(), Some("Renamed"));
+    // A newer one does replace it; within one batch, the newest wins too.
+    write_batch(
+        &consumer,
+        &plan(&[
+            record(3, &dm("d4", 1_700_000_300_000, "Newest")),
+            record(4, &dm("d3", 1_700_000_200_000, "Between")),
+        ]),
+        LIVE_HORIZON,
+    )
+    .await
+    .unwrap();
+    assert_eq!(name().await.as_deref(), Some("Newest"));
 }

@@ -71,9 +71,16 @@ pub async fn write(
                 },
                 Record::Mention(m) => mentions.push((m, event.id)),
                 Record::Favorite(f) => favorites.push((f, event.id)),
-                Record::App(a) => {
-                    apps.insert(a.app_id.as_str(), a);
-                }
+                Record::App(a) => match apps.entry(a.app_id.as_str()) {
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(a);
+                    }
+                    Entry::Occupied(mut known) => {
+                        if a.observed_at > known.get().observed_at {
+                            known.insert(a);
+                        }
+                    }
+                },
                 Record::DirectMessage(d) => dms.push((d, event.id)),
                 Record::DmReadReceipt(r) => receipts.push((r, event.id)),
                 Record::Relationship(r) => {
@@ -92,7 +99,10 @@ pub async fn write(
         }
     }
 
-    let tweets: Vec<(&TweetRow, i64)> = tweets.into_values().collect();
+    // In key order, as every batch takes these rows: two batches writing at
+    // once then wait on each other instead of deadlocking.
+    let mut tweets: Vec<(&TweetRow, i64)> = tweets.into_values().collect();
+    tweets.sort_by(|a, b| a.0.tweet_id.cmp(&b.0.tweet_id));
     if !tweets.is_empty() {
         sqlx::query(
             "INSERT INTO tweets (tweet_id, author_id, created_at, text, is_longform, entities, display_text_range,
@@ -159,15 +169,21 @@ pub async fn write(
             // An app already stored as it is now is skipped before the
             // upsert, which would lock its row until commit even to write
             // the same values, and make concurrent batches wait on it.
-            "INSERT INTO apps (app_id, name, url)
-             SELECT x.* FROM UNNEST($1::text[], $2::text[], $3::text[]) AS x(app_id, name, url)
+            // The newest observation wins, whichever batch commits last; one
+            // of unknown time never replaces one of known time.
+            "INSERT INTO apps (app_id, name, url, observed_at)
+             SELECT x.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS x(app_id, name, url, observed_at)
              WHERE NOT EXISTS (SELECT 1 FROM apps a WHERE a.app_id = x.app_id
-                               AND a.name IS NOT DISTINCT FROM x.name AND a.url IS NOT DISTINCT FROM x.url)
-             ON CONFLICT (app_id) DO UPDATE SET name = EXCLUDED.name, url = EXCLUDED.url",
+                               AND a.name IS NOT DISTINCT FROM x.name AND a.url IS NOT DISTINCT FROM x.url
+                               AND a.observed_at IS NOT DISTINCT FROM x.observed_at)
+             ON CONFLICT (app_id) DO UPDATE SET name = EXCLUDED.name, url = EXCLUDED.url, observed_at = EXCLUDED.observed_at
+             WHERE apps.observed_at IS NULL
+                OR (EXCLUDED.observed_at IS NOT NULL AND EXCLUDED.observed_at > apps.observed_at)",
         )
         .bind(col(&apps, |a| a.app_id.clone()))
         .bind(col(&apps, |a| a.name.clone()))
         .bind(col(&apps, |a| a.url.clone()))
+        .bind(col::<Option<DateTime<Utc>>, _>(&apps, |a| a.observed_at))
         .execute(&mut *tx)
         .await?;
     }
@@ -218,6 +234,7 @@ pub async fn write(
             .bind(col(&deletions, |(_, id)| *id))
             .execute(&mut *tx)
             .await?;
+            take_deleted_posts(tx, &deletions).await?;
         }
         apply_deletions(tx, &tweets, &deletions).await?;
     }
@@ -272,6 +289,57 @@ pub async fn write(
         .bind(col(&users, |(_, id)| *id))
         .execute(&mut *tx)
         .await?;
+    }
+    Ok(())
+}
+
+/// A deletion takes its post's row in `tweets` (marking it deleted), and a
+/// placeholder row when the post is not there, removed again before commit.
+/// So a post and its deletion written by two batches at once wait on each
+/// other on that key instead of each missing the other's uncommitted row
+/// (the post's batch found no deletion, the deletion's update found no
+/// post, and `deleted_at` stayed NULL for good): whichever commits second
+/// sees the first, in either order. Row locks, not advisory locks, which
+/// any role could take and hold.
+async fn take_deleted_posts(
+    tx: &mut PgConnection,
+    deletions: &[(&DeletionRow, i64)],
+) -> Result<(), sqlx::Error> {
+    let mut earliest: std::collections::BTreeMap<&str, (DateTime<Utc>, i64)> =
+        std::collections::BTreeMap::new();
+    for (d, id) in deletions {
+        let entry = earliest
+            .entry(d.tweet_id.as_str())
+            .or_insert((d.deleted_at, *id));
+        if d.deleted_at < entry.0 {
+            *entry = (d.deleted_at, *id);
+        }
+    }
+    let rows: Vec<(&str, DateTime<Utc>, i64)> = earliest
+        .into_iter()
+        .map(|(post, (at, id))| (post, at, id))
+        .collect();
+    let placed: Vec<(String, bool)> = sqlx::query_as(
+        "INSERT INTO tweets (tweet_id, text, is_longform, entities, deleted_at, event_id)
+         SELECT d.tweet_id, '', false, '{}'::jsonb, d.deleted_at, d.event_id
+         FROM UNNEST($1::text[], $2::timestamptz[], $3::int8[]) AS d(tweet_id, deleted_at, event_id)
+         ON CONFLICT (tweet_id) DO UPDATE SET deleted_at = LEAST(tweets.deleted_at, EXCLUDED.deleted_at)
+         RETURNING tweet_id, (xmax = 0)",
+    )
+    .bind(col(&rows, |(post, _, _)| (*post).to_owned()))
+    .bind(col(&rows, |(_, at, _)| *at))
+    .bind(col(&rows, |(_, _, id)| *id))
+    .fetch_all(&mut *tx)
+    .await?;
+    let placeholders: Vec<String> = placed
+        .into_iter()
+        .filter_map(|(post, inserted)| inserted.then_some(post))
+        .collect();
+    if !placeholders.is_empty() {
+        sqlx::query("DELETE FROM tweets WHERE tweet_id = ANY($1)")
+            .bind(&placeholders)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }

@@ -49,10 +49,14 @@ pub struct Seen {
     pub subscriptions: BTreeMap<(String, String), SubscriptionSeen>,
 }
 
-/// The newest activity time of a row, unless it is a revocation.
+/// The time of a row's activity as X dated it, unless it is a revocation.
+/// An event X sent without a time is dated on arrival, so a replayed or
+/// retried copy of an old one would pass for activity after a revocation:
+/// only X's own time may show that an account authorized the app again.
 pub fn activity_time(row: &EventRow) -> Option<DateTime<Utc>> {
     let revocation = row.records.iter().any(|r| matches!(r, Record::Revoke(_)));
-    row.event_time.filter(|_| !revocation)
+    row.event_time
+        .filter(|_| !revocation && !row.dated_on_arrival)
 }
 
 impl Seen {

@@ -119,6 +119,9 @@ pub struct AppRow {
     pub app_id: String,
     pub name: Option<String>,
     pub url: Option<String>,
+    /// When X showed it so: the time of the message that carried it. The
+    /// newest observation wins, whichever batch commits last.
+    pub observed_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -421,6 +424,7 @@ pub fn normalize(
                         app_id: text(&app["id"]).unwrap_or_else(|| id.clone()),
                         name: text(&app["name"]),
                         url: text(&app["url"]),
+                        observed_at: activity.event_time,
                     }));
                 }
             }
