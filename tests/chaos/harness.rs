@@ -151,12 +151,18 @@ impl Run {
     }
 
     async fn launch(
-        stack: Stack,
+        mut stack: Stack,
         sim_args: &[&str],
         receivers: Vec<(Service, std::net::SocketAddr)>,
         balancer: Option<Balancer>,
     ) -> Run {
         let clock = stack.options.clock();
+        // Maintenance (compliance erase included) every 2 real seconds, so
+        // `settle` sees every deleted post erased.
+        stack
+            .options
+            .watermark_env
+            .push(("AAA_WATERMARK_MAINTENANCE_SECS", "2".into()));
         let args: Vec<&str> = SIM_ARGS.iter().chain(sim_args).copied().collect();
         let sim = stack.start_sim(&args).await;
         let watermark = stack.spawn_watermark(&sim, "watermark-a");
@@ -554,6 +560,52 @@ impl Run {
             marked, stored_and_deleted,
             "{scenario}: tweets.deleted_at is set on exactly the deleted posts"
         );
+        // Compliance: every copy of a deleted post, in any event, at any
+        // depth, for any account, is erased (found here by walking every
+        // stored payload, not through the index the erasure uses).
+        let deleted: std::collections::BTreeSet<&str> =
+            deletions.iter().map(String::as_str).collect();
+        let last_unerased = std::sync::Mutex::new(Vec::new());
+        let erased = tokio::time::timeout(
+            WAIT,
+            eventually(WAIT * 2, "every copy of a deleted post erased", || async {
+                let payloads: Vec<(i64, String)> = sqlx::query_as(
+                    "SELECT id, payload::text FROM events WHERE payload IS NOT NULL",
+                )
+                .fetch_all(&self.stack.db.pool)
+                .await
+                .ok()?;
+                let unerased: Vec<(i64, String)> = payloads
+                    .iter()
+                    .filter_map(|(id, text)| {
+                        let value: Value = serde_json::from_str(text).ok()?;
+                        let mut found = Vec::new();
+                        unerased_posts(&value, &deleted, &mut found);
+                        Some(
+                            found
+                                .into_iter()
+                                .map(|post| (*id, post))
+                                .collect::<Vec<_>>(),
+                        )
+                    })
+                    .flatten()
+                    .collect();
+                let done = unerased.is_empty();
+                *last_unerased.lock().unwrap_or_else(|p| p.into_inner()) = unerased;
+                done.then_some(())
+            }),
+        )
+        .await;
+        assert!(
+            erased.is_ok(),
+            "{scenario}: (event id, deleted post) copies never erased: {:?}",
+            last_unerased.lock().unwrap_or_else(|p| p.into_inner())
+        );
+        let erased_copies = self
+            .stack
+            .db
+            .count("SELECT count(*) FROM event_posts WHERE erased")
+            .await;
         let stored_revoked: Vec<Revoked> = sqlx::query_as(
             "SELECT user_id, revoked_at FROM subscriptions WHERE revoked_at IS NOT NULL ORDER BY 1",
         )
@@ -591,6 +643,7 @@ impl Run {
             "stored": expected.len(),
             "relationships": relationships.len(),
             "deletions": deletions.len(),
+            "erased_copies": erased_copies,
             "revokes": revoked.len(),
             "settle_seconds": (settle_seconds * 10.0).round() / 10.0,
         });
@@ -715,4 +768,39 @@ fn expected_state<'a>(
         deleted.into_iter().collect(),
         revoked.into_iter().collect(),
     )
+}
+
+/// Post objects in `value` (a `text` and an `id_str` or `id`) whose id is in
+/// `deleted` and that are not marked erased.
+fn unerased_posts(
+    value: &Value,
+    deleted: &std::collections::BTreeSet<&str>,
+    found: &mut Vec<String>,
+) {
+    match value {
+        Value::Object(object) => {
+            if object.contains_key("text") && object.get("aaa_erased") != Some(&Value::Bool(true)) {
+                for key in ["id_str", "id"] {
+                    let id = match object.get(key) {
+                        Some(Value::String(id)) => id.clone(),
+                        Some(Value::Number(id)) => id.to_string(),
+                        _ => continue,
+                    };
+                    if deleted.contains(id.as_str()) {
+                        found.push(id);
+                        break;
+                    }
+                }
+            }
+            for child in object.values() {
+                unerased_posts(child, deleted, found);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                unerased_posts(item, deleted, found);
+            }
+        }
+        _ => {}
+    }
 }

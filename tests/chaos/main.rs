@@ -187,7 +187,8 @@ async fn watermark_holder_frozen_mid_replay_and_thawed() {
     run.sim.set_faults(json!({"replay_delay_ms": 20})).await;
     run.stack.replay_in_flight(Duration::from_secs(120)).await;
     let holder = || async {
-        sqlx::query_scalar::<_, String>("SELECT holder FROM watermark_leases")
+        sqlx::query_scalar::<_, String>("SELECT holder FROM watermark_leases WHERE webhook_id = $1")
+            .bind(&run.stack.webhook_id)
             .fetch_optional(&run.stack.db.pool)
             .await
             .unwrap()
@@ -572,6 +573,57 @@ async fn postgres_slow_under_lock_contention() {
     )
     .await;
     run.settle("Postgres slow (exclusive lock held 3 s)").await;
+}
+
+/// A consumer replica frozen (SIGSTOP) in the middle of a transaction, and
+/// left frozen to the end. Its row locks (the batch's users, posts,
+/// subscriptions) would hold the other replica's writes for good, and no
+/// write would fail, so nothing would say so. Postgres ends the frozen
+/// session after `AAA_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS` (30 s), the
+/// other replica's lock waits end after `AAA_DATABASE_LOCK_TIMEOUT_MS` and
+/// are retried, and the group hands the frozen replica's partitions over:
+/// everything is stored, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_frozen_mid_transaction_for_good() {
+    let mut run = Run::start_replicated(StackOptions::scaled(300.0), 1, 1).await;
+    let frozen = run.stack.spawn_consumer_as("consumer-frozen", &[]);
+    frozen
+        .wait_for_log("partition assignment", Duration::from_secs(60), |e| {
+            e["message"] == "partitions assigned"
+        })
+        .await;
+    run.wait_sim(TimeDelta::minutes(5)).await;
+    let in_transaction = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'consumer-frozen' AND backend_xid IS NOT NULL",
+        )
+        .fetch_one(&run.stack.db.pool)
+        .await
+        .unwrap()
+    };
+    // Caught holding rows: stopped, and kept stopped if it had written in
+    // its open transaction.
+    let mut caught = false;
+    for _ in 0..2000 {
+        frozen.freeze();
+        if in_transaction().await > 0 {
+            caught = true;
+            break;
+        }
+        frozen.thaw();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(caught, "the consumer was never caught mid-transaction");
+    eventually(
+        Duration::from_secs(90),
+        "Postgres to end the frozen replica's transaction",
+        || async { (in_transaction().await == 0).then_some(()) },
+    )
+    .await;
+    run.consumers.push(frozen);
+    run.settle("consumer frozen mid-transaction, never thawed")
+        .await;
 }
 
 /// Every insert into `events` fails for 3 real seconds, as on a full disk:

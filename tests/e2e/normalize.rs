@@ -414,8 +414,11 @@ async fn a_simulator_run_fills_every_table_and_the_documented_sql_works() {
 }
 
 /// Compliance mode: once a post is deleted, its text and media leave
-/// `tweets`, its own event, a retweet and a like that embed it, and a quote
-/// that arrives after the erasure; ids and times stay.
+/// `tweets`, its own event, a retweet, a like delivered to two subscribed
+/// accounts (one event each), a retweet of a quote of it (two levels down),
+/// a dead letter that holds it, and a quote that arrives after the
+/// erasure; ids and times stay, and erasing again rewrites only the new
+/// copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_posts_are_erased_everywhere_they_are_stored() {
     let stack = Stack::start(BIN, StackOptions::default()).await;
@@ -424,13 +427,27 @@ async fn deleted_posts_are_erased_everywhere_they_are_stored() {
         "created_at": "Wed Oct 10 20:19:24 +0000 2018", "timestamp_ms": "1539202764000",
         "user": {"id_str": "100", "screen_name": "a"},
         "entities": {"hashtags": [], "media": [{"media_url_https": "https://pbs/secret.jpg"}]}});
+    let like = |account: &str| {
+        json!({"for_user_id": account, "favorite_events": [{"id": "fav-1", "created_at": "Wed Oct 10 20:20:00 +0000 2018",
+            "timestamp_ms": "1539202800000", "favorited_status": post, "user": {"id_str": "102"}}]})
+    };
+    let quote = json!({"id_str": "504", "text": "look at this",
+        "created_at": "Wed Oct 10 20:21:00 +0000 2018", "timestamp_ms": "1539202860000",
+        "user": {"id_str": "104"}, "quoted_status": post});
     let bodies = [
         json!({"for_user_id": "100", "tweet_create_events": [post]}),
         json!({"for_user_id": "101", "tweet_create_events": [{"id_str": "501", "text": "RT @a: secret words",
             "created_at": "Wed Oct 10 20:19:25 +0000 2018", "timestamp_ms": "1539202765000",
             "user": {"id_str": "101"}, "retweeted_status": post}]}),
-        json!({"for_user_id": "100", "favorite_events": [{"id": "fav-1", "created_at": "Wed Oct 10 20:20:00 +0000 2018",
-            "timestamp_ms": "1539202800000", "favorited_status": post, "user": {"id_str": "102"}}]}),
+        // The like, for the liked account and for the liker (both subscribed).
+        like("100"),
+        like("102"),
+        // A retweet of a quote of the post.
+        json!({"for_user_id": "105", "tweet_create_events": [{"id_str": "505", "text": "RT @q: look at this",
+            "created_at": "Wed Oct 10 20:22:00 +0000 2018", "timestamp_ms": "1539202920000",
+            "user": {"id_str": "105"}, "retweeted_status": quote}]}),
+        // Authentic, but a post without an id: a dead letter that holds it.
+        json!({"for_user_id": "106", "tweet_create_events": [{"text": "quoting", "quoted_status": post}]}),
         json!({"for_user_id": "100", "tweet_delete_events": [{"status": {"id": "500", "user_id": "100"},
             "timestamp_ms": "1539202900000"}]}),
     ];
@@ -442,7 +459,8 @@ async fn deleted_posts_are_erased_everywhere_they_are_stored() {
         WAIT,
         "the post, its copies and its deletion stored",
         || async {
-            (db.count("SELECT count(*) FROM events").await == 4
+            (db.count("SELECT count(*) FROM events").await == 6
+                && db.count("SELECT count(*) FROM dead_letters").await == 1
                 && db.count("SELECT count(*) FROM tweet_deletions").await == 1)
                 .then_some(())
         },
@@ -452,23 +470,38 @@ async fn deleted_posts_are_erased_everywhere_they_are_stored() {
         db.count("SELECT count(*) FROM events WHERE payload::text LIKE '%secret%'")
             .await
     };
+    let dead_holding = || async {
+        db.count("SELECT count(*) FROM dead_letters WHERE position('secret'::bytea IN raw) > 0")
+            .await
+    };
     assert_eq!(
         holding().await,
-        3,
-        "the post, the retweet's and the like's copies"
+        5,
+        "the post, the retweet's, both likes' and the nested copy"
     );
+    assert_eq!(dead_holding().await, 1);
 
     let writer = sqlx::PgPool::connect(&db.watermark_url().await)
         .await
         .unwrap();
-    let (posts, payloads) = aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
+    let done = aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
         .await
         .unwrap();
-    assert_eq!((posts, payloads), (1, 3));
+    assert_eq!(
+        (done.posts, done.payloads, done.dead_letters),
+        (1, 5, 1),
+        "{done:?}"
+    );
     assert_eq!(
         holding().await,
         0,
         "no payload holds the deleted text or media"
+    );
+    assert_eq!(dead_holding().await, 0, "nor any dead letter");
+    assert_eq!(
+        db.count("SELECT count(*) FROM dead_letters").await,
+        1,
+        "a JSON dead letter is erased in place, not dropped"
     );
     let (text, entities): (String, Value) =
         sqlx::query_as("SELECT text, entities FROM tweets WHERE tweet_id = '500'")
@@ -492,35 +525,142 @@ async fn deleted_posts_are_erased_everywhere_they_are_stored() {
         db.count("SELECT count(*) FROM events WHERE payload->>'id_str' = '500' AND payload->>'timestamp_ms' = '1539202764000' AND payload->>'aaa_erased' = 'true'").await,
         1
     );
-    // Nothing left to do.
-    assert_eq!(
-        aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
-            .await
-            .unwrap(),
-        (0, 0)
-    );
+    // Nothing left to erase (at most the check once more, which finds
+    // nothing new).
+    let again = aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!((again.posts, again.payloads), (0, 0), "{again:?}");
 
-    // A quote of the deleted post arrives later: erased on the next run.
-    let quote = json!({"for_user_id": "103", "tweet_create_events": [{"id_str": "502", "text": "look",
+    // A quote of the deleted post arrives later: erased on the next run,
+    // and only it is rewritten.
+    let versions = || async {
+        sqlx::query_as::<_, (i64, String)>("SELECT id, xmin::text FROM events ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+    };
+    let before = versions().await;
+    let late = json!({"for_user_id": "103", "tweet_create_events": [{"id_str": "502", "text": "look",
         "created_at": "Wed Oct 10 20:22:00 +0000 2018", "timestamp_ms": "1539202920000",
         "user": {"id_str": "103"}, "quoted_status": post}]});
-    assert_eq!(
-        sender.post(quote.to_string().as_bytes()).await.unwrap(),
-        200
-    );
+    assert_eq!(sender.post(late.to_string().as_bytes()).await.unwrap(), 200);
     eventually(WAIT, "the late quote stored", || async {
-        (db.count("SELECT count(*) FROM events").await == 5).then_some(())
+        (db.count("SELECT count(*) FROM events").await == 7).then_some(())
     })
     .await;
     assert_eq!(holding().await, 1);
+    let late_run = aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!((late_run.posts, late_run.payloads), (1, 1), "{late_run:?}");
+    assert_eq!(holding().await, 0);
+    let after = versions().await;
     assert_eq!(
-        aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
+        &after[..before.len()],
+        &before[..],
+        "copies erased before are not rewritten"
+    );
+}
+
+/// A copy of a deleted post committed by a transaction that was already
+/// running when the erasure looked (it had not seen the deletion) is
+/// invisible to that erasure; it is erased once that transaction ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_committed_during_an_erasure_is_erased_after_it() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let db = &stack.db;
+    let consumer = sqlx::PgPool::connect(&stack.consumer_url).await.unwrap();
+    let watermark = sqlx::PgPool::connect(&stack.watermark_url).await.unwrap();
+    // A batch that stored a like of post 600 before its deletion was stored
+    // (so it did not see it), still open.
+    let mut batch = consumer.begin().await.unwrap();
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO events (for_user_id, kind, natural_key, payload, activity_index, kafka_topic,
+                             kafka_partition, kafka_offset, received_at)
+         VALUES ('107', 'favorite_events', 'fav-600', $1::json, 0, 'aaa.raw', 0, 0, now()) RETURNING id",
+    )
+    .bind(json!({"id": "fav-600", "favorited_status": {"id_str": "600", "text": "secret"}}).to_string())
+    .fetch_one(&mut *batch)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO event_posts (post_id, event_id) VALUES ('600', $1)")
+        .bind(id)
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+    let deletion = json!({"for_user_id": "100", "tweet_delete_events": [{"status": {"id": "600", "user_id": "100"},
+        "timestamp_ms": "1539202900000"}]});
+    assert_eq!(
+        stack
+            .sender()
+            .post(deletion.to_string().as_bytes())
             .await
             .unwrap(),
-        (1, 1)
+        200
     );
+    eventually(WAIT, "the deletion stored", || async {
+        (db.count("SELECT count(*) FROM tweet_deletions").await == 1).then_some(())
+    })
+    .await;
+    let first = aaa_watermark::compliance::erase_deleted(&watermark, Utc::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!((first.posts, first.payloads), (1, 0), "{first:?}");
+    // Not checked again while that batch runs: it would not be seen.
+    let early = aaa_watermark::compliance::erase_deleted(&watermark, Utc::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!(early.checked, 0, "{early:?}");
+    batch.commit().await.unwrap();
+    let holding = || async {
+        db.count("SELECT count(*) FROM events WHERE payload::text LIKE '%secret%'")
+            .await
+    };
+    assert_eq!(holding().await, 1);
+    let check = aaa_watermark::compliance::erase_deleted(&watermark, Utc::now(), 100)
+        .await
+        .unwrap();
+    assert_eq!((check.checked, check.payloads), (1, 1), "{check:?}");
     assert_eq!(holding().await, 0);
-    assert_eq!(db.count("SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(
+        db.count("SELECT count(*) FROM tweet_deletions WHERE erase_check_xmax IS NULL AND erased_at IS NOT NULL")
+            .await,
+        1,
+        "checked once, then done"
+    );
+}
+
+/// The migration's backfill of `event_posts` (a JSON path in SQL) finds
+/// exactly what the consumer's `posts_in` finds, on every fixture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backfill_finds_the_posts_the_consumer_indexes() {
+    let db = TestDb::migrated().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut compared = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".json") || name.ends_with(".expected.json") {
+            continue;
+        }
+        let value: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let ours: Vec<String> = aaa_events::erase::posts_in(&value).into_iter().collect();
+        let mut sql: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT o ->> k FROM jsonb_path_query($1::jsonb, 'strict $.**') AS o,
+                 unnest(ARRAY['id_str', 'id']) AS k
+             WHERE jsonb_typeof(o) = 'object' AND o ? 'text'
+               AND jsonb_typeof(o -> k) IN ('string', 'number')",
+        )
+        .bind(value.to_string())
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        sql.sort();
+        assert_eq!(sql, ours, "{name}");
+        compared += usize::from(!ours.is_empty());
+    }
+    assert!(compared >= 5, "fixtures holding posts: {compared}");
 }
 
 fn fixture(name: &str) -> Value {

@@ -637,3 +637,138 @@ async fn payloads_are_stored_as_sent_and_a_bad_for_user_id_is_kept() {
         .await;
     assert_eq!(nulls, 0);
 }
+
+/// When a subscription was last active (`last_event_at`, which decides
+/// whether a revoked subscription is active again) is state: it is stored
+/// before the offsets of the batch that saw it are committed, so a consumer
+/// killed right after a commit has lost none of it. (An older build wrote
+/// it every `AAA_SEEN_INTERVAL_MS`, set to an hour here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_batch_saw_is_stored_before_its_offsets_are_committed() {
+    let mut stack = Stack::start(
+        BIN,
+        StackOptions {
+            partitions: 1,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    stack.consumer.kill();
+    stack.consumer =
+        stack.spawn_consumer_as("consumer-b", &[("AAA_SEEN_INTERVAL_MS", "3600000".into())]);
+    stack
+        .consumer
+        .wait_for_log("partition assignment", LANDING, |e| {
+            e["message"] == "partitions assigned"
+        })
+        .await;
+    let admin = format!("http://{}", stack.consumer.addr("admin").await);
+    let body = serde_json::json!({"for_user_id": "4100", "favorite_events": [{
+        "id": "fav-4100", "created_at": "Wed Oct 10 20:20:00 +0000 2018",
+        "timestamp_ms": "1539202800000",
+        "favorited_status": {"id_str": "4101", "text": "hi", "user": {"id_str": "4102"}},
+        "user": {"id_str": "4100"}}]});
+    assert_eq!(
+        stack
+            .sender()
+            .post(body.to_string().as_bytes())
+            .await
+            .unwrap(),
+        200
+    );
+    eventually(LANDING, "the delivery's offset committed", || async {
+        (metric_where(&admin, |l| {
+            l.starts_with("aaa_consumer_committed_offset{") && l.contains("partition=\"0\"")
+        })
+        .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    stack.consumer.kill();
+    let (last_event_at, last_seen_at): (
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ) = sqlx::query_as(
+        "SELECT s.last_event_at, w.last_seen_at FROM subscriptions s JOIN webhooks w USING (webhook_id)
+         WHERE s.user_id = '4100'",
+    )
+    .fetch_one(&stack.db.pool)
+    .await
+    .expect("the subscription's row");
+    assert_eq!(
+        last_event_at,
+        Some("2018-10-10T20:20:00Z".parse().unwrap()),
+        "the like's time, stored with its offset"
+    );
+    assert!(last_seen_at.is_some());
+}
+
+/// A write blocked without any error (behind a lock nobody releases) is a
+/// stall from its start: /healthz fails after `AAA_STALL_SECS` (2 s here).
+/// And SIGTERM ends the consumer within its grace (5 s) although the write
+/// is still blocked: it is rolled back and read again later. Lock waits are
+/// unbounded here (`AAA_DATABASE_LOCK_TIMEOUT_MS=0`), so only these two
+/// can tell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_blocked_without_an_error_is_a_stall_and_shutdown_interrupts_it() {
+    let mut stack = Stack::start(BIN, StackOptions::default()).await;
+    stack.consumer.kill();
+    stack.consumer = stack.spawn_consumer_as(
+        "consumer-blocked",
+        &[("AAA_DATABASE_LOCK_TIMEOUT_MS", "0".into())],
+    );
+    stack
+        .consumer
+        .wait_for_log("partition assignment", LANDING, |e| {
+            e["message"] == "partitions assigned"
+        })
+        .await;
+    let admin = format!("http://{}", stack.consumer.addr("admin").await);
+    let healthz = || async {
+        reqwest::get(format!("{admin}/healthz"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(healthz().await, 200);
+    let mut lock = stack.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let body = deliveries(41, 1)[0].to_bytes();
+    assert_eq!(stack.sender().post(&body).await.unwrap(), 200);
+    eventually(
+        LANDING,
+        "the consumer's write waiting on the lock",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'consumer-blocked' AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    eventually(LANDING, "/healthz to report the stall", || async {
+        (healthz().await == 503).then_some(())
+    })
+    .await;
+    stack.consumer.sigterm();
+    let asked = Instant::now();
+    let status = stack.consumer.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "stopped {:?} after SIGTERM, the write still blocked",
+        asked.elapsed()
+    );
+    lock.rollback().await.unwrap();
+    // Nothing was committed: the next consumer stores the delivery.
+    stack.consumer = stack.spawn_consumer();
+    wait_for_rows(&stack.db, "SELECT count(*) FROM events", 1).await;
+}

@@ -55,6 +55,8 @@ pub struct EventRow {
     pub dated_on_arrival: bool,
     /// Normalized rows, written only if this event is new.
     pub records: Vec<Record>,
+    /// Every post the payload holds, at any depth (`event_posts`).
+    pub posts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -254,6 +256,9 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
                     kind_label: activity.kind.as_str(),
                     natural_key: activity.natural_key.clone(),
                     event_time: activity.event_time,
+                    posts: aaa_events::erase::posts_in(&activity.payload)
+                        .into_iter()
+                        .collect(),
                     payload: activity.payload.clone(),
                     payload_text,
                     context: Value::Object(envelope.context.clone()),

@@ -19,6 +19,7 @@ pub const LAG_RECORDS: &str = "aaa_consumer_lag_records";
 pub const EVENT_TIME_LAG_SECONDS: &str = "aaa_consumer_event_time_lag_seconds";
 pub const REJECTED_RECORDS: &str = "aaa_consumer_rejected_records_total";
 pub const STALLED_SECONDS: &str = "aaa_consumer_stalled_seconds";
+pub const SEEN_WRITE_FAILURES: &str = "aaa_consumer_seen_write_failures_total";
 
 pub struct BatchStored<'a> {
     pub records: usize,
@@ -117,6 +118,32 @@ impl InternalEvent for CommitFailed<'_> {
     }
 }
 
+/// What the stored batches saw of webhooks and subscriptions could not be
+/// written: their offsets wait (a crash re-reads the records, which see it
+/// again).
+pub struct SeenNotWritten<'a> {
+    pub error: &'a sqlx::Error,
+}
+
+impl InternalEvent for SeenNotWritten<'_> {
+    fn emit(self) {
+        tracing::warn!(message = "last-seen times not written; offsets wait and both are retried", error = %self.error);
+        metrics::counter!(SEEN_WRITE_FAILURES).increment(1);
+    }
+}
+
+/// A batch was given up (its writer failed) while later ones went on: the
+/// replica stops, so that it is restarted and reads the records again.
+pub struct BatchGivenUp;
+
+impl InternalEvent for BatchGivenUp {
+    fn emit(self) {
+        tracing::error!(
+            message = "a batch was given up; nothing read after it can be committed: stopping so the replica is restarted"
+        );
+    }
+}
+
 pub struct KafkaReadFailed<'a> {
     pub error: &'a rdkafka::error::KafkaError,
 }
@@ -137,6 +164,7 @@ pub fn register() {
         COMMIT_FAILURES,
         KAFKA_ERRORS,
         REJECTED_RECORDS,
+        SEEN_WRITE_FAILURES,
     ] {
         metrics::counter!(counter).increment(0);
     }

@@ -222,7 +222,24 @@ pub async fn write(
     if !relationships.is_empty() {
         write_relationships(tx, &relationships).await?;
     }
-    if !deletions.is_empty() || !tweets.is_empty() {
+    // Every post each new event holds, at any depth: the compliance erase
+    // finds every copy of a deleted post through it.
+    let mut held: Vec<(&str, i64)> = new
+        .iter()
+        .flat_map(|event| event.row.posts.iter().map(|post| (post.as_str(), event.id)))
+        .collect();
+    held.sort_unstable();
+    if !held.is_empty() {
+        sqlx::query(
+            "INSERT INTO event_posts (post_id, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(col(&held, |(post, _)| *post))
+        .bind(col(&held, |(_, id)| *id))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !deletions.is_empty() || !tweets.is_empty() || !held.is_empty() {
         if !deletions.is_empty() {
             sqlx::query(
                 "INSERT INTO tweet_deletions (tweet_id, user_id, deleted_at, event_id)
@@ -236,7 +253,7 @@ pub async fn write(
             .await?;
             take_deleted_posts(tx, &deletions).await?;
         }
-        apply_deletions(tx, &tweets, &deletions).await?;
+        apply_deletions(tx, &tweets, &held, &deletions).await?;
     }
     if !jobs.is_empty() {
         sqlx::query(
@@ -346,18 +363,30 @@ async fn take_deleted_posts(
 
 /// Deletions apply whichever arrived first, the post or its deletion; and
 /// content of a deleted post that arrived again (late, replayed, embedded in
-/// a repost, quote or like) must be erased again. The posts concerned are
-/// found first through `tweet_deletions`' key, and the updates touch only
-/// those by their keys: a join planned on stale statistics of a young
-/// `tweets` table scanned it whole in every batch (docs/benchmarks.md).
+/// a repost, quote or like, at any depth, for any account) must be erased
+/// again. The posts concerned are found first through `tweet_deletions`'
+/// key, and the updates touch only those by their keys: a join planned on
+/// stale statistics of a young `tweets` table scanned it whole in every
+/// batch (docs/benchmarks.md).
+///
+/// The deletions found are locked (`FOR SHARE`) until this batch commits:
+/// an erasure running now (which holds them `FOR UPDATE`) is waited for, and
+/// then seen to have marked the post erased, which this batch undoes; one
+/// starting after waits for this batch, and then sees its copies.
 async fn apply_deletions(
     tx: &mut PgConnection,
     tweets: &[(&TweetRow, i64)],
+    held: &[(&str, i64)],
     deletions: &[(&DeletionRow, i64)],
 ) -> Result<(), sqlx::Error> {
-    let touched: std::collections::BTreeSet<&str> = tweets
+    let arrived: std::collections::BTreeSet<&str> = tweets
         .iter()
         .map(|(t, _)| t.tweet_id.as_str())
+        .chain(held.iter().map(|(post, _)| *post))
+        .collect();
+    let touched: std::collections::BTreeSet<&str> = arrived
+        .iter()
+        .copied()
         .chain(deletions.iter().map(|(d, _)| d.tweet_id.as_str()))
         .collect();
     let touched: Vec<&str> = touched.into_iter().collect();
@@ -365,17 +394,23 @@ async fn apply_deletions(
     // table: `tweet_id = ANY($1)` was planned as a scan of all of
     // `tweet_deletions`, comparing each row with each of the batch's posts
     // (9 ms a batch after 100 000 deliveries, growing with the table).
-    let deleted: Vec<(String, DateTime<Utc>, bool)> = sqlx::query_as(
-        "SELECT p.tweet_id, d.deleted_at, d.erased
+    let rows: Vec<(String, DateTime<Utc>, bool)> = sqlx::query_as(
+        "SELECT d.tweet_id, d.deleted_at, d.erased_at IS NOT NULL
          FROM UNNEST($1::text[]) AS p(tweet_id)
          CROSS JOIN LATERAL (
-             SELECT min(deleted_at) AS deleted_at, bool_or(erased_at IS NOT NULL) AS erased
-             FROM tweet_deletions WHERE tweet_id = p.tweet_id) d
-         WHERE d.deleted_at IS NOT NULL",
+             SELECT tweet_id, deleted_at, erased_at FROM tweet_deletions
+             WHERE tweet_id = p.tweet_id ORDER BY user_id FOR SHARE) d",
     )
     .bind(&touched)
     .fetch_all(&mut *tx)
     .await?;
+    // Per post: the earliest deletion, and whether it was erased.
+    let mut deleted: BTreeMap<String, (DateTime<Utc>, bool)> = BTreeMap::new();
+    for (post, at, erased) in rows {
+        let entry = deleted.entry(post).or_insert((at, erased));
+        entry.0 = entry.0.min(at);
+        entry.1 |= erased;
+    }
     if deleted.is_empty() {
         return Ok(());
     }
@@ -384,16 +419,14 @@ async fn apply_deletions(
          FROM UNNEST($1::text[], $2::timestamptz[]) AS d(tweet_id, deleted_at)
          WHERE t.tweet_id = d.tweet_id AND (t.deleted_at IS NULL OR t.deleted_at > d.deleted_at)",
     )
-    .bind(col(&deleted, |(id, _, _)| id.clone()))
-    .bind(col(&deleted, |(_, at, _)| *at))
+    .bind(deleted.keys().cloned().collect::<Vec<_>>())
+    .bind(deleted.values().map(|(at, _)| *at).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    let arrived: std::collections::HashSet<&str> =
-        tweets.iter().map(|(t, _)| t.tweet_id.as_str()).collect();
     let erased_again: Vec<&str> = deleted
         .iter()
-        .filter(|(id, _, erased)| *erased && arrived.contains(id.as_str()))
-        .map(|(id, _, _)| id.as_str())
+        .filter(|(id, (_, erased))| *erased && arrived.contains(id.as_str()))
+        .map(|(id, _)| id.as_str())
         .collect();
     if !erased_again.is_empty() {
         sqlx::query("UPDATE tweet_deletions SET erased_at = NULL WHERE tweet_id = ANY($1) AND erased_at IS NOT NULL")

@@ -2,10 +2,10 @@
 //! creates their rows (`ON CONFLICT DO NOTHING`, which takes no lock on an
 //! existing row); bumping `last_seen_at` on the one `webhooks` row inside
 //! every batch made all consumer replicas wait on each other. Instead each
-//! replica accumulates what its committed batches saw and writes it every
-//! few seconds in a short statement of its own, keys in order so replicas
-//! never deadlock. A crash loses at most one interval of "last seen"
-//! precision, never an event, a row or a revocation.
+//! replica accumulates what its stored batches saw, and its committer
+//! writes it in a short statement of its own, keys in order so replicas
+//! never deadlock, before it commits those batches' offsets: a crash
+//! before the write re-reads the records, so nothing of it is lost.
 
 use std::collections::BTreeMap;
 

@@ -99,6 +99,7 @@ pub async fn write(
     }
     if !plan.dead_letters.is_empty() {
         stats.dead_letters = insert_dead_letters(&mut tx, &plan.dead_letters).await?;
+        erase_again_for_dead_letters(&mut tx, &plan.dead_letters).await?;
     }
     tx.commit().await?;
     Ok(stats)
@@ -280,6 +281,30 @@ async fn insert_events(
 }
 
 /// Returns how many dead letters were new.
+/// A dead letter that holds a deleted post already erased (JSON we could
+/// not store otherwise) sends the post back to the erasure, which erases
+/// dead letters too.
+async fn erase_again_for_dead_letters(
+    tx: &mut sqlx::PgConnection,
+    rows: &[DeadLetterRow],
+) -> Result<(), sqlx::Error> {
+    let posts: std::collections::BTreeSet<String> = rows
+        .iter()
+        .filter_map(|row| serde_json::from_slice::<Value>(&row.raw).ok())
+        .flat_map(|value| aaa_events::erase::posts_in(&value))
+        .collect();
+    if posts.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE tweet_deletions SET erased_at = NULL WHERE tweet_id = ANY($1) AND erased_at IS NOT NULL",
+    )
+    .bind(posts.into_iter().collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 async fn insert_dead_letters(
     tx: &mut sqlx::PgConnection,
     rows: &[DeadLetterRow],

@@ -49,6 +49,34 @@ pub struct DatabaseArgs {
         default_value_t = 8
     )]
     pub max_connections: u32,
+    /// Longest a statement may run (Postgres `statement_timeout`); past it
+    /// the statement fails and is retried like any transient error.
+    #[arg(
+        long = "database-statement-timeout-ms",
+        env = "AAA_DATABASE_STATEMENT_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub statement_timeout_ms: u64,
+    /// Longest wait for a lock (`lock_timeout`): a write behind a lock that
+    /// is not released (another replica frozen mid-transaction, a reader's
+    /// open transaction) fails and is retried instead of waiting forever.
+    #[arg(
+        long = "database-lock-timeout-ms",
+        env = "AAA_DATABASE_LOCK_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub lock_timeout_ms: u64,
+    /// Postgres ends a session of this process that has sat this long in an
+    /// open transaction without sending anything
+    /// (`idle_in_transaction_session_timeout`): a replica frozen
+    /// mid-transaction (paused, swapped out, stopped in a debugger) then
+    /// releases its locks, and the other replicas go on.
+    #[arg(
+        long = "database-idle-in-transaction-timeout-ms",
+        env = "AAA_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 impl DatabaseArgs {
@@ -56,10 +84,24 @@ impl DatabaseArgs {
     /// Postgres is down, instead of crash-looping.
     pub fn pool(&self) -> Result<PgPool, Error> {
         let options: PgConnectOptions = self.url.expose_secret().parse().map_err(Error::Url)?;
+        // A name set in the URL wins: it tells replicas apart in
+        // pg_stat_activity.
+        let name = options.get_application_name().unwrap_or("aaa").to_owned();
+        let options = options.application_name(&name).options([
+            (
+                "statement_timeout",
+                format!("{}ms", self.statement_timeout_ms),
+            ),
+            ("lock_timeout", format!("{}ms", self.lock_timeout_ms)),
+            (
+                "idle_in_transaction_session_timeout",
+                format!("{}ms", self.idle_in_transaction_timeout_ms),
+            ),
+        ]);
         Ok(PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options.application_name("aaa")))
+            .connect_lazy_with(options))
     }
 }
 
@@ -79,6 +121,14 @@ pub async fn migrate(pool: &PgPool, lock_wait: std::time::Duration) -> Result<i6
     let mut conn = pool.acquire().await.map_err(Error::Connect)?;
     sqlx::query("SELECT set_config('lock_timeout', $1, false)")
         .bind(format!("{}ms", lock_wait.as_millis().max(1)))
+        .execute(&mut *conn)
+        .await?;
+    // A migration may rewrite a large table: the services' statement and
+    // idle limits do not apply to it.
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SET idle_in_transaction_session_timeout = 0")
         .execute(&mut *conn)
         .await?;
     let result = MIGRATOR.run(&mut *conn).await;

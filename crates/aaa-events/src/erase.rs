@@ -4,6 +4,8 @@
 //! X Activity API's post), its text, entities and media go; the facts that
 //! state depends on (ids, authors, times, reply and quote links) stay.
 
+use std::collections::BTreeSet;
+
 use serde_json::Value;
 
 /// Fields of a post object that carry its content.
@@ -16,13 +18,50 @@ const CONTENT: &[&str] = &[
     "note_tweet",
 ];
 
+/// A post object's ids: its `id_str` and `id` (string or number), if it
+/// has a `text` (users, DMs' and likes' own ids have none).
+fn post_ids(object: &serde_json::Map<String, Value>) -> impl Iterator<Item = String> + '_ {
+    ["id_str", "id"]
+        .into_iter()
+        .filter(|_| object.contains_key("text"))
+        .filter_map(|key| match object.get(key) {
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(Value::Number(id)) => Some(id.to_string()),
+            _ => None,
+        })
+}
+
 fn is_post(object: &serde_json::Map<String, Value>, post_id: &str) -> bool {
-    let id_matches = ["id_str", "id"].iter().any(|key| match object.get(*key) {
-        Some(Value::String(id)) => id == post_id,
-        Some(Value::Number(id)) => id.to_string() == post_id,
-        _ => false,
-    });
-    id_matches && object.contains_key("text")
+    post_ids(object).any(|id| id == post_id)
+}
+
+/// Every post `value` holds, at any depth (the activity's own post, the
+/// retweeted, quoted and favorited ones, a retweet of a quote's quoted
+/// post): exactly the ids [`erase_post`] would erase. The consumer indexes
+/// them per stored event (`event_posts`), so the erasure finds every copy.
+/// Migration 20261205000016 finds the same with a JSON path (a test holds
+/// the two to one answer).
+pub fn posts_in(value: &Value) -> BTreeSet<String> {
+    let mut posts = BTreeSet::new();
+    collect_posts(value, &mut posts);
+    posts
+}
+
+fn collect_posts(value: &Value, posts: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(object) => {
+            posts.extend(post_ids(object));
+            for child in object.values() {
+                collect_posts(child, posts);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                collect_posts(item, posts);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// A retweet's own text is the retweeted post's ("RT @a: ..."): it goes
@@ -105,6 +144,28 @@ mod tests {
         assert_eq!(quote["quoted_status"]["text"], "");
         // Erasing twice changes nothing more.
         assert!(!erase_post(&mut retweet, "1"));
+    }
+
+    #[test]
+    fn finds_every_post_held_at_any_depth_and_nothing_else() {
+        // A retweet of a quote of post 1: the quote's quoted post is two
+        // levels down.
+        let retweet_of_quote = json!({
+            "id_str": "3", "text": "RT @b: look", "user": {"id_str": "9", "name": "n"},
+            "retweeted_status": {"id_str": "2", "id": 2, "text": "look", "user": {"id_str": "8"},
+                "quoted_status": {"id_str": "1", "text": "secret", "user": {"id_str": "7"}}}
+        });
+        let posts: Vec<String> = posts_in(&retweet_of_quote).into_iter().collect();
+        assert_eq!(posts, ["1", "2", "3"]);
+        let mut erased = retweet_of_quote.clone();
+        assert!(erase_post(&mut erased, "1"));
+        assert_eq!(erased["retweeted_status"]["quoted_status"]["text"], "");
+        // A like's own id and the liker are not posts; XAA posts are.
+        let like = json!({"id": "f", "favorited_status": {"id": 7, "text": "hi"}, "user": {"id_str": "5"}});
+        assert_eq!(posts_in(&like).into_iter().collect::<Vec<_>>(), ["7"]);
+        let xaa =
+            json!({"data": {"payload": {"post": {"id": "11", "text": "x", "author_id": "3"}}}});
+        assert_eq!(posts_in(&xaa).into_iter().collect::<Vec<_>>(), ["11"]);
     }
 
     #[test]

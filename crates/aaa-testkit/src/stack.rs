@@ -216,6 +216,25 @@ impl Stack {
         Service::spawn("consumer", &self.bin, &["consumer"], &self.consumer_env)
     }
 
+    /// A consumer in the stack's group whose database sessions are named
+    /// `name` (`pg_stat_activity.application_name`), with `extra` added to
+    /// its environment.
+    pub fn spawn_consumer_as(&self, name: &str, extra: &[(&'static str, String)]) -> Service {
+        let mut env: Vec<(&'static str, String)> = self
+            .consumer_env
+            .iter()
+            .map(|(k, v)| match *k {
+                "AAA_DATABASE_URL" => {
+                    let glue = if v.contains('?') { '&' } else { '?' };
+                    (*k, format!("{v}{glue}application_name={name}"))
+                }
+                _ => (*k, v.clone()),
+            })
+            .collect();
+        env.extend(extra.iter().cloned());
+        Service::spawn(name, &self.bin, &["consumer"], &env)
+    }
+
     /// A new receiver process on the same port (after [`Service::kill`]).
     pub async fn restart_receiver(&mut self) {
         self.receiver = Service::spawn("receiver", &self.bin, &["receiver"], &self.receiver_env);

@@ -271,11 +271,14 @@ pub async fn run(
     };
     let maintenance_pool = pool_for_maintenance.clone();
     let erase = args.erase_deleted_posts;
+    let replica = args.replica_id();
+    let lease = Duration::from_secs(args.lease_secs.max(1));
     let event_retention = args.event_retention_days;
     let maintenance_job = Job::new_repeated_async(
         Duration::from_secs(args.maintenance_secs.max(1)),
         move |_id, _scheduler| {
             let pool = maintenance_pool.clone();
+            let replica = replica.clone();
             Box::pin(async move {
                 match maintenance::prune(&pool, clock.now(), &retention).await {
                     Ok(deleted) => {
@@ -301,19 +304,7 @@ pub async fn run(
                     }
                 }
                 if erase {
-                    loop {
-                        match compliance::erase_deleted(&pool, clock.now(), 500).await {
-                            Ok((0, _)) => break,
-                            Ok((posts, payloads)) => {
-                                tracing::info!(message = "deleted posts erased", posts, payloads)
-                            }
-                            Err(error) => {
-                                tracing::error!(message = "erasing deleted posts failed; retrying next run", error = %error);
-                                metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
-                                break;
-                            }
-                        }
-                    }
+                    erase_deleted_posts(&pool, &replica, lease, clock).await;
                 }
                 if let Err(error) = maintenance::report_sizes(&pool).await {
                     tracing::warn!(message = "table sizes not read", error = %error);
@@ -337,4 +328,60 @@ pub async fn run(
     admin_task.abort();
     tracing::info!(message = "watermark stopped");
     Ok(())
+}
+
+/// The erase lease's key in `watermark_leases` (no webhook has this id).
+const ERASE_LEASE: &str = "maintenance:erase";
+/// Posts erased (or checked) per call, each in its own transaction.
+const ERASE_BATCH: i64 = 500;
+/// Calls per maintenance run: a backlog (the first run after an upgrade)
+/// is worked off over several runs, not in one loop that holds a replica.
+const ERASE_BATCHES_PER_RUN: usize = 10;
+
+/// Erases deleted posts, on one replica at a time (the holder of the
+/// erase lease), a bounded amount per run; the rest waits for the next run
+/// (`aaa_watermark_erase_backlog`).
+async fn erase_deleted_posts(
+    pool: &sqlx::PgPool,
+    replica: &str,
+    lease: Duration,
+    clock: aaa_common::Clock,
+) {
+    let held = match pool.acquire().await {
+        Ok(mut conn) => store::take_lease(&mut conn, ERASE_LEASE, replica, lease).await,
+        Err(error) => Err(error),
+    };
+    match held {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::debug!(message = "another replica erases deleted posts");
+            return;
+        }
+        Err(error) => {
+            tracing::error!(message = "erasing deleted posts failed; retrying next run", error = %error);
+            metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+            return;
+        }
+    }
+    for _ in 0..ERASE_BATCHES_PER_RUN {
+        match compliance::erase_deleted(pool, clock.now(), ERASE_BATCH).await {
+            Ok(done) if done.is_empty() => break,
+            Ok(done) => tracing::info!(
+                message = "deleted posts erased",
+                posts = done.posts,
+                checked = done.checked,
+                payloads = done.payloads,
+                dead_letters = done.dead_letters
+            ),
+            Err(error) => {
+                tracing::error!(message = "erasing deleted posts failed; retrying next run", error = %error);
+                metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+                break;
+            }
+        }
+    }
+    match compliance::backlog(pool).await {
+        Ok(backlog) => metrics::gauge!("aaa_watermark_erase_backlog").set(backlog as f64),
+        Err(error) => tracing::warn!(message = "erase backlog not read", error = %error),
+    }
 }

@@ -225,4 +225,6 @@ pub fn register() {
     metrics::counter!("aaa_watermark_dropped_payloads_total").increment(0);
     metrics::counter!("aaa_watermark_erased_posts_total").increment(0);
     metrics::counter!("aaa_watermark_erased_payloads_total").increment(0);
+    metrics::counter!("aaa_watermark_erased_dead_letters_total").increment(0);
+    metrics::gauge!("aaa_watermark_erase_backlog").set(0.0);
 }
