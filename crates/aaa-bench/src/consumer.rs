@@ -58,6 +58,15 @@ pub struct ConsumerReport {
     pub copy_wal_bytes_per_row: f64,
     /// Deliveries per second, consumer ÷ COPY.
     pub ratio_to_copy: f64,
+    /// `COPY` of exactly the rows the consumer stored (events and every
+    /// normalized table) into a fresh database with the same schema,
+    /// indexes and constraints, one transaction: the cost of the rows
+    /// themselves.
+    pub rows_copy_seconds: f64,
+    /// Per table: (table, MB of binary `COPY` data), in the order copied.
+    pub rows_copy_tables: Vec<(String, f64)>,
+    /// Consumer ÷ that: how close the consumer is to the rows' own cost.
+    pub ratio_to_rows_copy: f64,
     /// Postgres CPU seconds per second of the consumer's run.
     pub db_cpu_cores: f64,
     /// The consumers' CPU seconds per second of the run, all replicas
@@ -208,6 +217,109 @@ async fn copy_baseline(db: &TestDb, bodies: &[Vec<u8>]) -> Result<f64, Error> {
         )));
     }
     Ok(seconds)
+}
+
+/// Seconds to `COPY` (binary) every row of `from`'s tables into a fresh
+/// database migrated to the same schema, tables in foreign-key order, in
+/// one transaction. Only the copy in is timed (the rows are read first).
+async fn rows_copy_baseline(from: &TestDb) -> Result<(f64, Vec<(String, f64)>), Error> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'
+           AND tablename NOT LIKE '\\_sqlx%' AND tablename <> 'bench_copy' ORDER BY 1",
+    )
+    .fetch_all(&from.pool)
+    .await?;
+    let references: Vec<(String, String)> = sqlx::query_as(
+        "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint
+         WHERE contype = 'f' AND connamespace = 'public'::regnamespace AND conrelid <> confrelid",
+    )
+    .fetch_all(&from.pool)
+    .await?;
+    let order = foreign_key_order(&tables, &references)?;
+    let mut data = Vec::new();
+    let mut conn = from.pool.acquire().await?;
+    for table in &order {
+        // Empty tables are skipped: each COPY round trip costs about 40 ms
+        // here whatever it carries, which would swamp the measurement.
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{table}\""
+        )))
+        .fetch_one(&mut *conn)
+        .await?;
+        if rows == 0 {
+            continue;
+        }
+        let mut stream = conn
+            .copy_out_raw(&format!("COPY \"{table}\" TO STDOUT (FORMAT binary)"))
+            .await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        data.push((table, bytes));
+    }
+    drop(conn);
+    let to = TestDb::migrated().await;
+    // Through psql (libpq sets TCP_NODELAY): sqlx's COPY waited about
+    // 40 ms per table here on Nagle's algorithm, whatever it carried.
+    let dir = tempfile::tempdir().map_err(|e| Error::Setup(e.to_string()))?;
+    let mut script = String::from("\\set ON_ERROR_STOP on\nBEGIN;\n");
+    for (table, bytes) in &data {
+        let file = dir.path().join(format!("{table}.bin"));
+        std::fs::write(&file, bytes).map_err(|e| Error::Setup(e.to_string()))?;
+        script.push_str(&format!(
+            "\\copy \"{table}\" FROM '{}' WITH (FORMAT binary)\n",
+            file.display()
+        ));
+    }
+    script.push_str("COMMIT;\n");
+    let script_file = dir.path().join("copy.sql");
+    std::fs::write(&script_file, script).map_err(|e| Error::Setup(e.to_string()))?;
+    let psql = std::env::var("AAA_PG_BIN")
+        .map(|bin| std::path::Path::new(&bin).join("psql"))
+        .unwrap_or_else(|_| "psql".into());
+    let started = Instant::now();
+    let output = tokio::process::Command::new(&psql)
+        .arg(&to.url)
+        .args(["-q", "-X", "-f"])
+        .arg(&script_file)
+        .output()
+        .await
+        .map_err(|e| Error::Setup(format!("{}: {e}", psql.display())))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        return Err(Error::Setup(format!(
+            "COPY of the stored rows failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let per_table = data
+        .iter()
+        .map(|(table, bytes)| ((*table).clone(), bytes.len() as f64 / 1e6))
+        .collect();
+    Ok((seconds, per_table))
+}
+
+/// `tables` with every table after those it references.
+fn foreign_key_order(
+    tables: &[String],
+    references: &[(String, String)],
+) -> Result<Vec<String>, Error> {
+    let mut order: Vec<String> = Vec::new();
+    while order.len() < tables.len() {
+        let ready = tables.iter().find(|t| {
+            !order.contains(t)
+                && references
+                    .iter()
+                    .filter(|(from, _)| from == *t)
+                    .all(|(_, to)| order.contains(to) || !tables.contains(to))
+        });
+        match ready {
+            Some(table) => order.push(table.clone()),
+            None => return Err(Error::Setup("foreign keys form a cycle".into())),
+        }
+    }
+    Ok(order)
 }
 
 /// Where Postgres's write-ahead log is now.
@@ -390,6 +502,7 @@ pub async fn run(
     let copy_wal_before = wal_lsn(&db).await?;
     let copy_seconds = copy_baseline(&db, &bodies).await?;
     let copy_wal_bytes = wal_since(&db, &copy_wal_before).await?;
+    let (rows_copy_seconds, rows_copy_tables) = rows_copy_baseline(&db).await?;
     let deliveries_per_second = n as f64 / seconds;
     let copy_rows_per_second = n as f64 / copy_seconds;
     Ok(ConsumerReport {
@@ -411,6 +524,9 @@ pub async fn run(
         wal_bytes_per_delivery: wal_bytes / n as f64,
         copy_wal_bytes_per_row: copy_wal_bytes / n as f64,
         ratio_to_copy: deliveries_per_second / copy_rows_per_second,
+        rows_copy_seconds,
+        rows_copy_tables,
+        ratio_to_rows_copy: rows_copy_seconds / seconds,
         read_only_per_second: n as f64 / read_only_seconds,
         ratio_to_read_only: deliveries_per_second * read_only_seconds / n as f64,
         db_cpu_cores,

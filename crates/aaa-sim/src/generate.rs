@@ -91,7 +91,14 @@ pub struct Generator {
     next_id: u64,
     clock_ms: i64,
     last_ms: i64,
+    /// Posts created lately (newest last): likes embed them, deletions
+    /// delete them, so deleted posts have copies in other accounts' events
+    /// (what the compliance erase must find).
+    recent_posts: std::collections::VecDeque<Value>,
 }
+
+/// Posts kept for later likes and deletions.
+const RECENT_POSTS: usize = 64;
 
 impl Generator {
     /// `accounts` subscribed accounts (at least one) for [`Generator::take`],
@@ -129,6 +136,7 @@ impl Generator {
             next_id: 1_500_000_000_000_000_000,
             clock_ms: start.timestamp_millis(),
             last_ms: i64::MIN,
+            recent_posts: Default::default(),
         }
     }
 
@@ -244,10 +252,21 @@ impl Generator {
         let (item, shared) = match kind {
             "tweet_create_events" => {
                 let (tweet, mentions) = self.post_variant(&me, &other, ms);
+                if self.recent_posts.len() == RECENT_POSTS {
+                    self.recent_posts.pop_front();
+                }
+                self.recent_posts.push_back(tweet.clone());
                 (tweet, mentions && other_subscribed)
             }
             "favorite_events" => {
-                let status = self.tweet(&other, ms - 300_000);
+                // Half the likes are of a post made lately.
+                let recent = (!self.recent_posts.is_empty() && self.rng.random_bool(0.5))
+                    .then(|| self.rng.random_range(0..self.recent_posts.len()))
+                    .and_then(|i| self.recent_posts.get(i).cloned());
+                let status = match recent {
+                    Some(post) => post,
+                    None => self.tweet(&other, ms - 300_000),
+                };
                 let liker = self.user(&me);
                 (
                     json!({"id": format!("{:032x}", self.rng.random::<u128>()), "created_at": Self::created_at(ms),
@@ -279,10 +298,22 @@ impl Generator {
                 json!({"created_timestamp": ts, "sender_id": other, "target": {"recipient_id": me}, "last_read_event_id": self.id()}),
                 false,
             ),
-            "tweet_delete_events" => (
-                json!({"status": {"id": self.id(), "user_id": me}, "timestamp_ms": ts}),
-                false,
-            ),
+            "tweet_delete_events" => {
+                // One of `me`'s recent posts if there is one (its likes and
+                // retweets hold copies), else a post from before.
+                let own = self
+                    .recent_posts
+                    .iter()
+                    .position(|post| post["user"]["id_str"] == json!(me));
+                let id = match own.and_then(|i| self.recent_posts.remove(i)) {
+                    Some(post) => post["id_str"].as_str().unwrap_or_default().to_owned(),
+                    None => self.id(),
+                };
+                (
+                    json!({"status": {"id": id, "user_id": me}, "timestamp_ms": ts}),
+                    false,
+                )
+            }
             "user_event" => {
                 let date_time = Utc
                     .timestamp_millis_opt(ms)
