@@ -772,3 +772,57 @@ async fn a_write_blocked_without_an_error_is_a_stall_and_shutdown_interrupts_it(
     stack.consumer = stack.spawn_consumer();
     wait_for_rows(&stack.db, "SELECT count(*) FROM events", 1).await;
 }
+
+/// After a rebalance a replica reports committed offsets only for the
+/// partitions it still owns: those revoked go to 0 (their new owner reports
+/// them), so `max by (partition)` over replicas is the group's position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_partitions_leave_the_committed_offset_gauge() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let first = format!("http://{}", stack.consumer.addr("admin").await);
+    let committed = |admin: String| async move {
+        let text = reqwest::get(format!("{admin}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("aaa_consumer_committed_offset{"))
+            .filter(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) > Some(0.0))
+            .count()
+    };
+    // Deliveries for many accounts land on every partition.
+    let bodies: Vec<Vec<u8>> = deliveries(57, 60).iter().map(|d| d.to_bytes()).collect();
+    stack.sender().deliver_all(&bodies, 4).await.unwrap();
+    eventually(LANDING, "offsets committed on all 3 partitions", || async {
+        (committed(first.clone()).await == 3).then_some(())
+    })
+    .await;
+    let second = stack.spawn_consumer();
+    second
+        .wait_for_log("partition assignment", LANDING, |e| {
+            e["message"] == "partitions assigned"
+        })
+        .await;
+    let assigned = |service: &aaa_testkit::Service| -> i64 {
+        service
+            .output()
+            .iter()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["message"] == "partitions assigned")
+            .and_then(|e| e["partitions"].as_i64())
+            .unwrap_or(-1)
+    };
+    eventually(
+        LANDING,
+        "the first replica's gauges follow its assignment",
+        || async {
+            let kept = assigned(&stack.consumer);
+            let reported = committed(first.clone()).await as i64;
+            (kept > 0 && kept < 3 && reported <= kept).then_some(())
+        },
+    )
+    .await;
+}

@@ -1078,3 +1078,58 @@ async fn a_reader_cannot_hang_aaa_migrate() {
         String::from_utf8_lossy(&done.stderr)
     );
 }
+
+/// Deleted posts are erased on one replica at a time (the holder of the
+/// erase lease), and a run does a bounded amount: a backlog (the first run
+/// after an upgrade) is worked off over several runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_runs_on_one_replica_a_bounded_amount_per_run() {
+    use aaa_watermark::{EraseLimits, erase_deleted_posts};
+    let db = TestDb::migrated().await;
+    for post in 1..=5 {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (for_user_id, kind, natural_key, payload, activity_index, kafka_topic,
+                                 kafka_partition, kafka_offset, received_at)
+             VALUES ('1', 'tweet_delete_events', $1, '{}'::json, 0, 'aaa.raw', 0, $2, now()) RETURNING id",
+        )
+        .bind(format!("{post}:1"))
+        .bind(post)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO tweet_deletions (tweet_id, user_id, deleted_at, event_id) VALUES ($1, '1', now(), $2)")
+            .bind(post.to_string())
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    }
+    let pool = sqlx::PgPool::connect(&db.watermark_url().await)
+        .await
+        .unwrap();
+    let limits = EraseLimits {
+        batch: 2,
+        batches_per_run: 2,
+    };
+    let lease = Duration::from_secs(60);
+    let clock = aaa_common::Clock::Wall;
+    let first = erase_deleted_posts(&pool, "watermark-a", lease, clock, limits)
+        .await
+        .expect("the lease was free");
+    assert_eq!(first.posts, 4, "two batches of two: {first:?}");
+    assert!(
+        erase_deleted_posts(&pool, "watermark-b", lease, clock, limits)
+            .await
+            .is_none(),
+        "another replica holds the erase lease"
+    );
+    let second = erase_deleted_posts(&pool, "watermark-a", lease, clock, limits)
+        .await
+        .expect("still the holder");
+    assert_eq!(second.posts, 1, "the rest, on the next run: {second:?}");
+    assert_eq!(
+        db.count("SELECT count(*) FROM tweet_deletions WHERE erased_at IS NULL")
+            .await,
+        0
+    );
+}

@@ -25,6 +25,8 @@ pub struct RateReport {
     /// Not sent because MAX_IN_FLIGHT deliveries were still unanswered.
     pub shed: u64,
     pub achieved_per_second: f64,
+    /// Answers that were not 2xx, by status (`error`: no answer).
+    pub refusals: std::collections::BTreeMap<String, u64>,
     pub answered_ok: u64,
     pub failed: u64,
     /// Events expected from what was answered 200, and how many never
@@ -97,8 +99,16 @@ pub async fn run(settings: &Settings, rates: &[u64]) -> Result<E2eReport, Error>
     // connection pools would otherwise be charged to the first rate.
     let warmup = offer(&stack, &client, prepare(500), 250).await?;
     if warmup.missing > 0 || warmup.failed > 0 {
+        let receiver = reqwest::get(format!("{}/metrics", stack.receiver_admin))
+            .await?
+            .text()
+            .await?;
+        let outcomes: Vec<&str> = receiver
+            .lines()
+            .filter(|l| l.starts_with("aaa_receiver_requests_total{") && !l.ends_with(" 0"))
+            .collect();
         return Err(Error::Setup(format!(
-            "the pipeline did not warm up: {warmup:?}"
+            "the pipeline did not warm up: {warmup:?}; the receiver's answers: {outcomes:?}"
         )));
     }
     for &rate in rates {
@@ -190,6 +200,7 @@ async fn offer(
     let n = prepared.len();
     let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
     let ok_index: Arc<Mutex<Vec<bool>>> = Arc::new(Mutex::new(vec![false; n]));
+    let refusals: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Default::default();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let per_tick = (rate as f64 * TICK.as_secs_f64()).max(1.0);
     let began = Instant::now();
@@ -210,8 +221,12 @@ async fn offer(
                 continue;
             };
             let (client, url) = (client.clone(), stack.webhook_url.clone());
-            let (sent_at, ok_index, prepared) =
-                (sent_at.clone(), ok_index.clone(), prepared.clone());
+            let (sent_at, ok_index, prepared, refusals) = (
+                sent_at.clone(),
+                ok_index.clone(),
+                prepared.clone(),
+                refusals.clone(),
+            );
             tasks.spawn(async move {
                 let p = &prepared[i];
                 lock(&sent_at)[i] = Some(Instant::now());
@@ -222,8 +237,10 @@ async fn offer(
                     .body(p.body.clone())
                     .send()
                     .await;
-                if answer.is_ok_and(|r| r.status().is_success()) {
-                    lock(&ok_index)[i] = true;
+                match answer {
+                    Ok(r) if r.status().is_success() => lock(&ok_index)[i] = true,
+                    Ok(r) => *lock(&refusals).entry(r.status().to_string()).or_default() += 1,
+                    Err(e) => *lock(&refusals).entry(format!("error: {e}")).or_default() += 1,
                 }
                 drop(permit);
             });
@@ -308,6 +325,7 @@ async fn offer(
         achieved_per_second: achieved,
         answered_ok,
         failed,
+        refusals: lock(&refusals).clone(),
         events,
         missing,
         unobserved_but_stored,

@@ -179,8 +179,13 @@ pub enum Existing {
     Widen,
 }
 
+// The `NOT EXISTS` skips rows that are there (almost always) without
+// trying to insert them: an insert that conflicts with a row another
+// transaction is updating (the committer widening its last-seen time)
+// waits for that transaction, which made every batch queue behind it.
 const WEBHOOKS_KEEP: &str = "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
-     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
+     SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS x(webhook_id, f, l)
+     WHERE NOT EXISTS (SELECT 1 FROM webhooks w WHERE w.webhook_id = x.webhook_id)
      ON CONFLICT (webhook_id) DO NOTHING";
 const WEBHOOKS_WIDEN: &str = "INSERT INTO webhooks (webhook_id, first_seen_at, last_seen_at)
      SELECT * FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[])
@@ -189,6 +194,8 @@ const WEBHOOKS_WIDEN: &str = "INSERT INTO webhooks (webhook_id, first_seen_at, l
          last_seen_at = GREATEST(webhooks.last_seen_at, EXCLUDED.last_seen_at)";
 const SUBSCRIPTIONS_KEEP: &str = "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, last_event_at)
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
+         AS x(webhook_id, user_id, f, l, e)
+     WHERE NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.webhook_id = x.webhook_id AND s.user_id = x.user_id)
      ON CONFLICT (webhook_id, user_id) DO NOTHING";
 const SUBSCRIPTIONS_WIDEN: &str = "INSERT INTO subscriptions (webhook_id, user_id, first_seen_at, last_seen_at, last_event_at)
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])

@@ -280,7 +280,6 @@ async fn insert_events(
     .await
 }
 
-/// Returns how many dead letters were new.
 /// A dead letter that holds a deleted post already erased (JSON we could
 /// not store otherwise) sends the post back to the erasure, which erases
 /// dead letters too.
@@ -305,6 +304,7 @@ async fn erase_again_for_dead_letters(
     Ok(())
 }
 
+/// Returns how many dead letters were new.
 async fn insert_dead_letters(
     tx: &mut sqlx::PgConnection,
     rows: &[DeadLetterRow],

@@ -175,6 +175,7 @@ pub async fn run(
         produce_timeout,
         args.max_body_bytes,
     )?);
+    producer.warm_up(&args.kafka.raw_topic).await;
     for webhook in &webhooks {
         tracing::info!(message = "serving webhook", webhook = %webhook.id, path = %webhook.path);
     }

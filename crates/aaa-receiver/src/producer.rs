@@ -126,6 +126,32 @@ impl RawProducer {
         }
     }
 
+    /// Fetches `topic`'s metadata and so connects to its partitions'
+    /// leaders before the first delivery: otherwise the first deliveries
+    /// after a start wait for it, hold the receiver's slots for half a
+    /// second or more, and the ones behind them are shed. Best effort: a
+    /// broker that is down now is waited for by the deliveries themselves.
+    pub async fn warm_up(self: &Arc<Self>, topic: &str) {
+        let producer = self.producer();
+        let topic = topic.to_owned();
+        let warmed = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Timeout::After(Duration::from_secs(5)))
+                .map(|_| ())
+        })
+        .await;
+        match warmed {
+            Ok(Ok(())) => {
+                tracing::debug!(message = "producer connected to the raw topic's leaders")
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(message = "raw topic's metadata not fetched at start; deliveries will wait for it", error = %error)
+            }
+            Err(error) => tracing::warn!(message = "producer warm-up failed", error = %error),
+        }
+    }
+
     /// Broker reachability, for `/readyz`.
     pub async fn check_broker(self: &Arc<Self>) -> Result<(), String> {
         let producer = self.producer();

@@ -39,6 +39,13 @@ impl Erased {
     pub fn is_empty(&self) -> bool {
         self.posts == 0 && self.checked == 0
     }
+
+    pub fn add(&mut self, other: Erased) {
+        self.posts += other.posts;
+        self.checked += other.checked;
+        self.payloads += other.payloads;
+        self.dead_letters += other.dead_letters;
+    }
 }
 
 /// Erases up to `batch` deleted posts not erased since their content last

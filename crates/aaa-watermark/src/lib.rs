@@ -304,7 +304,8 @@ pub async fn run(
                     }
                 }
                 if erase {
-                    erase_deleted_posts(&pool, &replica, lease, clock).await;
+                    erase_deleted_posts(&pool, &replica, lease, clock, EraseLimits::default())
+                        .await;
                 }
                 if let Err(error) = maintenance::report_sizes(&pool).await {
                     tracing::warn!(message = "table sizes not read", error = %error);
@@ -332,21 +333,37 @@ pub async fn run(
 
 /// The erase lease's key in `watermark_leases` (no webhook has this id).
 const ERASE_LEASE: &str = "maintenance:erase";
-/// Posts erased (or checked) per call, each in its own transaction.
-const ERASE_BATCH: i64 = 500;
-/// Calls per maintenance run: a backlog (the first run after an upgrade)
-/// is worked off over several runs, not in one loop that holds a replica.
-const ERASE_BATCHES_PER_RUN: usize = 10;
+
+/// How much one maintenance run erases.
+#[derive(Debug, Clone, Copy)]
+pub struct EraseLimits {
+    /// Posts erased (or checked) per call, each in its own transaction.
+    pub batch: i64,
+    /// Calls per run: a backlog (the first run after an upgrade) is
+    /// worked off over several runs, not in one loop that holds a replica.
+    pub batches_per_run: usize,
+}
+
+impl Default for EraseLimits {
+    fn default() -> Self {
+        EraseLimits {
+            batch: 500,
+            batches_per_run: 10,
+        }
+    }
+}
 
 /// Erases deleted posts, on one replica at a time (the holder of the
 /// erase lease), a bounded amount per run; the rest waits for the next run
-/// (`aaa_watermark_erase_backlog`).
-async fn erase_deleted_posts(
+/// (`aaa_watermark_erase_backlog`). `None` when another replica holds the
+/// lease (or it could not be read); failures are logged and counted.
+pub async fn erase_deleted_posts(
     pool: &sqlx::PgPool,
     replica: &str,
     lease: Duration,
     clock: aaa_common::Clock,
-) {
+    limits: EraseLimits,
+) -> Option<compliance::Erased> {
     let held = match pool.acquire().await {
         Ok(mut conn) => store::take_lease(&mut conn, ERASE_LEASE, replica, lease).await,
         Err(error) => Err(error),
@@ -355,24 +372,28 @@ async fn erase_deleted_posts(
         Ok(Some(_)) => {}
         Ok(None) => {
             tracing::debug!(message = "another replica erases deleted posts");
-            return;
+            return None;
         }
         Err(error) => {
             tracing::error!(message = "erasing deleted posts failed; retrying next run", error = %error);
             metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
-            return;
+            return None;
         }
     }
-    for _ in 0..ERASE_BATCHES_PER_RUN {
-        match compliance::erase_deleted(pool, clock.now(), ERASE_BATCH).await {
+    let mut total = compliance::Erased::default();
+    for _ in 0..limits.batches_per_run.max(1) {
+        match compliance::erase_deleted(pool, clock.now(), limits.batch).await {
             Ok(done) if done.is_empty() => break,
-            Ok(done) => tracing::info!(
-                message = "deleted posts erased",
-                posts = done.posts,
-                checked = done.checked,
-                payloads = done.payloads,
-                dead_letters = done.dead_letters
-            ),
+            Ok(done) => {
+                tracing::info!(
+                    message = "deleted posts erased",
+                    posts = done.posts,
+                    checked = done.checked,
+                    payloads = done.payloads,
+                    dead_letters = done.dead_letters
+                );
+                total.add(done);
+            }
             Err(error) => {
                 tracing::error!(message = "erasing deleted posts failed; retrying next run", error = %error);
                 metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
@@ -384,4 +405,5 @@ async fn erase_deleted_posts(
         Ok(backlog) => metrics::gauge!("aaa_watermark_erase_backlog").set(backlog as f64),
         Err(error) => tracing::warn!(message = "erase backlog not read", error = %error),
     }
+    Some(total)
 }
