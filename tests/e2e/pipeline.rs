@@ -653,14 +653,8 @@ async fn what_a_batch_saw_is_stored_before_its_offsets_are_committed() {
         },
     )
     .await;
-    stack.consumer.kill();
-    stack.consumer =
-        stack.spawn_consumer_as("consumer-b", &[("AAA_SEEN_INTERVAL_MS", "3600000".into())]);
     stack
-        .consumer
-        .wait_for_log("partition assignment", LANDING, |e| {
-            e["message"] == "partitions assigned"
-        })
+        .replace_consumer("consumer-b", &[("AAA_SEEN_INTERVAL_MS", "3600000".into())])
         .await;
     let admin = format!("http://{}", stack.consumer.addr("admin").await);
     let body = serde_json::json!({"for_user_id": "4100", "favorite_events": [{
@@ -713,16 +707,11 @@ async fn what_a_batch_saw_is_stored_before_its_offsets_are_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_blocked_without_an_error_is_a_stall_and_shutdown_interrupts_it() {
     let mut stack = Stack::start(BIN, StackOptions::default()).await;
-    stack.consumer.kill();
-    stack.consumer = stack.spawn_consumer_as(
-        "consumer-blocked",
-        &[("AAA_DATABASE_LOCK_TIMEOUT_MS", "0".into())],
-    );
     stack
-        .consumer
-        .wait_for_log("partition assignment", LANDING, |e| {
-            e["message"] == "partitions assigned"
-        })
+        .replace_consumer(
+            "consumer-blocked",
+            &[("AAA_DATABASE_LOCK_TIMEOUT_MS", "0".into())],
+        )
         .await;
     let admin = format!("http://{}", stack.consumer.addr("admin").await);
     let healthz = || async {

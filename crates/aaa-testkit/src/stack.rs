@@ -235,6 +235,18 @@ impl Stack {
         Service::spawn(name, &self.bin, &["consumer"], &env)
     }
 
+    /// Kills the stack's consumer and puts [`Stack::spawn_consumer_as`]'s
+    /// in its place, once that one owns partitions.
+    pub async fn replace_consumer(&mut self, name: &str, extra: &[(&'static str, String)]) {
+        self.consumer.kill();
+        self.consumer = self.spawn_consumer_as(name, extra);
+        self.consumer
+            .wait_for_log("partition assignment", Duration::from_secs(60), |e| {
+                e["message"] == "partitions assigned"
+            })
+            .await;
+    }
+
     /// A new receiver process on the same port (after [`Service::kill`]).
     pub async fn restart_receiver(&mut self) {
         self.receiver = Service::spawn("receiver", &self.bin, &["receiver"], &self.receiver_env);
