@@ -219,15 +219,12 @@ pub async fn run(
     ));
     let batch_wait = Duration::from_millis(args.batch_max_wait_ms);
     let mut in_flight = InFlight::new(writers, commits);
-    let mut outcome = Ok(());
     loop {
         // A free writer first: reading on would only hold more in memory.
         while in_flight.is_full() {
             in_flight.collect_one().await;
         }
-        // Given up while not shutting down (a writer task failed).
-        if in_flight.given_up() && !shutdown.is_cancelled() {
-            outcome = Err(Error::BatchGivenUp);
+        if in_flight.given_up() {
             break;
         }
         let Some((records, epoch)) = next_batch(
@@ -241,9 +238,6 @@ pub async fn run(
         )
         .await
         else {
-            if in_flight.given_up() && !shutdown.is_cancelled() {
-                outcome = Err(Error::BatchGivenUp);
-            }
             break;
         };
         // A fence says every record before it in its partition is stored
@@ -258,12 +252,17 @@ pub async fn run(
             .start(writer.clone(), records, epoch, clock)
             .is_err()
         {
-            if !shutdown.is_cancelled() {
-                outcome = Err(Error::BatchGivenUp);
-            }
             break;
         }
     }
+    // A batch given up while not shutting down (its writer task failed):
+    // nothing read after it can be committed, so the replica stops. (At
+    // shutdown, a batch given up mid-retry is expected.)
+    let outcome = if in_flight.given_up() && !shutdown.is_cancelled() {
+        Err(Error::BatchGivenUp)
+    } else {
+        Ok(())
+    };
     // Shutting down: batches being written finish (or give up mid-retry,
     // uncommitted, to be re-read), and what they stored is committed before
     // the consumer leaves the group.

@@ -399,7 +399,7 @@ async fn apply_deletions(
          FROM UNNEST($1::text[]) AS p(tweet_id)
          CROSS JOIN LATERAL (
              SELECT tweet_id, deleted_at, erased_at FROM tweet_deletions
-             WHERE tweet_id = p.tweet_id ORDER BY user_id FOR SHARE) d",
+             WHERE tweet_id = p.tweet_id ORDER BY deleted_at FOR SHARE) d",
     )
     .bind(&touched)
     .fetch_all(&mut *tx)
@@ -428,9 +428,15 @@ async fn apply_deletions(
         .filter(|(id, (_, erased))| *erased && arrived.contains(id.as_str()))
         .map(|(id, _)| id.as_str())
         .collect();
-    if !erased_again.is_empty() {
+    erase_again(tx, &erased_again).await
+}
+
+/// Sends deleted posts whose content arrived again (in an event or a dead
+/// letter) back to the compliance erase.
+pub async fn erase_again(tx: &mut PgConnection, posts: &[&str]) -> Result<(), sqlx::Error> {
+    if !posts.is_empty() {
         sqlx::query("UPDATE tweet_deletions SET erased_at = NULL WHERE tweet_id = ANY($1) AND erased_at IS NOT NULL")
-            .bind(erased_again)
+            .bind(posts)
             .execute(&mut *tx)
             .await?;
     }

@@ -292,16 +292,8 @@ async fn erase_again_for_dead_letters(
         .filter_map(|row| serde_json::from_slice::<Value>(&row.raw).ok())
         .flat_map(|value| aaa_events::erase::posts_in(&value))
         .collect();
-    if posts.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE tweet_deletions SET erased_at = NULL WHERE tweet_id = ANY($1) AND erased_at IS NOT NULL",
-    )
-    .bind(posts.into_iter().collect::<Vec<_>>())
-    .execute(tx)
-    .await?;
-    Ok(())
+    let posts: Vec<&str> = posts.iter().map(String::as_str).collect();
+    normalized::erase_again(tx, &posts).await
 }
 
 /// Returns how many dead letters were new.
