@@ -5,6 +5,7 @@ use aaa_common::observe::InternalEvent;
 
 pub const TICKS_SKIPPED: &str = "aaa_watermark_ticks_skipped_total";
 pub const LEASE_LOST: &str = "aaa_watermark_lease_lost_total";
+pub const MAINTENANCE_FAILURES: &str = "aaa_watermark_maintenance_failures_total";
 
 /// A scheduler tick that found the previous round still running: skipped,
 /// so one replica never runs two rounds at once.
@@ -31,6 +32,21 @@ impl InternalEvent for LeaseLostMidRound<'_> {
             webhook = self.webhook
         );
         metrics::counter!(LEASE_LOST, "webhook" => self.webhook.to_owned()).increment(1);
+    }
+}
+
+/// A part of a maintenance run failed (pruning, payload retention, erasing
+/// deleted posts); the next run tries again (`AaaWatermarkMaintenanceFailing`).
+pub struct MaintenanceFailed<'a> {
+    /// The log line, which names the part (docs/runbook.md quotes them).
+    pub message: &'static str,
+    pub error: &'a sqlx::Error,
+}
+
+impl InternalEvent for MaintenanceFailed<'_> {
+    fn emit(self) {
+        tracing::error!(message = self.message, error = %self.error);
+        metrics::counter!(MAINTENANCE_FAILURES).increment(1);
     }
 }
 

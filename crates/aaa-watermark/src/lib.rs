@@ -24,6 +24,7 @@ use std::time::Duration;
 use aaa_common::Clock;
 use aaa_common::admin::{self, Readiness};
 use aaa_common::kafka::KafkaArgs;
+use aaa_common::observe::InternalEvent;
 use aaa_db::DatabaseArgs;
 use aaa_xapi::{Credentials, XApiArgs, XClient};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -285,8 +286,11 @@ pub async fn run(
                         tracing::info!(message = "maintenance: pruned", deleted = ?deleted)
                     }
                     Err(error) => {
-                        tracing::error!(message = "maintenance failed; retrying next run", error = %error);
-                        metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+                        events::MaintenanceFailed {
+                            message: "maintenance failed; retrying next run",
+                            error: &error,
+                        }
+                        .emit();
                     }
                 }
                 if let Some(days) = event_retention {
@@ -295,11 +299,17 @@ pub async fn run(
                     match maintenance::drop_old_payloads(&pool, cutoff, 5_000).await {
                         Ok(0) => {}
                         Ok(dropped) => {
-                            tracing::info!(message = "event payloads past retention dropped", dropped)
+                            tracing::info!(
+                                message = "event payloads past retention dropped",
+                                dropped
+                            )
                         }
                         Err(error) => {
-                            tracing::error!(message = "event retention failed; retrying next run", error = %error);
-                            metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+                            events::MaintenanceFailed {
+                                message: "event retention failed; retrying next run",
+                                error: &error,
+                            }
+                            .emit();
                         }
                     }
                 }
@@ -375,8 +385,11 @@ pub async fn erase_deleted_posts(
             return None;
         }
         Err(error) => {
-            tracing::error!(message = "erasing deleted posts failed; retrying next run", error = %error);
-            metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+            events::MaintenanceFailed {
+                message: "erasing deleted posts failed; retrying next run",
+                error: &error,
+            }
+            .emit();
             return None;
         }
     }
@@ -395,8 +408,11 @@ pub async fn erase_deleted_posts(
                 total.add(done);
             }
             Err(error) => {
-                tracing::error!(message = "erasing deleted posts failed; retrying next run", error = %error);
-                metrics::counter!("aaa_watermark_maintenance_failures_total").increment(1);
+                events::MaintenanceFailed {
+                    message: "erasing deleted posts failed; retrying next run",
+                    error: &error,
+                }
+                .emit();
                 break;
             }
         }

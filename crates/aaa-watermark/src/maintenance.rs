@@ -221,7 +221,7 @@ pub fn register() {
     ] {
         metrics::counter!("aaa_watermark_pruned_rows_total", "table" => table).increment(0);
     }
-    metrics::counter!("aaa_watermark_maintenance_failures_total").increment(0);
+    metrics::counter!(crate::events::MAINTENANCE_FAILURES).increment(0);
     metrics::counter!("aaa_watermark_dropped_payloads_total").increment(0);
     metrics::counter!("aaa_watermark_erased_posts_total").increment(0);
     metrics::counter!("aaa_watermark_erased_payloads_total").increment(0);
