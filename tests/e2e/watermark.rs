@@ -970,6 +970,61 @@ async fn a_round_still_running_makes_the_next_ticks_skip() {
     );
 }
 
+/// Maintenance is scheduled every second whether or not the last run
+/// ended. With `tweet_deletions` locked, a run waits on it; the runs due
+/// meanwhile are skipped and counted, not started beside it (each would hold
+/// a pooled connection, and enough of them starve the rounds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_run_still_going_makes_the_next_ones_skip() {
+    let stack = Stack::start(
+        BIN,
+        StackOptions {
+            watermark_env: vec![
+                ("AAA_WATERMARK_MAINTENANCE_SECS", "1".into()),
+                // The blocked run waits for the lock, not for a timeout.
+                ("AAA_DATABASE_LOCK_TIMEOUT_MS", "0".into()),
+                ("AAA_DATABASE_STATEMENT_TIMEOUT_MS", "0".into()),
+            ],
+            ..StackOptions::scaled(SPEED)
+        },
+    )
+    .await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
+    let mut lock = stack.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE tweet_deletions IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let admin = format!("http://{}", watermark.addr("admin").await);
+    let waiting = || {
+        stack.db.count(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query ILIKE '%tweet_deletions%'",
+        )
+    };
+    eventually(
+        WAIT,
+        "maintenance runs skipped behind the blocked one",
+        || async {
+            let skipped =
+                aaa_testkit::metric(&admin, "aaa_watermark_maintenance_skipped_total").await;
+            (skipped >= 3.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        waiting().await,
+        1,
+        "one run waits on the lock, no other beside it"
+    );
+    lock.rollback().await.unwrap();
+    eventually(WAIT, "the blocked run to finish", || async {
+        (waiting().await == 0).then_some(())
+    })
+    .await;
+}
+
 /// Each service's login holds only what that service needs: the consumer
 /// cannot rewrite payloads, delete dead letters or touch the watermark's
 /// state; the watermark cannot insert or delete events, nor change their

@@ -6,6 +6,7 @@ use aaa_common::observe::InternalEvent;
 pub const TICKS_SKIPPED: &str = "aaa_watermark_ticks_skipped_total";
 pub const LEASE_LOST: &str = "aaa_watermark_lease_lost_total";
 pub const MAINTENANCE_FAILURES: &str = "aaa_watermark_maintenance_failures_total";
+pub const MAINTENANCE_SKIPPED: &str = "aaa_watermark_maintenance_skipped_total";
 
 /// A scheduler tick that found the previous round still running: skipped,
 /// so one replica never runs two rounds at once.
@@ -50,9 +51,21 @@ impl InternalEvent for MaintenanceFailed<'_> {
     }
 }
 
+/// A maintenance run due while the last one on this replica is still going:
+/// skipped, so runs never pile up on a slow database.
+pub struct MaintenanceSkipped;
+
+impl InternalEvent for MaintenanceSkipped {
+    fn emit(self) {
+        tracing::info!(message = "previous maintenance run still going; this one is skipped");
+        metrics::counter!(MAINTENANCE_SKIPPED).increment(1);
+    }
+}
+
 /// Every series at zero from the start.
 pub fn register(webhooks: &[String]) {
     metrics::counter!(TICKS_SKIPPED).increment(0);
+    metrics::counter!(MAINTENANCE_SKIPPED).increment(0);
     for webhook in webhooks {
         metrics::counter!(LEASE_LOST, "webhook" => webhook.clone()).increment(0);
     }

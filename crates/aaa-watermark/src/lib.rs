@@ -263,64 +263,28 @@ pub async fn run(
         .await
         .map_err(|e| Error::Scheduler(e.to_string()))?;
     maintenance::register();
-    let retention = maintenance::Retention {
-        horizon: chrono::TimeDelta::hours(i64::from(args.retention_hours)),
-        dead_letters: args
-            .dead_letter_retention_days
-            .map(|days| chrono::TimeDelta::days(i64::from(days))),
-        batch: 5_000,
-    };
-    let maintenance_pool = pool_for_maintenance.clone();
-    let erase = args.erase_deleted_posts;
-    let replica = args.replica_id();
-    let lease = Duration::from_secs(args.lease_secs.max(1));
-    let event_retention = args.event_retention_days;
+    let run = Arc::new(MaintenanceRun {
+        pool: pool_for_maintenance,
+        clock,
+        retention: maintenance::Retention {
+            horizon: chrono::TimeDelta::hours(i64::from(args.retention_hours)),
+            dead_letters: args
+                .dead_letter_retention_days
+                .map(|days| chrono::TimeDelta::days(i64::from(days))),
+            batch: 5_000,
+        },
+        event_retention_days: args.event_retention_days,
+        erase: args.erase_deleted_posts.then(|| EraseLease {
+            replica: args.replica_id(),
+            lease: Duration::from_secs(args.lease_secs.max(1)),
+        }),
+        running: tokio::sync::Mutex::new(()),
+    });
     let maintenance_job = Job::new_repeated_async(
         Duration::from_secs(args.maintenance_secs.max(1)),
         move |_id, _scheduler| {
-            let pool = maintenance_pool.clone();
-            let replica = replica.clone();
-            Box::pin(async move {
-                match maintenance::prune(&pool, clock.now(), &retention).await {
-                    Ok(deleted) => {
-                        tracing::info!(message = "maintenance: pruned", deleted = ?deleted)
-                    }
-                    Err(error) => {
-                        events::MaintenanceFailed {
-                            message: "maintenance failed; retrying next run",
-                            error: &error,
-                        }
-                        .emit();
-                    }
-                }
-                if let Some(days) = event_retention {
-                    // Real time: `stored_at` is Postgres's clock.
-                    let cutoff = chrono::Utc::now() - chrono::TimeDelta::days(i64::from(days));
-                    match maintenance::drop_old_payloads(&pool, cutoff, 5_000).await {
-                        Ok(0) => {}
-                        Ok(dropped) => {
-                            tracing::info!(
-                                message = "event payloads past retention dropped",
-                                dropped
-                            )
-                        }
-                        Err(error) => {
-                            events::MaintenanceFailed {
-                                message: "event retention failed; retrying next run",
-                                error: &error,
-                            }
-                            .emit();
-                        }
-                    }
-                }
-                if erase {
-                    erase_deleted_posts(&pool, &replica, lease, clock, EraseLimits::default())
-                        .await;
-                }
-                if let Err(error) = maintenance::report_sizes(&pool).await {
-                    tracing::warn!(message = "table sizes not read", error = %error);
-                }
-            })
+            let run = run.clone();
+            Box::pin(async move { run.run().await })
         },
     )
     .map_err(|e| Error::Scheduler(e.to_string()))?;
@@ -339,6 +303,72 @@ pub async fn run(
     admin_task.abort();
     tracing::info!(message = "watermark stopped");
     Ok(())
+}
+
+/// Who erases deleted posts, and for how long a run holds that job.
+struct EraseLease {
+    replica: String,
+    lease: Duration,
+}
+
+/// One maintenance run: pruning, payload retention, erasing deleted posts,
+/// table sizes. The scheduler starts one every `--maintenance-secs` whether
+/// or not the last has ended; a run that finds the last still going is
+/// skipped, so a slow database never gathers runs that hold every pooled
+/// connection and starve the rounds.
+struct MaintenanceRun {
+    pool: sqlx::PgPool,
+    clock: Clock,
+    retention: maintenance::Retention,
+    event_retention_days: Option<u32>,
+    erase: Option<EraseLease>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl MaintenanceRun {
+    async fn run(&self) {
+        let Ok(_running) = self.running.try_lock() else {
+            events::MaintenanceSkipped.emit();
+            return;
+        };
+        let pool = &self.pool;
+        match maintenance::prune(pool, self.clock.now(), &self.retention).await {
+            Ok(deleted) => tracing::info!(message = "maintenance: pruned", deleted = ?deleted),
+            Err(error) => events::MaintenanceFailed {
+                message: "maintenance failed; retrying next run",
+                error: &error,
+            }
+            .emit(),
+        }
+        if let Some(days) = self.event_retention_days {
+            // Real time: `stored_at` is Postgres's clock.
+            let cutoff = chrono::Utc::now() - chrono::TimeDelta::days(i64::from(days));
+            match maintenance::drop_old_payloads(pool, cutoff, 5_000).await {
+                Ok(0) => {}
+                Ok(dropped) => {
+                    tracing::info!(message = "event payloads past retention dropped", dropped)
+                }
+                Err(error) => events::MaintenanceFailed {
+                    message: "event retention failed; retrying next run",
+                    error: &error,
+                }
+                .emit(),
+            }
+        }
+        if let Some(erase) = &self.erase {
+            erase_deleted_posts(
+                pool,
+                &erase.replica,
+                erase.lease,
+                self.clock,
+                EraseLimits::default(),
+            )
+            .await;
+        }
+        if let Err(error) = maintenance::report_sizes(pool).await {
+            tracing::warn!(message = "table sizes not read", error = %error);
+        }
+    }
 }
 
 /// The erase lease's key in `watermark_leases` (no webhook has this id).
