@@ -96,8 +96,8 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
             "0",
             "--revoke-share",
             "0",
-            "--account-activity-replay-limit",
-            "2",
+            "--webhooks-replay-limit",
+            "3",
         ],
     )
     .await;
@@ -323,7 +323,7 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
         owed as i64 + 1
     );
 
-    // One job per webhook, and the deprecated endpoint's rate limit.
+    // One job per webhook, and the replay endpoint's rate limit.
     sim.set_faults(json!({"next_replay": "never_finish"})).await;
     let window = [
         "--webhook",
@@ -358,17 +358,14 @@ async fn an_operator_manages_webhooks_subscriptions_and_replays_from_the_cli() {
     operator
         .run(&[&["replay", "submit"], &window[..]].concat(), &[])
         .refused(3, "ReplayConflictError");
-    let aa = [
-        &["replay", "submit", "--replay-endpoint", "account-activity"],
-        &window[..],
-    ]
-    .concat();
-    // Two calls per 15 simulated minutes (1.5 s real): a quick third is refused.
-    // Repeated a few times so a slow machine cannot spread them out of the window.
+    let again = [&["replay", "submit"], &window[..]].concat();
+    // Three calls per 15 simulated minutes (1.5 s real): a quick fourth is
+    // refused. Repeated a few times so a slow machine cannot spread them out
+    // of the window.
     let limited = (0..10)
-        .map(|_| operator.run(&aa, &[]))
+        .map(|_| operator.run(&again, &[]))
         .find(|run| run.stderr.contains("rate limited"))
-        .expect("the account activity endpoint's rate limit");
+        .expect("the replay endpoint's rate limit");
     limited.refused(3, "rate limited");
     // Accepted, conflicting and rate-limited submissions alike.
     assert!(

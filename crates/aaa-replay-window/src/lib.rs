@@ -4,9 +4,10 @@
 //! From X's documentation: `from_date`/`to_date` are `yyyymmddhhmm` UTC at
 //! minute granularity; `from` is inclusive, within the last 24 hours and at
 //! least 31 minutes ago; `to` is at least 10 minutes ago and after `from`;
-//! the Account Activity endpoint's `to` is exclusive, while the spec of its
-//! 2026 replacement (`POST /2/webhooks/replay`) calls it inclusive, so that
-//! is a setting. Where the text leaves a boundary open, the stricter reading
+//! the retired Account Activity endpoint's `to` was exclusive, while the
+//! spec of its replacement (`POST /2/webhooks/replay`, the only replay
+//! endpoint since 2026-03-25) calls it inclusive; X's behaviour is not
+//! otherwise documented, so that is a setting. Where the text leaves a boundary open, the stricter reading
 //! wins: exactly 24 h ago is *not* "within the last 24 hours".
 
 use chrono::{DateTime, DurationRound, NaiveDateTime, TimeDelta, Utc};
@@ -39,7 +40,9 @@ pub struct Rules {
 }
 
 impl Rules {
-    pub const ACCOUNT_ACTIVITY: Rules = Rules {
+    /// `to_date` names the first minute *not* replayed: the stricter
+    /// reading, which never asks X for less than intended.
+    pub const TO_EXCLUSIVE: Rules = Rules {
         to_inclusive: false,
     };
 }
@@ -169,7 +172,7 @@ mod tests {
             "2026-11-25T12:00:00Z",
         ] {
             let to: DateTime<Utc> = to.parse().unwrap();
-            for rules in [Rules::ACCOUNT_ACTIVITY, Rules { to_inclusive: true }] {
+            for rules in [Rules::TO_EXCLUSIVE, Rules { to_inclusive: true }] {
                 let window = operator_window(from, to, rules);
                 assert_eq!(format_minute(window.from), "202611251100");
                 let sent = if rules.to_inclusive {
@@ -199,7 +202,7 @@ mod tests {
     #[test]
     fn boundary_table() {
         use WindowError::*;
-        let exclusive = Rules::ACCOUNT_ACTIVITY;
+        let exclusive = Rules::TO_EXCLUSIVE;
         let inclusive = Rules { to_inclusive: true };
         type Case = (&'static str, String, String, Rules, Result<(), WindowError>);
         let cases: Vec<Case> = vec![
@@ -373,9 +376,9 @@ mod tests {
     fn seconds_of_now_count() {
         // At 12:00:30, 11:29 is 31.5 min ago (fine), 11:30 is 30.5 (too recent).
         let now = now() + TimeDelta::seconds(30);
-        assert!(validate(now, "202611251129", "202611251140", Rules::ACCOUNT_ACTIVITY).is_ok());
+        assert!(validate(now, "202611251129", "202611251140", Rules::TO_EXCLUSIVE).is_ok());
         assert_eq!(
-            validate(now, "202611251130", "202611251140", Rules::ACCOUNT_ACTIVITY),
+            validate(now, "202611251130", "202611251140", Rules::TO_EXCLUSIVE),
             Err(WindowError::FromTooRecent)
         );
     }
@@ -385,7 +388,7 @@ mod tests {
         let w = validate(now(), &ago(60), &ago(20), Rules { to_inclusive: true }).unwrap();
         assert_eq!(w.to_exclusive, now() - TimeDelta::minutes(19));
         assert!(w.contains(now() - TimeDelta::minutes(20)));
-        let w = validate(now(), &ago(60), &ago(20), Rules::ACCOUNT_ACTIVITY).unwrap();
+        let w = validate(now(), &ago(60), &ago(20), Rules::TO_EXCLUSIVE).unwrap();
         assert!(!w.contains(now() - TimeDelta::minutes(20)));
         assert!(w.contains(now() - TimeDelta::minutes(60)));
     }

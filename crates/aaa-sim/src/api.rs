@@ -42,7 +42,7 @@ pub fn router(sim: Sim) -> Router {
         )
         .route(
             "/2/account_activity/replay/webhooks/{id}/subscriptions/all",
-            post(replay_account_activity),
+            post(retired_account_activity_replay),
         )
         .merge(crate::activity::router())
         .merge(crate::stream::router())
@@ -416,37 +416,18 @@ async fn unsubscribe(
     }
 }
 
-#[derive(Deserialize)]
-struct ReplayQuery {
-    from_date: Option<String>,
-    to_date: Option<String>,
-}
-
-async fn replay_account_activity(
-    State(sim): State<Sim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Query<ReplayQuery>,
-) -> Response {
-    require_bearer!(sim, headers);
-    if !sim.args.account_activity_replay {
-        return x_error(
-            StatusCode::GONE,
-            "EndpointDeprecated",
-            "This endpoint was replaced by POST /2/webhooks/replay.",
-        );
-    }
-    let limit = sim.args.account_activity_replay_limit;
-    submit_replay(
-        &sim,
-        "account_activity_replay",
-        &id,
-        q.from_date,
-        q.to_date,
-        Rules::ACCOUNT_ACTIVITY,
-        limit,
-    )
-    .await
+/// The Account Activity replay endpoint, retired by X on 2026-03-25 and
+/// absent from its OpenAPI spec: answered as X answers a path it does not
+/// serve, whatever the credentials.
+async fn retired_account_activity_replay() -> Response {
+    let body = json!({
+        "errors": [{"message": "Sorry, that page does not exist", "code": 34}],
+        "title": "Not Found Error",
+        "detail": "Sorry, that page does not exist",
+        "type": "https://api.x.com/2/problems/resource-not-found",
+        "status": 404,
+    });
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
 #[derive(Deserialize)]

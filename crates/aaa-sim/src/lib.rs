@@ -127,9 +127,6 @@ pub struct SimArgs {
     /// Subscriptions the app may hold across all webhooks.
     #[arg(long, env = "AAA_SIM_PROVISIONED_COUNT", default_value_t = 5_000)]
     pub provisioned_count: usize,
-    /// Serve the Account Activity replay endpoint (deprecated by X on 2026-03-25).
-    #[arg(long, env = "AAA_SIM_AA_REPLAY", default_value_t = true, action = clap::ArgAction::Set)]
-    pub account_activity_replay: bool,
     /// Serve POST /2/webhooks/replay, X's current replay endpoint.
     #[arg(long, env = "AAA_SIM_WEBHOOKS_REPLAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub webhooks_replay: bool,
@@ -137,9 +134,6 @@ pub struct SimArgs {
     /// default is the stricter exclusive reading, which delivers less).
     #[arg(long, env = "AAA_SIM_WEBHOOKS_REPLAY_TO_INCLUSIVE", default_value_t = false, action = clap::ArgAction::Set)]
     pub webhooks_replay_to_inclusive: bool,
-    /// Replay requests per 15 minutes on the Account Activity endpoint.
-    #[arg(long, default_value_t = 5)]
-    pub account_activity_replay_limit: u32,
     /// Replay requests per 15 minutes on /2/webhooks/replay.
     #[arg(long, default_value_t = 100)]
     pub webhooks_replay_limit: u32,

@@ -82,10 +82,10 @@ pub struct WatermarkArgs {
     /// simulated seconds; doubles each time up to 15 minutes.
     #[arg(long, env = "AAA_WATERMARK_BACKOFF_SECS", default_value_t = 60)]
     pub backoff_secs: i64,
-    /// Replay requests allowed per 15 minutes (X: 5 on the Account Activity
-    /// endpoint, 100 on /2/webhooks/replay). Defaults to the endpoint's limit.
-    #[arg(long, env = "AAA_WATERMARK_REPLAY_LIMIT")]
-    pub replay_limit: Option<u32>,
+    /// Replay requests allowed per 15 minutes, shared by every replica and
+    /// operator (X allows 100 on `POST /2/webhooks/replay`).
+    #[arg(long, env = "AAA_WATERMARK_REPLAY_LIMIT", default_value_t = 100)]
+    pub replay_limit: u32,
     /// Replay every closed slot of this many minutes once, even when
     /// heartbeats say it was covered: the only way to recover what X dropped
     /// after its retries (or never sent) while the receiver was up. At most

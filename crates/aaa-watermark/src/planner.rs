@@ -283,7 +283,7 @@ mod tests {
             for step in &steps {
                 match step {
                     Step::Submit(w) => {
-                        prop_assert!(validate(now, &format_minute(w.from), &format_minute(w.to), Rules::ACCOUNT_ACTIVITY).is_ok(), "{w:?} at {now}");
+                        prop_assert!(validate(now, &format_minute(w.from), &format_minute(w.to), Rules::TO_EXCLUSIVE).is_ok(), "{w:?} at {now}");
                         prop_assert!(w.to - w.from <= MAX_SPAN);
                         prop_assert!(!submitted.iter().any(|s| s.overlaps(w)));
                         submitted.push(*w);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aaa_common::Clock;
 use aaa_common::kafka::{control, headers};
 use aaa_replay_window::Window;
-use aaa_xapi::{ReplayEndpoint, XClient, XError};
+use aaa_xapi::{XClient, XError};
 use chrono::{DateTime, TimeDelta, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -109,10 +109,7 @@ impl Watermark {
         if partitions.is_empty() {
             return Err(Error::NoPartitions(topic));
         }
-        let replay_limit = args.replay_limit.unwrap_or(match x.replay_endpoint() {
-            ReplayEndpoint::AccountActivity => 5,
-            ReplayEndpoint::Webhooks => 100,
-        }) as i64;
+        let replay_limit = i64::from(args.replay_limit);
         for webhook in &args.webhooks {
             let w = || webhook.clone();
             for outcome in Submission::ALL {

@@ -9,14 +9,6 @@ use serde_json::{Value, json};
 
 use crate::{Credentials, XApiArgs, XError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ReplayEndpoint {
-    /// POST /2/webhooks/replay (X's current endpoint).
-    Webhooks,
-    /// POST /2/account_activity/replay/webhooks/:id/subscriptions/all (deprecated).
-    AccountActivity,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Webhook {
     pub id: String,
@@ -50,7 +42,6 @@ pub struct XClient {
     base: String,
     credentials: Credentials,
     timeout: Duration,
-    replay_endpoint: ReplayEndpoint,
     webhooks_replay_to_inclusive: bool,
     /// X's clock as its last response's `Date` header told it.
     x_date: std::sync::Mutex<Option<DateTime<Utc>>>,
@@ -81,7 +72,6 @@ impl XClient {
             base: args.base_url.trim_end_matches('/').to_owned(),
             credentials,
             timeout: args.timeout(),
-            replay_endpoint: args.replay_endpoint,
             webhooks_replay_to_inclusive: args.webhooks_replay_to_inclusive,
             x_date: std::sync::Mutex::new(None),
             read_attempts: READ_ATTEMPTS,
@@ -110,18 +100,11 @@ impl XClient {
         *self.x_date.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The window rules of the replay endpoint in use.
+    /// The window rules of `POST /2/webhooks/replay` as configured.
     pub fn replay_rules(&self) -> Rules {
-        match self.replay_endpoint {
-            ReplayEndpoint::AccountActivity => Rules::ACCOUNT_ACTIVITY,
-            ReplayEndpoint::Webhooks => Rules {
-                to_inclusive: self.webhooks_replay_to_inclusive,
-            },
+        Rules {
+            to_inclusive: self.webhooks_replay_to_inclusive,
         }
-    }
-
-    pub fn replay_endpoint(&self) -> ReplayEndpoint {
-        self.replay_endpoint
     }
 
     fn url(&self, path: &str) -> String {
@@ -380,7 +363,9 @@ impl XClient {
         Ok((from, to))
     }
 
-    /// Submits a replay of `window` (half-open) for `webhook_id`. Never retried:
+    /// Submits a replay of `window` (half-open) for `webhook_id` through
+    /// `POST /2/webhooks/replay`, X's only replay endpoint (the Account
+    /// Activity one was retired on 2026-03-25). Never retried:
     /// a lost answer may still have started a job (a retry would only meet
     /// ReplayConflictError, which callers handle).
     pub async fn submit_replay(
@@ -390,24 +375,12 @@ impl XClient {
         now: DateTime<Utc>,
     ) -> Result<ReplayJob, XError> {
         let (from, to) = self.replay_params(window, now)?;
-        let value = match self.replay_endpoint {
-            ReplayEndpoint::Webhooks => {
-                let body = json!({"webhook_id": webhook_id, "from_date": from, "to_date": to});
-                self.call("replay_submit", false, || {
-                    Ok(self.bearer(Method::POST, "/2/webhooks/replay")?.json(&body))
-                })
-                .await?
-            }
-            ReplayEndpoint::AccountActivity => {
-                let path =
-                    format!("/2/account_activity/replay/webhooks/{webhook_id}/subscriptions/all");
-                let query = [("from_date", from.clone()), ("to_date", to.clone())];
-                self.call("replay_submit", false, || {
-                    Ok(self.bearer(Method::POST, &path)?.query(&query))
-                })
-                .await?
-            }
-        };
+        let body = json!({"webhook_id": webhook_id, "from_date": from, "to_date": to});
+        let value = self
+            .call("replay_submit", false, || {
+                Ok(self.bearer(Method::POST, "/2/webhooks/replay")?.json(&body))
+            })
+            .await?;
         let mut job: ReplayJob = Self::data(value)?;
         job.from_date = from;
         job.to_date = to;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::XError;
-use crate::client::ReplayEndpoint;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct XApiArgs {
@@ -27,16 +26,6 @@ pub struct XApiArgs {
         global = true
     )]
     pub timeout_ms: u64,
-    /// Which replay endpoint to use: `webhooks` (POST /2/webhooks/replay,
-    /// current) or `account-activity` (deprecated by X on 2026-03-25).
-    #[arg(
-        long = "replay-endpoint",
-        env = "AAA_X_REPLAY_ENDPOINT",
-        value_enum,
-        default_value = "webhooks",
-        global = true
-    )]
-    pub replay_endpoint: ReplayEndpoint,
     /// Treat `to_date` of POST /2/webhooks/replay as inclusive (its spec says
     /// so; X's older endpoint was exclusive). Off by default: an exclusive
     /// reading never asks for less than intended.

@@ -14,6 +14,6 @@ pub use activity::{
     ActivityFilter, ActivitySubscription, BulkDeleted, NewActivitySubscription,
     migrated_event_types, plan_migration,
 };
-pub use client::{ReplayEndpoint, ReplayJob, SubscriptionCount, Webhook, XClient};
+pub use client::{ReplayJob, SubscriptionCount, Webhook, XClient};
 pub use credentials::{Credentials, XApiArgs};
 pub use error::{Reason, XError};
