@@ -23,7 +23,15 @@ pub enum ActivityCommand {
         /// filter.direction: inbound or outbound (likes, DMs); both if unset.
         #[arg(long, value_parser = ["inbound", "outbound"])]
         direction: Option<String>,
-        /// A label (1-200 characters) stored with every event it matches.
+        /// filter.qualifiers: an event-specific predicate, KEY=VALUE (e.g.
+        /// post_id=123, conversation_type=group); repeat for several.
+        #[arg(long = "qualifier", value_parser = parse_qualifier)]
+        qualifiers: Vec<(String, String)>,
+        /// A label (1-200 characters) X puts on every event it delivers for
+        /// this subscription: stored rows are routed back to it
+        /// (`v_xaa_events`). Default: the event type and filter
+        /// (`like.create:direction=inbound,user_id=1`), unique per
+        /// subscription as X allows one per event type and filter.
         #[arg(long)]
         tag: Option<String>,
         /// The webhook to deliver to.
@@ -45,6 +53,16 @@ pub enum ActivityCommand {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+}
+
+/// `KEY=VALUE` of `--qualifier`.
+fn parse_qualifier(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("`{text}` is not KEY=VALUE (e.g. post_id=123)")),
+    }
 }
 
 fn rows(subscriptions: &[ActivitySubscription]) -> Vec<Vec<String>> {
@@ -71,17 +89,25 @@ pub async fn activity(args: &OpsArgs, x: &XClient, command: ActivityCommand) -> 
             user,
             keyword,
             direction,
+            qualifiers,
             tag,
             webhook,
         } => {
+            let filter = ActivityFilter {
+                user_id: user,
+                keyword,
+                direction,
+                qualifiers: qualifiers
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect(),
+                ..ActivityFilter::default()
+            };
+            let tag = tag.unwrap_or_else(|| aaa_xapi::default_tag(&event_type, &filter));
             let new = NewActivitySubscription {
                 event_type,
-                filter: ActivityFilter {
-                    user_id: user,
-                    keyword,
-                    direction,
-                },
-                tag,
+                filter,
+                tag: Some(tag),
                 webhook_id: webhook,
             };
             let created = vec![x.create_activity_subscription(&new).await?];

@@ -65,6 +65,21 @@ pub const DASHBOARDS: &[Dashboard] = &[
                 queries: &["sum(aaa_consumer_dead_letters_total) or vector(0)"],
                 unit: "short",
             },
+            // Every watermark replica reports the same day: max, not sum.
+            Panel {
+                title: "Estimated X charges today (UTC)",
+                queries: &["max(aaa_x_estimated_charges_today_usd)"],
+                unit: "currencyUSD",
+            },
+            Panel {
+                title: "Billable events today, and copies absorbed (retries, replays, both envelopes)",
+                queries: &[
+                    "max(aaa_x_billable_events_today)",
+                    "max(aaa_x_duplicates_absorbed_today)",
+                    "max(aaa_x_duplicates_billed_today)",
+                ],
+                unit: "short",
+            },
         ],
     },
     Dashboard {

@@ -585,6 +585,77 @@ async fn xaa_subscriptions_and_the_migration_from_the_cli() {
             &[],
         )
         .refused(3, "DuplicateSubscriptionFailed");
+
+    // Qualifiers, and a tag by default: the event type and filter.
+    let qualified = operator
+        .ok(
+            &[
+                "subscriptions",
+                "activity",
+                "create",
+                "--event-type",
+                "post.reply.create",
+                "--user",
+                "1",
+                "--qualifier",
+                "post_id=42",
+                "--qualifier",
+                "conversation_type=reply",
+                "--json",
+            ],
+            &[],
+        )
+        .json();
+    assert_eq!(
+        qualified["filter"],
+        json!({"user_id": "1", "qualifiers": {"post_id": "42", "conversation_type": "reply"}})
+    );
+    assert_eq!(
+        qualified["tag"],
+        "post.reply.create:qualifiers.conversation_type=reply,qualifiers.post_id=42,user_id=1"
+    );
+    let malformed = operator.run(
+        &[
+            "subscriptions",
+            "activity",
+            "create",
+            "--event-type",
+            "post.create",
+            "--qualifier",
+            "no-equals",
+        ],
+        &[],
+    );
+    assert!(
+        malformed.code == 2 && malformed.stderr.contains("KEY=VALUE"),
+        "{}",
+        malformed.stderr
+    );
+    // A filter key this version does not know, created at X by someone
+    // else, is listed as X holds it.
+    let response = sim
+        .api(reqwest::Method::POST, "/2/activity/subscriptions")
+        .json(&json!({"event_type": "like.create",
+                      "filter": {"user_id": "2", "future_key": {"nested": true}}, "tag": "t"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+    let listed = list();
+    let future = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["event_type"] == "like.create")
+        .expect("listed");
+    assert_eq!(
+        future["filter"],
+        json!({"user_id": "2", "future_key": {"nested": true}})
+    );
 }
 
 /// The migration of docs/xaa.md, rehearsed on a running pipeline: live

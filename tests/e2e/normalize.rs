@@ -1177,3 +1177,110 @@ async fn an_app_keeps_its_newest_observation_whatever_order_batches_land_in() {
     .unwrap();
     assert_eq!(name().await.as_deref(), Some("Newest"));
 }
+
+/// X bills every delivered event by type, once per UTC day: the consumer
+/// counts first copies, copies of the same day (free: X dedupes them) and
+/// copies of an event first stored on an earlier day (billed again), per
+/// UTC day and billed type, whichever envelope carried them; the watermark
+/// prices them with the configured prices (`v_x_charges_daily`) and reports
+/// today's estimate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_charges_are_counted_per_utc_day_as_x_dedupes_them() {
+    let stack = Stack::start(
+        BIN,
+        StackOptions {
+            watermark_env: vec![
+                ("AAA_X_PRICES", "post.create=0.5".into()),
+                ("AAA_WATERMARK_MAINTENANCE_SECS", "1".into()),
+            ],
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    let started_on = Utc::now().date_naive();
+    let sender = stack.sender();
+    let db = &stack.db;
+    let post = fixture("tweet_create_events.json");
+    let aaa_like = fixture("favorite_events.json");
+    for body in [
+        &post,
+        &post,
+        &fixture("xaa_like_create_inbound.json"),
+        &aaa_like,
+        &fixture("direct_message_events.json"),
+    ] {
+        assert_eq!(sender.post(body.to_string().as_bytes()).await.unwrap(), 200);
+    }
+    let totals = || async {
+        sqlx::query_as::<_, (String, i64, i64, i64)>(
+            "SELECT event_type, sum(stored)::int8, sum(again_same_day)::int8, sum(again_later_day)::int8
+             FROM x_deliveries_daily GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let expected = |later: i64| {
+        vec![
+            ("dm.received".to_owned(), 1, 0, 0),
+            ("like.create".to_owned(), 2, 0, later),
+            ("post.create".to_owned(), 1, 1, 0),
+        ]
+    };
+    eventually(WAIT, "every delivery counted", || async {
+        (totals().await == expected(0)).then_some(())
+    })
+    .await;
+    // The AAA like was first stored two days ago; X delivers it again today
+    // (a replay across midnight): X bills it again.
+    sqlx::query(
+        "UPDATE events SET received_at = received_at - interval '2 days'
+         WHERE kind = 'favorite_events' AND NOT context ? 'xaa'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        sender.post(aaa_like.to_string().as_bytes()).await.unwrap(),
+        200
+    );
+    eventually(
+        WAIT,
+        "the copy from an earlier day counted as billed",
+        || async { (totals().await == expected(1)).then_some(()) },
+    )
+    .await;
+
+    let sim = stack.start_sim(aaa_testkit::SMALL_SIM_ARGS).await;
+    let watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let admin = format!("http://{}", watermark.addr("admin").await);
+    let charges: Vec<(String, i64, i64, i64, f64)> = sqlx::query_as(
+        "SELECT event_type, sum(billable)::int8, sum(duplicates_absorbed)::int8,
+                sum(duplicates_billed)::int8, sum(estimated_usd)::float8
+         FROM v_x_charges_daily GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        charges,
+        vec![
+            ("dm.received".to_owned(), 1, 0, 0, 0.01),
+            ("like.create".to_owned(), 3, 1, 1, 0.003),
+            // The configured price, over the default 0.005.
+            ("post.create".to_owned(), 1, 1, 0, 0.5),
+        ]
+    );
+    let estimate = eventually(WAIT, "today's estimate reported", || async {
+        let usd = aaa_testkit::metric(&admin, "aaa_x_estimated_charges_today_usd").await;
+        (usd > 0.0).then_some(usd)
+    })
+    .await;
+    if Utc::now().date_naive() == started_on {
+        assert!((estimate - 0.513).abs() < 1e-9, "{estimate}");
+        assert_eq!(
+            aaa_testkit::metric(&admin, "aaa_x_duplicates_absorbed_today").await,
+            2.0
+        );
+    }
+}

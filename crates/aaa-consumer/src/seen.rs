@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use aaa_events::Record;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use crate::batch::EventRow;
@@ -42,11 +42,32 @@ pub struct SubscriptionSeen {
     pub last_event_at: Option<DateTime<Utc>>,
 }
 
+/// Deliveries of one billed event type on one UTC day (`x_deliveries_daily`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// First copies: X bills them.
+    pub stored: i64,
+    /// Copies of an event first stored the same UTC day: X charges once a day.
+    pub again_same_day: i64,
+    /// Copies of an event first stored on an earlier day: charged again.
+    pub again_later_day: i64,
+}
+
+impl Delivered {
+    fn add(&mut self, other: Delivered) {
+        self.stored += other.stored;
+        self.again_same_day += other.again_same_day;
+        self.again_later_day += other.again_later_day;
+    }
+}
+
 /// What committed batches saw, not yet written.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Seen {
     pub webhooks: BTreeMap<String, Span>,
     pub subscriptions: BTreeMap<(String, String), SubscriptionSeen>,
+    /// Per (UTC day of receipt, billed event type).
+    pub deliveries: BTreeMap<(NaiveDate, String), Delivered>,
 }
 
 /// The time of a row's activity as X dated it, unless it is a revocation.
@@ -61,7 +82,15 @@ pub fn activity_time(row: &EventRow) -> Option<DateTime<Utc>> {
 
 impl Seen {
     pub fn is_empty(&self) -> bool {
-        self.webhooks.is_empty() && self.subscriptions.is_empty()
+        self.webhooks.is_empty() && self.subscriptions.is_empty() && self.deliveries.is_empty()
+    }
+
+    /// Counts one delivery of `event_type` received on `day`.
+    pub fn delivered(&mut self, day: NaiveDate, event_type: String, delivered: Delivered) {
+        self.deliveries
+            .entry((day, event_type))
+            .or_default()
+            .add(delivered);
     }
 
     /// Every row of a committed batch, duplicates included: they prove a
@@ -107,6 +136,9 @@ impl Seen {
         for (key, seen) in other.subscriptions {
             self.subscription(key, seen);
         }
+        for ((day, event_type), delivered) in other.deliveries {
+            self.delivered(day, event_type, delivered);
+        }
     }
 
     /// Writes everything seen (widening, never narrowing, what is stored),
@@ -114,7 +146,32 @@ impl Seen {
     pub async fn write(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let mut tx = pool.begin().await?;
         self.write_to(&mut tx, Existing::Widen).await?;
+        self.write_deliveries(&mut tx).await?;
         tx.commit().await
+    }
+
+    /// Adds the deliveries counted to `x_deliveries_daily`, keys in order.
+    async fn write_deliveries(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.deliveries.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = self.deliveries.iter().collect();
+        sqlx::query(
+            "INSERT INTO x_deliveries_daily (day, event_type, stored, again_same_day, again_later_day)
+             SELECT * FROM UNNEST($1::date[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
+             ON CONFLICT (day, event_type) DO UPDATE SET
+                 stored = x_deliveries_daily.stored + EXCLUDED.stored,
+                 again_same_day = x_deliveries_daily.again_same_day + EXCLUDED.again_same_day,
+                 again_later_day = x_deliveries_daily.again_later_day + EXCLUDED.again_later_day",
+        )
+        .bind(rows.iter().map(|((d, _), _)| *d).collect::<Vec<_>>())
+        .bind(rows.iter().map(|((_, t), _)| t.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| n.stored).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| n.again_same_day).collect::<Vec<_>>())
+        .bind(rows.iter().map(|(_, n)| n.again_later_day).collect::<Vec<_>>())
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 
     /// Writes the webhooks and subscriptions seen; `existing` says what

@@ -84,6 +84,7 @@ pub async fn write(
             })
             .collect();
         stats.seen.observe(&plan.events);
+        count_deliveries(&mut tx, plan, &new, &mut stats.seen).await?;
         normalized::write(&mut tx, &stats.seen, &new).await?;
         count_replayed(&mut tx, plan, &attributed, &ids).await?;
         // Counted under the label the batch planned for each new row (an
@@ -107,6 +108,88 @@ pub async fn write(
 
 fn column<R, T>(rows: &[R], field: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(field).collect()
+}
+
+/// Counts every event of the batch for X's bill (`x_deliveries_daily`):
+/// a new row is a first copy; a copy of a stored one is free when the first
+/// was stored the same UTC day (X charges an event once a day) and charged
+/// again otherwise. Only copies cost a lookup, and only of `received_at`.
+async fn count_deliveries(
+    tx: &mut sqlx::PgConnection,
+    plan: &BatchPlan,
+    new: &[NewEvent<'_>],
+    seen: &mut Seen,
+) -> Result<(), sqlx::Error> {
+    use crate::seen::Delivered;
+    let day = |t: DateTime<Utc>| t.date_naive();
+    let billed = |row: &EventRow| {
+        aaa_events::billing::billed_type(
+            &row.kind,
+            &row.context,
+            &row.payload,
+            row.for_user_id.as_deref(),
+        )
+    };
+    // A record's position tells its rows apart, copies of one event included.
+    let position = |row: &EventRow| (row.partition, row.offset, row.activity_index);
+    let first: std::collections::HashSet<(i32, i64, i32)> =
+        new.iter().map(|event| position(event.row)).collect();
+    let copies: Vec<&EventRow> = plan
+        .events
+        .iter()
+        .filter(|row| !first.contains(&position(row)))
+        .collect();
+    for event in new {
+        let delivered = Delivered {
+            stored: 1,
+            ..Delivered::default()
+        };
+        seen.delivered(day(event.row.received_at), billed(event.row), delivered);
+    }
+    if copies.is_empty() {
+        return Ok(());
+    }
+    let stored: Vec<(Option<String>, String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT e.for_user_id, e.kind, e.natural_key, e.received_at
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS x(u, k, n)
+         JOIN events e ON e.for_user_id = x.u AND e.kind = x.k AND e.natural_key = x.n
+         UNION ALL
+         SELECT e.for_user_id, e.kind, e.natural_key, e.received_at
+         FROM UNNEST($1::text[], $2::text[], $3::text[]) AS x(u, k, n)
+         JOIN events e ON e.for_user_id IS NULL AND x.u IS NULL AND e.kind = x.k AND e.natural_key = x.n",
+    )
+    .bind(column(&copies, |r| r.for_user_id.clone()))
+    .bind(column(&copies, |r| r.kind.clone()))
+    .bind(column(&copies, |r| r.natural_key.clone()))
+    .fetch_all(&mut *tx)
+    .await?;
+    let first_stored: std::collections::HashMap<(Option<&str>, &str, &str), DateTime<Utc>> = stored
+        .iter()
+        .map(|(u, k, n, at)| ((u.as_deref(), k.as_str(), n.as_str()), *at))
+        .collect();
+    for row in copies {
+        let key = (
+            row.for_user_id.as_deref(),
+            row.kind.as_str(),
+            row.natural_key.as_str(),
+        );
+        let later_day = first_stored
+            .get(&key)
+            .is_some_and(|at| day(*at) < day(row.received_at));
+        let delivered = if later_day {
+            Delivered {
+                again_later_day: 1,
+                ..Delivered::default()
+            }
+        } else {
+            Delivered {
+                again_same_day: 1,
+                ..Delivered::default()
+            }
+        };
+        seen.delivered(day(row.received_at), billed(row), delivered);
+    }
+    Ok(())
 }
 
 /// A window being replayed right now (state `submitted`).

@@ -4,6 +4,7 @@
 //! No I/O here. The receiver only calls [`probe_partition_key`]; the consumer
 //! calls [`parse_envelope`]. Both must never panic on any input.
 
+pub mod billing;
 mod envelope;
 pub mod erase;
 mod kind;

@@ -63,16 +63,19 @@ struct CreateBody {
     webhook_id: Option<String>,
 }
 
-/// The filter keys X's spec allows, and its rules on them.
+/// X's rules on the filter keys its spec names. Other keys are kept and
+/// echoed as given (X adds filter keys over time: `qualifiers` came with
+/// spec v2.168), never refused.
 fn check_filter(event_type: &str, filter: &Value) -> Result<(), String> {
     let Some(object) = filter.as_object() else {
         return Err("filter must be an object".into());
     };
-    if let Some(key) = object
-        .keys()
-        .find(|k| !matches!(k.as_str(), "user_id" | "keyword" | "direction"))
+    if let Some(qualifiers) = object.get("qualifiers")
+        && !qualifiers
+            .as_object()
+            .is_some_and(|q| q.values().all(Value::is_string))
     {
-        return Err(format!("filter.{key} is not a known filter"));
+        return Err("filter.qualifiers must be an object of strings".into());
     }
     if let Some(direction) = object.get("direction") {
         if !matches!(direction.as_str(), Some("inbound" | "outbound")) {

@@ -62,6 +62,39 @@ impl InternalEvent for MaintenanceSkipped {
     }
 }
 
+/// What X bills for the current UTC day so far (`v_x_charges_daily`),
+/// read each maintenance run.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ChargesToday {
+    pub billable: i64,
+    pub estimated_usd: f64,
+    /// Copies the pipeline stored once (retries, replays, both envelopes).
+    pub duplicates_absorbed: i64,
+    /// Of those, copies X charged again (first stored on an earlier day).
+    pub duplicates_billed: i64,
+}
+
+pub const BILLABLE_TODAY: &str = "aaa_x_billable_events_today";
+pub const CHARGES_TODAY: &str = "aaa_x_estimated_charges_today_usd";
+pub const DUPLICATES_TODAY: &str = "aaa_x_duplicates_absorbed_today";
+pub const DUPLICATES_BILLED_TODAY: &str = "aaa_x_duplicates_billed_today";
+
+impl InternalEvent for ChargesToday {
+    fn emit(self) {
+        tracing::debug!(
+            message = "X charges today",
+            billable = self.billable,
+            estimated_usd = self.estimated_usd,
+            duplicates_absorbed = self.duplicates_absorbed,
+            duplicates_billed = self.duplicates_billed
+        );
+        metrics::gauge!(BILLABLE_TODAY).set(self.billable as f64);
+        metrics::gauge!(CHARGES_TODAY).set(self.estimated_usd);
+        metrics::gauge!(DUPLICATES_TODAY).set(self.duplicates_absorbed as f64);
+        metrics::gauge!(DUPLICATES_BILLED_TODAY).set(self.duplicates_billed as f64);
+    }
+}
+
 /// Every series at zero from the start.
 pub fn register(webhooks: &[String]) {
     metrics::counter!(TICKS_SKIPPED).increment(0);

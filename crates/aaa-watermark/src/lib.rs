@@ -53,6 +53,8 @@ pub enum Error {
     AuditOverride(String),
     #[error("webhook {0}: another replica took the lease over during this round")]
     LeaseLost(String),
+    #[error("AAA_X_PRICES: {0}")]
+    Prices(#[from] aaa_events::billing::PriceError),
 }
 
 /// Configuration of `aaa watermark`.
@@ -147,6 +149,12 @@ pub struct WatermarkArgs {
     #[arg(long, env = "AAA_EVENT_RETENTION_DAYS",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub event_retention_days: Option<u32>,
+    /// What X charges per delivered event, in US dollars, over the built-in
+    /// defaults (X's pay-per-use prices of 2026): `post.create=0.004,news.new=0.02`.
+    /// Written to `x_prices` at start; `v_x_charges_daily` and the
+    /// "estimated X charges today" panel price with them.
+    #[arg(long, env = "AAA_X_PRICES", default_value = "")]
+    pub x_prices: String,
     /// Compliance mode: erase a deleted post's text and media from `tweets`,
     /// `events.payload` and every embedded copy within one maintenance
     /// interval (X's developer terms). Ids and times stay.
@@ -226,8 +234,10 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let prices = aaa_events::billing::prices(&args.x_prices)?;
     let pool = args.database.pool()?;
     aaa_db::ensure_schema_current(&pool).await?;
+    maintenance::write_prices(&pool, &prices).await?;
     // One HTTP request per call: each is reserved against X's budget first,
     // and the next round is the retry.
     let x = XClient::new(&args.x, Credentials::from_env()?)?.one_attempt_per_call();
@@ -367,6 +377,10 @@ impl MaintenanceRun {
         }
         if let Err(error) = maintenance::report_sizes(pool).await {
             tracing::warn!(message = "table sizes not read", error = %error);
+        }
+        match maintenance::charges_on(pool, self.clock.now().date_naive()).await {
+            Ok(today) => today.emit(),
+            Err(error) => tracing::warn!(message = "X charges not read", error = %error),
         }
     }
 }

@@ -210,6 +210,45 @@ pub async fn report_sizes(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// Replaces `x_prices` with the configured prices (every replica writes
+/// the same at its start).
+pub async fn write_prices(pool: &PgPool, prices: &[(String, f64)]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM x_prices")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO x_prices (event_type, usd)
+         SELECT t, u::numeric FROM UNNEST($1::text[], $2::float8[]) AS x(t, u)",
+    )
+    .bind(prices.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>())
+    .bind(prices.iter().map(|(_, u)| *u).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// One UTC day of `v_x_charges_daily`, summed over event types.
+pub async fn charges_on(
+    pool: &PgPool,
+    day: chrono::NaiveDate,
+) -> Result<crate::events::ChargesToday, sqlx::Error> {
+    let (billable, estimated_usd, absorbed, billed_again): (i64, f64, i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(billable), 0)::int8, coalesce(sum(estimated_usd), 0)::float8,
+                coalesce(sum(duplicates_absorbed), 0)::int8, coalesce(sum(duplicates_billed), 0)::int8
+         FROM v_x_charges_daily WHERE day = $1",
+    )
+    .bind(day)
+    .fetch_one(pool)
+    .await?;
+    Ok(crate::events::ChargesToday {
+        billable,
+        estimated_usd,
+        duplicates_absorbed: absorbed,
+        duplicates_billed: billed_again,
+    })
+}
+
 /// Every pruned table's counter at zero from the start.
 pub fn register() {
     for table in [
@@ -227,4 +266,5 @@ pub fn register() {
     metrics::counter!("aaa_watermark_erased_payloads_total").increment(0);
     metrics::counter!("aaa_watermark_erased_dead_letters_total").increment(0);
     metrics::gauge!("aaa_watermark_erase_backlog").set(0.0);
+    aaa_common::observe::InternalEvent::emit(crate::events::ChargesToday::default());
 }

@@ -12,8 +12,11 @@ use serde_json::{Value, json};
 use crate::{XClient, XError};
 
 /// What a subscription matches on. Unset keys are left out of requests:
-/// X compares filters as given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// X compares filters as given. The filter is open: `qualifiers` (X's
+/// event-specific predicates, e.g. `post_id`, `conversation_type`) and keys
+/// this version does not know are kept as X sent them and sent back
+/// unchanged, never refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivityFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
@@ -22,6 +25,74 @@ pub struct ActivityFilter {
     /// `inbound` or `outbound` (likes, DMs); both when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
+    /// Event-specific predicates (`filter.qualifiers`, X's spec v2.168).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub qualifiers: serde_json::Map<String, Value>,
+    /// Every other key, as X sent it.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, Value>,
+}
+
+impl ActivityFilter {
+    /// The filter as one JSON text with its keys sorted: equal filters have
+    /// equal texts (the order plans are listed in, and the default tag).
+    pub fn canonical(&self) -> String {
+        serde_json::to_value(self)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl PartialOrd for ActivityFilter {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ActivityFilter {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.canonical().cmp(&other.canonical())
+    }
+}
+
+/// X's longest tag.
+pub const MAX_TAG: usize = 200;
+
+/// The tag a subscription gets when none is given: its event type and
+/// filter, `like.create:direction=inbound,user_id=1` (qualifiers as
+/// `qualifiers.post_id=5`). X allows one subscription per event type and
+/// filter, so no two subscriptions of an app share it. Past X's 200
+/// characters, the filter part is a digest of the whole.
+pub fn default_tag(event_type: &str, filter: &ActivityFilter) -> String {
+    let mut parts = Vec::new();
+    if let Ok(Value::Object(map)) = serde_json::to_value(filter) {
+        for (key, value) in map {
+            match value {
+                Value::Object(inner) => {
+                    for (k, v) in inner {
+                        parts.push(format!("{key}.{k}={}", plain(&v)));
+                    }
+                }
+                other => parts.push(format!("{key}={}", plain(&other))),
+            }
+        }
+    }
+    let tag = format!("{event_type}:{}", parts.join(","));
+    if tag.chars().count() <= MAX_TAG {
+        return tag;
+    }
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{event_type}\n{}", filter.canonical()));
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    let head: String = event_type.chars().take(MAX_TAG - 40).collect();
+    format!("{head}:sha256={hex}")
+}
+
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,5 +432,57 @@ mod tests {
         ] {
             assert_eq!(subscription_of(shape).unwrap().subscription_id, "9");
         }
+    }
+
+    #[test]
+    fn a_filter_round_trips_qualifiers_and_keys_this_version_does_not_know() {
+        let sent = json!({"user_id": "1", "direction": "inbound",
+                          "qualifiers": {"post_id": "5", "conversation_type": "group"},
+                          "future_key": {"nested": [1, 2]}});
+        let filter: ActivityFilter = serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!(filter.qualifiers["post_id"], "5");
+        assert_eq!(filter.other["future_key"], json!({"nested": [1, 2]}));
+        assert_eq!(serde_json::to_value(&filter).unwrap(), sent);
+        let sub: ActivitySubscription = serde_json::from_value(
+            json!({"subscription_id": "9", "event_type": "post.reply.create", "filter": sent}),
+        )
+        .unwrap();
+        assert_eq!(sub.filter, filter);
+        // Equal filters order equally whatever order X sent their keys in.
+        let reordered: ActivityFilter = serde_json::from_str(
+            r#"{"future_key":{"nested":[1,2]},"qualifiers":{"conversation_type":"group","post_id":"5"},"direction":"inbound","user_id":"1"}"#,
+        )
+        .unwrap();
+        assert_eq!(reordered.cmp(&filter), std::cmp::Ordering::Equal);
+    }
+
+    #[test]
+    fn the_default_tag_names_the_event_type_and_filter_within_200_characters() {
+        let filter: ActivityFilter = serde_json::from_value(
+            json!({"user_id": "1", "direction": "inbound", "qualifiers": {"post_id": "5"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            default_tag("like.create", &filter),
+            "like.create:direction=inbound,qualifiers.post_id=5,user_id=1"
+        );
+        assert_eq!(
+            default_tag("oauth.revoke", &ActivityFilter::default()),
+            "oauth.revoke:"
+        );
+        let long = ActivityFilter {
+            keyword: Some("k".repeat(300)),
+            ..ActivityFilter::default()
+        };
+        let other = ActivityFilter {
+            keyword: Some("j".repeat(300)),
+            ..ActivityFilter::default()
+        };
+        let tag = default_tag("news.new", &long);
+        assert!(
+            tag.chars().count() <= MAX_TAG && tag.starts_with("news.new:sha256="),
+            "{tag}"
+        );
+        assert_ne!(tag, default_tag("news.new", &other));
     }
 }

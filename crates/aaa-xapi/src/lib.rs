@@ -11,8 +11,8 @@ mod credentials;
 mod error;
 
 pub use activity::{
-    ActivityFilter, ActivitySubscription, BulkDeleted, NewActivitySubscription,
-    migrated_event_types, plan_migration,
+    ActivityFilter, ActivitySubscription, BulkDeleted, MAX_TAG, NewActivitySubscription,
+    default_tag, migrated_event_types, plan_migration,
 };
 pub use client::{ReplayJob, SubscriptionCount, Webhook, XClient};
 pub use credentials::{Credentials, XApiArgs};
