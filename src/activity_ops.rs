@@ -82,6 +82,130 @@ fn rows(subscriptions: &[ActivitySubscription]) -> Vec<Vec<String>> {
 
 const HEADER: &[&str] = &["subscription_id", "event_type", "filter", "tag", "webhook"];
 
+/// What an operator command learnt of the app's subscriptions, for the
+/// record in Postgres (`xaa_subscriptions`, which routes stored events back
+/// to their subscription by tag: `v_xaa_events`).
+enum Learnt<'a> {
+    /// Every subscription there is (a full listing).
+    All(&'a [ActivitySubscription]),
+    /// One created or updated.
+    One(&'a ActivitySubscription),
+    /// Deleted at X.
+    Deleted(&'a [String]),
+}
+
+/// Events stored per tag in the last 24 h, and the newest one's arrival.
+type StoredPerTag = std::collections::HashMap<String, (i64, chrono::DateTime<chrono::Utc>)>;
+
+/// Records what was learnt when the operator gave the database
+/// (`--x-budget-database-url`), and reads what was stored per tag. A
+/// database that cannot be reached is a warning: X has already acted.
+async fn record(args: &OpsArgs, learnt: Learnt<'_>) -> Option<StoredPerTag> {
+    let url = args.budget_database_url.as_deref()?;
+    match record_in(url, learnt).await {
+        Ok(stored) => Some(stored),
+        Err(error) => {
+            eprintln!("warning: the subscriptions were not recorded in Postgres: {error}");
+            None
+        }
+    }
+}
+
+async fn record_in(url: &str, learnt: Learnt<'_>) -> Result<StoredPerTag, sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let mut tx = conn.begin().await?;
+    let upsert = |s: &ActivitySubscription| {
+        sqlx::query(
+            "INSERT INTO xaa_subscriptions (subscription_id, event_type, filter, tag, webhook_id, created_at, listed_at)
+             VALUES ($1, $2, $3, $4, $5, $6::timestamptz, now())
+             ON CONFLICT (subscription_id) DO UPDATE SET event_type = EXCLUDED.event_type,
+                 filter = EXCLUDED.filter, tag = EXCLUDED.tag, webhook_id = EXCLUDED.webhook_id,
+                 created_at = coalesce(EXCLUDED.created_at, xaa_subscriptions.created_at),
+                 listed_at = now()",
+        )
+        .bind(s.subscription_id.clone())
+        .bind(s.event_type.clone())
+        .bind(serde_json::to_value(&s.filter).unwrap_or_default())
+        .bind(s.tag.clone())
+        .bind(s.webhook_id.clone())
+        .bind(
+            s.created_at
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        )
+    };
+    match learnt {
+        Learnt::All(all) => {
+            let ids: Vec<&str> = all.iter().map(|s| s.subscription_id.as_str()).collect();
+            sqlx::query("DELETE FROM xaa_subscriptions WHERE NOT subscription_id = ANY($1)")
+                .bind(ids)
+                .execute(&mut *tx)
+                .await?;
+            for s in all {
+                upsert(s).execute(&mut *tx).await?;
+            }
+        }
+        Learnt::One(s) => {
+            upsert(s).execute(&mut *tx).await?;
+        }
+        Learnt::Deleted(ids) => {
+            sqlx::query("DELETE FROM xaa_subscriptions WHERE subscription_id = ANY($1)")
+                .bind(ids)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    let stored: Vec<(String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT subscription_tag, count(*), max(received_at) FROM v_xaa_events
+         WHERE received_at > now() - interval '24 hours' AND subscription_tag IS NOT NULL
+         GROUP BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    Ok(stored
+        .into_iter()
+        .map(|(tag, n, last)| (tag, (n, last)))
+        .collect())
+}
+
+/// The listing, with what Postgres stored per subscription when known.
+fn listing(args: &OpsArgs, subscriptions: &[ActivitySubscription], stored: Option<&StoredPerTag>) {
+    let Some(stored) = stored else {
+        print(args, json!(subscriptions), || {
+            table(HEADER, rows(subscriptions))
+        });
+        return;
+    };
+    let of = |s: &ActivitySubscription| s.tag.as_ref().and_then(|t| stored.get(t)).copied();
+    let items: Vec<serde_json::Value> = subscriptions
+        .iter()
+        .map(|s| {
+            let mut item = json!(s);
+            let (n, last) = of(s).map_or((0, None), |(n, last)| (n, Some(last)));
+            item["stored_events_24h"] = json!(n);
+            item["last_event_at"] = json!(last);
+            item
+        })
+        .collect();
+    print(args, json!(items), || {
+        let mut header = HEADER.to_vec();
+        header.extend(["events_24h", "last_event_at"]);
+        let lines = subscriptions
+            .iter()
+            .zip(rows(subscriptions))
+            .map(|(s, mut line)| {
+                let (n, last) = of(s).map_or((0, String::new()), |(n, l)| (n, l.to_rfc3339()));
+                line.extend([n.to_string(), last]);
+                line
+            })
+            .collect();
+        table(&header, lines)
+    });
+}
+
 pub async fn activity(args: &OpsArgs, x: &XClient, command: ActivityCommand) -> Result<(), XError> {
     match command {
         ActivityCommand::Create {
@@ -110,19 +234,25 @@ pub async fn activity(args: &OpsArgs, x: &XClient, command: ActivityCommand) -> 
                 tag: Some(tag),
                 webhook_id: webhook,
             };
-            let created = vec![x.create_activity_subscription(&new).await?];
-            print(args, json!(created[0]), || table(HEADER, rows(&created)));
+            let created = x.create_activity_subscription(&new).await?;
+            record(args, Learnt::One(&created)).await;
+            print(args, json!(created), || {
+                table(HEADER, rows(std::slice::from_ref(&created)))
+            });
         }
         ActivityCommand::List => {
             let all = x.list_activity_subscriptions().await?;
-            print(args, json!(all), || table(HEADER, rows(&all)));
+            let stored = record(args, Learnt::All(&all)).await;
+            listing(args, &all, stored.as_ref());
         }
         ActivityCommand::Update { id, tag, webhook } => {
-            let updated = vec![
-                x.update_activity_subscription(&id, tag.as_deref(), webhook.as_deref())
-                    .await?,
-            ];
-            print(args, json!(updated[0]), || table(HEADER, rows(&updated)));
+            let updated = x
+                .update_activity_subscription(&id, tag.as_deref(), webhook.as_deref())
+                .await?;
+            record(args, Learnt::One(&updated)).await;
+            print(args, json!(updated), || {
+                table(HEADER, rows(std::slice::from_ref(&updated)))
+            });
         }
         ActivityCommand::Delete { ids } => {
             let result = if let [id] = ids.as_slice() {
@@ -134,6 +264,7 @@ pub async fn activity(args: &OpsArgs, x: &XClient, command: ActivityCommand) -> 
             } else {
                 x.delete_activity_subscriptions(&ids).await?
             };
+            record(args, Learnt::Deleted(&result.deleted)).await;
             let mut lines: Vec<Vec<String>> = result
                 .deleted
                 .iter()

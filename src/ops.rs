@@ -33,7 +33,11 @@ pub struct OpsArgs {
     /// The watermark's database, as a role that may record requests to X
     /// (aaa_operator): every request this command sends (retries included) is
     /// recorded there, so the watermark's X budget (15 webhook reads, 100
-    /// replays per 15 minutes, shared with the operators) counts it.
+    /// replays per 15 minutes, shared with the operators) counts it. The
+    /// X Activity API subscriptions commands also record the subscriptions
+    /// there (`xaa_subscriptions`: stored events are routed back to theirs
+    /// by tag in `v_xaa_events`), and the listing shows what was stored per
+    /// subscription in the last 24 h.
     #[arg(
         long = "x-budget-database-url",
         env = "AAA_X_BUDGET_DATABASE_URL",

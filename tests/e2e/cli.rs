@@ -755,6 +755,47 @@ async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
         posts.len() as i64,
         "each post stored once per account, whichever envelope came first"
     );
+
+    // Every XAA event is routed back to its subscription by tag once an
+    // operator listed the subscriptions with the database at hand, and the
+    // listing says what each stored.
+    let recording = Operator {
+        env: [
+            operator.env.clone(),
+            vec![(
+                "AAA_X_BUDGET_DATABASE_URL".into(),
+                stack.db.operator_url().await,
+            )],
+        ]
+        .concat(),
+    };
+    let listed = recording
+        .ok(&["subscriptions", "activity", "list", "--json"], &[])
+        .json();
+    let listed = listed.as_array().expect("a list");
+    assert!(!listed.is_empty());
+    let stored_per_listing: i64 = listed
+        .iter()
+        .map(|s| {
+            s["stored_events_24h"]
+                .as_i64()
+                .expect("a count per subscription")
+        })
+        .sum();
+    let unrouted = stack
+        .db
+        .count("SELECT count(*) FROM v_xaa_events WHERE subscription_id IS NULL")
+        .await;
+    assert_eq!(unrouted, 0, "every XAA event has its subscription");
+    assert_eq!(
+        stored_per_listing,
+        stack.db.count("SELECT count(*) FROM v_xaa_events").await,
+        "the listing counts every stored XAA event under its subscription"
+    );
+    let table = recording
+        .ok(&["subscriptions", "activity", "list"], &[])
+        .stdout;
+    assert!(table.contains("events_24h"), "{table}");
 }
 
 /// Kafka properties may carry SASL passwords: `--help` does not show them,

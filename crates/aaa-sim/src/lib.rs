@@ -408,7 +408,10 @@ fn routes(
             let mut routes = to_all(delivery.to_bytes());
             let body = xaa_body();
             let data = &body["data"];
-            let mut webhooks: Vec<&String> = world
+            // One delivery per webhook, carrying the tag of the first
+            // matching subscription (by id) there, as X puts the matched
+            // subscription's tag on the event (none when it has none).
+            let mut matched: Vec<(&String, &String, Option<&String>)> = world
                 .activity_subscriptions
                 .iter()
                 .filter(|s| {
@@ -417,13 +420,29 @@ fn routes(
                         && (s.filter["direction"].is_null()
                             || s.filter["direction"] == data["filter"]["direction"])
                 })
-                .filter_map(|s| s.webhook_id.as_ref())
-                .filter(|w| world.webhooks.contains_key(*w))
+                .filter_map(|s| {
+                    let webhook = s.webhook_id.as_ref()?;
+                    world.webhooks.contains_key(webhook).then_some((
+                        webhook,
+                        &s.subscription_id,
+                        s.tag.as_ref(),
+                    ))
+                })
                 .collect();
-            webhooks.sort();
-            webhooks.dedup();
-            let bytes = body.to_string().into_bytes();
-            routes.extend(webhooks.into_iter().map(|w| (w.clone(), bytes.clone())));
+            matched.sort();
+            matched.dedup_by(|a, b| a.0 == b.0);
+            routes.extend(matched.into_iter().map(|(webhook, _, tag)| {
+                let mut body = body.clone();
+                match tag {
+                    Some(tag) => body["data"]["tag"] = serde_json::json!(tag),
+                    None => {
+                        if let Some(data) = body["data"].as_object_mut() {
+                            data.remove("tag");
+                        }
+                    }
+                }
+                (webhook.clone(), body.to_string().into_bytes())
+            }));
             routes
         }
     }
