@@ -4,20 +4,22 @@
 #   scripts/demo.sh            run, show, keep the stack up until Ctrl-C
 #   scripts/demo.sh --once     run, show, stop
 #   scripts/demo.sh --count N  activities the simulator generates (default 500)
-#   scripts/demo.sh --xaa      X delivers X Activity API envelopes (AAA's successor)
+#   scripts/demo.sh --aaa      accounts on the legacy Account Activity API (ends 2027-01-01)
+#                              instead of the X Activity API (the default)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$AAA_ROOT"
 
 once=
 count=500
-format=aaa
+product=xaa
 while [ $# -gt 0 ]; do
   case $1 in
     --once) once=1 ;;
     --count) count=$2; shift ;;
-    --xaa) format=xaa ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    --aaa) product=aaa ;;
+    --xaa) product=xaa ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
@@ -97,10 +99,10 @@ done
 target=http://127.0.0.1:$receiver_port/webhooks/x
 sim_port=$(free_port)
 sim=http://127.0.0.1:$sim_port
-say "starting the X simulator (:$sim_port): it registers the webhook (CRC first) and subscribes 40 of its 50 accounts"
+say "starting the X simulator (:$sim_port): it registers the webhook (CRC first) and subscribes 40 of its 50 accounts ($([ "$product" = xaa ] && echo 'X Activity API: one tagged subscription per event type and account' || echo 'legacy Account Activity API'))"
 AAA_SIM_CONSUMER_SECRET=$DEMO_CONSUMER_SECRET "$aaa" sim serve --listen "127.0.0.1:$sim_port" \
   --accounts 50 --subscribe 40 --seed 7 --register-webhook "$target" --register-webhook-id 1146654567674912769 \
-  --duplicate-share 0.05 --reorder-ms 20 --format "$format" \
+  --duplicate-share 0.05 --reorder-ms 20 --format subscribed --subscribe-product "$product" \
   >"$state/sim.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 300); do
@@ -155,6 +157,12 @@ query="SELECT kind, count(*) AS events, count(DISTINCT for_user_id) AS accounts,
 say "what landed in Postgres"
 psql "$AAA_DATABASE_URL" -c "$query"
 psql "$AAA_DATABASE_URL" -c "SELECT count(*) AS dead_letters FROM dead_letters"
+if [ "$product" = xaa ]; then
+  say "X Activity API events by type, each under the tag of the subscription that matched it"
+  psql "$AAA_DATABASE_URL" -c "SELECT event_type, count(*) AS events, count(DISTINCT subscription_tag) AS subscriptions, min(subscription_tag) AS a_tag FROM v_xaa_events GROUP BY 1 ORDER BY 2 DESC"
+fi
+say "what X will bill for this (v_x_charges_daily; prices: AAA_X_PRICES over X's 2026 pay-per-use prices)"
+psql "$AAA_DATABASE_URL" -c "SELECT day, event_type, billable, duplicates_absorbed, estimated_usd FROM v_x_charges_daily ORDER BY estimated_usd DESC, event_type"
 
 
 say "injecting an outage: the receiver crashes for 20 simulated minutes while X keeps sending"

@@ -815,3 +815,62 @@ async fn revoked_partitions_leave_the_committed_offset_gauge() {
     )
     .await;
 }
+
+/// X Activity API only, as every deployment will be after 2027-01-01: the
+/// accounts are subscribed per event type (tagged), X delivers XAA
+/// envelopes only, and Postgres holds exactly what X delivered, each event
+/// under the tag of the subscription that matched it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_xaa_only_deployment_stores_exactly_what_x_delivered_under_its_tags() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let sim = stack
+        .start_sim(&[
+            "--accounts",
+            "20",
+            "--seed",
+            "11",
+            "--revoke-share",
+            "0.05",
+            "--subscribe-product",
+            "xaa",
+        ])
+        .await;
+    let owed = sim.generate(300).await;
+    let summary = sim.settled(LANDING).await;
+    assert_eq!(summary["owed"], owed);
+    let expected = aaa_testkit::delivered_keys(&sim).await;
+    eventually(LANDING, "every delivered activity in Postgres", || async {
+        (stack.db.count("SELECT count(*) FROM events").await == expected.len() as i64).then_some(())
+    })
+    .await;
+    assert_eq!(aaa_testkit::stored_keys(&stack.db).await, expected);
+    assert_eq!(
+        stack
+            .db
+            .count("SELECT count(*) FROM events WHERE NOT context ? 'xaa'")
+            .await,
+        0,
+        "no Account Activity envelope"
+    );
+    let untagged = stack
+        .db
+        .count(
+            "SELECT count(*) FROM v_xaa_events
+             WHERE subscription_tag IS NULL
+                OR subscription_tag <> CASE WHEN event_type = 'oauth.revoke' THEN 'aaa:app:oauth.revoke'
+                                            ELSE 'aaa:' || for_user_id || ':' || event_type END",
+        )
+        .await;
+    assert_eq!(
+        untagged, 0,
+        "each event carries the tag of the subscription that matched it"
+    );
+    assert!(
+        stack
+            .db
+            .count("SELECT count(*) FROM v_xaa_events WHERE event_type = 'oauth.revoke'")
+            .await
+            > 0,
+        "revocations came through the app's subscription"
+    );
+}

@@ -57,6 +57,17 @@ pub fn kind_of(event_type: &str) -> ActivityKind {
     }
 }
 
+/// The event types that together carry what one account's Account Activity
+/// subscription delivered: every type read as an AAA activity ([`kind_of`]).
+/// `oauth.revoke` is the app's, subscribed once.
+pub fn account_event_types() -> Vec<&'static str> {
+    EVENT_TYPES
+        .iter()
+        .copied()
+        .filter(|t| *t != "oauth.revoke" && !matches!(kind_of(t), ActivityKind::Xaa(_)))
+        .collect()
+}
+
 /// Every event type of X's published enum (spec v2.167) plus `oauth.revoke`.
 pub const EVENT_TYPES: &[&str] = &[
     "profile.update.bio",

@@ -126,6 +126,57 @@ fn check_tag_and_webhook(
     None
 }
 
+/// Subscribes `users` on the X Activity API for everything their Account
+/// Activity subscription delivered, to `webhook_id`, tagged
+/// `aaa:<user>:<event_type>` (as `aaa subscriptions migrate` plans), plus
+/// the app's `oauth.revoke`: what an operator's migration or X's managed
+/// one leaves behind. What exists already is kept.
+pub fn subscribe_accounts(
+    world: &mut crate::state::World,
+    webhook_id: &str,
+    users: &[String],
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let wanted = users
+        .iter()
+        .flat_map(|user| {
+            aaa_events::xaa::account_event_types()
+                .into_iter()
+                .map(move |t| {
+                    (
+                        t,
+                        serde_json::json!({"user_id": user}),
+                        format!("aaa:{user}:{t}"),
+                    )
+                })
+        })
+        .chain(std::iter::once((
+            "oauth.revoke",
+            serde_json::json!({}),
+            "aaa:app:oauth.revoke".to_owned(),
+        )));
+    for (event_type, filter, tag) in wanted {
+        if world
+            .activity_subscriptions
+            .iter()
+            .any(|s| s.event_type == event_type && s.filter == filter)
+        {
+            continue;
+        }
+        let id = world.next_activity_subscription.to_string();
+        world.next_activity_subscription += 1;
+        world.activity_subscriptions.push(ActivitySubscription {
+            subscription_id: id,
+            event_type: event_type.to_owned(),
+            filter,
+            tag: Some(tag),
+            webhook_id: Some(webhook_id.to_owned()),
+            created_at: now.to_rfc3339(),
+            updated_at: now.to_rfc3339(),
+        });
+    }
+}
+
 async fn create(State(sim): State<Sim>, headers: HeaderMap, body: String) -> Response {
     require_bearer!(sim, headers);
     let body: CreateBody = match serde_json::from_str(&body) {

@@ -154,9 +154,20 @@ pub struct SimArgs {
     /// ... under this webhook id (default: one X would assign) ...
     #[arg(long, env = "AAA_SIM_REGISTER_WEBHOOK_ID")]
     pub register_webhook_id: Option<String>,
-    /// ... and subscribe this many accounts to it (default: all).
+    /// ... and subscribe this many accounts to it (default: all) ...
     #[arg(long, env = "AAA_SIM_SUBSCRIBE")]
     pub subscribe: Option<usize>,
+    /// ... on this product: `xaa` (X Activity API subscriptions per event
+    /// type, tagged `aaa:<user>:<event_type>`, delivered in XAA envelopes
+    /// with `--format subscribed`) or `aaa` (Account Activity, which X ends
+    /// on 2027-01-01).
+    #[arg(
+        long,
+        env = "AAA_SIM_SUBSCRIBE_PRODUCT",
+        value_enum,
+        default_value = "aaa"
+    )]
+    pub subscribe_product: Product,
     /// Fault: share of live deliveries lost outright.
     #[arg(long, default_value_t = 0.0)]
     pub drop_share: f64,
@@ -332,6 +343,15 @@ pub async fn run(
     Ok(())
 }
 
+/// Which of X's products an account is subscribed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Product {
+    /// The X Activity API (per event type and filter).
+    Xaa,
+    /// The Account Activity API (per account), ending 2027-01-01.
+    Aaa,
+}
+
 /// Registers a webhook (CRC first) and subscribes accounts, as an operator would.
 async fn bootstrap(sim: &Sim, url: String) -> Result<(), Error> {
     crc::challenge(sim, &url)
@@ -359,12 +379,15 @@ async fn bootstrap(sim: &Sim, url: String) -> Result<(), Error> {
         .take(count)
         .map(|a| a.user_id.clone())
         .collect();
-    world
-        .subscriptions
-        .entry(webhook.id.clone())
-        .or_default()
-        .extend(users);
-    tracing::info!(message = "webhook registered and accounts subscribed", webhook = %webhook.id, url = %webhook.url, subscribed = count);
+    match sim.args.subscribe_product {
+        Product::Aaa => world
+            .subscriptions
+            .entry(webhook.id.clone())
+            .or_default()
+            .extend(users),
+        Product::Xaa => activity::subscribe_accounts(&mut world, &webhook.id, &users, now),
+    }
+    tracing::info!(message = "webhook registered and accounts subscribed", webhook = %webhook.id, url = %webhook.url, subscribed = count, product = ?sim.args.subscribe_product);
     Ok(())
 }
 
@@ -526,5 +549,45 @@ async fn generate_loop(sim: Sim, shutdown: CancellationToken) {
         if n >= 1.0 {
             generate(&sim, n as usize);
         }
+    }
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+
+    #[test]
+    fn an_xaa_subscribed_revoke_goes_to_the_apps_subscription() {
+        let now = chrono::Utc::now();
+        let generator = Generator::new(1, 3, now);
+        let app = App {
+            app_id: "1".into(),
+            consumer_key: "k".into(),
+            consumer_secret: "s".into(),
+            bearer_token: "b".into(),
+        };
+        let mut world = state::World::new(app, 3, 1, generator);
+        world.add_webhook("http://x".into(), now);
+        let webhook = world.webhooks.keys().next().cloned().unwrap();
+        let users: Vec<String> = world.accounts.iter().map(|a| a.user_id.clone()).collect();
+        activity::subscribe_accounts(&mut world, &webhook, &users, now);
+        let actor = users[0].clone();
+        let delivery = generate::Delivery {
+            for_user_id: None,
+            kind: "user_event",
+            body: serde_json::json!({"user_event": {"revoke": {"date_time": now.to_rfc3339(),
+                "target": {"app_id": "1"}, "source": {"user_id": actor}}}}),
+        };
+        let routed = routes(&world, xaa::Format::Subscribed, &delivery, &actor, 1);
+        assert_eq!(
+            routed.len(),
+            1,
+            "{:?}",
+            world
+                .activity_subscriptions
+                .iter()
+                .filter(|s| s.event_type == "oauth.revoke")
+                .collect::<Vec<_>>()
+        );
     }
 }

@@ -131,21 +131,11 @@ pub struct BulkDeleted {
 }
 
 /// The XAA event types that together carry what one account's Account
-/// Activity subscription delivered: every type the pipeline reads as an AAA
-/// activity (`aaa_events::xaa::kind_of`), so the plan and the parser cannot
-/// drift apart. `oauth.revoke` is the app's, planned once per webhook.
+/// Activity subscription delivered (`aaa_events::xaa::account_event_types`:
+/// the plan and the parser cannot drift apart). `oauth.revoke` is the
+/// app's, planned once per webhook.
 pub fn migrated_event_types() -> Vec<&'static str> {
-    aaa_events::xaa::EVENT_TYPES
-        .iter()
-        .copied()
-        .filter(|t| {
-            *t != "oauth.revoke"
-                && !matches!(
-                    aaa_events::xaa::kind_of(t),
-                    aaa_events::ActivityKind::Xaa(_)
-                )
-        })
-        .collect()
+    aaa_events::xaa::account_event_types()
 }
 
 /// The XAA subscriptions that cover what `accounts` (subscribed to
