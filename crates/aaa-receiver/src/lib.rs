@@ -118,6 +118,13 @@ pub struct ReceiverArgs {
     /// considered dead and reconnected.
     #[arg(long, env = "AAA_STREAM_STALL_SECS", default_value_t = 60)]
     pub stream_stall_secs: u64,
+    /// Real seconds to stay away after X refuses the stream with 429
+    /// (TooManyConnections: X allows 2 connections per app, and counts a
+    /// connection that dropped abruptly for 15 to 20 minutes), unless X's
+    /// answer names when to come back (`x-rate-limit-reset`). Reconnecting
+    /// sooner only prolongs the lock-out.
+    #[arg(long, env = "AAA_STREAM_LOCKOUT_SECS", default_value_t = 1200)]
+    pub stream_lockout_secs: u64,
     /// How long in-flight requests may take to finish on shutdown.
     #[arg(long, env = "AAA_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
@@ -227,6 +234,7 @@ pub async fn run(
                     bearer: bearer.into(),
                     backfill_minutes: args.stream_backfill_minutes,
                     stall: Duration::from_secs(args.stream_stall_secs.max(1)),
+                    lockout: Duration::from_secs(args.stream_lockout_secs),
                     max_line_bytes: args.max_body_bytes,
                 },
                 producer.clone(),

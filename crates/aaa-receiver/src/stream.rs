@@ -32,6 +32,8 @@ pub struct StreamSource {
     pub backfill_minutes: u8,
     /// No bytes (not even a keep-alive) for this long: reconnect.
     pub stall: Duration,
+    /// How long to stay away after a 429 that does not say.
+    pub lockout: Duration,
     /// Longest line accepted (the webhook body limit).
     pub max_line_bytes: usize,
 }
@@ -41,6 +43,14 @@ pub struct StreamSource {
 enum Ended {
     #[error("X answered {status}: {body}")]
     Refused { status: u16, body: String },
+    /// 429: X counts too many connections of this app (2 at most, and one
+    /// that dropped abruptly keeps counting for 15 to 20 minutes).
+    #[error("X refused the connection (429 TooManyConnections): {body}")]
+    LockedOut {
+        body: String,
+        /// Until when, when X said (`x-rate-limit-reset`, X's clock).
+        reset: Option<chrono::DateTime<chrono::Utc>>,
+    },
     #[error("transport: {0}")]
     Transport(String),
     #[error("no data or keep-alive for {0:?}")]
@@ -57,6 +67,7 @@ impl Ended {
     fn label(&self) -> &'static str {
         match self {
             Ended::Refused { .. } => "refused",
+            Ended::LockedOut { .. } => "too_many_connections",
             Ended::Transport(_) => "transport",
             Ended::Stalled(_) => "stalled",
             Ended::Closed => "closed",
@@ -69,6 +80,7 @@ impl Ended {
 pub fn register() {
     for reason in [
         "refused",
+        "too_many_connections",
         "transport",
         "stalled",
         "closed",
@@ -80,6 +92,7 @@ pub fn register() {
         metrics::counter!("aaa_receiver_stream_lines_total", "outcome" => outcome).increment(0);
     }
     metrics::gauge!("aaa_receiver_stream_connected").set(0.0);
+    metrics::gauge!("aaa_receiver_stream_locked_out").set(0.0);
 }
 
 /// Reads the stream until `shutdown`, reconnecting forever.
@@ -120,7 +133,22 @@ pub async fn run(
             backoff = Duration::from_secs(1);
         }
         let jitter = Duration::from_millis(rand::random_range(0..=backoff.as_millis() as u64 / 2));
-        let wait = backoff + jitter;
+        let wait = match &ended {
+            // Each attempt during a lock-out is refused again and may
+            // extend it: stay away for the whole of it, once.
+            Ended::LockedOut { reset, .. } => {
+                let wait = lockout_wait(*reset, source.lockout, clock);
+                tracing::error!(message = "X refuses the activity stream: too many connections of this app (at most 2, and an abruptly dropped one counts for 15 to 20 minutes); staying away for the lock-out", reason = %ended, retry_in_ms = wait.as_millis() as u64);
+                metrics::gauge!("aaa_receiver_stream_locked_out").set(1.0);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                metrics::gauge!("aaa_receiver_stream_locked_out").set(0.0);
+                continue;
+            }
+            _ => backoff + jitter,
+        };
         tracing::warn!(message = "activity stream disconnected; reconnecting with backfill", reason = %ended, retry_in_ms = wait.as_millis() as u64, backfill_minutes = source.backfill_minutes);
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -128,6 +156,20 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// How long a lock-out lasts: until X's `x-rate-limit-reset` when it gave
+/// one (in real time, on the receiver's clock), else `configured`.
+fn lockout_wait(
+    reset: Option<chrono::DateTime<chrono::Utc>>,
+    configured: Duration,
+    clock: Clock,
+) -> Duration {
+    reset
+        .and_then(|reset| (reset - clock.now()).to_std().ok())
+        .map(|simulated| clock.real_duration(simulated))
+        .filter(|wait| !wait.is_zero())
+        .unwrap_or(configured)
 }
 
 /// One connection; returns why it ended and whether it delivered anything.
@@ -154,7 +196,16 @@ async fn connection(
         Ok(response) if response.status().is_success() => response,
         Ok(response) => {
             let status = response.status().as_u16();
+            let reset = response
+                .headers()
+                .get("x-rate-limit-reset")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0));
             let body = response.text().await.unwrap_or_default();
+            if status == 429 {
+                return (Ended::LockedOut { body, reset }, false);
+            }
             return (Ended::Refused { status, body }, false);
         }
         Err(error) => return (Ended::Transport(error.to_string()), false),
@@ -280,7 +331,29 @@ async fn produce(
 
 #[cfg(test)]
 mod tests {
-    use super::LineSplitter;
+    use super::{LineSplitter, lockout_wait};
+    use std::time::Duration;
+
+    #[test]
+    fn a_lockout_lasts_until_xs_reset_else_the_configured_time() {
+        let real_epoch = chrono::Utc::now();
+        let clock = aaa_common::Clock::Scaled {
+            real_epoch,
+            sim_epoch: real_epoch,
+            speed: 60.0,
+        };
+        let configured = Duration::from_secs(1200);
+        // Ten simulated minutes ahead: ten real seconds at 60x.
+        let reset = clock.now() + chrono::TimeDelta::minutes(10);
+        let wait = lockout_wait(Some(reset), configured, clock);
+        assert!(
+            wait > Duration::from_secs(9) && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
+        assert_eq!(lockout_wait(None, configured, clock), configured);
+        let past = clock.now() - chrono::TimeDelta::minutes(1);
+        assert_eq!(lockout_wait(Some(past), configured, clock), configured);
+    }
 
     #[test]
     fn lines_across_chunks_keep_alives_and_both_line_ends() {

@@ -92,6 +92,15 @@ pub struct SimArgs {
     /// instead of webhook POSTs (with --format xaa or both).
     #[arg(long, env = "AAA_SIM_STREAM")]
     pub stream: bool,
+    /// Stream connections the app may hold at once (X: 2); past it X
+    /// answers 429 TooManyConnections.
+    #[arg(long, default_value_t = 2)]
+    pub stream_connection_limit: usize,
+    /// Simulated seconds a stream connection keeps counting against the
+    /// limit after it dropped (X: 15 to 20 minutes after an abrupt
+    /// disconnect); 0 frees it at once.
+    #[arg(long, default_value_t = 0)]
+    pub stream_lockout_secs: u64,
     /// Most X Activity API subscriptions one list page returns, whatever
     /// max_results asks for (X may return fewer; clients follow next_token).
     #[arg(long, default_value_t = 1000)]

@@ -32,14 +32,80 @@ const BACKLOG: usize = 10_000;
 /// The open stream connections.
 pub struct StreamHub {
     tx: broadcast::Sender<(u64, Arc<Vec<u8>>)>,
+    slots: Arc<std::sync::Mutex<Slots>>,
+}
+
+/// What counts against the app's connection limit: open connections, and
+/// dropped ones X still counts (until the given simulated time).
+#[derive(Default)]
+struct Slots {
+    open: usize,
+    held_until: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Default for StreamHub {
     fn default() -> Self {
         StreamHub {
             tx: broadcast::channel(BACKLOG).0,
+            slots: Arc::default(),
         }
     }
+}
+
+/// One open connection's slot: when the client goes away (X cannot tell an
+/// abrupt drop from a close), it keeps counting for the lock-out.
+struct Slot {
+    slots: Arc<std::sync::Mutex<Slots>>,
+    clock: aaa_common::Clock,
+    lockout: TimeDelta,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.open = slots.open.saturating_sub(1);
+        if self.lockout > TimeDelta::zero() {
+            slots.held_until.push(self.clock.now() + self.lockout);
+        }
+        metrics::gauge!("aaa_sim_stream_open_connections").set(slots.open as f64);
+    }
+}
+
+/// Takes a slot, or says until when none is free (`None`: not known).
+fn take_slot(sim: &Sim) -> Result<Slot, Option<chrono::DateTime<chrono::Utc>>> {
+    let now = sim.clock.now();
+    let mut slots = sim.stream.slots.lock().unwrap_or_else(|p| p.into_inner());
+    slots.held_until.retain(|until| *until > now);
+    if slots.open + slots.held_until.len() >= sim.args.stream_connection_limit {
+        return Err(slots.held_until.iter().min().copied());
+    }
+    slots.open += 1;
+    metrics::gauge!("aaa_sim_stream_open_connections").set(slots.open as f64);
+    Ok(Slot {
+        slots: sim.stream.slots.clone(),
+        clock: sim.clock,
+        lockout: TimeDelta::seconds(sim.args.stream_lockout_secs as i64),
+    })
+}
+
+/// X's answer past the connection limit (v2 streaming's error shape).
+fn too_many_connections(until: Option<chrono::DateTime<chrono::Utc>>) -> Response {
+    let body = serde_json::json!({
+        "title": "ConnectionException",
+        "detail": "This stream is currently at the maximum allowed connection limit.",
+        "connection_issue": "TooManyConnections",
+        "type": "https://api.x.com/2/problems/streaming-connection",
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    // The first whole second at which a slot is free again.
+    let reset =
+        until.map(|until| until.timestamp() + i64::from(until.timestamp_subsec_nanos() > 0));
+    if let Some(reset) = reset
+        && let Ok(value) = reset.to_string().parse()
+    {
+        response.headers_mut().insert("x-rate-limit-reset", value);
+    }
+    response
 }
 
 pub fn router() -> Router<Sim> {
@@ -87,6 +153,13 @@ async fn connect(
             );
         }
     };
+    let slot = match take_slot(&sim) {
+        Ok(slot) => slot,
+        Err(until) => {
+            metrics::counter!("aaa_sim_stream_refused_total").increment(1);
+            return too_many_connections(until);
+        }
+    };
     let rx = sim.stream.tx.subscribe();
     // What the last `backfill` minutes owed on the stream, oldest first.
     let since = sim.clock.now() - TimeDelta::minutes(backfill);
@@ -110,21 +183,22 @@ async fn connect(
         backfill_minutes = backfill,
         backfilled = replayed.len()
     );
-    let state = (rx, replayed.into_iter());
-    let lines = futures::stream::unfold(state, |(mut rx, mut backlog)| async move {
+    // The slot lives as long as the body: dropped with the connection.
+    let state = (rx, replayed.into_iter(), slot);
+    let lines = futures::stream::unfold(state, |(mut rx, mut backlog, slot)| async move {
         if let Some((_, body)) = backlog.next() {
             return Some((
                 Ok::<_, std::convert::Infallible>(line(&body)),
-                (rx, backlog),
+                (rx, backlog, slot),
             ));
         }
         tokio::select! {
             received = rx.recv() => match received {
-                Ok((_, body)) => Some((Ok(line(&body)), (rx, backlog))),
+                Ok((_, body)) => Some((Ok(line(&body)), (rx, backlog, slot))),
                 // Too slow, or the simulator stopped: X closes the connection.
                 Err(_) => None,
             },
-            _ = tokio::time::sleep(KEEP_ALIVE) => Some((Ok(Bytes::from_static(b"\r\n")), (rx, backlog))),
+            _ = tokio::time::sleep(KEEP_ALIVE) => Some((Ok(Bytes::from_static(b"\r\n")), (rx, backlog, slot))),
         }
     });
     (

@@ -284,10 +284,20 @@ impl Stack {
     /// Another receiver replica that also reads `sim`'s activity stream
     /// (AAA_STREAM_URL), on its own port.
     pub fn spawn_stream_receiver(&self, sim: &crate::SimProcess) -> Service {
+        self.spawn_stream_receiver_with(sim, &[])
+    }
+
+    /// A stream reader with more settings (`extra` wins).
+    pub fn spawn_stream_receiver_with(
+        &self,
+        sim: &crate::SimProcess,
+        extra: &[(&'static str, String)],
+    ) -> Service {
         let mut env = self.receiver_env_on("127.0.0.1:0".into());
         env.push(("AAA_STREAM_URL", format!("{}/2/activity/stream", sim.url)));
         env.push(("AAA_X_BEARER_TOKEN", sim.bearer.clone()));
         env.push(("AAA_STREAM_STALL_SECS", "10".into()));
+        env.extend(extra.iter().cloned());
         Service::spawn("stream-receiver", &self.bin, &["receiver"], &env)
     }
 
