@@ -293,6 +293,121 @@ pub async fn activity(args: &OpsArgs, x: &XClient, command: ActivityCommand) -> 
     Ok(())
 }
 
+type Arrival = Option<chrono::DateTime<chrono::Utc>>;
+
+/// Per account, when its last event arrived in each envelope (AAA, XAA; 24 h).
+type LastSeen = std::collections::HashMap<String, (Arrival, Arrival)>;
+
+async fn last_seen(url: &str, webhook: &str) -> Result<LastSeen, sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let rows: Vec<(String, Arrival, Arrival)> = sqlx::query_as(
+        "SELECT for_user_id, max(received_at) FILTER (WHERE NOT context ? 'xaa'),
+                max(received_at) FILTER (WHERE context ? 'xaa')
+         FROM events
+         WHERE received_at > now() - interval '24 hours' AND webhook_id = $1
+           AND for_user_id IS NOT NULL
+         GROUP BY 1",
+    )
+    .bind(webhook)
+    .fetch_all(&mut conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(u, aaa, xaa)| (u, (aaa, xaa)))
+        .collect())
+}
+
+/// `aaa subscriptions migrate-check`: where every account stands before the
+/// cut-over, and whether ending Account Activity now would lose anything.
+pub async fn migrate_check(args: &OpsArgs, x: &XClient, webhook: &str) -> Result<(), XError> {
+    let aaa = x.list_subscriptions(webhook).await?;
+    let existing = x.list_activity_subscriptions().await?;
+    let status = aaa_xapi::migration_status(webhook, &aaa, &existing);
+    let seen = match args.budget_database_url.as_deref() {
+        None => None,
+        Some(url) => match last_seen(url, webhook).await {
+            Ok(seen) => Some(seen),
+            Err(error) => {
+                eprintln!("warning: what Postgres stored was not read: {error}");
+                None
+            }
+        },
+    };
+    let time =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
+    let total = aaa_xapi::migrated_event_types().len();
+    let items: Vec<serde_json::Value> = status
+        .accounts
+        .iter()
+        .map(|a| {
+            let mut item = json!({"user_id": a.user_id, "product": a.product(), "on_aaa": a.on_aaa,
+                                  "xaa_covered": a.xaa_covered, "event_types": total, "missing": a.missing});
+            if let Some(seen) = &seen {
+                let (aaa, xaa) = seen.get(&a.user_id).copied().unwrap_or_default();
+                item["last_aaa_event_at"] = json!(aaa);
+                item["last_xaa_event_at"] = json!(xaa);
+            }
+            item
+        })
+        .collect();
+    let on = |p: &str| status.accounts.iter().filter(|a| a.product() == p).count();
+    let uncovered = status
+        .accounts
+        .iter()
+        .filter(|a| a.on_aaa && !a.missing.is_empty())
+        .count();
+    eprintln!(
+        "webhook {webhook}: {} accounts; {} on Account Activity only, {} on both, {} on the X Activity API only; \
+         {uncovered} AAA accounts not fully covered on XAA; the app's oauth.revoke subscription: {}. \
+         Ending Account Activity now would {}.",
+        status.accounts.len(),
+        on("aaa"),
+        on("aaa+xaa"),
+        on("xaa"),
+        if status.revoke_covered {
+            "present"
+        } else {
+            "missing"
+        },
+        if status.ready() {
+            "lose nothing"
+        } else {
+            "lose activity: run `aaa subscriptions migrate --webhook ID` (or ask X for the managed migration), then check again"
+        }
+    );
+    print(
+        args,
+        json!({"webhook_id": webhook, "ready": status.ready(), "revoke_covered": status.revoke_covered,
+               "accounts": items}),
+        || {
+            let mut header = vec!["user_id", "product", "xaa_covered", "missing"];
+            if seen.is_some() {
+                header.extend(["last_aaa_event_at", "last_xaa_event_at"]);
+            }
+            let lines = status
+                .accounts
+                .iter()
+                .map(|a| {
+                    let mut line = vec![
+                        a.user_id.clone(),
+                        a.product().to_owned(),
+                        format!("{}/{total}", a.xaa_covered),
+                        a.missing.join(","),
+                    ];
+                    if let Some(seen) = &seen {
+                        let (aaa, xaa) = seen.get(&a.user_id).copied().unwrap_or_default();
+                        line.extend([time(aaa), time(xaa)]);
+                    }
+                    line
+                })
+                .collect();
+            table(&header, lines)
+        },
+    );
+    Ok(())
+}
+
 pub async fn migrate(
     args: &OpsArgs,
     x: &XClient,

@@ -114,6 +114,16 @@ pub enum SubscriptionsCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Before the Account Activity API ends (2027-01-01): every account on
+    /// --webhook, which product it is on (aaa, aaa+xaa, xaa), and the event
+    /// types its AAA subscription carries that no X Activity API
+    /// subscription covers yet; then whether ending AAA now would lose
+    /// anything. Changes nothing. With AAA_X_BUDGET_DATABASE_URL, also when
+    /// each account's last event arrived in each envelope (24 h).
+    MigrateCheck {
+        #[arg(long)]
+        webhook: String,
+    },
 }
 
 #[derive(Clone, clap::Subcommand)]
@@ -298,6 +308,9 @@ pub async fn subscriptions(
         }
         SubscriptionsCommand::Activity(command) => {
             crate::activity_ops::activity(args, x, command).await?
+        }
+        SubscriptionsCommand::MigrateCheck { webhook } => {
+            crate::activity_ops::migrate_check(args, x, &webhook).await?
         }
         SubscriptionsCommand::Migrate { webhook, dry_run } => {
             crate::activity_ops::migrate(args, x, &webhook, dry_run).await?

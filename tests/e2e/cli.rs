@@ -682,6 +682,29 @@ async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
             .await
     };
     assert_eq!(stored_from_xaa().await, 0, "AAA only before the migration");
+    let check = || {
+        let run = operator.ok(
+            &[
+                "subscriptions",
+                "migrate-check",
+                "--webhook",
+                webhook,
+                "--json",
+            ],
+            &[],
+        );
+        let report = run.json();
+        let products: std::collections::BTreeSet<String> = report["accounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| a["product"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (report["ready"] == true, products, run.stderr)
+    };
+    let (ready, products, said) = check();
+    assert!(!ready && said.contains("would lose activity"), "{said}");
+    assert_eq!(products, ["aaa".to_owned()].into(), "{said}");
 
     let migrated = operator.ok(
         &["subscriptions", "migrate", "--webhook", webhook, "--json"],
@@ -693,6 +716,9 @@ async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
         (stored_from_xaa().await > 20).then_some(())
     })
     .await;
+    let (ready, products, said) = check();
+    assert!(ready && said.contains("would lose nothing"), "{said}");
+    assert_eq!(products, ["aaa+xaa".to_owned()].into(), "{said}");
 
     let users = operator
         .ok(
@@ -714,6 +740,8 @@ async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
             &[],
         );
     }
+    let (_, products, said) = check();
+    assert_eq!(products, ["xaa".to_owned()].into(), "{said}");
     let after_switch = stored_from_xaa().await;
     eventually(WAIT, "XAA-only traffic stored", || async {
         (stored_from_xaa().await > after_switch + 20).then_some(())
@@ -796,6 +824,25 @@ async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
         .ok(&["subscriptions", "activity", "list"], &[])
         .stdout;
     assert!(table.contains("events_24h"), "{table}");
+    let checked = recording
+        .ok(
+            &[
+                "subscriptions",
+                "migrate-check",
+                "--webhook",
+                webhook,
+                "--json",
+            ],
+            &[],
+        )
+        .json();
+    let seen_on_xaa = checked["accounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["last_xaa_event_at"].is_string())
+        .count();
+    assert!(seen_on_xaa > 0, "{checked}");
 }
 
 /// Kafka properties may carry SASL passwords: `--help` does not show them,

@@ -857,7 +857,7 @@ async fn an_xaa_only_deployment_stores_exactly_what_x_delivered_under_its_tags()
         .count(
             "SELECT count(*) FROM v_xaa_events
              WHERE subscription_tag IS NULL
-                OR subscription_tag <> CASE WHEN event_type = 'oauth.revoke' THEN 'aaa:app:oauth.revoke'
+                OR subscription_tag <> CASE WHEN event_type = 'oauth.revoke' THEN 'aaa:revoke'
                                             ELSE 'aaa:' || for_user_id || ':' || event_type END",
         )
         .await;

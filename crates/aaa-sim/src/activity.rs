@@ -153,7 +153,7 @@ pub fn subscribe_accounts(
         .chain(std::iter::once((
             "oauth.revoke",
             serde_json::json!({}),
-            "aaa:app:oauth.revoke".to_owned(),
+            "aaa:revoke".to_owned(),
         )));
     for (event_type, filter, tag) in wanted {
         if world

@@ -19,6 +19,7 @@ pub fn router(sim: Sim, metrics: PrometheusHandle) -> Router {
         .route("/sim/generate", post(generate))
         .route("/sim/faults", get(get_faults).put(put_faults))
         .route("/sim/webhooks/{id}/invalidate", post(invalidate))
+        .route("/sim/managed-migration", post(managed_migration))
         .route("/sim/jobs", get(jobs))
         .route("/sim/jobs/release", post(release_jobs))
         .route("/sim/truth/summary", get(summary))
@@ -42,6 +43,70 @@ struct GenerateBody {
 async fn generate(State(sim): State<Sim>, Json(body): Json<GenerateBody>) -> Json<Value> {
     let owed = crate::generate(&sim, body.count);
     Json(json!({"owed": owed}))
+}
+
+/// X's managed migration, now: every account subscribed on the Account
+/// Activity API (or those named) gets the X Activity API subscriptions that
+/// carry the same activity, on the same webhook (tagged as `aaa
+/// subscriptions migrate` would), and its AAA subscription ends. With
+/// `overlap_secs` both envelopes are delivered for that long (simulated);
+/// with `gap_secs` neither is for that long: what happens meanwhile is owed
+/// but not attempted.
+#[derive(Deserialize)]
+struct ManagedMigration {
+    #[serde(default)]
+    overlap_secs: u64,
+    #[serde(default)]
+    gap_secs: u64,
+    accounts: Option<Vec<String>>,
+}
+
+async fn managed_migration(State(sim): State<Sim>, Json(body): Json<ManagedMigration>) -> Response {
+    if body.overlap_secs > 0 && body.gap_secs > 0 {
+        return (
+            StatusCode::BAD_REQUEST,
+            "overlap_secs or gap_secs, not both",
+        )
+            .into_response();
+    }
+    let now = sim.clock.now();
+    let aaa_until = now + chrono::TimeDelta::seconds(body.overlap_secs as i64);
+    let xaa_from = now + chrono::TimeDelta::seconds(body.gap_secs as i64);
+    let mut world = sim.world();
+    let moving: Vec<(String, Vec<String>)> = world
+        .subscriptions
+        .iter()
+        .map(|(webhook, users)| {
+            let users = users
+                .iter()
+                .filter(|u| body.accounts.as_ref().is_none_or(|a| a.contains(u)))
+                .cloned()
+                .collect();
+            (webhook.clone(), users)
+        })
+        .collect();
+    let before = world.activity_subscriptions.len();
+    let mut accounts = 0;
+    for (webhook, users) in moving {
+        crate::activity::subscribe_accounts(&mut world, &webhook, &users, now);
+        accounts += users.len();
+        for user in users {
+            world.cutovers.push(crate::state::Cutover {
+                webhook_id: webhook.clone(),
+                user_id: user,
+                aaa_until,
+                xaa_from,
+            });
+        }
+    }
+    world.apply_cutovers(now);
+    let created = world.activity_subscriptions.len() - before;
+    tracing::info!(message = "managed migration", accounts, created, aaa_until = %aaa_until, xaa_from = %xaa_from);
+    Json(
+        json!({"accounts": accounts, "subscriptions_created": created,
+                "aaa_until": aaa_until, "xaa_from": xaa_from}),
+    )
+    .into_response()
 }
 
 async fn get_faults(State(sim): State<Sim>) -> Json<Faults> {

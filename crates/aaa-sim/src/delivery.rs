@@ -85,6 +85,13 @@ pub(crate) fn settle(sim: &Sim, seq: u64) {
 }
 
 /// Starts (or continues, after `failures` failed attempts) a live delivery.
+/// A delivery X owes but does not attempt (the gap of a managed
+/// migration's cutover): only a replay can bring it.
+pub fn not_attempted(sim: &Sim, seq: u64, reason: &str) {
+    record(sim, seq, Route::Live, None, reason, false);
+    settle(sim, seq);
+}
+
 pub fn spawn_live(sim: Sim, seq: u64, failures: usize) {
     tokio::spawn(async move { live(sim, seq, failures).await });
 }

@@ -405,13 +405,16 @@ async fn bootstrap(sim: &Sim, url: String) -> Result<(), Error> {
 /// webhook of every X Activity API subscription matching its event type and
 /// filter, or, when `format` forces one, everything AAA-routed in that
 /// envelope.
+/// A route's third field: `false` when X owes the delivery but does not
+/// attempt it (inside a cutover's gap).
 fn routes(
     world: &state::World,
     format: xaa::Format,
     delivery: &generate::Delivery,
     actor: &String,
     activity_id: u64,
-) -> Vec<(String, Vec<u8>)> {
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, Vec<u8>, bool)> {
     let owner = delivery.for_user_id.as_ref().unwrap_or(actor);
     let aaa_webhooks: Vec<String> = world
         .subscriptions
@@ -422,10 +425,10 @@ fn routes(
     // Opaque, stable per delivery, sometimes negative (as in X's examples).
     let uuid = (activity_id as i64).wrapping_mul(0x5851_F42D_4C95_7F2D);
     let xaa_body = || xaa::envelope(delivery, uuid);
-    let to_all = |body: Vec<u8>| -> Vec<(String, Vec<u8>)> {
+    let to_all = |body: Vec<u8>| -> Vec<(String, Vec<u8>, bool)> {
         aaa_webhooks
             .iter()
-            .map(|w| (w.clone(), body.clone()))
+            .map(|w| (w.clone(), body.clone(), true))
             .collect()
     };
     match format {
@@ -443,7 +446,7 @@ fn routes(
             // One delivery per webhook, carrying the tag of the first
             // matching subscription (by id) there, as X puts the matched
             // subscription's tag on the event (none when it has none).
-            let mut matched: Vec<(&String, &String, Option<&String>)> = world
+            let mut matched: Vec<(&String, &String, Option<&String>, bool)> = world
                 .activity_subscriptions
                 .iter()
                 .filter(|s| {
@@ -454,16 +457,19 @@ fn routes(
                 })
                 .filter_map(|s| {
                     let webhook = s.webhook_id.as_ref()?;
+                    let user = s.filter["user_id"].as_str().unwrap_or(owner);
+                    let attempted = !world.in_cutover_gap(webhook, user, now);
                     world.webhooks.contains_key(webhook).then_some((
                         webhook,
                         &s.subscription_id,
                         s.tag.as_ref(),
+                        attempted,
                     ))
                 })
                 .collect();
             matched.sort();
             matched.dedup_by(|a, b| a.0 == b.0);
-            routes.extend(matched.into_iter().map(|(webhook, _, tag)| {
+            routes.extend(matched.into_iter().map(|(webhook, _, tag, attempted)| {
                 let mut body = body.clone();
                 match tag {
                     Some(tag) => body["data"]["tag"] = serde_json::json!(tag),
@@ -473,7 +479,7 @@ fn routes(
                         }
                     }
                 }
-                (webhook.clone(), body.to_string().into_bytes())
+                (webhook.clone(), body.to_string().into_bytes(), attempted)
             }));
             routes
         }
@@ -484,9 +490,11 @@ fn routes(
 /// many deliveries were owed.
 pub fn generate(sim: &Sim, n: usize) -> usize {
     let mut queued = Vec::new();
+    let mut unattempted = Vec::new();
     {
         let now = sim.clock.now();
         let mut world = sim.world();
+        world.apply_cutovers(now);
         // Computed once per call (100,000 accounts make it costly); revokes
         // below keep it current.
         let mut subscribed = world.subscribed_accounts();
@@ -498,12 +506,13 @@ pub fn generate(sim: &Sim, n: usize) -> usize {
             let activity_id = world.activities;
             metrics::counter!("aaa_sim_activities_total", "kind" => activity.kind).increment(1);
             for delivery in &activity.deliveries {
-                for (webhook_id, body) in routes(
+                for (webhook_id, body, attempted) in routes(
                     &world,
                     sim.args.format,
                     delivery,
                     &activity.actor,
                     activity_id,
+                    now,
                 ) {
                     let seq = world.owe(
                         activity_id,
@@ -513,7 +522,11 @@ pub fn generate(sim: &Sim, n: usize) -> usize {
                         activity.at,
                         body,
                     );
-                    queued.push(seq);
+                    if attempted {
+                        queued.push(seq);
+                    } else {
+                        unattempted.push(seq);
+                    }
                 }
             }
             if activity.kind == "user_event" {
@@ -528,7 +541,10 @@ pub fn generate(sim: &Sim, n: usize) -> usize {
             }
         }
     }
-    let owed = queued.len();
+    let owed = queued.len() + unattempted.len();
+    for seq in unattempted {
+        delivery::not_attempted(sim, seq, "migration_gap");
+    }
     for seq in queued {
         delivery::spawn_live(sim.clone(), seq, 0);
     }
@@ -587,7 +603,7 @@ mod routing_tests {
             body: serde_json::json!({"user_event": {"revoke": {"date_time": now.to_rfc3339(),
                 "target": {"app_id": "1"}, "source": {"user_id": actor}}}}),
         };
-        let routed = routes(&world, xaa::Format::Subscribed, &delivery, &actor, 1);
+        let routed = routes(&world, xaa::Format::Subscribed, &delivery, &actor, 1, now);
         assert_eq!(
             routed.len(),
             1,

@@ -125,13 +125,47 @@ pub struct World {
     /// X Activity API subscriptions (per event type and filter), in creation order.
     pub activity_subscriptions: Vec<crate::activity::ActivitySubscription>,
     pub next_activity_subscription: u64,
+    /// X's managed migration in progress: accounts whose Account Activity
+    /// subscription X is replacing by X Activity API ones.
+    pub cutovers: Vec<Cutover>,
     next_webhook: u64,
     next_job: u64,
     nonces: HashSet<(String, String)>,
     rate_windows: HashMap<&'static str, VecDeque<DateTime<Utc>>>,
 }
 
+/// One account's move from AAA to XAA on one webhook, as X's managed
+/// migration does it: AAA deliveries until `aaa_until`, XAA from `xaa_from`.
+/// An overlap (`xaa_from < aaa_until`) delivers both envelopes meanwhile; a
+/// gap (`aaa_until < xaa_from`) delivers neither: what happens in it is owed
+/// to the webhook but not attempted, and only a replay brings it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Cutover {
+    pub webhook_id: String,
+    pub user_id: String,
+    pub aaa_until: DateTime<Utc>,
+    pub xaa_from: DateTime<Utc>,
+}
+
 impl World {
+    /// Ends the AAA subscriptions whose cutover time has come.
+    pub fn apply_cutovers(&mut self, now: DateTime<Utc>) {
+        for cutover in &self.cutovers {
+            if cutover.aaa_until <= now
+                && let Some(users) = self.subscriptions.get_mut(&cutover.webhook_id)
+            {
+                users.remove(&cutover.user_id);
+            }
+        }
+    }
+
+    /// Is an XAA delivery for `user` to `webhook` inside a cutover's gap?
+    pub fn in_cutover_gap(&self, webhook: &str, user: &str, now: DateTime<Utc>) -> bool {
+        self.cutovers
+            .iter()
+            .any(|c| c.webhook_id == webhook && c.user_id == user && now < c.xaa_from)
+    }
+
     pub fn new(app: App, accounts: usize, seed: u64, generator: Generator) -> World {
         let accounts = (0..accounts.max(1))
             .map(|i| {
@@ -152,6 +186,7 @@ impl World {
             owed: Vec::new(),
             jobs: Vec::new(),
             faults: Faults::default(),
+            cutovers: Vec::new(),
             generator,
             activities: 0,
             activity_subscriptions: Vec::new(),

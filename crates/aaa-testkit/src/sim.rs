@@ -83,6 +83,14 @@ impl SimProcess {
             .await;
     }
 
+    /// X's managed migration, now (`{"overlap_secs": N}` or
+    /// `{"gap_secs": N}`, simulated): the accounts' Account Activity
+    /// subscriptions become X Activity API ones.
+    pub async fn managed_migration(&self, body: Value) -> Value {
+        self.control(reqwest::Method::POST, "/sim/managed-migration", Some(body))
+            .await
+    }
+
     /// X marks the webhook invalid, as after a failed CRC.
     pub async fn invalidate(&self, webhook_id: &str) {
         let path = format!("/sim/webhooks/{webhook_id}/invalidate");

@@ -190,6 +190,101 @@ pub fn plan_migration(
         .collect()
 }
 
+/// Where one account stands before Account Activity ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountStatus {
+    pub user_id: String,
+    /// Subscribed on the Account Activity API (to the webhook).
+    pub on_aaa: bool,
+    /// Of the event types its AAA subscription carried, how many an XAA
+    /// subscription to the webhook covers.
+    pub xaa_covered: usize,
+    /// Those no XAA subscription covers yet.
+    pub missing: Vec<String>,
+}
+
+impl AccountStatus {
+    /// `aaa`, `aaa+xaa` or `xaa`.
+    pub fn product(&self) -> &'static str {
+        match (self.on_aaa, self.xaa_covered > 0) {
+            (true, false) => "aaa",
+            (true, true) => "aaa+xaa",
+            _ => "xaa",
+        }
+    }
+}
+
+/// Before the cut-over: every account on the webhook, AAA or XAA, and what
+/// the X Activity API does not carry yet of what Account Activity did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MigrationStatus {
+    pub accounts: Vec<AccountStatus>,
+    /// The app's `oauth.revoke` subscription delivers to the webhook.
+    pub revoke_covered: bool,
+}
+
+impl MigrationStatus {
+    /// Nothing would be lost if the AAA subscriptions ended now: every AAA
+    /// account is fully covered on XAA (an XAA-only account that is not
+    /// loses nothing by it).
+    pub fn ready(&self) -> bool {
+        self.revoke_covered
+            && self
+                .accounts
+                .iter()
+                .filter(|a| a.on_aaa)
+                .all(|a| a.missing.is_empty())
+    }
+}
+
+/// Compares the webhook's AAA accounts with the app's XAA subscriptions
+/// (the same rule as [`plan_migration`]: what it would create is missing).
+pub fn migration_status(
+    webhook_id: &str,
+    aaa_accounts: &[String],
+    existing: &[ActivitySubscription],
+) -> MigrationStatus {
+    let on_webhook = |s: &&ActivitySubscription| s.webhook_id.as_deref() == Some(webhook_id);
+    let mut users: Vec<String> = aaa_accounts
+        .iter()
+        .cloned()
+        .chain(
+            existing
+                .iter()
+                .filter(on_webhook)
+                .filter_map(|s| s.filter.user_id.clone()),
+        )
+        .collect();
+    users.sort();
+    users.dedup();
+    let plan = plan_migration(webhook_id, &users, existing);
+    let types = migrated_event_types().len();
+    let accounts = users
+        .into_iter()
+        .map(|user| {
+            let missing: Vec<String> = plan
+                .iter()
+                .filter(|n| n.filter.user_id.as_deref() == Some(user.as_str()))
+                .map(|n| n.event_type.clone())
+                .collect();
+            AccountStatus {
+                on_aaa: aaa_accounts.contains(&user),
+                xaa_covered: types - missing.len(),
+                missing,
+                user_id: user,
+            }
+        })
+        .collect();
+    MigrationStatus {
+        accounts,
+        revoke_covered: !plan.iter().any(|n| n.event_type == "oauth.revoke")
+            && existing
+                .iter()
+                .filter(on_webhook)
+                .any(|s| s.event_type == "oauth.revoke"),
+    }
+}
+
 /// X's largest page.
 const PAGE: &str = "1000";
 /// X's largest bulk delete.
@@ -474,5 +569,51 @@ mod tests {
             "{tag}"
         );
         assert_ne!(tag, default_tag("news.new", &other));
+    }
+
+    #[test]
+    fn the_migration_status_names_each_accounts_product_and_what_is_not_covered() {
+        let types = migrated_event_types();
+        let mut subs: Vec<ActivitySubscription> =
+            types.iter().map(|t| existing(t, Some("1"), "w")).collect();
+        subs.push(existing_revoke("w"));
+        // Account 2: half its types; account 3: XAA only, on another webhook too.
+        subs.extend(types.iter().take(3).map(|t| existing(t, Some("2"), "w")));
+        subs.extend(types.iter().map(|t| existing(t, Some("3"), "w")));
+        subs.push(existing("post.create", Some("4"), "elsewhere"));
+        let status = migration_status("w", &["1".into(), "2".into(), "5".into()], &subs);
+        let of = |u: &str| {
+            status
+                .accounts
+                .iter()
+                .find(|a| a.user_id == u)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(of("1").product(), "aaa+xaa");
+        assert!(of("1").missing.is_empty());
+        assert_eq!(of("2").xaa_covered, 3);
+        assert_eq!(of("2").missing.len(), types.len() - 3);
+        assert_eq!(of("3").product(), "xaa");
+        assert_eq!(of("5").product(), "aaa");
+        assert_eq!(of("5").missing.len(), types.len());
+        assert!(
+            status.accounts.iter().all(|a| a.user_id != "4"),
+            "another webhook's"
+        );
+        assert!(status.revoke_covered);
+        assert!(!status.ready());
+        let covered: Vec<String> = vec!["1".into(), "3".into()];
+        assert!(migration_status("w", &covered, &subs).ready());
+        let without_revoke: Vec<ActivitySubscription> = subs
+            .iter()
+            .filter(|s| s.event_type != "oauth.revoke")
+            .cloned()
+            .collect();
+        assert!(!migration_status("w", &covered, &without_revoke).ready());
+    }
+
+    fn existing_revoke(webhook: &str) -> ActivitySubscription {
+        existing("oauth.revoke", None, webhook)
     }
 }

@@ -11,8 +11,8 @@ mod credentials;
 mod error;
 
 pub use activity::{
-    ActivityFilter, ActivitySubscription, BulkDeleted, MAX_TAG, NewActivitySubscription,
-    default_tag, migrated_event_types, plan_migration,
+    AccountStatus, ActivityFilter, ActivitySubscription, BulkDeleted, MAX_TAG, MigrationStatus,
+    NewActivitySubscription, default_tag, migrated_event_types, migration_status, plan_migration,
 };
 pub use client::{ReplayJob, SubscriptionCount, Webhook, XClient};
 pub use credentials::{Credentials, XApiArgs};
