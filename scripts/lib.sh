@@ -178,3 +178,19 @@ stop_pid() {
   for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -9 "$pid" 2>/dev/null || true
 }
+
+# X's official Python SDK, pinned (tests/xdk/requirements.txt), in a cached
+# virtualenv: tests/e2e/sim.rs checks it parses every simulator answer.
+ensure_xdk() {
+  local digest
+  digest=$(sha256sum <"$AAA_ROOT/tests/xdk/requirements.txt" | cut -c1-12)
+  XDK_VENV=$AAA_TOOLS_DIR/xdk-venv-$digest
+  if [ ! -x "$XDK_VENV/bin/python" ] || ! "$XDK_VENV/bin/python" -c 'import xdk' 2>/dev/null; then
+    say "installing X's Python SDK for the compatibility test (once)"
+    rm -rf "$XDK_VENV"
+    python3 -m venv "$XDK_VENV" >/dev/null 2>&1 || { apt_install python3-venv; quietly python3 -m venv "$XDK_VENV"; }
+    quietly "$XDK_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      -r "$AAA_ROOT/tests/xdk/requirements.txt"
+  fi
+  export AAA_XDK_PYTHON=$XDK_VENV/bin/python
+}

@@ -12,6 +12,7 @@ ensure_toolchain
 ensure_postgres
 ensure_nisshi
 ensure_cargo_fuzz
+ensure_xdk
 apt_install prometheus
 
 say "format and lint"

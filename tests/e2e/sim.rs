@@ -784,3 +784,53 @@ async fn webhooks_are_managed_with_a_bearer_token_or_oauth_user_context() {
         .unwrap();
     assert_eq!(deleted.status(), 200);
 }
+
+/// X's official Python SDK (xdk, pinned in tests/xdk/requirements.txt)
+/// parses every answer of the simulator it can request: webhooks, replay
+/// through `POST /2/webhooks/replay`, X Activity API subscriptions (paged,
+/// one per page), Account Activity counts and lists. The SDK validates each
+/// response against X's published schema (`tests/xdk/check_sim.py`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xs_official_sdk_parses_every_simulator_answer_it_can_request() {
+    let python = std::env::var("AAA_XDK_PYTHON").expect(
+        "AAA_XDK_PYTHON: the Python with X's SDK (scripts/test.sh installs it: scripts/lib.sh ensure_xdk)",
+    );
+    let stack = aaa_testkit::Stack::start(BIN, aaa_testkit::StackOptions::scaled(600.0)).await;
+    let sim = stack.start_sim(aaa_testkit::SMALL_SIM_ARGS).await;
+    let clock = stack.options.clock();
+    let start = clock.now();
+    // A window X will replay: from at least 31 minutes ago, to at least 10.
+    eventually(WAIT, "a replayable window", || async {
+        (clock.now() > start + TimeDelta::minutes(36)).then_some(())
+    })
+    .await;
+    let accounts = sim.accounts().await;
+    let user = accounts["accounts"][0]["user_id"]
+        .as_str()
+        .expect("an account")
+        .to_owned();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/xdk/check_sim.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(&script)
+        .env("SIM_URL", &sim.url)
+        .env("SIM_BEARER", &sim.bearer)
+        .env("WEBHOOK_ID", &stack.webhook_id)
+        .env("USER_ID", &user)
+        .env("REPLAY_FROM", minute(start))
+        .env("REPLAY_TO", minute(start + TimeDelta::minutes(20)))
+        .output()
+        .await
+        .expect("run the SDK check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let calls: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON line per call"))
+        .collect();
+    assert_eq!(calls.len(), 11, "{stdout}");
+    assert!(calls.iter().all(|c| c["parsed"] == true), "{stdout}");
+}

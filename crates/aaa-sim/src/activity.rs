@@ -380,8 +380,12 @@ async fn delete_many(
         }
     }
     let total = world.activity_subscriptions.len();
-    let mut body = json!({"data": {"deleted": !deleted.is_empty(), "deleted_ids": deleted},
-                          "meta": {"total_subscriptions": total}});
+    // X's schema: one item per deleted id (xdk parses nothing else).
+    let data: Vec<Value> = deleted
+        .iter()
+        .map(|id| json!({"subscription_id": id, "deleted": true}))
+        .collect();
+    let mut body = json!({"data": data, "meta": {"total_subscriptions": total}});
     if !errors.is_empty() {
         body["errors"] = json!(errors);
     }
