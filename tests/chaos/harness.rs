@@ -46,6 +46,9 @@ pub struct Settled {
     /// `aaa_watermark_expired_minutes_total` of the running watermark once
     /// settled (what the AaaGapExpired alert sees).
     pub expired_counted: f64,
+    /// Relationship changes X sent no time for (XAA follows, blocks, mutes)
+    /// kept in `relationship_events`, none repeating the state before it.
+    pub undated_changes: i64,
 }
 
 /// The numbers, not the ground truth (thousands of lines).
@@ -58,6 +61,7 @@ impl std::fmt::Debug for Settled {
             .field("failed_attempts", &self.failed_attempts)
             .field("gap_windows", &self.gap_windows)
             .field("audit_windows", &self.audit_windows)
+            .field("undated_changes", &self.undated_changes)
             .field("recovered_by_audits", &self.recovered_by_audits)
             .field("lost", &self.lost)
             .field("expired_minutes", &self.expired_minutes)
@@ -606,6 +610,37 @@ impl Run {
             .db
             .count("SELECT count(*) FROM event_posts WHERE erased")
             .await;
+        // A follow, block or mute X delivered in both envelopes (or resent
+        // without a time) is one change in relationship_events once the
+        // maintenance has run: no undated change repeats the state before it.
+        let repeated = tokio::time::timeout(
+            WAIT,
+            eventually(WAIT * 2, "no relationship change stored twice", || async {
+                let repeated = self
+                    .stack
+                    .db
+                    .count(
+                        "SELECT count(*) FROM (
+                             SELECT undated, active, lag(active) OVER (
+                                 PARTITION BY relationship, source_id, target_id
+                                 ORDER BY event_time, active DESC) AS before
+                             FROM relationship_events) e
+                         WHERE undated AND before = active",
+                    )
+                    .await;
+                (repeated == 0).then_some(())
+            }),
+        )
+        .await;
+        assert!(
+            repeated.is_ok(),
+            "{scenario}: an undated relationship change repeating the state before it was never dropped"
+        );
+        let undated_changes = self
+            .stack
+            .db
+            .count("SELECT count(*) FROM relationship_events WHERE undated")
+            .await;
         let stored_revoked: Vec<Revoked> = sqlx::query_as(
             "SELECT user_id, revoked_at FROM subscriptions WHERE revoked_at IS NOT NULL ORDER BY 1",
         )
@@ -644,6 +679,7 @@ impl Run {
             "relationships": relationships.len(),
             "deletions": deletions.len(),
             "erased_copies": erased_copies,
+            "undated_changes": undated_changes,
             "revokes": revoked.len(),
             "settle_seconds": (settle_seconds * 10.0).round() / 10.0,
         });
@@ -677,6 +713,7 @@ impl Run {
             lost: lost_count,
             expired_minutes,
             expired_counted,
+            undated_changes,
         }
     }
 }

@@ -759,15 +759,7 @@ async fn gap_aged_past_24_hours() {
 /// are stored once per account whichever envelope came first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_migration_with_an_overlap() {
-    let run = Run::start_with_sim(
-        StackOptions {
-            audit_minutes: 60,
-            ..StackOptions::scaled(300.0)
-        },
-        &["--format", "subscribed"],
-    )
-    .await;
-    run.wait_sim(TimeDelta::minutes(10)).await;
+    let run = migrating_run().await;
     let moved = run
         .sim
         .managed_migration(json!({"overlap_secs": 600}))
@@ -808,6 +800,10 @@ async fn managed_migration_with_an_overlap() {
         both > 0,
         "during the overlap X owed posts in both envelopes"
     );
+    assert!(
+        settled.undated_changes > 0,
+        "XAA follows, blocks or mutes were stored (settle checks none is stored twice): {settled:?}"
+    );
 }
 
 /// The same migration with a gap instead: X ends the AAA subscriptions at
@@ -817,15 +813,7 @@ async fn managed_migration_with_an_overlap() {
 /// bring it back, and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_migration_with_a_gap() {
-    let run = Run::start_with_sim(
-        StackOptions {
-            audit_minutes: 60,
-            ..StackOptions::scaled(300.0)
-        },
-        &["--format", "subscribed"],
-    )
-    .await;
-    run.wait_sim(TimeDelta::minutes(10)).await;
+    let run = migrating_run().await;
     run.sim.managed_migration(json!({"gap_secs": 600})).await;
     run.wait_sim(TimeDelta::minutes(20)).await;
     let settled = run.settle("managed migration AAA to XAA, 10 min gap").await;
@@ -840,6 +828,21 @@ async fn managed_migration_with_a_gap() {
         "the audits replayed the gap: {settled:?}"
     );
     stored_once_per_account(&settled, "tweet_create_events");
+}
+
+/// Live AAA traffic for 10 simulated minutes, with hourly audits (1 real
+/// second = 5 simulated minutes), before X's managed migration.
+async fn migrating_run() -> Run {
+    let run = Run::start_with_sim(
+        StackOptions {
+            audit_minutes: 60,
+            ..StackOptions::scaled(300.0)
+        },
+        &["--format", "subscribed"],
+    )
+    .await;
+    run.wait_sim(TimeDelta::minutes(10)).await;
+    run
 }
 
 /// Rows of `kind` equal the (activity, account) pairs X delivered it for,

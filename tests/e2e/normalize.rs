@@ -1034,11 +1034,13 @@ async fn an_xaa_event_resent_under_a_new_uuid_is_stored_twice_and_state_is_uncha
         "one current state per relationship, unchanged"
     );
     // Posts are keyed by their own id: one row per delivered post however
-    // often and under whatever uuid it was sent.
-    assert_eq!(
-        stored("SELECT count(*) FROM events WHERE kind = 'tweet_create_events'").await,
-        posts
-    );
+    // often and under whatever uuid it was sent. (Waited for: other
+    // partitions may still be storing theirs when the follows are in.)
+    eventually(WAIT, "one row per delivered post", || async {
+        let rows = stored("SELECT count(*) FROM events WHERE kind = 'tweet_create_events'").await;
+        (rows == posts).then_some(())
+    })
+    .await;
 }
 
 /// A post and its deletion written by two batches at once (two writers, or
@@ -1283,4 +1285,88 @@ async fn x_charges_are_counted_per_utc_day_as_x_dedupes_them() {
             2.0
         );
     }
+}
+
+/// During a migration X delivers a follow in both envelopes: the Account
+/// Activity copy with X's time, the X Activity API copy without one (dated
+/// on arrival), so they are two rows of `relationship_events`. The
+/// watermark's maintenance drops the undated copy that repeats the pair's
+/// state before it, whichever arrived first; real changes after it (an
+/// unfollow, a follow again) stay, and a resend of the last is dropped too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relationship_change_delivered_in_both_envelopes_is_one_change() {
+    let stack = Stack::start(BIN, StackOptions::default()).await;
+    let sender = stack.sender();
+    let db = &stack.db;
+    let xaa = |event_type: &str, uuid: &str| {
+        let mut body = fixture("xaa_follow_follow.json");
+        body["data"]["event_type"] = json!(event_type);
+        body["data"]["event_uuid"] = json!(uuid);
+        body
+    };
+    let mut aaa = fixture("follow_events.json");
+    aaa["for_user_id"] = json!("111");
+    let item = &mut aaa["follow_events"][0];
+    item["source"]["id"] = json!(111);
+    item["source"]["id_str"] = json!("111");
+    item["target"]["id"] = json!(333);
+    item["target"]["id_str"] = json!("333");
+    item["created_timestamp"] = json!(
+        (Utc::now() - TimeDelta::minutes(10))
+            .timestamp_millis()
+            .to_string()
+    );
+    let changes = || {
+        sqlx::query_as::<_, (bool, bool)>(
+            "SELECT active, undated FROM relationship_events
+             WHERE relationship = 'follow' AND source_id = '111' AND target_id = '333'
+             ORDER BY event_time, active DESC",
+        )
+        .fetch_all(&db.pool)
+    };
+    // The XAA copy first, then the AAA one; then XAA only: an unfollow, a
+    // follow again, and a resend of it under a new uuid.
+    for (n, body) in [
+        xaa("follow.follow", "1"),
+        aaa,
+        xaa("follow.unfollow", "2"),
+        xaa("follow.follow", "3"),
+        xaa("follow.follow", "4"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(sender.post(body.to_string().as_bytes()).await.unwrap(), 200);
+        eventually(WAIT, "the change stored", || async {
+            (changes().await.unwrap().len() == n + 1).then_some(())
+        })
+        .await;
+    }
+    let pool = sqlx::PgPool::connect(&db.watermark_url().await)
+        .await
+        .unwrap();
+    let since = Utc::now() - TimeDelta::hours(48);
+    let dropped = aaa_watermark::maintenance::drop_repeated_relationship_changes(&pool, since)
+        .await
+        .unwrap();
+    assert_eq!(
+        dropped, 2,
+        "the XAA copy of the first follow, and the resend"
+    );
+    assert_eq!(
+        changes().await.unwrap(),
+        vec![(true, false), (false, true), (true, true)],
+        "follow (X's time), unfollow, follow again"
+    );
+    let again = aaa_watermark::maintenance::drop_repeated_relationship_changes(&pool, since)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+    let (active,): (bool,) = sqlx::query_as(
+        "SELECT active FROM relationships WHERE relationship = 'follow' AND source_id = '111' AND target_id = '333'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(active, "the current state is unchanged");
 }

@@ -1025,6 +1025,35 @@ async fn a_maintenance_run_still_going_makes_the_next_ones_skip() {
     .await;
 }
 
+/// Every watermark replica writes the configured X prices when it starts,
+/// often at the same moment as the others: concurrent writes all succeed
+/// and leave exactly the configured prices (a delete-all-then-insert made
+/// the second replica fail to start on a key collision).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_write_the_prices_without_colliding() {
+    let db = TestDb::migrated().await;
+    sqlx::query("INSERT INTO x_prices (event_type, usd) VALUES ('no.longer.priced', 1)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&db.watermark_url().await)
+        .await
+        .unwrap();
+    let prices = aaa_events::billing::prices("post.create=0.5").unwrap();
+    for _ in 0..5 {
+        let writes = (0..8).map(|_| aaa_watermark::maintenance::write_prices(&pool, &prices));
+        for written in futures::future::join_all(writes).await {
+            written.expect("every replica writes the prices");
+        }
+    }
+    let stored: Vec<(String, f64)> =
+        sqlx::query_as("SELECT event_type, usd::float8 FROM x_prices ORDER BY event_type")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, prices);
+}
+
 /// Each service's login holds only what that service needs: the consumer
 /// cannot rewrite payloads, delete dead letters or touch the watermark's
 /// state; the watermark cannot insert or delete events, nor change their

@@ -46,6 +46,8 @@ pub async fn write(
     let mut dms = Vec::new();
     let mut receipts = Vec::new();
     let mut relationships: Vec<(RelationshipRow, i64)> = Vec::new();
+    // Per relationship change: X sent no time for it (dated on arrival).
+    let mut undated: Vec<bool> = Vec::new();
     let mut deletions = Vec::new();
     let mut jobs = Vec::new();
     for event in new {
@@ -91,6 +93,7 @@ pub async fn write(
                         r.event_time = r.event_time.min(latest);
                     }
                     relationships.push((r, event.id));
+                    undated.push(event.row.dated_on_arrival);
                 }
                 Record::TweetDeletion(d) => deletions.push((d, event.id)),
                 Record::Revoke(_) => {} // applied with subscriptions
@@ -220,7 +223,7 @@ pub async fn write(
         .await?;
     }
     if !relationships.is_empty() {
-        write_relationships(tx, &relationships).await?;
+        write_relationships(tx, &relationships, &undated).await?;
     }
     // Every post each new event holds, at any depth: the compliance erase
     // finds every copy of a deleted post through it.
@@ -443,13 +446,17 @@ pub async fn erase_again(tx: &mut PgConnection, posts: &[&str]) -> Result<(), sq
     Ok(())
 }
 
+/// `undated[i]`: X sent no time for `changes[i]` (the watermark's
+/// maintenance drops such a change when it repeats the pair's state before
+/// it: the other envelope's copy of the same change).
 async fn write_relationships(
     tx: &mut PgConnection,
     changes: &[(RelationshipRow, i64)],
+    undated: &[bool],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO relationship_events (relationship, source_id, target_id, active, event_time, event_id)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[], $6::int8[])
+        "INSERT INTO relationship_events (relationship, source_id, target_id, active, event_time, event_id, undated)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[], $6::int8[], $7::bool[])
          ON CONFLICT DO NOTHING",
     )
     .bind(col(changes, |(r, _)| r.relationship.as_str().to_owned()))
@@ -458,6 +465,7 @@ async fn write_relationships(
     .bind(col(changes, |(r, _)| r.active))
     .bind(col(changes, |(r, _)| r.event_time))
     .bind(col(changes, |(_, id)| *id))
+    .bind(undated)
     .execute(&mut *tx)
     .await?;
     let current: Vec<(&RelationshipRow, i64)> =

@@ -237,7 +237,14 @@ pub async fn run(
     let prices = aaa_events::billing::prices(&args.x_prices)?;
     let pool = args.database.pool()?;
     aaa_db::ensure_schema_current(&pool).await?;
-    maintenance::write_prices(&pool, &prices).await?;
+    // Prices only price a report: a failure is retried by maintenance runs.
+    let prices_written = match maintenance::write_prices(&pool, &prices).await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(message = "X prices not written yet; maintenance retries", error = %error);
+            false
+        }
+    };
     // One HTTP request per call: each is reserved against X's budget first,
     // and the next round is the retry.
     let x = XClient::new(&args.x, Credentials::from_env()?)?.one_attempt_per_call();
@@ -284,6 +291,8 @@ pub async fn run(
             batch: 5_000,
         },
         event_retention_days: args.event_retention_days,
+        prices_pending: std::sync::atomic::AtomicBool::new(!prices_written),
+        prices,
         erase: args.erase_deleted_posts.then(|| EraseLease {
             replica: args.replica_id(),
             lease: Duration::from_secs(args.lease_secs.max(1)),
@@ -331,6 +340,10 @@ struct MaintenanceRun {
     clock: Clock,
     retention: maintenance::Retention,
     event_retention_days: Option<u32>,
+    /// The configured prices; `prices_pending` while not written yet (the
+    /// write at start failed), for the next run to write.
+    prices: Vec<(String, f64)>,
+    prices_pending: std::sync::atomic::AtomicBool,
     erase: Option<EraseLease>,
     running: tokio::sync::Mutex<()>,
 }
@@ -342,10 +355,39 @@ impl MaintenanceRun {
             return;
         };
         let pool = &self.pool;
+        if self
+            .prices_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            match maintenance::write_prices(pool, &self.prices).await {
+                Ok(()) => self
+                    .prices_pending
+                    .store(false, std::sync::atomic::Ordering::Relaxed),
+                Err(error) => events::MaintenanceFailed {
+                    message: "writing X prices failed; retrying next run",
+                    error: &error,
+                }
+                .emit(),
+            }
+        }
         match maintenance::prune(pool, self.clock.now(), &self.retention).await {
             Ok(deleted) => tracing::info!(message = "maintenance: pruned", deleted = ?deleted),
             Err(error) => events::MaintenanceFailed {
                 message: "maintenance failed; retrying next run",
+                error: &error,
+            }
+            .emit(),
+        }
+        // Copies reach back as far as a replay: 24 h, and a margin.
+        let since = self.clock.now() - chrono::TimeDelta::hours(48);
+        match maintenance::drop_repeated_relationship_changes(pool, since).await {
+            Ok(0) => {}
+            Ok(dropped) => tracing::info!(
+                message = "relationship changes that repeated the state before them dropped",
+                dropped
+            ),
+            Err(error) => events::MaintenanceFailed {
+                message: "dropping repeated relationship changes failed; retrying next run",
                 error: &error,
             }
             .emit(),

@@ -210,21 +210,64 @@ pub async fn report_sizes(pool: &PgPool) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Replaces `x_prices` with the configured prices (every replica writes
-/// the same at its start).
+/// Drops the relationship changes X sent no time for that repeat the
+/// pair's state before them: the other envelope's copy of a change (during
+/// a migration X delivers a follow as AAA, with its time, and as XAA,
+/// without), or a resend. Only pairs with such a change since `since` are
+/// read. The current state (`relationships`) does not change: the same
+/// state again is no change. Returns how many were dropped.
+pub async fn drop_repeated_relationship_changes(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let dropped = sqlx::query(
+        "WITH pairs AS (
+             SELECT DISTINCT relationship, source_id, target_id
+             FROM relationship_events WHERE undated AND event_time >= $1
+         ), ordered AS (
+             SELECT e.relationship, e.source_id, e.target_id, e.event_time, e.active, e.undated,
+                    lag(e.active) OVER (PARTITION BY e.relationship, e.source_id, e.target_id
+                                        ORDER BY e.event_time, e.active DESC) AS before
+             FROM relationship_events e JOIN pairs USING (relationship, source_id, target_id)
+         )
+         DELETE FROM relationship_events r USING ordered o
+         WHERE o.undated AND o.before = o.active
+           AND r.relationship = o.relationship AND r.source_id = o.source_id
+           AND r.target_id = o.target_id AND r.event_time = o.event_time AND r.active = o.active",
+    )
+    .bind(since)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    metrics::counter!(REPEATED_CHANGES_DROPPED).increment(dropped);
+    Ok(dropped)
+}
+
+/// Relationship changes dropped as copies of the change before them.
+pub const REPEATED_CHANGES_DROPPED: &str =
+    "aaa_watermark_repeated_relationship_changes_dropped_total";
+
+/// Makes `x_prices` the configured prices. Every replica writes them when
+/// it starts, often at the same moment: an upsert and a delete of what is
+/// not configured, never a delete-all-then-insert (two of those at once
+/// collide on the key).
 pub async fn write_prices(pool: &PgPool, prices: &[(String, f64)]) -> Result<(), sqlx::Error> {
+    let types: Vec<&str> = prices.iter().map(|(t, _)| t.as_str()).collect();
     let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM x_prices")
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
         "INSERT INTO x_prices (event_type, usd)
-         SELECT t, u::numeric FROM UNNEST($1::text[], $2::float8[]) AS x(t, u)",
+         SELECT t, u::numeric FROM UNNEST($1::text[], $2::float8[]) AS x(t, u)
+         ON CONFLICT (event_type) DO UPDATE SET usd = EXCLUDED.usd, updated_at = now()
+             WHERE x_prices.usd IS DISTINCT FROM EXCLUDED.usd",
     )
-    .bind(prices.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>())
+    .bind(&types)
     .bind(prices.iter().map(|(_, u)| *u).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
+    sqlx::query("DELETE FROM x_prices WHERE NOT event_type = ANY($1)")
+        .bind(&types)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await
 }
 
@@ -262,6 +305,7 @@ pub fn register() {
     }
     metrics::counter!(crate::events::MAINTENANCE_FAILURES).increment(0);
     metrics::counter!("aaa_watermark_dropped_payloads_total").increment(0);
+    metrics::counter!(REPEATED_CHANGES_DROPPED).increment(0);
     metrics::counter!("aaa_watermark_erased_posts_total").increment(0);
     metrics::counter!("aaa_watermark_erased_payloads_total").increment(0);
     metrics::counter!("aaa_watermark_erased_dead_letters_total").increment(0);
