@@ -26,23 +26,47 @@ async fn windows(db: &TestDb) -> Vec<(String, i32, i32, i64, i64)> {
 /// Waits until every gap is reconciled and X owes nothing; then checks that
 /// Postgres holds exactly what X delivered.
 async fn converged(stack: &Stack, sim: &SimProcess) -> Value {
-    let summary = eventually(WAIT, "every gap reconciled and nothing missing", || async {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM replay_windows WHERE state IN ('pending', 'submitted')",
-        )
-        .fetch_one(&stack.db.pool)
-        .await
-        .ok()?;
-        let reconciled: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM replay_windows WHERE state = 'reconciled'")
+    // What was last seen, for the failure message.
+    let last = std::sync::Mutex::new(String::new());
+    let summary = tokio::time::timeout(
+        WAIT,
+        eventually(
+            WAIT * 2,
+            "every gap reconciled and nothing missing",
+            || async {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM replay_windows WHERE state IN ('pending', 'submitted')",
+                )
                 .fetch_one(&stack.db.pool)
                 .await
                 .ok()?;
-        let summary = sim.summary().await;
-        (open == 0 && reconciled > 0 && summary["missing"] == 0 && summary["pending"] == 0)
-            .then_some(summary)
-    })
+                let reconciled: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM replay_windows WHERE state = 'reconciled'",
+                )
+                .fetch_one(&stack.db.pool)
+                .await
+                .ok()?;
+                let summary = sim.summary().await;
+                *last.lock().unwrap_or_else(|p| p.into_inner()) =
+                    format!("open windows {open}, reconciled {reconciled}, X: {summary}");
+                (open == 0 && reconciled > 0 && summary["missing"] == 0 && summary["pending"] == 0)
+                    .then_some(summary)
+            },
+        ),
+    )
     .await;
+    let Ok(summary) = summary else {
+        let windows: Vec<(String, String, i32, i32)> = sqlx::query_as(
+            "SELECT kind, state, attempts, conflicts FROM replay_windows ORDER BY window_from",
+        )
+        .fetch_all(&stack.db.pool)
+        .await
+        .unwrap_or_default();
+        panic!(
+            "not converged after {WAIT:?}: {}; windows (kind, state, attempts, conflicts): {windows:?}",
+            last.lock().unwrap_or_else(|p| p.into_inner())
+        );
+    };
     let expected = delivered_keys(sim).await;
     eventually(
         WAIT,
