@@ -97,23 +97,39 @@ enum Learnt<'a> {
 /// Events stored per tag in the last 24 h, and the newest one's arrival.
 type StoredPerTag = std::collections::HashMap<String, (i64, chrono::DateTime<chrono::Utc>)>;
 
-/// Records what was learnt when the operator gave the database
-/// (`--x-budget-database-url`), and reads what was stored per tag. A
-/// database that cannot be reached is a warning: X has already acted.
-async fn record(args: &OpsArgs, learnt: Learnt<'_>) -> Option<StoredPerTag> {
+/// Runs `work` on the operator's database when one was given
+/// (`--x-budget-database-url`). A database that cannot be reached is a
+/// warning (`failed` says what did not happen), never a failure: X has
+/// answered already.
+async fn on_database<T>(
+    args: &OpsArgs,
+    failed: &str,
+    work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+) -> Option<T> {
+    use sqlx::Connection as _;
     let url = args.budget_database_url.as_deref()?;
-    match record_in(url, learnt).await {
-        Ok(stored) => Some(stored),
-        Err(error) => {
-            eprintln!("warning: the subscriptions were not recorded in Postgres: {error}");
-            None
-        }
-    }
+    let result = match sqlx::PgConnection::connect(url).await {
+        Ok(mut conn) => work(&mut conn).await,
+        Err(error) => Err(error),
+    };
+    result
+        .inspect_err(|error| eprintln!("warning: {failed}: {error}"))
+        .ok()
 }
 
-async fn record_in(url: &str, learnt: Learnt<'_>) -> Result<StoredPerTag, sqlx::Error> {
+/// Records what was learnt in `xaa_subscriptions`, when the operator gave
+/// the database.
+async fn record(args: &OpsArgs, learnt: Learnt<'_>) {
+    on_database(
+        args,
+        "the subscriptions were not recorded in Postgres",
+        async |conn| record_in(conn, learnt).await,
+    )
+    .await;
+}
+
+async fn record_in(conn: &mut sqlx::PgConnection, learnt: Learnt<'_>) -> Result<(), sqlx::Error> {
     use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(url).await?;
     let mut tx = conn.begin().await?;
     let upsert = |s: &ActivitySubscription| {
         sqlx::query(
@@ -157,13 +173,19 @@ async fn record_in(url: &str, learnt: Learnt<'_>) -> Result<StoredPerTag, sqlx::
                 .await?;
         }
     }
-    tx.commit().await?;
+    tx.commit().await
+}
+
+/// Events stored per subscription tag in the last 24 h (read from `events`
+/// directly: `v_xaa_events` would look each row's subscription up).
+async fn stored_per_tag(conn: &mut sqlx::PgConnection) -> Result<StoredPerTag, sqlx::Error> {
     let stored: Vec<(String, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-        "SELECT subscription_tag, count(*), max(received_at) FROM v_xaa_events
-         WHERE received_at > now() - interval '24 hours' AND subscription_tag IS NOT NULL
+        "SELECT context->'xaa'->>'tag', count(*), max(received_at) FROM events
+         WHERE received_at > now() - interval '24 hours' AND context ? 'xaa'
+           AND context->'xaa'->>'tag' IS NOT NULL
          GROUP BY 1",
     )
-    .fetch_all(&mut conn)
+    .fetch_all(conn)
     .await?;
     Ok(stored
         .into_iter()
@@ -242,7 +264,9 @@ pub async fn activity(args: &OpsArgs, x: &XClient, command: ActivityCommand) -> 
         }
         ActivityCommand::List => {
             let all = x.list_activity_subscriptions().await?;
-            let stored = record(args, Learnt::All(&all)).await;
+            record(args, Learnt::All(&all)).await;
+            let stored =
+                on_database(args, "what Postgres stored was not read", stored_per_tag).await;
             listing(args, &all, stored.as_ref());
         }
         ActivityCommand::Update { id, tag, webhook } => {
@@ -298,9 +322,7 @@ type Arrival = Option<chrono::DateTime<chrono::Utc>>;
 /// Per account, when its last event arrived in each envelope (AAA, XAA; 24 h).
 type LastSeen = std::collections::HashMap<String, (Arrival, Arrival)>;
 
-async fn last_seen(url: &str, webhook: &str) -> Result<LastSeen, sqlx::Error> {
-    use sqlx::Connection as _;
-    let mut conn = sqlx::PgConnection::connect(url).await?;
+async fn last_seen(conn: &mut sqlx::PgConnection, webhook: &str) -> Result<LastSeen, sqlx::Error> {
     let rows: Vec<(String, Arrival, Arrival)> = sqlx::query_as(
         "SELECT for_user_id, max(received_at) FILTER (WHERE NOT context ? 'xaa'),
                 max(received_at) FILTER (WHERE context ? 'xaa')
@@ -310,7 +332,7 @@ async fn last_seen(url: &str, webhook: &str) -> Result<LastSeen, sqlx::Error> {
          GROUP BY 1",
     )
     .bind(webhook)
-    .fetch_all(&mut conn)
+    .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -324,16 +346,10 @@ pub async fn migrate_check(args: &OpsArgs, x: &XClient, webhook: &str) -> Result
     let aaa = x.list_subscriptions(webhook).await?;
     let existing = x.list_activity_subscriptions().await?;
     let status = aaa_xapi::migration_status(webhook, &aaa, &existing);
-    let seen = match args.budget_database_url.as_deref() {
-        None => None,
-        Some(url) => match last_seen(url, webhook).await {
-            Ok(seen) => Some(seen),
-            Err(error) => {
-                eprintln!("warning: what Postgres stored was not read: {error}");
-                None
-            }
-        },
-    };
+    let seen = on_database(args, "what Postgres stored was not read", async |conn| {
+        last_seen(conn, webhook).await
+    })
+    .await;
     let time =
         |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
     let total = aaa_xapi::migrated_event_types().len();
