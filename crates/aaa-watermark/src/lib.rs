@@ -237,14 +237,11 @@ pub async fn run(
     let prices = aaa_events::billing::prices(&args.x_prices)?;
     let pool = args.database.pool()?;
     aaa_db::ensure_schema_current(&pool).await?;
-    // Prices only price a report: a failure is retried by maintenance runs.
-    let prices_written = match maintenance::write_prices(&pool, &prices).await {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::warn!(message = "X prices not written yet; maintenance retries", error = %error);
-            false
-        }
-    };
+    // Prices only price a report: a failure is retried by every maintenance
+    // run (which writes them again, a no-op when they are there).
+    if let Err(error) = maintenance::write_prices(&pool, &prices).await {
+        tracing::warn!(message = "X prices not written yet; maintenance retries", error = %error);
+    }
     // One HTTP request per call: each is reserved against X's budget first,
     // and the next round is the retry.
     let x = XClient::new(&args.x, Credentials::from_env()?)?.one_attempt_per_call();
@@ -291,7 +288,6 @@ pub async fn run(
             batch: 5_000,
         },
         event_retention_days: args.event_retention_days,
-        prices_pending: std::sync::atomic::AtomicBool::new(!prices_written),
         prices,
         erase: args.erase_deleted_posts.then(|| EraseLease {
             replica: args.replica_id(),
@@ -340,10 +336,9 @@ struct MaintenanceRun {
     clock: Clock,
     retention: maintenance::Retention,
     event_retention_days: Option<u32>,
-    /// The configured prices; `prices_pending` while not written yet (the
-    /// write at start failed), for the next run to write.
+    /// The configured prices, written again by every run: the write at
+    /// start may have failed, and a row changed by hand is set right.
     prices: Vec<(String, f64)>,
-    prices_pending: std::sync::atomic::AtomicBool,
     erase: Option<EraseLease>,
     running: tokio::sync::Mutex<()>,
 }
@@ -355,20 +350,12 @@ impl MaintenanceRun {
             return;
         };
         let pool = &self.pool;
-        if self
-            .prices_pending
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            match maintenance::write_prices(pool, &self.prices).await {
-                Ok(()) => self
-                    .prices_pending
-                    .store(false, std::sync::atomic::Ordering::Relaxed),
-                Err(error) => events::MaintenanceFailed {
-                    message: "writing X prices failed; retrying next run",
-                    error: &error,
-                }
-                .emit(),
+        if let Err(error) = maintenance::write_prices(pool, &self.prices).await {
+            events::MaintenanceFailed {
+                message: "writing X prices failed; retrying next run",
+                error: &error,
             }
+            .emit();
         }
         match maintenance::prune(pool, self.clock.now(), &self.retention).await {
             Ok(deleted) => tracing::info!(message = "maintenance: pruned", deleted = ?deleted),
