@@ -481,9 +481,7 @@ async fn deleted_posts_are_erased_everywhere_they_are_stored() {
     );
     assert_eq!(dead_holding().await, 1);
 
-    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
-        .await
-        .unwrap();
+    let writer = db.watermark_pool().await;
     let done = aaa_watermark::compliance::erase_deleted(&writer, Utc::now(), 100)
         .await
         .unwrap();
@@ -1342,9 +1340,7 @@ async fn a_relationship_change_delivered_in_both_envelopes_is_one_change() {
         })
         .await;
     }
-    let pool = sqlx::PgPool::connect(&db.watermark_url().await)
-        .await
-        .unwrap();
+    let pool = db.watermark_pool().await;
     let since = Utc::now() - TimeDelta::hours(48);
     let dropped = aaa_watermark::maintenance::drop_repeated_relationship_changes(&pool, since)
         .await

@@ -490,6 +490,19 @@ async fn replay_validates_redelivers_the_window_and_honours_one_job_per_webhook(
             .json(&json!({"webhook_id": webhook, "from_date": from, "to_date": to}))
             .send()
     };
+    // A job X accepted for the window; its id.
+    let submitted_job = || async {
+        let accepted: Value = replay(minute(from), minute(to), id.clone())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        accepted["data"]["job_id"]
+            .as_str()
+            .expect("a job id")
+            .to_owned()
+    };
 
     assert_eq!(
         reason(
@@ -510,16 +523,7 @@ async fn replay_validates_redelivers_the_window_and_honours_one_job_per_webhook(
     );
 
     // A full job: every event of the window again, then replay_job_status Complete.
-    let accepted: Value = replay(minute(from), minute(to), id.clone())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let job_id = accepted["data"]["job_id"]
-        .as_str()
-        .expect("a job id")
-        .to_owned();
+    let job_id = submitted_job().await;
     let status = |state: &'static str, job_id: String| {
         let hook = hook.clone();
         async move {
@@ -542,16 +546,7 @@ async fn replay_validates_redelivers_the_window_and_honours_one_job_per_webhook(
 
     // A job that fails partway says Incomplete.
     sim.set_faults(json!({"next_replay": "incomplete"})).await;
-    let accepted: Value = replay(minute(from), minute(to), id.clone())
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let job_id = accepted["data"]["job_id"]
-        .as_str()
-        .expect("a job id")
-        .to_owned();
+    let job_id = submitted_job().await;
     eventually(WAIT, "replay_job_status Incomplete", || {
         status("Incomplete", job_id.clone())
     })

@@ -502,9 +502,7 @@ async fn maintenance_prunes_only_what_no_round_can_read() {
         .await
         .unwrap();
 
-    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
-        .await
-        .unwrap();
+    let writer = db.watermark_pool().await;
     let retention = Retention {
         horizon: TimeDelta::hours(72),
         dead_letters: None,
@@ -589,9 +587,7 @@ async fn event_retention_drops_old_payloads_and_keeps_identity() {
         .await
         .unwrap();
     }
-    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
-        .await
-        .unwrap();
+    let writer = db.watermark_pool().await;
     // Batches of 4: the run continues past a full batch and stops at the
     // first row too young.
     assert_eq!(drop_old_payloads(&writer, stored(30), 4).await.unwrap(), 6);
@@ -805,9 +801,7 @@ async fn a_replica_that_lost_its_lease_changes_nothing() {
     use aaa_watermark::planner::WindowKind;
     use aaa_watermark::store::{self, Planned, WindowState};
     let db = TestDb::migrated().await;
-    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
-        .await
-        .unwrap();
+    let writer = db.watermark_pool().await;
     let mut conn = writer.acquire().await.unwrap();
     let lease_secs = Duration::from_secs(60);
     let now = Utc::now();
@@ -935,9 +929,7 @@ async fn a_replica_that_lost_its_lease_changes_nothing() {
 async fn x_budget_is_reserved_atomically_across_replicas() {
     use aaa_watermark::store;
     let db = TestDb::migrated().await;
-    let writer = sqlx::PgPool::connect(&db.watermark_url().await)
-        .await
-        .unwrap();
+    let writer = db.watermark_pool().await;
     let now = Utc::now();
     let asks = (0..24).map(|_| {
         let writer = writer.clone();
@@ -1060,9 +1052,7 @@ async fn replicas_starting_together_write_the_prices_without_colliding() {
         .execute(&db.pool)
         .await
         .unwrap();
-    let pool = sqlx::PgPool::connect(&db.watermark_url().await)
-        .await
-        .unwrap();
+    let pool = db.watermark_pool().await;
     let prices = aaa_events::billing::prices("post.create=0.5").unwrap();
     for _ in 0..5 {
         let writes = (0..8).map(|_| aaa_watermark::maintenance::write_prices(&pool, &prices));
@@ -1212,9 +1202,7 @@ async fn erasure_runs_on_one_replica_a_bounded_amount_per_run() {
             .await
             .unwrap();
     }
-    let pool = sqlx::PgPool::connect(&db.watermark_url().await)
-        .await
-        .unwrap();
+    let pool = db.watermark_pool().await;
     let limits = EraseLimits {
         batch: 2,
         batches_per_run: 2,

@@ -156,6 +156,13 @@ impl TestDb {
         self.login_url("aaa_watermark").await
     }
 
+    /// A pool logged in as the watermark (`watermark_url`).
+    pub async fn watermark_pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.watermark_url().await)
+            .await
+            .expect("connect as the watermark")
+    }
+
     /// An operator who may record requests to X: `aaa_operator`.
     pub async fn operator_url(&self) -> String {
         self.login_url("aaa_operator").await
