@@ -16,9 +16,12 @@
 
 use std::collections::BTreeMap;
 
+use aaa_common::observe::InternalEvent;
 use aaa_events::erase::erase_post;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
+
+use crate::events::PostsErased;
 
 /// What one call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -91,9 +94,7 @@ pub async fn erase_deleted(
     if !first.is_empty() {
         done.dead_letters = erase_dead_letters(pool, &first).await?;
     }
-    metrics::counter!("aaa_watermark_erased_posts_total").increment(done.posts);
-    metrics::counter!("aaa_watermark_erased_payloads_total").increment(done.payloads);
-    metrics::counter!("aaa_watermark_erased_dead_letters_total").increment(done.dead_letters);
+    PostsErased::Call(done).emit();
     Ok(done)
 }
 

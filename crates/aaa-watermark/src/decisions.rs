@@ -1,7 +1,9 @@
 //! What a watermark round decides (pure, no I/O): how far back it judges,
 //! which periods X's validity makes suspect, what to do with the job in
 //! flight, what X's 24 h edge leaves of a window, and how long to wait
-//! after X refused a submission. `service` feeds these from `store` and X.
+//! after X refused a submission, what X's clock and answers mean, and when
+//! an invalid webhook is re-validated. `service` feeds these from `store`
+//! and X.
 
 use aaa_xapi::{Reason, XError};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -63,11 +65,150 @@ pub fn receivers_kept_up(during: Interval, heartbeats: &[Heartbeat]) -> bool {
     covered && !refused
 }
 
+/// What a replay job's completion message said (`replay_jobs.job_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState<'a> {
+    /// X replayed the whole window.
+    Complete,
+    /// Any other end X reports (it does not retry replayed events).
+    Other(&'a str),
+}
+
+impl<'a> JobState<'a> {
+    /// X's spelling of the state.
+    pub fn of(state: &'a str) -> JobState<'a> {
+        match state {
+            "Complete" => JobState::Complete,
+            other => JobState::Other(other),
+        }
+    }
+}
+
+/// How a replay job in flight ended (`aaa_watermark_replay_jobs_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    Reconciled,
+    /// X ended it in another state than Complete.
+    Incomplete,
+    /// No completion message within the job timeout.
+    Lost,
+    /// Complete at X, but the receivers refused deliveries while it ran.
+    ReceiversMissed,
+}
+
+impl JobOutcome {
+    pub const ALL: [JobOutcome; 4] = [
+        JobOutcome::Reconciled,
+        JobOutcome::Incomplete,
+        JobOutcome::Lost,
+        JobOutcome::ReceiversMissed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobOutcome::Reconciled => "reconciled",
+            JobOutcome::Incomplete => "incomplete",
+            JobOutcome::Lost => "lost",
+            JobOutcome::ReceiversMissed => "receivers_missed",
+        }
+    }
+}
+
+/// What X answered a counted request (`x_api_requests.outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XRequestOutcome {
+    Ok,
+    RateLimited,
+    Refused,
+    Failed,
+}
+
+impl XRequestOutcome {
+    pub const ALL: [XRequestOutcome; 4] = [
+        XRequestOutcome::Ok,
+        XRequestOutcome::RateLimited,
+        XRequestOutcome::Refused,
+        XRequestOutcome::Failed,
+    ];
+
+    pub fn of<T>(answer: &Result<T, XError>) -> XRequestOutcome {
+        match answer {
+            Ok(_) => XRequestOutcome::Ok,
+            Err(XError::RateLimited { .. }) => XRequestOutcome::RateLimited,
+            Err(XError::Refused { .. }) => XRequestOutcome::Refused,
+            Err(_) => XRequestOutcome::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            XRequestOutcome::Ok => "ok",
+            XRequestOutcome::RateLimited => "rate_limited",
+            XRequestOutcome::Refused => "refused",
+            XRequestOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// Differences under this between X's `Date` and our clock are noise:
+/// `Date` has whole seconds.
+pub const SKEW_NOISE: TimeDelta = TimeDelta::seconds(2);
+
+/// How far X's clock is ahead of ours, from the `Date` of an answer
+/// (`x_date`) read at `now`.
+pub fn x_clock_skew(x_date: DateTime<Utc>, now: DateTime<Utc>) -> TimeDelta {
+    let skew = x_date - now;
+    if skew.abs() < SKEW_NOISE {
+        TimeDelta::zero()
+    } else {
+        skew
+    }
+}
+
+/// When X registered the webhook, from its `created_at` (RFC 3339); `None`
+/// when X did not say, or said something else.
+pub fn registered_at(created_at: Option<&str>) -> Option<DateTime<Utc>> {
+    created_at
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Whether an invalid webhook is re-validated (PUT) this round: unless a
+/// failed re-validation set a time before which it is not tried again.
+pub fn revalidation_due(not_before: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    not_before.is_none_or(|t| t <= now)
+}
+
+/// What X's validity check means for the round: whether the webhook counts
+/// as valid now, and which samples to record. X's own answer is recorded as
+/// of when X gave it (`checked_at`, one sample per answer); a webhook this
+/// round re-validated is recorded valid again just after `now`, so the
+/// invalid period ends there.
+pub fn validity_samples(
+    listed_valid: bool,
+    revalidated: bool,
+    checked_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> (bool, Vec<(DateTime<Utc>, bool)>) {
+    let mut samples = vec![(checked_at, listed_valid)];
+    if revalidated && !listed_valid {
+        samples.push((now + TimeDelta::milliseconds(1), true));
+    }
+    (listed_valid || revalidated, samples)
+}
+
+/// What a pending window that aged past X's edge while it waited loses:
+/// a gap's minutes are counted as expired; an audit's lose nothing coverage
+/// did not judge.
+pub fn aged_minutes_count(kind: WindowKind) -> bool {
+    kind == WindowKind::Gap
+}
+
 /// What a round knows about the job in flight.
 #[derive(Debug, Clone, Copy)]
 pub struct JobSeen<'a> {
     /// What its completion message said (`replay_jobs.job_state`).
-    pub job_state: Option<&'a str>,
+    pub job_state: Option<JobState<'a>>,
     /// When fences were written after the completion was seen.
     pub fence_at: Option<DateTime<Utc>>,
     pub submitted_at: Option<DateTime<Utc>>,
@@ -80,8 +221,10 @@ pub struct JobSeen<'a> {
 /// Decides about the job in flight.
 pub fn follow_job(job: JobSeen<'_>, now: DateTime<Utc>, job_timeout: TimeDelta) -> JobStep {
     match (job.job_state, job.fence_at) {
-        (Some("Complete"), None) => JobStep::FenceNow,
-        (Some("Complete"), Some(fence_at)) if job.horizon.is_some_and(|h| h >= fence_at) => {
+        (Some(JobState::Complete), None) => JobStep::FenceNow,
+        (Some(JobState::Complete), Some(fence_at))
+            if job.horizon.is_some_and(|h| h >= fence_at) =>
+        {
             let reported_to = job.heartbeats.iter().map(|h| h.covered.to).max();
             let reported = reported_to.is_some_and(|to| to >= fence_at);
             if !reported && now < fence_at + HEARTBEAT_GRACE {
@@ -94,8 +237,8 @@ pub fn follow_job(job: JobSeen<'_>, now: DateTime<Utc>, job_timeout: TimeDelta) 
                 JobStep::ReceiversMissedIt
             }
         }
-        (Some("Complete"), Some(_)) => JobStep::AwaitConsumer,
-        (Some(other), _) => JobStep::Incomplete(other.to_owned()),
+        (Some(JobState::Complete), Some(_)) => JobStep::AwaitConsumer,
+        (Some(JobState::Other(other)), _) => JobStep::Incomplete(other.to_owned()),
         (None, _) if job.submitted_at.is_some_and(|at| at < now - job_timeout) => JobStep::Lost,
         (None, _) => JobStep::Running,
     }
@@ -348,7 +491,7 @@ mod tests {
         heartbeats: &'a [Heartbeat],
     ) -> JobSeen<'a> {
         JobSeen {
-            job_state,
+            job_state: job_state.map(JobState::of),
             fence_at,
             submitted_at: Some(t(0)),
             horizon,
@@ -599,5 +742,92 @@ mod tests {
         assert_eq!(backoff(TimeDelta::seconds(60), 0), TimeDelta::seconds(60));
         assert_eq!(backoff(TimeDelta::seconds(60), 2), TimeDelta::seconds(240));
         assert_eq!(backoff(TimeDelta::seconds(60), 9), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn x_clock_skew_ignores_less_than_the_date_headers_precision() {
+        assert_eq!(
+            x_clock_skew(t(0) + TimeDelta::milliseconds(1_900), t(0)),
+            TimeDelta::zero()
+        );
+        assert_eq!(
+            x_clock_skew(t(0) - TimeDelta::milliseconds(1_900), t(0)),
+            TimeDelta::zero()
+        );
+        assert_eq!(
+            x_clock_skew(t(0) + TimeDelta::seconds(2), t(0)),
+            TimeDelta::seconds(2)
+        );
+        assert_eq!(
+            x_clock_skew(t(0) - TimeDelta::seconds(90), t(0)),
+            TimeDelta::seconds(-90)
+        );
+    }
+
+    #[test]
+    fn registration_time_is_read_only_from_rfc3339() {
+        assert_eq!(
+            registered_at(Some("2026-12-05T10:00:00.000Z")),
+            Some("2026-12-05T10:00:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            registered_at(Some("2026-12-05T11:00:00+01:00")),
+            Some("2026-12-05T10:00:00Z".parse().unwrap())
+        );
+        assert_eq!(registered_at(Some("yesterday")), None);
+        assert_eq!(registered_at(None), None);
+    }
+
+    #[test]
+    fn an_invalid_webhook_is_revalidated_unless_a_failure_backed_it_off() {
+        assert!(revalidation_due(None, t(0)));
+        assert!(revalidation_due(Some(t(0)), t(0)));
+        assert!(!revalidation_due(Some(t(1)), t(0)));
+    }
+
+    #[test]
+    fn a_revalidated_webhook_ends_its_invalid_period_just_after_now() {
+        let (checked, now) = (t(0), t(5));
+        assert_eq!(
+            validity_samples(true, false, checked, now),
+            (true, vec![(checked, true)])
+        );
+        assert_eq!(
+            validity_samples(false, false, checked, now),
+            (false, vec![(checked, false)])
+        );
+        assert_eq!(
+            validity_samples(false, true, checked, now),
+            (
+                true,
+                vec![(checked, false), (now + TimeDelta::milliseconds(1), true)]
+            )
+        );
+    }
+
+    #[test]
+    fn only_a_gaps_aged_minutes_count_as_expired() {
+        assert!(aged_minutes_count(WindowKind::Gap));
+        assert!(!aged_minutes_count(WindowKind::Audit));
+    }
+
+    #[test]
+    fn job_states_and_x_answers_have_one_spelling_each() {
+        assert_eq!(JobState::of("Complete"), JobState::Complete);
+        assert_eq!(JobState::of("complete"), JobState::Other("complete"));
+        assert_eq!(
+            XRequestOutcome::of(&Ok::<(), XError>(())),
+            XRequestOutcome::Ok
+        );
+        assert_eq!(
+            XRequestOutcome::of(&Err::<(), _>(XError::Invalid("x".into()))),
+            XRequestOutcome::Failed
+        );
+        let outcomes: std::collections::BTreeSet<_> =
+            XRequestOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(outcomes.len(), XRequestOutcome::ALL.len());
+        let jobs: std::collections::BTreeSet<_> =
+            JobOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(jobs.len(), JobOutcome::ALL.len());
     }
 }

@@ -8,14 +8,19 @@
 //! the first stopped, and a per-webhook lease (`watermark_leases`) plus a unique index
 //! keep at most one job in flight per webhook.
 
+mod at_x;
 pub mod compliance;
 pub mod coverage;
 pub mod decisions;
 mod events;
+mod fences;
+mod jobs;
+mod judging;
 pub mod maintenance;
 pub mod planner;
 mod service;
 pub mod store;
+mod submit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -245,6 +250,7 @@ pub async fn run(
     // One HTTP request per call: each is reserved against X's budget first,
     // and the next round is the retry.
     let x = XClient::new(&args.x, Credentials::from_env()?)?.one_attempt_per_call();
+    events::register(&args.webhooks);
     let watermark = Arc::new(Watermark::new(&args, pool.clone(), x, clock).await?);
     let pool_for_maintenance = pool.clone();
 
@@ -276,7 +282,6 @@ pub async fn run(
         .start()
         .await
         .map_err(|e| Error::Scheduler(e.to_string()))?;
-    maintenance::register();
     let run = Arc::new(MaintenanceRun {
         pool: pool_for_maintenance,
         clock,
@@ -471,13 +476,7 @@ pub async fn erase_deleted_posts(
         match compliance::erase_deleted(pool, clock.now(), limits.batch).await {
             Ok(done) if done.is_empty() => break,
             Ok(done) => {
-                tracing::info!(
-                    message = "deleted posts erased",
-                    posts = done.posts,
-                    checked = done.checked,
-                    payloads = done.payloads,
-                    dead_letters = done.dead_letters
-                );
+                events::PostsErased::Run(done).emit();
                 total.add(done);
             }
             Err(error) => {
@@ -490,9 +489,9 @@ pub async fn erase_deleted_posts(
             }
         }
     }
-    match compliance::backlog(pool).await {
-        Ok(backlog) => metrics::gauge!("aaa_watermark_erase_backlog").set(backlog as f64),
-        Err(error) => tracing::warn!(message = "erase backlog not read", error = %error),
+    events::EraseBacklog {
+        posts: compliance::backlog(pool).await.as_ref().copied(),
     }
+    .emit();
     Some(total)
 }

@@ -9,8 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use aaa_common::observe::InternalEvent;
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
+
+use crate::events::{PayloadsDropped, PruningEnded, RepeatedChangesDropped, RowsPruned, TableSize};
 
 /// How long things are kept.
 #[derive(Debug, Clone, Copy)]
@@ -119,16 +122,21 @@ pub async fn prune(
                 .await?
                 .rows_affected();
             total += done;
-            metrics::counter!("aaa_watermark_pruned_rows_total", "table" => rule.table)
-                .increment(done);
+            RowsPruned {
+                table: rule.table,
+                rows: done,
+            }
+            .emit();
             if done < retention.batch.max(1) as u64 {
                 break;
             }
         }
         deleted.insert(rule.table, total);
     }
-    metrics::histogram!("aaa_watermark_maintenance_seconds")
-        .record(started.elapsed().as_secs_f64());
+    PruningEnded {
+        elapsed: started.elapsed(),
+    }
+    .emit();
     Ok(deleted)
 }
 
@@ -182,7 +190,7 @@ pub async fn drop_old_payloads(
         .await?;
         tx.commit().await?;
         total += dropped;
-        metrics::counter!("aaa_watermark_dropped_payloads_total").increment(dropped);
+        PayloadsDropped { rows: dropped }.emit();
         if old < next.len() || next.len() < batch as usize {
             break;
         }
@@ -203,9 +211,7 @@ pub async fn report_sizes(pool: &PgPool) -> Result<(), sqlx::Error> {
     .fetch_all(pool)
     .await?;
     for (table, rows, bytes) in sizes {
-        metrics::gauge!("aaa_table_rows_estimate", "table" => table.clone())
-            .set(f64::from(rows.max(0.0)));
-        metrics::gauge!("aaa_table_bytes", "table" => table).set(bytes as f64);
+        TableSize { table, rows, bytes }.emit();
     }
     Ok(())
 }
@@ -239,13 +245,9 @@ pub async fn drop_repeated_relationship_changes(
     .execute(pool)
     .await?
     .rows_affected();
-    metrics::counter!(REPEATED_CHANGES_DROPPED).increment(dropped);
+    RepeatedChangesDropped { rows: dropped }.emit();
     Ok(dropped)
 }
-
-/// Relationship changes dropped as copies of the change before them.
-pub const REPEATED_CHANGES_DROPPED: &str =
-    "aaa_watermark_repeated_relationship_changes_dropped_total";
 
 /// Makes `x_prices` the configured prices. Every replica writes them when
 /// it starts, often at the same moment: an upsert and a delete of what is
@@ -290,25 +292,4 @@ pub async fn charges_on(
         duplicates_absorbed: absorbed,
         duplicates_billed: billed_again,
     })
-}
-
-/// Every pruned table's counter at zero from the start.
-pub fn register() {
-    for table in [
-        "coverage_heartbeats",
-        "webhook_validity",
-        "replay_windows",
-        "x_api_requests",
-        "dead_letters",
-    ] {
-        metrics::counter!("aaa_watermark_pruned_rows_total", "table" => table).increment(0);
-    }
-    metrics::counter!(crate::events::MAINTENANCE_FAILURES).increment(0);
-    metrics::counter!("aaa_watermark_dropped_payloads_total").increment(0);
-    metrics::counter!(REPEATED_CHANGES_DROPPED).increment(0);
-    metrics::counter!("aaa_watermark_erased_posts_total").increment(0);
-    metrics::counter!("aaa_watermark_erased_payloads_total").increment(0);
-    metrics::counter!("aaa_watermark_erased_dead_letters_total").increment(0);
-    metrics::gauge!("aaa_watermark_erase_backlog").set(0.0);
-    aaa_common::observe::InternalEvent::emit(crate::events::ChargesToday::default());
 }

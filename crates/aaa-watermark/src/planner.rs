@@ -25,8 +25,9 @@ pub enum Step {
     },
 }
 
-/// What a replay window is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a replay window is for (`replay_windows.kind`, bound as text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum WindowKind {
     /// Coverage found minutes nobody can prove were delivered.
     Gap,

@@ -10,8 +10,10 @@ use sqlx::{PgConnection, PgPool};
 use crate::coverage::{Heartbeat, Interval};
 use crate::planner::WindowKind;
 
-/// Where a replay window is in its life (`replay_windows.state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where a replay window is in its life (`replay_windows.state`, bound as
+/// text: no state is spelt in a statement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum WindowState {
     /// Waiting for its turn (the webhook's job slot, X's budget, a backoff).
     Pending,
@@ -460,8 +462,8 @@ pub async fn insert_window(
     .bind(&lease.webhook)
     .bind(window.from)
     .bind(window.to)
-    .bind(kind.as_str())
-    .bind(state.as_str())
+    .bind(kind)
+    .bind(state)
     .bind(now)
     .bind(&lease.holder)
     .bind(lease.generation)
@@ -476,9 +478,10 @@ pub async fn insert_window(
 
 pub async fn in_flight(conn: &mut PgConnection, webhook: &str) -> Result<Option<InFlight>> {
     sqlx::query_as(
-        "SELECT id, job_id, submitted_at, fence_at, created_at, kind, attempts FROM replay_windows WHERE webhook_id = $1 AND state = 'submitted'",
+        "SELECT id, job_id, submitted_at, fence_at, created_at, kind, attempts FROM replay_windows WHERE webhook_id = $1 AND state = $2",
     )
     .bind(webhook)
+    .bind(WindowState::Submitted)
     .fetch_optional(&mut *conn)
     .await
 }
@@ -501,7 +504,7 @@ pub async fn set_fence(
     at: DateTime<Utc>,
 ) -> Result<bool> {
     const SQL: &str = concat!(
-        "UPDATE replay_windows SET fence_at = $2 WHERE id = $1 AND state = 'submitted' AND job_id = $3 AND fence_at IS NULL AND ",
+        "UPDATE replay_windows SET fence_at = $2 WHERE id = $1 AND state = $6 AND job_id = $3 AND fence_at IS NULL AND ",
         still_held!("4", "5")
     );
     let result = sqlx::query(SQL)
@@ -510,6 +513,7 @@ pub async fn set_fence(
         .bind(&job.job_id)
         .bind(&lease.holder)
         .bind(lease.generation)
+        .bind(WindowState::Submitted)
         .execute(&mut *conn)
         .await?;
     Ok(applied(result))
@@ -524,8 +528,8 @@ pub async fn reconcile(
     at: DateTime<Utc>,
 ) -> Result<Option<(i64, i64)>> {
     const SQL: &str = concat!(
-        "UPDATE replay_windows SET state = 'reconciled', reconciled_at = $2
-         WHERE id = $1 AND state = 'submitted' AND job_id = $3 AND ",
+        "UPDATE replay_windows SET state = $6, reconciled_at = $2
+         WHERE id = $1 AND state = $7 AND job_id = $3 AND ",
         still_held!("4", "5"),
         "
          RETURNING recovered, duplicates"
@@ -536,6 +540,8 @@ pub async fn reconcile(
         .bind(&job.job_id)
         .bind(&lease.holder)
         .bind(lease.generation)
+        .bind(WindowState::Reconciled)
+        .bind(WindowState::Submitted)
         .fetch_optional(&mut *conn)
         .await
 }
@@ -549,8 +555,8 @@ pub async fn requeue(
     why: &str,
 ) -> Result<bool> {
     const SQL: &str = concat!(
-        "UPDATE replay_windows SET state = 'pending', job_id = NULL, fence_at = NULL, next_attempt_at = $2, last_error = $3
-         WHERE id = $1 AND state = 'submitted' AND job_id = $4 AND ",
+        "UPDATE replay_windows SET state = $7, job_id = NULL, fence_at = NULL, next_attempt_at = $2, last_error = $3
+         WHERE id = $1 AND state = $8 AND job_id = $4 AND ",
         still_held!("5", "6")
     );
     let result = sqlx::query(SQL)
@@ -560,6 +566,8 @@ pub async fn requeue(
         .bind(&job.job_id)
         .bind(&lease.holder)
         .bind(lease.generation)
+        .bind(WindowState::Pending)
+        .bind(WindowState::Submitted)
         .execute(&mut *conn)
         .await?;
     Ok(applied(result))
@@ -574,11 +582,13 @@ pub async fn next_pending(
 ) -> Result<Option<PendingWindow>> {
     sqlx::query_as(
         "SELECT id, window_from, window_to, attempts, conflicts, kind FROM replay_windows
-         WHERE webhook_id = $1 AND state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
-         ORDER BY kind = 'audit', window_from LIMIT 1",
+         WHERE webhook_id = $1 AND state = $3 AND (next_attempt_at IS NULL OR next_attempt_at <= $2)
+         ORDER BY kind = $4, window_from LIMIT 1",
     )
     .bind(webhook)
     .bind(now)
+    .bind(WindowState::Pending)
+    .bind(WindowKind::Audit)
     .fetch_optional(&mut *conn)
     .await
 }
@@ -587,8 +597,10 @@ pub async fn next_pending(
 /// count is [`crate::decisions::gap_hold`]'s rule).
 pub async fn gaps_waiting(conn: &mut PgConnection) -> Result<Vec<String>> {
     sqlx::query_scalar(
-        "SELECT DISTINCT webhook_id FROM replay_windows WHERE kind = 'gap' AND state = 'pending'",
+        "SELECT DISTINCT webhook_id FROM replay_windows WHERE kind = $1 AND state = $2",
     )
+    .bind(WindowKind::Gap)
+    .bind(WindowState::Pending)
     .fetch_all(&mut *conn)
     .await
 }
@@ -626,7 +638,7 @@ pub async fn heartbeats_reach(
 /// Expires a pending window (it aged past what X replays).
 pub async fn expire(conn: &mut PgConnection, lease: &Lease, id: i64, why: &str) -> Result<bool> {
     const SQL: &str = concat!(
-        "UPDATE replay_windows SET state = 'expired', last_error = $2 WHERE id = $1 AND state = 'pending' AND ",
+        "UPDATE replay_windows SET state = $5, last_error = $2 WHERE id = $1 AND state = $6 AND ",
         still_held!("3", "4")
     );
     let result = sqlx::query(SQL)
@@ -634,6 +646,8 @@ pub async fn expire(conn: &mut PgConnection, lease: &Lease, id: i64, why: &str) 
         .bind(why)
         .bind(&lease.holder)
         .bind(lease.generation)
+        .bind(WindowState::Expired)
+        .bind(WindowState::Pending)
         .execute(&mut *conn)
         .await?;
     Ok(applied(result))
@@ -647,7 +661,7 @@ pub async fn trim_start(
     from: DateTime<Utc>,
 ) -> Result<bool> {
     const SQL: &str = concat!(
-        "UPDATE replay_windows SET window_from = $2 WHERE id = $1 AND state = 'pending' AND window_from = $3 AND ",
+        "UPDATE replay_windows SET window_from = $2 WHERE id = $1 AND state = $6 AND window_from = $3 AND ",
         still_held!("4", "5")
     );
     let result = sqlx::query(SQL)
@@ -656,6 +670,7 @@ pub async fn trim_start(
         .bind(window.from)
         .bind(&lease.holder)
         .bind(lease.generation)
+        .bind(WindowState::Pending)
         .execute(&mut *conn)
         .await?;
     Ok(applied(result))
@@ -671,12 +686,14 @@ pub async fn mark_submitted(
     at: DateTime<Utc>,
 ) -> Result<bool> {
     let result = sqlx::query(
-        "UPDATE replay_windows SET state = 'submitted', job_id = $2, submitted_at = $3, fence_at = NULL, attempts = attempts + 1, last_error = NULL
-         WHERE id = $1 AND state = 'pending'",
+        "UPDATE replay_windows SET state = $4, job_id = $2, submitted_at = $3, fence_at = NULL, attempts = attempts + 1, last_error = NULL
+         WHERE id = $1 AND state = $5",
     )
     .bind(id)
     .bind(job_id)
     .bind(at)
+    .bind(WindowState::Submitted)
+    .bind(WindowState::Pending)
     .execute(&mut *conn)
     .await?;
     Ok(applied(result))
@@ -692,7 +709,7 @@ pub async fn retry_later(
 ) -> Result<bool> {
     const SQL: &str = concat!(
         "UPDATE replay_windows SET attempts = attempts + 1, conflicts = conflicts + $4, next_attempt_at = $2, last_error = $3
-         WHERE id = $1 AND state = 'pending' AND ",
+         WHERE id = $1 AND state = $7 AND ",
         still_held!("5", "6")
     );
     let result = sqlx::query(SQL)
@@ -702,6 +719,7 @@ pub async fn retry_later(
         .bind(i32::from(conflict))
         .bind(&lease.holder)
         .bind(lease.generation)
+        .bind(WindowState::Pending)
         .execute(&mut *conn)
         .await?;
     Ok(applied(result))
@@ -736,9 +754,11 @@ pub async fn oldest_open_gap(
     webhook: &str,
 ) -> Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(
-        "SELECT min(window_from) FROM replay_windows WHERE webhook_id = $1 AND kind = 'gap' AND state IN ('pending', 'submitted')",
+        "SELECT min(window_from) FROM replay_windows WHERE webhook_id = $1 AND kind = $2 AND state = ANY($3)",
     )
     .bind(webhook)
+    .bind(WindowKind::Gap)
+    .bind([WindowState::Pending, WindowState::Submitted])
     .fetch_one(&mut *conn)
     .await
 }
