@@ -78,6 +78,6 @@ pub fn install_metrics() -> Result<PrometheusHandle, Error> {
             upkeep.run_upkeep();
         }
     });
-    metrics::gauge!("aaa_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    crate::events::BuildInfo.emit();
     Ok(handle)
 }

@@ -155,6 +155,70 @@ impl InternalEvent for KafkaReadFailed<'_> {
     }
 }
 
+/// How long the longest-waiting writer has waited (0 when none waits).
+pub struct Stalled {
+    pub for_: Duration,
+}
+
+impl InternalEvent for Stalled {
+    fn emit(self) {
+        metrics::gauge!(STALLED_SECONDS).set(self.for_.as_secs_f64());
+    }
+}
+
+/// The group's committed offset to the high watermark for a partition
+/// assigned to this replica (0: given up).
+pub struct PartitionLag {
+    pub partition: i32,
+    pub records: i64,
+}
+
+impl InternalEvent for PartitionLag {
+    fn emit(self) {
+        metrics::gauge!(LAG_RECORDS, "partition" => self.partition.to_string())
+            .set(self.records as f64);
+    }
+}
+
+/// A partition this replica no longer owns: its gauges read 0, so no
+/// replica reports a lag or offset it cannot change.
+pub struct PartitionRevoked {
+    pub partition: i32,
+}
+
+impl InternalEvent for PartitionRevoked {
+    fn emit(self) {
+        for gauge in [COMMITTED_OFFSET, LAG_RECORDS] {
+            metrics::gauge!(gauge, "partition" => self.partition.to_string()).set(0.0);
+        }
+    }
+}
+
+/// How far behind X's event time the newest event of a stored batch is.
+pub struct EventTimeLag {
+    pub seconds: f64,
+}
+
+impl InternalEvent for EventTimeLag {
+    fn emit(self) {
+        metrics::gauge!(EVENT_TIME_LAG_SECONDS).set(self.seconds);
+    }
+}
+
+/// Offsets committed to the group.
+pub struct OffsetCommitted {
+    pub partition: i32,
+    /// The next offset to read.
+    pub next: i64,
+}
+
+impl InternalEvent for OffsetCommitted {
+    fn emit(self) {
+        metrics::gauge!(COMMITTED_OFFSET, "partition" => self.partition.to_string())
+            .set(self.next as f64);
+    }
+}
+
 /// Every counter at zero from the start, so dashboards and alerts see the
 /// series before the first failure (an absent series is not a zero).
 pub fn register() {

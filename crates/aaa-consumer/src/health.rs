@@ -1,6 +1,7 @@
 //! /healthz and /readyz of the consumer, and how long stored batches have
 //! waited.
 
+use aaa_common::observe::InternalEvent;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,10 @@ impl Progress {
             // A waiting writer keeps the time it started waiting.
             *slot = since.map(|now| slot.unwrap_or(now));
         }
-        metrics::gauge!(events::STALLED_SECONDS).set(self.stalled_for().as_secs_f64());
+        events::Stalled {
+            for_: self.stalled_for(),
+        }
+        .emit();
     }
 
     /// Writer `writer` started on a batch (or failed on it): the wait
@@ -79,7 +83,10 @@ impl Progress {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            metrics::gauge!(events::STALLED_SECONDS).set(self.stalled_for().as_secs_f64());
+            events::Stalled {
+                for_: self.stalled_for(),
+            }
+            .emit();
         }
     }
 }

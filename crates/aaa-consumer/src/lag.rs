@@ -1,5 +1,6 @@
 //! How far this replica's partitions are behind.
 
+use aaa_common::observe::InternalEvent;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,11 +58,14 @@ pub async fn report_lag(consumer: Arc<GroupConsumer>, shutdown: CancellationToke
         let Some(lags) = lags else { continue };
         let assigned: std::collections::BTreeSet<i32> = lags.iter().map(|(p, _)| *p).collect();
         for revoked in reported.difference(&assigned) {
-            metrics::gauge!(events::LAG_RECORDS, "partition" => revoked.to_string()).set(0.0);
+            events::PartitionLag {
+                partition: *revoked,
+                records: 0,
+            }
+            .emit();
         }
-        for (partition, lag) in lags {
-            metrics::gauge!(events::LAG_RECORDS, "partition" => partition.to_string())
-                .set(lag as f64);
+        for (partition, records) in lags {
+            events::PartitionLag { partition, records }.emit();
         }
         reported = assigned;
     }

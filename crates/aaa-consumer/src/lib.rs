@@ -116,9 +116,7 @@ impl ConsumerContext for GroupContext {
             // Waits for a commit in progress, so none lands after this.
             self.ownership.revoke(partitions);
             for partition in numbers {
-                for gauge in [events::COMMITTED_OFFSET, events::LAG_RECORDS] {
-                    metrics::gauge!(gauge, "partition" => partition.to_string()).set(0.0);
-                }
+                events::PartitionRevoked { partition }.emit();
             }
         }
     }

@@ -211,8 +211,8 @@ impl InFlight {
                 return None; // shutting down mid-retry: records are re-read
             }
             if let Some(newest) = newest {
-                let lag = (clock.now() - newest).as_seconds_f64().max(0.0);
-                metrics::gauge!(events::EVENT_TIME_LAG_SECONDS).set(lag);
+                let seconds = (clock.now() - newest).as_seconds_f64().max(0.0);
+                events::EventTimeLag { seconds }.emit();
             }
             Some((offsets, epoch))
         });
@@ -373,8 +373,11 @@ fn commit(consumer: &GroupConsumer, next_offsets: &Offsets) -> bool {
     match consumer.commit(&offsets, CommitMode::Sync) {
         Ok(()) => {
             for ((_, partition), next) in next_offsets {
-                metrics::gauge!(events::COMMITTED_OFFSET, "partition" => partition.to_string())
-                    .set(next.offset as f64);
+                events::OffsetCommitted {
+                    partition: *partition,
+                    next: next.offset,
+                }
+                .emit();
             }
             true
         }

@@ -274,3 +274,163 @@ pub fn register(webhooks: &[String]) {
     metrics::counter!(HEARTBEAT_FAILURES).increment(0);
     metrics::gauge!(IN_FLIGHT).set(0.0);
 }
+
+pub const STREAM_DISCONNECTS: &str = "aaa_receiver_stream_disconnects_total";
+pub const STREAM_LINES: &str = "aaa_receiver_stream_lines_total";
+pub const STREAM_CONNECTED: &str = "aaa_receiver_stream_connected";
+pub const STREAM_LOCKED_OUT: &str = "aaa_receiver_stream_locked_out";
+
+/// Why a stream connection ended (`aaa_receiver_stream_disconnects_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disconnect {
+    /// X answered the connection with an error.
+    Refused,
+    /// 429 TooManyConnections: the lock-out.
+    TooManyConnections,
+    Transport,
+    /// No data or keep-alive for too long.
+    Stalled,
+    Closed,
+    BrokerUnavailable,
+}
+
+impl Disconnect {
+    pub const ALL: [Disconnect; 6] = [
+        Disconnect::Refused,
+        Disconnect::TooManyConnections,
+        Disconnect::Transport,
+        Disconnect::Stalled,
+        Disconnect::Closed,
+        Disconnect::BrokerUnavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disconnect::Refused => "refused",
+            Disconnect::TooManyConnections => "too_many_connections",
+            Disconnect::Transport => "transport",
+            Disconnect::Stalled => "stalled",
+            Disconnect::Closed => "closed",
+            Disconnect::BrokerUnavailable => "broker_unavailable",
+        }
+    }
+}
+
+/// What became of a stream line (`aaa_receiver_stream_lines_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamLine {
+    Produced,
+    /// X's in-band `{"errors": [...]}`: logged, not an event.
+    ErrorMessage,
+    /// Over the size limit: dropped whole, as the webhook answers 413.
+    Oversized,
+}
+
+impl StreamLine {
+    pub const ALL: [StreamLine; 3] = [
+        StreamLine::Produced,
+        StreamLine::ErrorMessage,
+        StreamLine::Oversized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamLine::Produced => "produced",
+            StreamLine::ErrorMessage => "error_message",
+            StreamLine::Oversized => "oversized",
+        }
+    }
+}
+
+pub struct StreamConnected {
+    pub backfill_minutes: u32,
+}
+
+impl InternalEvent for StreamConnected {
+    fn emit(self) {
+        metrics::gauge!(STREAM_CONNECTED).set(1.0);
+        tracing::info!(
+            message = "activity stream connected",
+            backfill_minutes = self.backfill_minutes
+        );
+    }
+}
+
+/// A connection ended; `reason` is `None` on shutdown (not counted).
+pub struct StreamDisconnected {
+    pub reason: Option<Disconnect>,
+}
+
+impl InternalEvent for StreamDisconnected {
+    fn emit(self) {
+        metrics::gauge!(STREAM_CONNECTED).set(0.0);
+        if let Some(reason) = self.reason {
+            metrics::counter!(STREAM_DISCONNECTS, "reason" => reason.as_str()).increment(1);
+        }
+    }
+}
+
+/// The lock-out began (why, and how long it stays away), or ended (`None`).
+pub struct StreamLockedOut<'a> {
+    pub ended: Option<(&'a dyn std::fmt::Display, Duration)>,
+}
+
+impl InternalEvent for StreamLockedOut<'_> {
+    fn emit(self) {
+        match self.ended {
+            Some((reason, wait)) => {
+                tracing::error!(message = "X refuses the activity stream: too many connections of this app (at most 2, and an abruptly dropped one counts for 15 to 20 minutes); staying away for the lock-out", reason = %reason, retry_in_ms = wait.as_millis() as u64);
+                metrics::gauge!(STREAM_LOCKED_OUT).set(1.0);
+            }
+            None => metrics::gauge!(STREAM_LOCKED_OUT).set(0.0),
+        }
+    }
+}
+
+pub struct StreamLinesDropped {
+    pub lines: u64,
+    pub limit: usize,
+}
+
+impl InternalEvent for StreamLinesDropped {
+    fn emit(self) {
+        tracing::error!(
+            message = "stream line over the size limit dropped",
+            limit = self.limit
+        );
+        metrics::counter!(STREAM_LINES, "outcome" => StreamLine::Oversized.as_str())
+            .increment(self.lines);
+    }
+}
+
+pub struct StreamErrorMessage<'a> {
+    pub errors: &'a serde_json::Value,
+}
+
+impl InternalEvent for StreamErrorMessage<'_> {
+    fn emit(self) {
+        tracing::warn!(message = "X sent an error on the activity stream", errors = %self.errors);
+        metrics::counter!(STREAM_LINES, "outcome" => StreamLine::ErrorMessage.as_str())
+            .increment(1);
+    }
+}
+
+pub struct StreamLineProduced;
+
+impl InternalEvent for StreamLineProduced {
+    fn emit(self) {
+        metrics::counter!(STREAM_LINES, "outcome" => StreamLine::Produced.as_str()).increment(1);
+    }
+}
+
+/// The stream's series at zero from the start.
+pub fn register_stream() {
+    for reason in Disconnect::ALL {
+        metrics::counter!(STREAM_DISCONNECTS, "reason" => reason.as_str()).increment(0);
+    }
+    for outcome in StreamLine::ALL {
+        metrics::counter!(STREAM_LINES, "outcome" => outcome.as_str()).increment(0);
+    }
+    metrics::gauge!(STREAM_CONNECTED).set(0.0);
+    metrics::gauge!(STREAM_LOCKED_OUT).set(0.0);
+}

@@ -226,7 +226,7 @@ pub async fn run(
                         "AAA_STREAM_URL needs AAA_X_BEARER_TOKEN (the app's bearer token)".into(),
                     )
                 })?;
-            stream::register();
+            events::register_stream();
             tracing::info!(message = "reading the activity stream", url = %url);
             Some(tokio::spawn(stream::run(
                 stream::StreamSource {

@@ -14,10 +14,15 @@ use std::time::Duration;
 
 use aaa_common::Clock;
 use aaa_common::kafka::headers;
+use aaa_common::observe::InternalEvent;
 use rdkafka::message::{Header, OwnedHeaders};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{
+    Disconnect, StreamConnected, StreamDisconnected, StreamErrorMessage, StreamLineProduced,
+    StreamLinesDropped, StreamLockedOut,
+};
 use crate::producer::RawProducer;
 
 /// The `aaa-webhook-id` header of records read from the stream.
@@ -64,35 +69,18 @@ enum Ended {
 }
 
 impl Ended {
-    fn label(&self) -> &'static str {
-        match self {
-            Ended::Refused { .. } => "refused",
-            Ended::LockedOut { .. } => "too_many_connections",
-            Ended::Transport(_) => "transport",
-            Ended::Stalled(_) => "stalled",
-            Ended::Closed => "closed",
-            Ended::Broker(_) => "broker_unavailable",
-            Ended::Shutdown => "shutdown",
-        }
+    /// Why, as counted; `None` for a shutdown (no disconnect).
+    fn reason(&self) -> Option<Disconnect> {
+        Some(match self {
+            Ended::Refused { .. } => Disconnect::Refused,
+            Ended::LockedOut { .. } => Disconnect::TooManyConnections,
+            Ended::Transport(_) => Disconnect::Transport,
+            Ended::Stalled(_) => Disconnect::Stalled,
+            Ended::Closed => Disconnect::Closed,
+            Ended::Broker(_) => Disconnect::BrokerUnavailable,
+            Ended::Shutdown => return None,
+        })
     }
-}
-
-pub fn register() {
-    for reason in [
-        "refused",
-        "too_many_connections",
-        "transport",
-        "stalled",
-        "closed",
-        "broker_unavailable",
-    ] {
-        metrics::counter!("aaa_receiver_stream_disconnects_total", "reason" => reason).increment(0);
-    }
-    for outcome in ["produced", "error_message", "oversized"] {
-        metrics::counter!("aaa_receiver_stream_lines_total", "outcome" => outcome).increment(0);
-    }
-    metrics::gauge!("aaa_receiver_stream_connected").set(0.0);
-    metrics::gauge!("aaa_receiver_stream_locked_out").set(0.0);
 }
 
 /// Reads the stream until `shutdown`, reconnecting forever.
@@ -123,12 +111,13 @@ pub async fn run(
             &http, &source, backfill, &producer, &topic, clock, &shutdown,
         )
         .await;
-        metrics::gauge!("aaa_receiver_stream_connected").set(0.0);
+        StreamDisconnected {
+            reason: ended.reason(),
+        }
+        .emit();
         if matches!(ended, Ended::Shutdown) {
             return;
         }
-        metrics::counter!("aaa_receiver_stream_disconnects_total", "reason" => ended.label())
-            .increment(1);
         if delivered {
             backoff = Duration::from_secs(1);
         }
@@ -138,13 +127,15 @@ pub async fn run(
             // extend it: stay away for the whole of it, once.
             Ended::LockedOut { reset, .. } => {
                 let wait = lockout_wait(*reset, source.lockout, clock);
-                tracing::error!(message = "X refuses the activity stream: too many connections of this app (at most 2, and an abruptly dropped one counts for 15 to 20 minutes); staying away for the lock-out", reason = %ended, retry_in_ms = wait.as_millis() as u64);
-                metrics::gauge!("aaa_receiver_stream_locked_out").set(1.0);
+                StreamLockedOut {
+                    ended: Some((&ended, wait)),
+                }
+                .emit();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                metrics::gauge!("aaa_receiver_stream_locked_out").set(0.0);
+                StreamLockedOut { ended: None }.emit();
                 continue;
             }
             _ => backoff + jitter,
@@ -210,11 +201,10 @@ async fn connection(
         }
         Err(error) => return (Ended::Transport(error.to_string()), false),
     };
-    metrics::gauge!("aaa_receiver_stream_connected").set(1.0);
-    tracing::info!(
-        message = "activity stream connected",
-        backfill_minutes = backfill
-    );
+    StreamConnected {
+        backfill_minutes: u32::from(backfill),
+    }
+    .emit();
     let mut lines = LineSplitter::new(source.max_line_bytes);
     let mut delivered = false;
     loop {
@@ -231,12 +221,11 @@ async fn connection(
         let (complete, oversized) = lines.push(&bytes);
         if oversized > 0 {
             // Dropped whole, as the webhook answers 413.
-            tracing::error!(
-                message = "stream line over the size limit dropped",
-                limit = source.max_line_bytes
-            );
-            metrics::counter!("aaa_receiver_stream_lines_total", "outcome" => "oversized")
-                .increment(oversized);
+            StreamLinesDropped {
+                lines: oversized,
+                limit: source.max_line_bytes,
+            }
+            .emit();
         }
         for line in complete {
             if let Err(error) = produce(&line, producer, topic, clock).await {
@@ -305,9 +294,10 @@ async fn produce(
         && object.contains_key("errors")
         && !object.contains_key("data")
     {
-        tracing::warn!(message = "X sent an error on the activity stream", errors = %object["errors"]);
-        metrics::counter!("aaa_receiver_stream_lines_total", "outcome" => "error_message")
-            .increment(1);
+        StreamErrorMessage {
+            errors: &object["errors"],
+        }
+        .emit();
         return Ok(());
     }
     let key = aaa_events::probe_partition_key(line).unwrap_or_else(|| STREAM_ID.to_owned());
@@ -325,7 +315,7 @@ async fn produce(
         .send(topic, &key, line, record_headers)
         .await
         .map_err(|e| e.to_string())?;
-    metrics::counter!("aaa_receiver_stream_lines_total", "outcome" => "produced").increment(1);
+    StreamLineProduced.emit();
     Ok(())
 }
 

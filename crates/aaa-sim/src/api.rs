@@ -1,6 +1,7 @@
 //! The simulated X API v2: webhooks, subscriptions and both replay endpoints,
 //! with X's validation, error reasons and rate limits.
 
+use aaa_common::observe::InternalEvent;
 use std::collections::HashMap;
 
 use aaa_replay_window::Rules;
@@ -94,8 +95,11 @@ async fn api_faults(State(sim): State<Sim>, request: Request, next: Next) -> Res
         next.run(request).await
     };
     let endpoint = path.split('/').take(4).collect::<Vec<_>>().join("/");
-    metrics::counter!("aaa_sim_api_requests_total", "endpoint" => endpoint, "status" => response.status().as_u16().to_string())
-        .increment(1);
+    crate::events::ApiAnswered {
+        endpoint,
+        status: response.status().as_u16(),
+    }
+    .emit();
     // X's clock, not the machine's: the simulated one, and skewed if asked.
     let mut response = response;
     let date = x_now(&sim).format("%a, %d %b %Y %H:%M:%S GMT").to_string();

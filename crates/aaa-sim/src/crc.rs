@@ -2,6 +2,7 @@
 //! before a replay, and on a schedule. A wrong or slow answer invalidates
 //! the webhook; while invalid, nothing is delivered or retried.
 
+use aaa_common::observe::InternalEvent;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -43,11 +44,11 @@ pub async fn challenge(sim: &Sim, url: &str) -> Result<(), String> {
         Ok(())
     }
     .await;
-    let label = if outcome.is_ok() { "ok" } else { "failed" };
-    metrics::counter!("aaa_sim_crc_checks_total", "outcome" => label).increment(1);
-    if let Err(reason) = &outcome {
-        tracing::warn!(message = "CRC failed", url, reason = %reason);
+    crate::events::CrcChecked {
+        url,
+        failure: outcome.as_ref().err().map(String::as_str),
     }
+    .emit();
     outcome
 }
 

@@ -3,6 +3,7 @@
 
 use crate::Sim;
 use crate::state::{Attempt, Route};
+use aaa_common::observe::InternalEvent;
 
 async fn post(sim: &Sim, url: &str, body: &[u8]) -> (String, bool) {
     let signature = aaa_signing::sign(sim.consumer_secret(), body);
@@ -59,8 +60,7 @@ pub(crate) fn record_via(
     outcome: &str,
     ok: bool,
 ) {
-    let result = if ok { "ok" } else { "failed" };
-    metrics::counter!("aaa_sim_deliveries_total", "route" => via, "result" => result).increment(1);
+    crate::events::DeliveryAttempted { via, ok }.emit();
     let at = sim.clock.now();
     let mut world = sim.world();
     if let Some(owed) = world.owed.get_mut(seq as usize) {

@@ -14,6 +14,7 @@ mod api;
 mod control;
 mod crc;
 mod delivery;
+mod events;
 pub mod faults;
 pub mod generate;
 mod replay;
@@ -22,6 +23,7 @@ pub mod state;
 pub mod stream;
 pub mod xaa;
 
+use aaa_common::observe::InternalEvent;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -504,7 +506,10 @@ pub fn generate(sim: &Sim, n: usize) -> usize {
             };
             world.activities += 1;
             let activity_id = world.activities;
-            metrics::counter!("aaa_sim_activities_total", "kind" => activity.kind).increment(1);
+            events::ActivityGenerated {
+                kind: activity.kind,
+            }
+            .emit();
             for delivery in &activity.deliveries {
                 for (webhook_id, body, attempted) in routes(
                     &world,

@@ -2,6 +2,7 @@
 //! re-delivered once (no retries), then `replay_job_status` says Complete or
 //! Incomplete and the webhook is free again.
 
+use aaa_common::observe::InternalEvent;
 use aaa_replay_window::Window;
 use chrono::TimeDelta;
 use futures::StreamExt as _;
@@ -39,7 +40,7 @@ pub fn open_job(
         endpoint,
     };
     world.jobs.push(job.clone());
-    metrics::counter!("aaa_sim_replay_jobs_total", "state" => "started").increment(1);
+    crate::events::ReplayJobState { state: "started" }.emit();
     Ok(job)
 }
 
@@ -145,6 +146,6 @@ fn finish(sim: &Sim, job: &Job, state: &'static str, description: &str) {
             body.to_string().into_bytes(),
         )
     };
-    metrics::counter!("aaa_sim_replay_jobs_total", "state" => state).increment(1);
+    crate::events::ReplayJobState { state }.emit();
     delivery::spawn_live(sim.clone(), seq, 0);
 }

@@ -6,6 +6,7 @@
 //! (X does not document this one's): one JSON object per `\r\n`-terminated
 //! line, and a bare `\r\n` keep-alive every few seconds.
 
+use aaa_common::observe::InternalEvent;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +68,10 @@ impl Drop for Slot {
         if self.lockout > TimeDelta::zero() {
             slots.held_until.push(self.clock.now() + self.lockout);
         }
-        metrics::gauge!("aaa_sim_stream_open_connections").set(slots.open as f64);
+        crate::events::StreamOpen {
+            connections: slots.open,
+        }
+        .emit();
     }
 }
 
@@ -80,7 +84,10 @@ fn take_slot(sim: &Sim) -> Result<Slot, Option<chrono::DateTime<chrono::Utc>>> {
         return Err(slots.held_until.iter().min().copied());
     }
     slots.open += 1;
-    metrics::gauge!("aaa_sim_stream_open_connections").set(slots.open as f64);
+    crate::events::StreamOpen {
+        connections: slots.open,
+    }
+    .emit();
     Ok(Slot {
         slots: sim.stream.slots.clone(),
         clock: sim.clock,
@@ -156,7 +163,7 @@ async fn connect(
     let slot = match take_slot(&sim) {
         Ok(slot) => slot,
         Err(until) => {
-            metrics::counter!("aaa_sim_stream_refused_total").increment(1);
+            crate::events::StreamRefused.emit();
             return too_many_connections(until);
         }
     };
@@ -177,7 +184,7 @@ async fn connect(
     for (seq, _) in &replayed {
         record(&sim, *seq, "stream backfill", true);
     }
-    metrics::counter!("aaa_sim_stream_connections_total").increment(1);
+    crate::events::StreamAccepted.emit();
     tracing::info!(
         message = "stream connected",
         backfill_minutes = backfill,

@@ -7,6 +7,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::events::XRequestAnswered;
 use crate::{Credentials, XApiArgs, XError};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,13 +162,12 @@ impl XClient {
                 .entry(endpoint)
                 .or_default() += 1;
             let result = self.once(build()?).await;
-            metrics::histogram!("aaa_xapi_request_duration_seconds", "endpoint" => endpoint)
-                .record(started.elapsed().as_secs_f64());
-            let outcome = match &result {
-                Ok(_) => "ok",
-                Err(err) => err.label(),
-            };
-            metrics::counter!("aaa_xapi_requests_total", "endpoint" => endpoint, "outcome" => outcome).increment(1);
+            XRequestAnswered {
+                endpoint,
+                elapsed: started.elapsed(),
+                error: result.as_ref().err(),
+            }
+            .emit();
             match result {
                 Err(err)
                     if attempt < attempts

@@ -9,6 +9,7 @@ mod activity;
 mod client;
 mod credentials;
 mod error;
+mod events;
 
 pub use activity::{
     AccountStatus, ActivityFilter, ActivitySubscription, BulkDeleted, MAX_TAG, MigrationStatus,
