@@ -5,7 +5,8 @@
 use aaa_xapi::{ActivityFilter, ActivitySubscription, NewActivitySubscription, XClient, XError};
 use serde_json::json;
 
-use crate::ops::{OpsArgs, print, table};
+use crate::error::CliError;
+use crate::ops::base::{OpsArgs, print, table};
 
 #[derive(Clone, clap::Subcommand)]
 pub enum ActivityCommand {
@@ -228,7 +229,11 @@ fn listing(args: &OpsArgs, subscriptions: &[ActivitySubscription], stored: Optio
     });
 }
 
-pub async fn activity(args: &OpsArgs, x: &XClient, command: ActivityCommand) -> Result<(), XError> {
+pub async fn activity(
+    args: &OpsArgs,
+    x: &XClient,
+    command: ActivityCommand,
+) -> Result<(), CliError> {
     match command {
         ActivityCommand::Create {
             event_type,
@@ -306,11 +311,11 @@ pub async fn activity(args: &OpsArgs, x: &XClient, command: ActivityCommand) -> 
                 || table(&["subscription_id", "result", "message"], lines),
             );
             if !result.failed.is_empty() {
-                return Err(XError::Unexpected(format!(
-                    "{} of {} subscriptions not deleted",
-                    result.failed.len(),
-                    ids.len()
-                )));
+                return Err(CliError::PartlyRefused {
+                    what: "subscriptions not deleted",
+                    refused: result.failed.len(),
+                    of: ids.len(),
+                });
             }
         }
     }
@@ -429,7 +434,7 @@ pub async fn migrate(
     x: &XClient,
     webhook: &str,
     dry_run: bool,
-) -> Result<(), XError> {
+) -> Result<(), CliError> {
     let accounts = x.list_subscriptions(webhook).await?;
     let existing = x.list_activity_subscriptions().await?;
     let plan = aaa_xapi::plan_migration(webhook, &accounts, &existing);
@@ -465,7 +470,7 @@ pub async fn migrate(
                         i,
                         plan.len()
                     );
-                    return Err(error);
+                    return Err(error.into());
                 }
                 Err(error) => failed.push((new.clone(), error.to_string())),
             }
@@ -501,15 +506,10 @@ pub async fn migrate(
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(XError::Refused {
-            status: 400,
-            reason: aaa_xapi::Reason::Other("MigrationIncomplete".into()),
-            message: format!(
-                "{} of {} subscriptions refused (see the table); run again after fixing the cause",
-                failed.len(),
-                plan.len()
-            ),
-            body: String::new(),
+        Err(CliError::PartlyRefused {
+            what: "subscriptions refused (see the table); run again after fixing the cause",
+            refused: failed.len(),
+            of: plan.len(),
         })
     }
 }
