@@ -1,6 +1,11 @@
-//! What every service reports about itself.
+//! What every service reports about itself, and the shape every crate's
+//! events take.
 
-use crate::observe::InternalEvent;
+/// Something that happened, logged and counted in one place (Vector's
+/// internal events): each crate's `events.rs` holds one type per event.
+pub trait InternalEvent {
+    fn emit(self);
+}
 
 pub const BUILD_INFO: &str = "aaa_build_info";
 

@@ -2,7 +2,7 @@
 
 pub mod admin;
 pub mod clock;
-mod events;
+pub mod events;
 pub mod kafka;
 pub mod observe;
 pub mod shutdown;

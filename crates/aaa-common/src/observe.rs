@@ -8,10 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::Error;
 
-/// Something that happened, logged and counted in one place.
-pub trait InternalEvent {
-    fn emit(self);
-}
+pub use crate::events::InternalEvent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

@@ -102,22 +102,12 @@ pub struct ActivityError {
     pub path: String,
 }
 
-pub fn parse_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
-    let Value::Object(object) = value else {
-        return Err(EnvelopeError::NotAnObject);
-    };
-    let raw = raw_members(body);
-    if crate::xaa::is_xaa(&object) {
-        let data = raw
-            .get("data")
-            .map(|data| raw_members(data.get().as_bytes()))
-            .unwrap_or_default();
-        let raw_payload = data.get("payload").map(|p| p.get().to_owned());
-        let raw_uuid = data.get("event_uuid").map(|u| u.get().to_owned());
-        return crate::xaa::parse(object, raw_payload, raw_uuid);
-    }
+/// Splits an Account Activity envelope (`object`, with `raw`: its members'
+/// JSON text as sent) into its activities.
+pub(crate) fn parse_aaa(
+    object: Map<String, Value>,
+    raw: &BTreeMap<String, &RawValue>,
+) -> Result<Envelope, EnvelopeError> {
     let keys = object.keys().cloned().collect::<Vec<_>>().join(", ");
 
     let mut context = Map::new();
@@ -181,7 +171,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, EnvelopeError> {
 }
 
 /// The top-level members of a JSON object as the text they were sent as.
-fn raw_members(json: &[u8]) -> BTreeMap<String, &RawValue> {
+pub(crate) fn raw_members(json: &[u8]) -> BTreeMap<String, &RawValue> {
     serde_json::from_slice(json).unwrap_or_default()
 }
 
@@ -206,6 +196,7 @@ fn activity(kind: ActivityKind, payload: Value, index: usize) -> Result<Activity
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::parse_envelope;
     use serde_json::json;
 
     fn parse(value: Value) -> Envelope {

@@ -10,13 +10,15 @@ pub mod erase;
 mod kind;
 mod natural_key;
 pub mod normalize;
+mod parse;
 mod time;
 pub mod xaa;
 
-pub use envelope::{Activity, ActivityError, Envelope, EnvelopeError, parse_envelope};
+pub use envelope::{Activity, ActivityError, Envelope, EnvelopeError};
 pub use kind::ActivityKind;
 pub use natural_key::canonical_json;
 pub use normalize::{NormalizeError, Record, normalize};
+pub use parse::parse_envelope;
 pub use time::parse_event_time;
 
 /// Finds `for_user_id` (string or integer) without building the whole

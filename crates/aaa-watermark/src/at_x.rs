@@ -20,7 +20,6 @@ use crate::events::{
     Revalidated, WebhookInvalidAtX, WebhookListUnread, WebhookUnknownAtX, WebhookValidity,
     XBudgetUsedUp, XClockSkew, XOutcomeNotRecorded,
 };
-use crate::service::Round;
 use crate::{Error, WatermarkArgs, store};
 
 /// Endpoint names in `x_api_requests` (and aaa-xapi's metrics).
@@ -155,33 +154,38 @@ impl AtX {
         Ok(listed.answer.clone())
     }
 
-    /// Records X's view of the round's webhook (re-validating it when X
+    /// Records X's view of `webhook` (re-validating it when X
     /// lists it invalid); returns when X registered it.
     pub async fn check_validity(
         &self,
-        round: &mut Round<'_>,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, Error> {
-        let (webhook, now) = (round.webhook, round.now);
-        let Some((checked_at, listed)) = self.webhooks(round.conn, now).await? else {
+        let Some((checked_at, listed)) = self.webhooks(conn, now).await? else {
             return Ok(None);
         };
         let Some(found) = listed.iter().find(|w| w.id == webhook) else {
             WebhookUnknownAtX { webhook }.emit();
             return Ok(None);
         };
-        let revalidated = !found.valid && self.revalidate(round).await?;
+        let revalidated = !found.valid && self.revalidate(conn, webhook, now).await?;
         let (valid, samples) = validity_samples(found.valid, revalidated, checked_at, now);
         WebhookValidity { webhook, valid }.emit();
         for (at, valid) in samples {
-            store::record_validity(round.conn, webhook, at, valid).await?;
+            store::record_validity(conn, webhook, at, valid).await?;
         }
         Ok(registered_at(found.created_at.as_deref()))
     }
 
     /// Asks X to re-validate an invalid webhook, unless a failed attempt
     /// backed it off or the budget is used up; `true` when X re-validated it.
-    async fn revalidate(&self, round: &mut Round<'_>) -> Result<bool, Error> {
-        let (webhook, now) = (round.webhook, round.now);
+    async fn revalidate(
+        &self,
+        conn: &mut PgConnection,
+        webhook: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
         let not_before = self
             .revalidate_after
             .lock()
@@ -198,13 +202,13 @@ impl AtX {
             return Ok(false);
         }
         let Some(reserved) = self
-            .reserve(round.conn, WEBHOOKS_VALIDATE, self.list_limit, now)
+            .reserve(conn, WEBHOOKS_VALIDATE, self.list_limit, now)
             .await?
         else {
             return Ok(false);
         };
         let answer = self.x.validate_webhook(webhook).await;
-        self.record(round.conn, reserved, &answer).await;
+        self.record(conn, reserved, &answer).await;
         let failure = match answer {
             Ok(true) => None,
             result => Some(format!("{:?}", result.map_err(|e| e.to_string()))),

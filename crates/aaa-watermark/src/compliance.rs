@@ -16,12 +16,9 @@
 
 use std::collections::BTreeMap;
 
-use aaa_common::observe::InternalEvent;
 use aaa_events::erase::erase_post;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
-
-use crate::events::PostsErased;
 
 /// What one call did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +91,6 @@ pub async fn erase_deleted(
     if !first.is_empty() {
         done.dead_letters = erase_dead_letters(pool, &first).await?;
     }
-    PostsErased::Call(done).emit();
     Ok(done)
 }
 

@@ -700,29 +700,22 @@ impl InternalEvent for RepeatedChangesDropped {
     }
 }
 
-/// Deleted posts erased by one call (counted), or by a whole maintenance
-/// run (logged).
-pub enum PostsErased {
-    Call(Erased),
-    Run(Erased),
-}
+/// Deleted posts erased (or checked again) by one call of a maintenance run.
+pub struct PostsErased(pub Erased);
 
 impl InternalEvent for PostsErased {
     fn emit(self) {
-        match self {
-            PostsErased::Call(done) => {
-                metrics::counter!(ERASED_POSTS).increment(done.posts);
-                metrics::counter!(ERASED_PAYLOADS).increment(done.payloads);
-                metrics::counter!(ERASED_DEAD_LETTERS).increment(done.dead_letters);
-            }
-            PostsErased::Run(done) => tracing::info!(
-                message = "deleted posts erased",
-                posts = done.posts,
-                checked = done.checked,
-                payloads = done.payloads,
-                dead_letters = done.dead_letters
-            ),
-        }
+        let done = self.0;
+        metrics::counter!(ERASED_POSTS).increment(done.posts);
+        metrics::counter!(ERASED_PAYLOADS).increment(done.payloads);
+        metrics::counter!(ERASED_DEAD_LETTERS).increment(done.dead_letters);
+        tracing::info!(
+            message = "deleted posts erased",
+            posts = done.posts,
+            checked = done.checked,
+            payloads = done.payloads,
+            dead_letters = done.dead_letters
+        );
     }
 }
 

@@ -6,97 +6,94 @@ use aaa_common::observe::InternalEvent;
 
 use crate::decisions::{JobOutcome, JobSeen, JobState, JobStep, backoff, follow_job};
 use crate::events::{JobCompleteAtX, JobReconciled, JobRequeued};
-use crate::service::{Round, Watermark};
+use crate::round::Round;
 use crate::{Error, store};
 
-impl Watermark {
-    /// Follows the job in flight; `true` while one is still running.
-    pub(crate) async fn follow_in_flight(
-        &self,
-        round: &mut Round<'_>,
-        horizon: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<bool, Error> {
-        let (webhook, lease, now) = (round.webhook, round.lease, round.now);
-        let Some(job) = store::in_flight(round.conn, webhook).await? else {
-            return Ok(false);
-        };
-        let job_state = store::job_state(round.conn, job.job_id.as_deref()).await?;
-        let job_id = job.job_id.as_deref().unwrap_or_default();
-        let heartbeats = match (job.fence_at, job.submitted_at) {
-            (Some(_), Some(submitted_at)) => {
-                store::heartbeats_since(round.conn, webhook, submitted_at).await?
-            }
-            _ => Vec::new(),
-        };
-        let seen = JobSeen {
-            job_state: job_state.as_deref().map(JobState::of),
-            fence_at: job.fence_at,
-            submitted_at: job.submitted_at,
-            horizon,
-            heartbeats: &heartbeats,
-        };
-        let requeued = |outcome, job_state| JobRequeued {
-            webhook,
-            job_id,
-            outcome,
-            job_state,
-        };
-        match follow_job(seen, now, self.job_timeout) {
-            JobStep::Running | JobStep::AwaitConsumer => Ok(true),
-            JobStep::FenceNow => {
-                // The round's own fences were written before the completion
-                // was read; a delivery still in flight then would be missed.
-                let fenced_at = self.clock.now();
-                if self.fences.write(fenced_at).await {
-                    let applied = store::set_fence(round.conn, lease, &job, fenced_at).await?;
-                    round.applied(applied)?;
-                    JobCompleteAtX { webhook, job_id }.emit();
-                }
-                Ok(true)
-            }
-            JobStep::Reconcile => {
-                let Some((recovered, duplicates)) =
-                    store::reconcile(round.conn, lease, &job, now).await?
-                else {
-                    return Err(round.lease_lost());
-                };
-                JobReconciled {
-                    webhook,
-                    job_id,
-                    kind: job.kind,
-                    recovered,
-                    duplicates,
-                    took: now - job.created_at,
-                }
-                .emit();
-                Ok(false)
-            }
-            JobStep::ReceiversMissedIt => {
-                let why = "X reported Complete, but the receivers refused deliveries (or did not report) while the job ran";
-                // Backed off: whatever made the receivers refuse (an
-                // outsider holding their slots) may still be there, and
-                // each submission spends X's budget.
-                let again = now + backoff(self.backoff, job.attempts);
-                let applied = store::requeue(round.conn, lease, &job, again, why).await?;
+/// Follows the job in flight; `true` while one is still running.
+pub(crate) async fn follow_in_flight(
+    round: &mut Round<'_>,
+    horizon: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<bool, Error> {
+    let (webhook, lease, now) = (round.webhook, round.lease, round.now);
+    let Some(job) = store::in_flight(round.conn, webhook).await? else {
+        return Ok(false);
+    };
+    let job_state = store::job_state(round.conn, job.job_id.as_deref()).await?;
+    let job_id = job.job_id.as_deref().unwrap_or_default();
+    let heartbeats = match (job.fence_at, job.submitted_at) {
+        (Some(_), Some(submitted_at)) => {
+            store::heartbeats_since(round.conn, webhook, submitted_at).await?
+        }
+        _ => Vec::new(),
+    };
+    let seen = JobSeen {
+        job_state: job_state.as_deref().map(JobState::of),
+        fence_at: job.fence_at,
+        submitted_at: job.submitted_at,
+        horizon,
+        heartbeats: &heartbeats,
+    };
+    let requeued = |outcome, job_state| JobRequeued {
+        webhook,
+        job_id,
+        outcome,
+        job_state,
+    };
+    match follow_job(seen, now, round.settings.job_timeout) {
+        JobStep::Running | JobStep::AwaitConsumer => Ok(true),
+        JobStep::FenceNow => {
+            // The round's own fences were written before the completion
+            // was read; a delivery still in flight then would be missed.
+            let fenced_at = round.clock.now();
+            if round.fences.write(fenced_at).await {
+                let applied = store::set_fence(round.conn, lease, &job, fenced_at).await?;
                 round.applied(applied)?;
-                requeued(JobOutcome::ReceiversMissed, None).emit();
-                Ok(false)
+                JobCompleteAtX { webhook, job_id }.emit();
             }
-            JobStep::Incomplete(state) => {
-                // X does not retry replayed events.
-                let why = format!("X reported {state}");
-                let applied = store::requeue(round.conn, lease, &job, now, &why).await?;
-                round.applied(applied)?;
-                requeued(JobOutcome::Incomplete, Some(&state)).emit();
-                Ok(false)
+            Ok(true)
+        }
+        JobStep::Reconcile => {
+            let Some((recovered, duplicates)) =
+                store::reconcile(round.conn, lease, &job, now).await?
+            else {
+                return Err(round.lease_lost());
+            };
+            JobReconciled {
+                webhook,
+                job_id,
+                kind: job.kind,
+                recovered,
+                duplicates,
+                took: now - job.created_at,
             }
-            JobStep::Lost => {
-                let why = "no completion message in time";
-                let applied = store::requeue(round.conn, lease, &job, now, why).await?;
-                round.applied(applied)?;
-                requeued(JobOutcome::Lost, None).emit();
-                Ok(false)
-            }
+            .emit();
+            Ok(false)
+        }
+        JobStep::ReceiversMissedIt => {
+            let why = "X reported Complete, but the receivers refused deliveries (or did not report) while the job ran";
+            // Backed off: whatever made the receivers refuse (an
+            // outsider holding their slots) may still be there, and
+            // each submission spends X's budget.
+            let again = now + backoff(round.settings.backoff, job.attempts);
+            let applied = store::requeue(round.conn, lease, &job, again, why).await?;
+            round.applied(applied)?;
+            requeued(JobOutcome::ReceiversMissed, None).emit();
+            Ok(false)
+        }
+        JobStep::Incomplete(state) => {
+            // X does not retry replayed events.
+            let why = format!("X reported {state}");
+            let applied = store::requeue(round.conn, lease, &job, now, &why).await?;
+            round.applied(applied)?;
+            requeued(JobOutcome::Incomplete, Some(&state)).emit();
+            Ok(false)
+        }
+        JobStep::Lost => {
+            let why = "no completion message in time";
+            let applied = store::requeue(round.conn, lease, &job, now, why).await?;
+            round.applied(applied)?;
+            requeued(JobOutcome::Lost, None).emit();
+            Ok(false)
         }
     }
 }

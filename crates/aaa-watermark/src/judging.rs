@@ -9,132 +9,126 @@ use crate::coverage::{Interval, uncovered};
 use crate::decisions::{invalid_periods, judging_floor, unknown_periods};
 use crate::events::{CoverageJudged, Expiry, GapNotReplayableYet, MinutesExpired, WindowPlanned};
 use crate::planner::{Step, WindowKind, plan, plan_audits};
-use crate::service::{Round, Watermark};
+use crate::round::Round;
 use crate::store::{self, WindowState};
 use crate::{Error, store::Progress};
 
-impl Watermark {
-    /// The stretch of the webhook's timeline the watermark judges: from its
-    /// registration at X (or, when X did not say, the first heartbeat: a
-    /// receiver that died before its first heartbeat still leaves a gap) to
-    /// the time up to which the consumer has stored everything.
-    pub(crate) async fn tracked(
-        &self,
-        round: &mut Round<'_>,
-        registered_at: Option<DateTime<Utc>>,
-        horizon: Option<DateTime<Utc>>,
-        progress: Progress,
-    ) -> Result<Option<Interval>, Error> {
-        let Some(horizon) = horizon else {
-            tracing::debug!(
-                message = "consumer has not stored fences on every partition yet: nothing judged",
-                webhook = round.webhook
-            );
-            return Ok(None);
-        };
-        let first_heartbeat = store::first_heartbeat(round.conn, round.webhook).await?;
-        let Some(origin) = [first_heartbeat, registered_at].into_iter().flatten().min() else {
-            return Ok(None);
-        };
-        let floor = judging_floor(round.now, progress.judged_to, progress.tracked_from);
-        Ok(Some(Interval::new(
-            origin.max(floor),
-            horizon.min(round.now),
-        )))
-    }
+/// The stretch of the webhook's timeline the watermark judges: from its
+/// registration at X (or, when X did not say, the first heartbeat: a
+/// receiver that died before its first heartbeat still leaves a gap) to
+/// the time up to which the consumer has stored everything.
+pub(crate) async fn tracked(
+    round: &mut Round<'_>,
+    registered_at: Option<DateTime<Utc>>,
+    horizon: Option<DateTime<Utc>>,
+    progress: Progress,
+) -> Result<Option<Interval>, Error> {
+    let Some(horizon) = horizon else {
+        tracing::debug!(
+            message = "consumer has not stored fences on every partition yet: nothing judged",
+            webhook = round.webhook
+        );
+        return Ok(None);
+    };
+    let first_heartbeat = store::first_heartbeat(round.conn, round.webhook).await?;
+    let Some(origin) = [first_heartbeat, registered_at].into_iter().flatten().min() else {
+        return Ok(None);
+    };
+    let floor = judging_floor(round.now, progress.judged_to, progress.tracked_from);
+    Ok(Some(Interval::new(
+        origin.max(floor),
+        horizon.min(round.now),
+    )))
+}
 
-    /// Finds uncovered minutes of `judged` not yet planned, and records them
-    /// as pending (or expired) windows. Returns every window since its
-    /// start, those just recorded included.
-    pub(crate) async fn record_gaps(
-        &self,
-        round: &mut Round<'_>,
-        judged: Interval,
-    ) -> Result<Vec<Interval>, Error> {
-        let (webhook, now, start) = (round.webhook, round.now, judged.from);
-        let heartbeats = store::heartbeats_since(round.conn, webhook, start).await?;
-        let checks =
-            store::validity_since(round.conn, webhook, start - TimeDelta::hours(1)).await?;
-        let mut invalid = invalid_periods(&checks, now);
-        // Validity nobody could check (X unreachable, rate limited) is
-        // suspect: X may have stopped delivering then.
-        invalid.extend(unknown_periods(&checks, now, self.validity_unknown_after));
-        let mut settled = store::windows_since(round.conn, webhook, start).await?;
-        let gaps = uncovered(start, judged.to, &heartbeats, &invalid, &settled);
-        CoverageJudged {
+/// Finds uncovered minutes of `judged` not yet planned, and records them
+/// as pending (or expired) windows. Returns every window since its
+/// start, those just recorded included.
+pub(crate) async fn record_gaps(
+    round: &mut Round<'_>,
+    judged: Interval,
+) -> Result<Vec<Interval>, Error> {
+    let (webhook, now, start) = (round.webhook, round.now, judged.from);
+    let heartbeats = store::heartbeats_since(round.conn, webhook, start).await?;
+    let checks = store::validity_since(round.conn, webhook, start - TimeDelta::hours(1)).await?;
+    let mut invalid = invalid_periods(&checks, now);
+    // Validity nobody could check (X unreachable, rate limited) is
+    // suspect: X may have stopped delivering then.
+    invalid.extend(unknown_periods(
+        &checks,
+        now,
+        round.settings.validity_unknown_after,
+    ));
+    let mut settled = store::windows_since(round.conn, webhook, start).await?;
+    let gaps = uncovered(start, judged.to, &heartbeats, &invalid, &settled);
+    CoverageJudged {
+        webhook,
+        rows_read: heartbeats.len() + checks.len(),
+        uncovered_minutes: gaps.iter().map(Interval::minutes).sum(),
+    }
+    .emit();
+    // X judges windows by its own clock.
+    for step in plan(round.x.now(now), &gaps) {
+        match step {
+            Step::Submit(window) => {
+                WindowPlanned {
+                    webhook,
+                    kind: WindowKind::Gap,
+                    window,
+                }
+                .emit();
+                round
+                    .plan(window, WindowKind::Gap, WindowState::Pending)
+                    .await?;
+                settled.push(window);
+            }
+            Step::Expired(window) => {
+                let new = round
+                    .plan(window, WindowKind::Gap, WindowState::Expired)
+                    .await?;
+                MinutesExpired {
+                    webhook,
+                    kind: WindowKind::Gap,
+                    window,
+                    why: Expiry::FoundTooOld,
+                    counted: new,
+                }
+                .emit();
+                settled.push(window);
+            }
+            Step::Wait { window, until } => GapNotReplayableYet {
+                webhook,
+                window,
+                until,
+            }
+            .emit(),
+        }
+    }
+    Ok(settled)
+}
+
+/// Opens an audit window for every closed slot of `judged` no window (of
+/// `windows`, all since its start) replayed yet.
+pub(crate) async fn record_audits(
+    round: &mut Round<'_>,
+    judged: Interval,
+    windows: &[Interval],
+) -> Result<(), Error> {
+    let webhook = round.webhook;
+    let span = round.settings.audit_span(webhook);
+    if span <= TimeDelta::zero() {
+        return Ok(());
+    }
+    for window in plan_audits(round.now, judged.from, judged.to, span, windows) {
+        WindowPlanned {
             webhook,
-            rows_read: heartbeats.len() + checks.len(),
-            uncovered_minutes: gaps.iter().map(Interval::minutes).sum(),
+            kind: WindowKind::Audit,
+            window,
         }
         .emit();
-        // X judges windows by its own clock.
-        for step in plan(self.at_x.now(now), &gaps) {
-            match step {
-                Step::Submit(window) => {
-                    WindowPlanned {
-                        webhook,
-                        kind: WindowKind::Gap,
-                        window,
-                    }
-                    .emit();
-                    round
-                        .plan(window, WindowKind::Gap, WindowState::Pending)
-                        .await?;
-                    settled.push(window);
-                }
-                Step::Expired(window) => {
-                    let new = round
-                        .plan(window, WindowKind::Gap, WindowState::Expired)
-                        .await?;
-                    MinutesExpired {
-                        webhook,
-                        kind: WindowKind::Gap,
-                        window,
-                        why: Expiry::FoundTooOld,
-                        counted: new,
-                    }
-                    .emit();
-                    settled.push(window);
-                }
-                Step::Wait { window, until } => GapNotReplayableYet {
-                    webhook,
-                    window,
-                    until,
-                }
-                .emit(),
-            }
-        }
-        Ok(settled)
+        round
+            .plan(window, WindowKind::Audit, WindowState::Pending)
+            .await?;
     }
-
-    /// Opens an audit window for every closed slot of `judged` no window (of
-    /// `windows`, all since its start) replayed yet.
-    pub(crate) async fn record_audits(
-        &self,
-        round: &mut Round<'_>,
-        judged: Interval,
-        windows: &[Interval],
-    ) -> Result<(), Error> {
-        let webhook = round.webhook;
-        let span = self
-            .audit_spans
-            .get(webhook)
-            .copied()
-            .unwrap_or(self.audit_span);
-        if span <= TimeDelta::zero() {
-            return Ok(());
-        }
-        for window in plan_audits(round.now, judged.from, judged.to, span, windows) {
-            WindowPlanned {
-                webhook,
-                kind: WindowKind::Audit,
-                window,
-            }
-            .emit();
-            round
-                .plan(window, WindowKind::Audit, WindowState::Pending)
-                .await?;
-        }
-        Ok(())
-    }
+    Ok(())
 }

@@ -18,6 +18,7 @@ mod jobs;
 mod judging;
 pub mod maintenance;
 pub mod planner;
+mod round;
 mod service;
 pub mod store;
 mod submit;
@@ -476,7 +477,7 @@ pub async fn erase_deleted_posts(
         match compliance::erase_deleted(pool, clock.now(), limits.batch).await {
             Ok(done) if done.is_empty() => break,
             Ok(done) => {
-                events::PostsErased::Run(done).emit();
+                events::PostsErased(done).emit();
                 total.add(done);
             }
             Err(error) => {

@@ -3,91 +3,39 @@
 //! submit the next window. Every decision is logged with its reason, by the
 //! event types in `events`; the steps live in `at_x` (X's view of the
 //! webhook), `jobs` (the job in flight), `judging` (gaps and audits) and
-//! `submit` (the next window).
+//! `submit` (the next window), each working on a [`Round`].
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aaa_common::Clock;
 use aaa_common::observe::InternalEvent;
 use aaa_xapi::XClient;
-use chrono::{DateTime, TimeDelta, Utc};
-use sqlx::{PgConnection, PgPool};
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 
 use crate::at_x::AtX;
-use crate::coverage::Interval;
 use crate::events::{
     JudgedUpTo, LeaseChecked, LeaseLostMidRound, RoundEnded, RoundFailed, TickSkipped,
     TrackingBegan, WindowsCounted,
 };
 use crate::fences::Fences;
-use crate::planner::{WindowKind, earliest_from};
-use crate::store::{self, Lease, Progress, WindowState};
-use crate::{Error, WatermarkArgs};
+use crate::planner::earliest_from;
+use crate::round::{Round, Settings};
+use crate::store::{self, Progress};
+use crate::{Error, WatermarkArgs, jobs, judging, submit};
 
 pub struct Watermark {
     pool: PgPool,
-    pub(crate) fences: Fences,
-    pub(crate) at_x: AtX,
-    pub(crate) clock: Clock,
-    pub(crate) webhooks: Vec<String>,
+    fences: Fences,
+    at_x: AtX,
+    clock: Clock,
+    settings: Settings,
     replica: String,
     lease: Duration,
-    pub(crate) job_timeout: TimeDelta,
-    pub(crate) backoff: TimeDelta,
-    pub(crate) replay_limit: i64,
-    pub(crate) audit_span: TimeDelta,
-    /// Kept inside X's 24 h replay edge when submitting.
-    pub(crate) edge_margin: TimeDelta,
-    /// Per webhook, where it differs from `audit_span`.
-    pub(crate) audit_spans: HashMap<String, TimeDelta>,
-    pub(crate) validity_unknown_after: TimeDelta,
     /// Held while a round runs: the scheduler starts a tick whether or not
     /// the previous one finished, and a replica must never run two rounds
     /// at once (its lease renews for itself).
     round_running: tokio::sync::Mutex<()>,
-}
-
-/// What every step of a webhook's round works on: one connection, the
-/// lease the round took (every state change is conditional on it), and the
-/// round's time.
-pub(crate) struct Round<'a> {
-    pub conn: &'a mut PgConnection,
-    pub lease: &'a Lease,
-    pub webhook: &'a str,
-    pub now: DateTime<Utc>,
-}
-
-impl Round<'_> {
-    /// Another replica took the lease over during this round.
-    pub fn lease_lost(&self) -> Error {
-        Error::LeaseLost(self.webhook.to_owned())
-    }
-
-    /// A conditional state change that did not apply means the lease
-    /// changed hands (or the row moved on): the round stops.
-    pub fn applied(&self, applied: bool) -> Result<(), Error> {
-        if applied {
-            Ok(())
-        } else {
-            Err(self.lease_lost())
-        }
-    }
-
-    /// Plans a window under the round's lease; `true` when it was new. A
-    /// window planned before is left as it is; a lost lease ends the round.
-    pub async fn plan(
-        &mut self,
-        window: Interval,
-        kind: WindowKind,
-        state: WindowState,
-    ) -> Result<bool, Error> {
-        match store::insert_window(self.conn, self.lease, window, kind, state, self.now).await? {
-            store::Planned::Inserted => Ok(true),
-            store::Planned::AlreadyPlanned => Ok(false),
-            store::Planned::LeaseLost => Err(self.lease_lost()),
-        }
-    }
 }
 
 impl Watermark {
@@ -102,20 +50,9 @@ impl Watermark {
             fences: Fences::connect(args).await?,
             at_x: AtX::new(args, x, clock),
             clock,
-            webhooks: args.webhooks.clone(),
+            settings: Settings::new(args)?,
             replica: args.replica_id(),
             lease: Duration::from_secs(args.lease_secs.max(1)),
-            job_timeout: TimeDelta::seconds(args.job_timeout_secs),
-            backoff: TimeDelta::seconds(args.backoff_secs),
-            replay_limit: i64::from(args.replay_limit),
-            audit_span: TimeDelta::minutes(i64::from(args.audit_minutes)),
-            edge_margin: TimeDelta::seconds(args.edge_margin_secs.max(0)),
-            audit_spans: args
-                .audit_overrides()?
-                .into_iter()
-                .map(|(id, minutes)| (id, TimeDelta::minutes(i64::from(minutes))))
-                .collect(),
-            validity_unknown_after: TimeDelta::seconds(args.validity_unknown_secs.max(1)),
             round_running: tokio::sync::Mutex::new(()),
         })
     }
@@ -130,7 +67,7 @@ impl Watermark {
         };
         let now = self.clock.now();
         let _ = self.fences.write(now).await;
-        for webhook in &self.webhooks {
+        for webhook in &self.settings.webhooks {
             match self.tick_webhook(webhook, now).await {
                 Ok(()) => {}
                 Err(Error::LeaseLost(_)) => LeaseLostMidRound { webhook }.emit(),
@@ -145,7 +82,8 @@ impl Watermark {
 
     async fn tick_webhook(&self, webhook: &str, now: DateTime<Utc>) -> Result<(), Error> {
         let mut conn = self.pool.acquire().await?;
-        // Every replica reports how far judging got, holder or not.
+        // Every replica reports how far judging got, holder or not: a holder
+        // that is frozen or failing cannot report its own stall.
         let progress = store::progress(&mut conn, webhook).await?;
         if let Some(judged_to) = progress.judged_to {
             JudgedUpTo {
@@ -172,8 +110,12 @@ impl Watermark {
             lease: &lease,
             webhook,
             now,
+            settings: &self.settings,
+            x: &self.at_x,
+            fences: &self.fences,
+            clock: self.clock,
         };
-        let result = self.round(&mut round, progress).await;
+        let result = run(&mut round, progress).await;
         RoundEnded {
             webhook,
             elapsed: started.elapsed(),
@@ -189,74 +131,70 @@ impl Watermark {
             tracing::warn!(message = "leases not released; they expire on their own", error = %error);
         }
     }
+}
 
-    /// The round's story. `progress`: as read at the start of this tick
-    /// (only the lease holder changes it).
-    async fn round(&self, round: &mut Round<'_>, progress: Progress) -> Result<(), Error> {
-        let progress = self.begin_tracking(round, progress).await?;
-        let registered_at = self.at_x.check_validity(round).await?;
-        // Read once: the job in flight and the judging both wait for it.
-        let horizon = self.fences.horizon(round.conn).await?;
-        let busy = self.follow_in_flight(round, horizon).await?;
-        if let Some(judged) = self
-            .tracked(round, registered_at, horizon, progress)
-            .await?
-        {
-            let windows = self.record_gaps(round, judged).await?;
-            store::advance_judged(round.conn, round.webhook, judged.to).await?;
-            self.record_audits(round, judged, &windows).await?;
-        }
-        if !busy {
-            self.submit_next(round).await?;
-        }
-        self.report(round).await
+/// The round's story. `progress`: as read at the start of this tick (only
+/// the lease holder changes it).
+async fn run(round: &mut Round<'_>, progress: Progress) -> Result<(), Error> {
+    let progress = begin_tracking(round, progress).await?;
+    let registered_at = round
+        .x
+        .check_validity(round.conn, round.webhook, round.now)
+        .await?;
+    // Read once: the job in flight and the judging both wait for it.
+    let horizon = round.fences.horizon(round.conn).await?;
+    let busy = jobs::follow_in_flight(round, horizon).await?;
+    if let Some(judged) = judging::tracked(round, registered_at, horizon, progress).await? {
+        let windows = judging::record_gaps(round, judged).await?;
+        store::advance_judged(round.conn, round.webhook, judged.to).await?;
+        judging::record_audits(round, judged, &windows).await?;
     }
+    if !busy {
+        submit::submit_next(round).await?;
+    }
+    report(round).await
+}
 
-    /// The very first round of any replica marks where tracking began: what
-    /// X can still replay then. No round ever judges before it (a webhook
-    /// registered long before the watermark was installed has no
-    /// heartbeats from then, which is no gap), and every round judges from
-    /// it on, even when the first rounds could judge nothing yet (no fences
-    /// stored) and the next comes only after a long stop: an outage seen in
-    /// the heartbeats since then is expired and counted, not skipped.
-    /// Nothing is judged yet, so it is also how far judging got. Returns
-    /// the progress the round goes on with.
-    async fn begin_tracking(
-        &self,
-        round: &mut Round<'_>,
-        progress: Progress,
-    ) -> Result<Progress, Error> {
-        if progress.judged_to.is_some() {
-            return Ok(progress);
-        }
-        let from = earliest_from(round.now);
-        if !store::begin_tracking(round.conn, round.webhook, from).await? {
-            // Another replica's first round came first.
-            return Ok(store::progress(round.conn, round.webhook).await?);
-        }
-        TrackingBegan {
-            webhook: round.webhook,
-            from,
-        }
-        .emit();
-        Ok(Progress {
-            judged_to: Some(from),
-            tracked_from: Some(from),
-        })
+/// The very first round of any replica marks where tracking began: what X
+/// can still replay then. No round ever judges before it (a webhook
+/// registered long before the watermark was installed has no heartbeats
+/// from then, which is no gap), and every round judges from it on, even
+/// when the first rounds could judge nothing yet (no fences stored) and the
+/// next comes only after a long stop: an outage seen in the heartbeats
+/// since then is expired and counted, not skipped. Nothing is judged yet,
+/// so it is also how far judging got. Returns the progress the round goes
+/// on with.
+async fn begin_tracking(round: &mut Round<'_>, progress: Progress) -> Result<Progress, Error> {
+    if progress.judged_to.is_some() {
+        return Ok(progress);
     }
+    let from = earliest_from(round.now);
+    if !store::begin_tracking(round.conn, round.webhook, from).await? {
+        // Another replica's first round came first.
+        return Ok(store::progress(round.conn, round.webhook).await?);
+    }
+    TrackingBegan {
+        webhook: round.webhook,
+        from,
+    }
+    .emit();
+    Ok(Progress {
+        judged_to: Some(from),
+        tracked_from: Some(from),
+    })
+}
 
-    /// The webhook's windows by kind and state, and how long its oldest
-    /// open gap can still be replayed (only gaps: an audit that ages out
-    /// loses nothing coverage did not judge).
-    async fn report(&self, round: &mut Round<'_>) -> Result<(), Error> {
-        let counts = store::window_counts(round.conn, round.webhook).await?;
-        let oldest = store::oldest_open_gap(round.conn, round.webhook).await?;
-        WindowsCounted {
-            webhook: round.webhook,
-            counts: &counts,
-            oldest_gap_expires_in: oldest.map(|from| from + aaa_replay_window::MAX_AGE - round.now),
-        }
-        .emit();
-        Ok(())
+/// The webhook's windows by kind and state, and how long its oldest open
+/// gap can still be replayed (only gaps: an audit that ages out loses
+/// nothing coverage did not judge).
+async fn report(round: &mut Round<'_>) -> Result<(), Error> {
+    let counts = store::window_counts(round.conn, round.webhook).await?;
+    let oldest = store::oldest_open_gap(round.conn, round.webhook).await?;
+    WindowsCounted {
+        webhook: round.webhook,
+        counts: &counts,
+        oldest_gap_expires_in: oldest.map(|from| from + aaa_replay_window::MAX_AGE - round.now),
     }
+    .emit();
+    Ok(())
 }

@@ -13,127 +13,130 @@ use crate::decisions::{
 };
 use crate::events::{Expiry, MinutesExpired, ReplayHeld, ReplayRefused, ReplaySubmitted};
 use crate::planner::{WindowKind, earliest_from};
-use crate::service::{Round, Watermark};
+use crate::round::Round;
 use crate::store::{self, WindowState};
 
-impl Watermark {
-    pub(crate) async fn submit_next(&self, round: &mut Round<'_>) -> Result<(), Error> {
-        let (webhook, lease, now) = (round.webhook, round.lease, round.now);
-        let Some(next) = store::next_pending(round.conn, webhook, now).await? else {
-            return Ok(());
-        };
-        let gaps_waiting = store::gaps_waiting(round.conn).await?;
-        if let Some(hold) = gap_hold(next.kind, &gaps_waiting, &self.webhooks) {
-            ReplayHeld {
+pub(crate) async fn submit_next(round: &mut Round<'_>) -> Result<(), Error> {
+    let (webhook, lease, now) = (round.webhook, round.lease, round.now);
+    let Some(next) = store::next_pending(round.conn, webhook, now).await? else {
+        return Ok(());
+    };
+    let gaps_waiting = store::gaps_waiting(round.conn).await?;
+    if let Some(hold) = gap_hold(next.kind, &gaps_waiting, &round.settings.webhooks) {
+        ReplayHeld {
+            webhook,
+            window: next.interval(),
+            hold: &hold,
+        }
+        .emit();
+        return Ok(());
+    }
+    // A margin inside X's 24 h: the request reaches X a little later.
+    let earliest = ceil_minute(earliest_from(round.x.now(now)) + round.settings.edge_margin);
+    let window = match at_the_edge(next.interval(), earliest) {
+        Edge::Fits => next.interval(),
+        Edge::Expired => {
+            let why = "aged past 24 h before it could be replayed";
+            let applied = store::expire(round.conn, lease, next.id, why).await?;
+            round.applied(applied)?;
+            MinutesExpired {
                 webhook,
+                kind: next.kind,
                 window: next.interval(),
-                hold: &hold,
+                why: Expiry::AgedWaiting,
+                counted: aged_minutes_count(next.kind),
             }
             .emit();
             return Ok(());
         }
-        // A margin inside X's 24 h: the request reaches X a little later.
-        let earliest = ceil_minute(earliest_from(self.at_x.now(now)) + self.edge_margin);
-        let window = match at_the_edge(next.interval(), earliest) {
-            Edge::Fits => next.interval(),
-            Edge::Expired => {
-                let why = "aged past 24 h before it could be replayed";
-                let applied = store::expire(round.conn, lease, next.id, why).await?;
-                round.applied(applied)?;
+        Edge::Trimmed { aged, rest } => {
+            // The oldest minutes aged out while the window waited:
+            // recorded (and, for a gap, counted) as expired, never
+            // dropped silently.
+            let applied = store::trim_start(round.conn, lease, &next, rest.from).await?;
+            round.applied(applied)?;
+            if aged_minutes_count(next.kind)
+                && round
+                    .plan(aged, WindowKind::Gap, WindowState::Expired)
+                    .await?
+            {
                 MinutesExpired {
                     webhook,
                     kind: next.kind,
-                    window: next.interval(),
-                    why: Expiry::AgedWaiting,
-                    counted: aged_minutes_count(next.kind),
+                    window: aged,
+                    why: Expiry::OldestAgedWaiting,
+                    counted: true,
                 }
                 .emit();
-                return Ok(());
             }
-            Edge::Trimmed { aged, rest } => {
-                // The oldest minutes aged out while the window waited:
-                // recorded (and, for a gap, counted) as expired, never
-                // dropped silently.
-                let applied = store::trim_start(round.conn, lease, &next, rest.from).await?;
-                round.applied(applied)?;
-                if aged_minutes_count(next.kind)
-                    && round
-                        .plan(aged, WindowKind::Gap, WindowState::Expired)
-                        .await?
-                {
-                    MinutesExpired {
-                        webhook,
-                        kind: next.kind,
-                        window: aged,
-                        why: Expiry::OldestAgedWaiting,
-                        counted: true,
-                    }
-                    .emit();
-                }
-                rest
-            }
-        };
-        // Every replay request counts, whatever X answered: a conflict or a
-        // 5xx spends X's budget as much as an accepted job. Reserved before
-        // it is sent, atomically across replicas.
-        let limit = replay_budget(next.kind, self.replay_limit);
-        let Some(reserved) = self
-            .at_x
-            .reserve(round.conn, REPLAY_SUBMIT, limit, now)
-            .await?
-        else {
-            ReplayHeld {
+            rest
+        }
+    };
+    // Every replay request counts, whatever X answered: a conflict or a
+    // 5xx spends X's budget as much as an accepted job. Reserved before
+    // it is sent, atomically across replicas.
+    let limit = replay_budget(next.kind, round.settings.replay_limit);
+    let Some(reserved) = round
+        .x
+        .reserve(round.conn, REPLAY_SUBMIT, limit, now)
+        .await?
+    else {
+        ReplayHeld {
+            webhook,
+            window: next.interval(),
+            hold: &Hold::Budget { limit },
+        }
+        .emit();
+        return Ok(());
+    };
+    let answer = round
+        .x
+        .submit_replay(
+            webhook,
+            Window {
+                from: window.from,
+                to_exclusive: window.to,
+            },
+            now,
+        )
+        .await;
+    match &answer {
+        Ok(job) => {
+            // First, before anything else can fail: X runs this job
+            // now, and a window not marked would be submitted again.
+            let marked = store::mark_submitted(round.conn, next.id, &job.job_id, now).await?;
+            ReplaySubmitted {
                 webhook,
-                window: next.interval(),
-                hold: &Hold::Budget { limit },
+                job,
+                attempt: next.attempts + 1,
+                marked,
             }
             .emit();
-            return Ok(());
-        };
-        let answer = self
-            .at_x
-            .submit_replay(
-                webhook,
-                Window {
-                    from: window.from,
-                    to_exclusive: window.to,
-                },
-                now,
-            )
-            .await;
-        match &answer {
-            Ok(job) => {
-                // First, before anything else can fail: X runs this job
-                // now, and a window not marked would be submitted again.
-                let marked = store::mark_submitted(round.conn, next.id, &job.job_id, now).await?;
-                ReplaySubmitted {
-                    webhook,
-                    job,
-                    attempt: next.attempts + 1,
-                    marked,
-                }
-                .emit();
-            }
-            Err(error) => {
-                let retry = after_refusal(error, next.attempts, next.conflicts, self.backoff, now);
-                if retry.revalidate {
-                    self.at_x.revalidate_next_round(webhook);
-                }
-                ReplayRefused {
-                    webhook,
-                    retry: &retry,
-                    error,
-                }
-                .emit();
-                let again = now + retry.delay;
-                let why = error.to_string();
-                let applied =
-                    store::retry_later(round.conn, lease, next.id, again, &why, retry.conflict)
-                        .await?;
-                round.applied(applied)?;
-            }
         }
-        self.at_x.record(round.conn, reserved, &answer).await;
-        Ok(())
+        Err(error) => {
+            let retry = after_refusal(
+                error,
+                next.attempts,
+                next.conflicts,
+                round.settings.backoff,
+                now,
+            );
+            if retry.revalidate {
+                round.x.revalidate_next_round(webhook);
+            }
+            ReplayRefused {
+                webhook,
+                retry: &retry,
+                error,
+            }
+            .emit();
+            let again = now + retry.delay;
+            let why = error.to_string();
+            let applied =
+                store::retry_later(round.conn, lease, next.id, again, &why, retry.conflict).await?;
+            round.applied(applied)?;
+        }
     }
+    round.x.record(round.conn, reserved, &answer).await;
+    Ok(())
 }
