@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::Sim;
+use crate::context::Sim;
 
 /// Challenges `url`; `Err` says what was wrong with the answer.
 pub async fn challenge(sim: &Sim, url: &str) -> Result<(), String> {

@@ -1,9 +1,12 @@
 //! Delivering what X owes: signed POSTs, success only on a 2xx within 3 s,
 //! X's retry schedule for live deliveries, no retries for replayed ones.
 
-use crate::Sim;
-use crate::state::{Attempt, Route};
 use aaa_common::observe::InternalEvent;
+
+use crate::context::Sim;
+use crate::events::DeliveryAttempted;
+use crate::state::{Attempt, Route};
+use crate::stream;
 
 async fn post(sim: &Sim, url: &str, body: &[u8]) -> (String, bool) {
     let signature = aaa_signing::sign(sim.consumer_secret(), body);
@@ -41,17 +44,9 @@ fn resent(sim: &Sim, body: &[u8]) -> Vec<u8> {
     }
 }
 
-fn record(sim: &Sim, seq: u64, route: Route, job_id: Option<&str>, outcome: &str, ok: bool) {
-    let via = match route {
-        Route::Live => "live",
-        Route::Replay => "replay",
-    };
-    record_via(sim, seq, route, via, job_id, outcome, ok);
-}
-
 /// One attempt, in the ground truth as `route` and in the deliveries
 /// counter as `via` (the stream is a live route of its own there).
-pub(crate) fn record_via(
+pub(crate) fn record(
     sim: &Sim,
     seq: u64,
     route: Route,
@@ -60,35 +55,30 @@ pub(crate) fn record_via(
     outcome: &str,
     ok: bool,
 ) {
-    crate::events::DeliveryAttempted { via, ok }.emit();
-    let at = sim.clock.now();
-    let mut world = sim.world();
-    if let Some(owed) = world.owed.get_mut(seq as usize) {
-        owed.attempts.push(Attempt {
-            at,
-            route,
-            job_id: job_id.map(str::to_owned),
-            outcome: outcome.to_owned(),
-            ok,
-        });
-        match route {
-            Route::Live => owed.delivered_live |= ok,
-            Route::Replay => owed.delivered_by_replay |= ok,
-        }
-    }
+    DeliveryAttempted { via, ok }.emit();
+    let attempt = Attempt {
+        at: sim.clock.now(),
+        route,
+        job_id: job_id.map(str::to_owned),
+        outcome: outcome.to_owned(),
+        ok,
+    };
+    sim.world().record_attempt(seq, attempt);
 }
 
-pub(crate) fn settle(sim: &Sim, seq: u64) {
-    if let Some(owed) = sim.world().owed.get_mut(seq as usize) {
-        owed.pending = false;
-    }
+fn record_live(sim: &Sim, seq: u64, outcome: &str, ok: bool) {
+    record(sim, seq, Route::Live, "live", None, outcome, ok);
+}
+
+fn settle(sim: &Sim, seq: u64) {
+    sim.world().settle(seq);
 }
 
 /// Starts (or continues, after `failures` failed attempts) a live delivery.
 /// A delivery X owes but does not attempt (the gap of a managed
 /// migration's cutover): only a replay can bring it.
 pub fn not_attempted(sim: &Sim, seq: u64, reason: &str) {
-    record(sim, seq, Route::Live, None, reason, false);
+    record_live(sim, seq, reason, false);
     settle(sim, seq);
 }
 
@@ -98,7 +88,7 @@ pub fn spawn_live(sim: Sim, seq: u64, failures: usize) {
 
 async fn live(sim: Sim, seq: u64, failures: usize) {
     let now = sim.clock.now();
-    let (target, body, faults) = {
+    let (target, envelope, body, faults) = {
         let world = sim.world();
         let Some(owed) = world.owed.get(seq as usize) else {
             return;
@@ -107,14 +97,19 @@ async fn live(sim: Sim, seq: u64, failures: usize) {
             .webhooks
             .get(&owed.webhook_id)
             .map(|w| (w.url.clone(), w.valid));
-        (target, owed.body.clone(), world.faults.clone())
+        (
+            target,
+            owed.envelope,
+            owed.body.clone(),
+            world.faults.clone(),
+        )
     };
-    if crate::stream::carries(&sim, &body) {
+    if stream::carries(&sim, envelope) {
         if faults.in_outage(now) || sim.chance(faults.drop_share) {
-            record(&sim, seq, Route::Live, None, "dropped", false);
+            record_live(&sim, seq, "dropped", false);
             settle(&sim, seq);
         } else {
-            crate::stream::send(&sim, seq, body);
+            stream::send(&sim, seq, body);
         }
         return;
     }
@@ -127,7 +122,7 @@ async fn live(sim: Sim, seq: u64, failures: usize) {
     };
     if let Some(reason) = reason {
         // X neither delivers nor retries: this one can only come back by replay.
-        record(&sim, seq, Route::Live, None, reason, false);
+        record_live(&sim, seq, reason, false);
         settle(&sim, seq);
         return;
     }
@@ -140,18 +135,11 @@ async fn live(sim: Sim, seq: u64, failures: usize) {
         let _permit = sim.deliveries.acquire().await;
         post(&sim, &url, &body).await
     };
-    record(&sim, seq, Route::Live, None, &outcome, ok);
+    record_live(&sim, seq, &outcome, ok);
     if ok && sim.chance(faults.duplicate_share) {
         let body = resent(&sim, &body);
         let (outcome, ok) = post(&sim, &url, &body).await;
-        record(
-            &sim,
-            seq,
-            Route::Live,
-            None,
-            &format!("duplicate {outcome}"),
-            ok,
-        );
+        record_live(&sim, seq, &format!("duplicate {outcome}"), ok);
     }
     if ok {
         settle(&sim, seq);
@@ -179,6 +167,14 @@ pub async fn replay_once(sim: &Sim, seq: u64, url: &str, job_id: &str) -> bool {
         let _permit = sim.deliveries.acquire().await;
         post(sim, url, &body).await
     };
-    record(sim, seq, Route::Replay, Some(job_id), &outcome, ok);
+    record(
+        sim,
+        seq,
+        Route::Replay,
+        "replay",
+        Some(job_id),
+        &outcome,
+        ok,
+    );
     ok
 }

@@ -9,36 +9,31 @@
 //! interval and the retry schedule are simulated time. HTTP timeouts (X's 3 s
 //! answer limit) are real time: networks do not run faster in a simulation.
 
-pub mod activity;
-mod api;
-mod control;
+mod connections;
+mod context;
 mod crc;
 mod delivery;
 mod events;
 pub mod faults;
 pub mod generate;
+mod http;
 mod replay;
 pub mod send;
 pub mod state;
 pub mod stream;
+mod traffic;
 pub mod xaa;
 
-use aaa_common::observe::InternalEvent;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use aaa_common::Clock;
 use chrono::TimeDelta;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::context::{Shared, Sim, build};
 use crate::faults::Faults;
-use crate::generate::{Generator, Mix};
-use crate::state::{App, World};
+pub use crate::traffic::generate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -223,108 +218,6 @@ impl SimArgs {
     }
 }
 
-/// Everything the simulator's tasks share.
-pub struct Shared {
-    world: Mutex<World>,
-    consumer_secret: SecretString,
-    pub args: SimArgs,
-    pub clock: Clock,
-    http: reqwest::Client,
-    /// Randomness for faults, nonces and tokens; not part of the seeded stream.
-    chaos: Mutex<ChaCha8Rng>,
-    deliveries: tokio::sync::Semaphore,
-    /// Wakes replay jobs held by the `hold` fault.
-    pub(crate) release_jobs: tokio::sync::Notify,
-    /// Open `GET /2/activity/stream` connections.
-    pub(crate) stream: stream::StreamHub,
-}
-
-pub type Sim = Arc<Shared>;
-
-impl Shared {
-    /// The world, briefly: never held across an await.
-    pub fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn chance(&self, share: f64) -> bool {
-        use rand::Rng;
-        share > 0.0
-            && self
-                .chaos
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .random_bool(share.min(1.0))
-    }
-
-    fn random_below(&self, n: u64) -> u64 {
-        use rand::Rng;
-        if n == 0 {
-            0
-        } else {
-            self.chaos
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .random_range(0..n)
-        }
-    }
-
-    fn random_token(&self) -> String {
-        use rand::Rng;
-        format!(
-            "{:032x}",
-            self.chaos
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .random::<u128>()
-        )
-    }
-
-    pub fn consumer_secret(&self) -> &[u8] {
-        self.consumer_secret.expose_secret().as_bytes()
-    }
-}
-
-/// Builds a simulator; `run` serves it.
-pub fn build(args: SimArgs, clock: Clock) -> Result<Sim, Error> {
-    let consumer_secret = args.consumer_secret.clone().ok_or_else(|| {
-        Error::Config("AAA_SIM_CONSUMER_SECRET must be set (the app's consumer secret)".into())
-    })?;
-    let bearer_token = args
-        .bearer_token
-        .clone()
-        .unwrap_or_else(|| SecretString::from("sim-bearer-token"));
-    let mix = Mix {
-        unknown_share: args.unknown_share,
-        interaction_share: args.interaction_share,
-        revoke_share: args.revoke_share,
-    };
-    let generator = Generator::with_mix(args.seed, args.accounts as usize, clock.now(), mix);
-    let app = App {
-        app_id: "13090192".into(),
-        consumer_key: args.consumer_key.clone(),
-        consumer_secret: consumer_secret.expose_secret().to_owned(),
-        bearer_token: bearer_token.expose_secret().to_owned(),
-    };
-    let mut world = World::new(app, args.accounts as usize, args.seed, generator);
-    world.faults = args.faults();
-    let http = reqwest::Client::builder()
-        // X's limit for any answer from a webhook, in real time.
-        .timeout(Duration::from_secs(3))
-        .build()?;
-    Ok(Arc::new(Shared {
-        world: Mutex::new(world),
-        consumer_secret,
-        release_jobs: tokio::sync::Notify::new(),
-        stream: stream::StreamHub::default(),
-        deliveries: tokio::sync::Semaphore::new(args.delivery_concurrency.max(1)),
-        chaos: Mutex::new(ChaCha8Rng::seed_from_u64(args.seed ^ 0x5eed)),
-        args,
-        clock,
-        http,
-    }))
-}
-
 /// Serves the simulated X until `shutdown`.
 pub async fn run(
     sim: Sim,
@@ -332,7 +225,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let listener = aaa_common::admin::bind("sim", sim.args.listen).await?;
-    let app = api::router(sim.clone()).merge(control::router(sim.clone(), metrics));
+    let app = http::router(sim.clone(), metrics);
     let server = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
@@ -344,7 +237,7 @@ pub async fn run(
     if let Some(url) = sim.args.register_webhook.clone() {
         bootstrap(&sim, url).await?;
     }
-    tokio::spawn(generate_loop(sim.clone(), shutdown.clone()));
+    tokio::spawn(traffic::generate_loop(sim.clone(), shutdown.clone()));
     tokio::spawn(crc::schedule_loop(sim.clone(), shutdown.clone()));
     server
         .await
@@ -396,228 +289,8 @@ async fn bootstrap(sim: &Sim, url: String) -> Result<(), Error> {
             .entry(webhook.id.clone())
             .or_default()
             .extend(users),
-        Product::Xaa => activity::subscribe_accounts(&mut world, &webhook.id, &users, now),
+        Product::Xaa => world.subscribe_on_xaa(&webhook.id, &users, now),
     }
     tracing::info!(message = "webhook registered and accounts subscribed", webhook = %webhook.id, url = %webhook.url, subscribed = count, product = ?sim.args.subscribe_product);
     Ok(())
-}
-
-/// Where one delivery goes, in which envelope: AAA to every webhook the
-/// account is subscribed on (revokes: where the actor is), XAA to the
-/// webhook of every X Activity API subscription matching its event type and
-/// filter, or, when `format` forces one, everything AAA-routed in that
-/// envelope.
-/// A route's third field: `false` when X owes the delivery but does not
-/// attempt it (inside a cutover's gap).
-fn routes(
-    world: &state::World,
-    format: xaa::Format,
-    delivery: &generate::Delivery,
-    actor: &String,
-    activity_id: u64,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Vec<(String, Vec<u8>, bool)> {
-    let owner = delivery.for_user_id.as_ref().unwrap_or(actor);
-    let aaa_webhooks: Vec<String> = world
-        .subscriptions
-        .iter()
-        .filter(|(_, users)| users.contains(owner))
-        .map(|(id, _)| id.clone())
-        .collect();
-    // Opaque, stable per delivery, sometimes negative (as in X's examples).
-    let uuid = (activity_id as i64).wrapping_mul(0x5851_F42D_4C95_7F2D);
-    let xaa_body = || xaa::envelope(delivery, uuid);
-    let to_all = |body: Vec<u8>| -> Vec<(String, Vec<u8>, bool)> {
-        aaa_webhooks
-            .iter()
-            .map(|w| (w.clone(), body.clone(), true))
-            .collect()
-    };
-    match format {
-        xaa::Format::Aaa => to_all(delivery.to_bytes()),
-        xaa::Format::Xaa => to_all(xaa_body().to_string().into_bytes()),
-        xaa::Format::Both => {
-            let mut routes = to_all(delivery.to_bytes());
-            routes.extend(to_all(xaa_body().to_string().into_bytes()));
-            routes
-        }
-        xaa::Format::Subscribed => {
-            let mut routes = to_all(delivery.to_bytes());
-            let body = xaa_body();
-            let data = &body["data"];
-            // One delivery per webhook, carrying the tag of the first
-            // matching subscription (by id) there, as X puts the matched
-            // subscription's tag on the event (none when it has none).
-            let mut matched: Vec<(&String, &String, Option<&String>, bool)> = world
-                .activity_subscriptions
-                .iter()
-                .filter(|s| {
-                    s.event_type == data["event_type"]
-                        && s.filter["user_id"] == data["filter"]["user_id"]
-                        && (s.filter["direction"].is_null()
-                            || s.filter["direction"] == data["filter"]["direction"])
-                })
-                .filter_map(|s| {
-                    let webhook = s.webhook_id.as_ref()?;
-                    let user = s.filter["user_id"].as_str().unwrap_or(owner);
-                    let attempted = !world.in_cutover_gap(webhook, user, now);
-                    world.webhooks.contains_key(webhook).then_some((
-                        webhook,
-                        &s.subscription_id,
-                        s.tag.as_ref(),
-                        attempted,
-                    ))
-                })
-                .collect();
-            matched.sort();
-            matched.dedup_by(|a, b| a.0 == b.0);
-            routes.extend(matched.into_iter().map(|(webhook, _, tag, attempted)| {
-                let mut body = body.clone();
-                match tag {
-                    Some(tag) => body["data"]["tag"] = serde_json::json!(tag),
-                    None => {
-                        if let Some(data) = body["data"].as_object_mut() {
-                            data.remove("tag");
-                        }
-                    }
-                }
-                (webhook.clone(), body.to_string().into_bytes(), attempted)
-            }));
-            routes
-        }
-    }
-}
-
-/// Generates `n` activities now and queues their deliveries; returns how
-/// many deliveries were owed.
-pub fn generate(sim: &Sim, n: usize) -> usize {
-    let mut queued = Vec::new();
-    let mut unattempted = Vec::new();
-    {
-        let now = sim.clock.now();
-        let mut world = sim.world();
-        world.apply_cutovers(now);
-        // Computed once per call (100,000 accounts make it costly); revokes
-        // below keep it current.
-        let mut subscribed = world.subscribed_accounts();
-        for _ in 0..n {
-            let Some(activity) = world.generator.next_activity(&subscribed, now) else {
-                break;
-            };
-            world.activities += 1;
-            let activity_id = world.activities;
-            events::ActivityGenerated {
-                kind: activity.kind,
-            }
-            .emit();
-            for delivery in &activity.deliveries {
-                for (webhook_id, body, attempted) in routes(
-                    &world,
-                    sim.args.format,
-                    delivery,
-                    &activity.actor,
-                    activity_id,
-                    now,
-                ) {
-                    let seq = world.owe(
-                        activity_id,
-                        &webhook_id,
-                        delivery.for_user_id.clone(),
-                        delivery.kind,
-                        activity.at,
-                        body,
-                    );
-                    if attempted {
-                        queued.push(seq);
-                    } else {
-                        unattempted.push(seq);
-                    }
-                }
-            }
-            if activity.kind == "user_event" {
-                for users in world.subscriptions.values_mut() {
-                    users.remove(&activity.actor);
-                }
-                // The app lost the account: its XAA subscriptions end too.
-                world
-                    .activity_subscriptions
-                    .retain(|s| s.filter["user_id"].as_str() != Some(activity.actor.as_str()));
-                subscribed.retain(|id| *id != activity.actor);
-            }
-        }
-    }
-    let owed = queued.len() + unattempted.len();
-    for seq in unattempted {
-        delivery::not_attempted(sim, seq, "migration_gap");
-    }
-    for seq in queued {
-        delivery::spawn_live(sim.clone(), seq, 0);
-    }
-    owed
-}
-
-async fn generate_loop(sim: Sim, shutdown: CancellationToken) {
-    if sim.args.rate <= 0.0 {
-        return;
-    }
-    let tick = Duration::from_millis(100);
-    let mut carry = 0.0;
-    let mut interval = tokio::time::interval(tick);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        let burst = if sim.chance(sim.args.burst_share) {
-            10.0
-        } else {
-            1.0
-        };
-        carry += sim.args.rate * burst * tick.as_secs_f64();
-        let n = carry.floor();
-        carry -= n;
-        if n >= 1.0 {
-            generate(&sim, n as usize);
-        }
-    }
-}
-
-#[cfg(test)]
-mod routing_tests {
-    use super::*;
-
-    #[test]
-    fn an_xaa_subscribed_revoke_goes_to_the_apps_subscription() {
-        let now = chrono::Utc::now();
-        let generator = Generator::new(1, 3, now);
-        let app = App {
-            app_id: "1".into(),
-            consumer_key: "k".into(),
-            consumer_secret: "s".into(),
-            bearer_token: "b".into(),
-        };
-        let mut world = state::World::new(app, 3, 1, generator);
-        world.add_webhook("http://x".into(), now);
-        let webhook = world.webhooks.keys().next().cloned().unwrap();
-        let users: Vec<String> = world.accounts.iter().map(|a| a.user_id.clone()).collect();
-        activity::subscribe_accounts(&mut world, &webhook, &users, now);
-        let actor = users[0].clone();
-        let delivery = generate::Delivery {
-            for_user_id: None,
-            kind: "user_event",
-            body: serde_json::json!({"user_event": {"revoke": {"date_time": now.to_rfc3339(),
-                "target": {"app_id": "1"}, "source": {"user_id": actor}}}}),
-        };
-        let routed = routes(&world, xaa::Format::Subscribed, &delivery, &actor, 1, now);
-        assert_eq!(
-            routed.len(),
-            1,
-            "{:?}",
-            world
-                .activity_subscriptions
-                .iter()
-                .filter(|s| s.event_type == "oauth.revoke")
-                .collect::<Vec<_>>()
-        );
-    }
 }

@@ -8,9 +8,10 @@ use chrono::TimeDelta;
 use futures::StreamExt as _;
 use serde_json::json;
 
+use crate::context::Sim;
+use crate::delivery;
 use crate::faults::ReplayFault;
-use crate::state::Job;
-use crate::{Sim, delivery};
+use crate::state::{Envelope, Job};
 
 /// X replays an event only once it is 10 minutes old.
 const REPLAYABLE_AFTER: TimeDelta = TimeDelta::minutes(10);
@@ -126,10 +127,13 @@ fn finish(sim: &Sim, job: &Job, state: &'static str, description: &str) {
     // X does not document the completion message for XAA webhooks; in XAA
     // mode the simulator sends it in the XAA envelope (one guess at it), so
     // the pipeline's defensive reading is exercised.
-    let body = if sim.args.format == crate::xaa::Format::Xaa {
-        json!({"data": {"event_uuid": job.job_id, "filter": {}, "event_type": "webhooks.replay.job_status", "payload": status}})
+    let (envelope, body) = if sim.args.format == crate::xaa::Format::Xaa {
+        (
+            Envelope::Xaa,
+            json!({"data": {"event_uuid": job.job_id, "filter": {}, "event_type": "webhooks.replay.job_status", "payload": status}}),
+        )
     } else {
-        json!({"replay_job_status": status})
+        (Envelope::Aaa, json!({"replay_job_status": status}))
     };
     let seq = {
         let mut world = sim.world();
@@ -143,6 +147,7 @@ fn finish(sim: &Sim, job: &Job, state: &'static str, description: &str) {
             None,
             "replay_job_status",
             now,
+            envelope,
             body.to_string().into_bytes(),
         )
     };

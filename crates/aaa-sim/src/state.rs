@@ -36,6 +36,17 @@ pub struct Webhook {
     pub last_crc_at: DateTime<Utc>,
 }
 
+/// Which product's envelope a delivery is in: decided when it is owed
+/// (by the subscription that routed it), never guessed from its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Envelope {
+    /// Account Activity: `{"for_user_id": ..., "<kind>_events": [...]}`.
+    Aaa,
+    /// X Activity API: `{"data": {"event_type": ..., "payload": ...}}`.
+    Xaa,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Route {
@@ -55,6 +66,19 @@ pub struct Attempt {
     pub ok: bool,
 }
 
+impl Attempt {
+    /// A live attempt (no job).
+    pub fn live(at: DateTime<Utc>, outcome: &str, ok: bool) -> Attempt {
+        Attempt {
+            at,
+            route: Route::Live,
+            job_id: None,
+            outcome: outcome.to_owned(),
+            ok,
+        }
+    }
+}
+
 /// Ground truth: one delivery owed to one webhook.
 #[derive(Debug, Clone, Serialize)]
 pub struct Owed {
@@ -64,6 +88,8 @@ pub struct Owed {
     pub for_user_id: Option<String>,
     pub kind: &'static str,
     pub created_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub envelope: Envelope,
     #[serde(skip)]
     pub body: Arc<Vec<u8>>,
     pub attempts: Vec<Attempt>,
@@ -123,7 +149,7 @@ pub struct World {
     pub generator: Generator,
     pub activities: u64,
     /// X Activity API subscriptions (per event type and filter), in creation order.
-    pub activity_subscriptions: Vec<crate::activity::ActivitySubscription>,
+    pub activity_subscriptions: Vec<ActivitySubscription>,
     pub next_activity_subscription: u64,
     /// X's managed migration in progress: accounts whose Account Activity
     /// subscription X is replacing by X Activity API ones.
@@ -132,6 +158,24 @@ pub struct World {
     next_job: u64,
     nonces: HashSet<(String, String)>,
     rate_windows: HashMap<&'static str, VecDeque<DateTime<Utc>>>,
+}
+
+/// X's limit of X Activity API subscriptions for the self-serve tier.
+pub const SUBSCRIPTION_LIMIT: usize = 1_500;
+
+/// One X Activity API subscription: an event type and a filter, delivered
+/// to a webhook, tagged.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ActivitySubscription {
+    pub subscription_id: String,
+    pub event_type: String,
+    pub filter: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 /// One account's move from AAA to XAA on one webhook, as X's managed
@@ -274,6 +318,7 @@ impl World {
     }
 
     /// Records one owed delivery; returns its sequence number.
+    #[allow(clippy::too_many_arguments)]
     pub fn owe(
         &mut self,
         activity_id: u64,
@@ -281,6 +326,7 @@ impl World {
         for_user_id: Option<String>,
         kind: &'static str,
         created_at: DateTime<Utc>,
+        envelope: Envelope,
         body: Vec<u8>,
     ) -> u64 {
         let seq = self.owed.len() as u64;
@@ -291,6 +337,7 @@ impl World {
             for_user_id,
             kind,
             created_at,
+            envelope,
             body: Arc::new(body),
             attempts: Vec::new(),
             delivered_live: false,
@@ -298,6 +345,70 @@ impl World {
             pending: true,
         });
         seq
+    }
+
+    /// One attempt at an owed delivery, in the ground truth.
+    pub fn record_attempt(&mut self, seq: u64, attempt: Attempt) {
+        if let Some(owed) = self.owed.get_mut(seq as usize) {
+            match attempt.route {
+                Route::Live => owed.delivered_live |= attempt.ok,
+                Route::Replay => owed.delivered_by_replay |= attempt.ok,
+            }
+            owed.attempts.push(attempt);
+        }
+    }
+
+    /// X is done with an owed delivery: delivered, or given up on.
+    pub fn settle(&mut self, seq: u64) {
+        if let Some(owed) = self.owed.get_mut(seq as usize) {
+            owed.pending = false;
+        }
+    }
+
+    /// Subscribes `users` on the X Activity API for everything their
+    /// Account Activity subscription delivered, to `webhook_id`, tagged
+    /// `aaa:<user>:<event_type>` (as `aaa subscriptions migrate` plans), plus
+    /// the app's `oauth.revoke`: what an operator's migration or X's managed
+    /// one leaves behind. What exists already is kept.
+    pub fn subscribe_on_xaa(&mut self, webhook_id: &str, users: &[String], now: DateTime<Utc>) {
+        let wanted = users
+            .iter()
+            .flat_map(|user| {
+                aaa_events::xaa::account_event_types()
+                    .into_iter()
+                    .map(move |t| {
+                        (
+                            t,
+                            serde_json::json!({"user_id": user}),
+                            format!("aaa:{user}:{t}"),
+                        )
+                    })
+            })
+            .chain(std::iter::once((
+                "oauth.revoke",
+                serde_json::json!({}),
+                "aaa:revoke".to_owned(),
+            )));
+        for (event_type, filter, tag) in wanted {
+            if self
+                .activity_subscriptions
+                .iter()
+                .any(|s| s.event_type == event_type && s.filter == filter)
+            {
+                continue;
+            }
+            let id = self.next_activity_subscription.to_string();
+            self.next_activity_subscription += 1;
+            self.activity_subscriptions.push(ActivitySubscription {
+                subscription_id: id,
+                event_type: event_type.to_owned(),
+                filter,
+                tag: Some(tag),
+                webhook_id: Some(webhook_id.to_owned()),
+                created_at: now.to_rfc3339(),
+                updated_at: now.to_rfc3339(),
+            });
+        }
     }
 
     pub fn summary(&self) -> Summary {

@@ -10,8 +10,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::Sim;
+use crate::context::Sim;
 use crate::faults::Faults;
+use crate::state::Cutover;
+use crate::traffic;
 
 pub fn router(sim: Sim, metrics: PrometheusHandle) -> Router {
     Router::new()
@@ -41,7 +43,7 @@ struct GenerateBody {
 }
 
 async fn generate(State(sim): State<Sim>, Json(body): Json<GenerateBody>) -> Json<Value> {
-    let owed = crate::generate(&sim, body.count);
+    let owed = traffic::generate(&sim, body.count);
     Json(json!({"owed": owed}))
 }
 
@@ -88,10 +90,10 @@ async fn managed_migration(State(sim): State<Sim>, Json(body): Json<ManagedMigra
     let before = world.activity_subscriptions.len();
     let mut accounts = 0;
     for (webhook, users) in moving {
-        crate::activity::subscribe_accounts(&mut world, &webhook, &users, now);
+        world.subscribe_on_xaa(&webhook, &users, now);
         accounts += users.len();
         for user in users {
-            world.cutovers.push(crate::state::Cutover {
+            world.cutovers.push(Cutover {
                 webhook_id: webhook.clone(),
                 user_id: user,
                 aaa_until,

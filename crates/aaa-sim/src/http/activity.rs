@@ -3,55 +3,20 @@
 //! filter), bearer auth, `additionalProperties: false` bodies, 1-1000 per
 //! page, bulk delete of 1-100 ids with per-id errors.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
-use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::Sim;
-use crate::api::{bearer_ok, unauthorized, x_error};
+use crate::context::Sim;
+use crate::http::auth::App;
+use crate::http::error::{XApiError, XResult};
+use crate::state::{ActivitySubscription, SUBSCRIPTION_LIMIT};
 
-/// X's limit for the self-serve tier.
-pub const SUBSCRIPTION_LIMIT: usize = 1_500;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ActivitySubscription {
-    pub subscription_id: String,
-    pub event_type: String,
-    pub filter: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhook_id: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-pub fn router() -> Router<Sim> {
-    Router::new()
-        .route(
-            "/2/activity/subscriptions",
-            get(list).post(create).delete(delete_many),
-        )
-        .route(
-            "/2/activity/subscriptions/{id}",
-            put(update).delete(delete_one),
-        )
-}
-
-macro_rules! require_bearer {
-    ($sim:expr, $headers:expr) => {
-        if !bearer_ok(&$sim, &$headers) {
-            return unauthorized();
-        }
-    };
-}
-
-fn invalid(detail: &str) -> Response {
-    x_error(StatusCode::BAD_REQUEST, "InvalidRequest", detail)
+fn invalid(detail: impl Into<String>) -> XApiError {
+    XApiError::invalid_request(detail)
 }
 
 #[derive(Deserialize)]
@@ -101,100 +66,38 @@ fn check_filter(event_type: &str, filter: &Value) -> Result<(), String> {
     }
 }
 
-/// The refusal for a bad tag or webhook id, if any.
+/// Refuses a bad tag or webhook id.
 fn check_tag_and_webhook(
     sim: &Sim,
     tag: &Option<String>,
     webhook_id: &Option<String>,
-) -> Option<Response> {
+) -> Result<(), XApiError> {
     if tag
         .as_ref()
         .is_some_and(|t| t.is_empty() || t.chars().count() > 200)
     {
-        return Some(invalid("tag must be 1 to 200 characters"));
+        return Err(invalid("tag must be 1 to 200 characters"));
     }
     if let Some(id) = webhook_id {
         let digits = !id.is_empty() && id.len() <= 19 && id.bytes().all(|b| b.is_ascii_digit());
         if !digits || !sim.world().webhooks.contains_key(id) {
-            return Some(x_error(
-                StatusCode::BAD_REQUEST,
-                "WebhookIdInvalid",
-                "The provided webhook_id was not found or is not associated with the app.",
-            ));
+            return Err(XApiError::webhook_id_invalid());
         }
     }
-    None
+    Ok(())
 }
 
-/// Subscribes `users` on the X Activity API for everything their Account
-/// Activity subscription delivered, to `webhook_id`, tagged
-/// `aaa:<user>:<event_type>` (as `aaa subscriptions migrate` plans), plus
-/// the app's `oauth.revoke`: what an operator's migration or X's managed
-/// one leaves behind. What exists already is kept.
-pub fn subscribe_accounts(
-    world: &mut crate::state::World,
-    webhook_id: &str,
-    users: &[String],
-    now: chrono::DateTime<chrono::Utc>,
-) {
-    let wanted = users
-        .iter()
-        .flat_map(|user| {
-            aaa_events::xaa::account_event_types()
-                .into_iter()
-                .map(move |t| {
-                    (
-                        t,
-                        serde_json::json!({"user_id": user}),
-                        format!("aaa:{user}:{t}"),
-                    )
-                })
-        })
-        .chain(std::iter::once((
-            "oauth.revoke",
-            serde_json::json!({}),
-            "aaa:revoke".to_owned(),
-        )));
-    for (event_type, filter, tag) in wanted {
-        if world
-            .activity_subscriptions
-            .iter()
-            .any(|s| s.event_type == event_type && s.filter == filter)
-        {
-            continue;
-        }
-        let id = world.next_activity_subscription.to_string();
-        world.next_activity_subscription += 1;
-        world.activity_subscriptions.push(ActivitySubscription {
-            subscription_id: id,
-            event_type: event_type.to_owned(),
-            filter,
-            tag: Some(tag),
-            webhook_id: Some(webhook_id.to_owned()),
-            created_at: now.to_rfc3339(),
-            updated_at: now.to_rfc3339(),
-        });
-    }
-}
-
-async fn create(State(sim): State<Sim>, headers: HeaderMap, body: String) -> Response {
-    require_bearer!(sim, headers);
-    let body: CreateBody = match serde_json::from_str(&body) {
-        Ok(body) => body,
-        Err(e) => return invalid(&format!("invalid body: {e}")),
-    };
+pub async fn create(State(sim): State<Sim>, _: App, body: String) -> XResult {
+    let body: CreateBody =
+        serde_json::from_str(&body).map_err(|e| invalid(format!("invalid body: {e}")))?;
     if !aaa_events::xaa::EVENT_TYPES.contains(&body.event_type.as_str()) {
-        return invalid(&format!(
+        return Err(invalid(format!(
             "event_type `{}` is not supported",
             body.event_type
-        ));
+        )));
     }
-    if let Err(detail) = check_filter(&body.event_type, &body.filter) {
-        return invalid(&detail);
-    }
-    if let Some(response) = check_tag_and_webhook(&sim, &body.tag, &body.webhook_id) {
-        return response;
-    }
+    check_filter(&body.event_type, &body.filter).map_err(invalid)?;
+    check_tag_and_webhook(&sim, &body.tag, &body.webhook_id)?;
     let now = sim.clock.now().to_rfc3339();
     let mut world = sim.world();
     if world
@@ -202,18 +105,18 @@ async fn create(State(sim): State<Sim>, headers: HeaderMap, body: String) -> Res
         .iter()
         .any(|s| s.event_type == body.event_type && s.filter == body.filter)
     {
-        return x_error(
+        return Err(XApiError::reason(
             StatusCode::CONFLICT,
             "DuplicateSubscriptionFailed",
             "A subscription for this event_type and filter already exists.",
-        );
+        ));
     }
     if world.activity_subscriptions.len() >= SUBSCRIPTION_LIMIT {
-        return x_error(
+        return Err(XApiError::reason(
             StatusCode::BAD_REQUEST,
             "SubscriptionLimitExceeded",
             "The subscription limit for this app has been reached.",
-        );
+        ));
     }
     let id = world.next_activity_subscription.to_string();
     world.next_activity_subscription += 1;
@@ -228,32 +131,31 @@ async fn create(State(sim): State<Sim>, headers: HeaderMap, body: String) -> Res
     };
     world.activity_subscriptions.push(subscription.clone());
     let total = world.activity_subscriptions.len();
-    (
+    Ok((
         StatusCode::CREATED,
         Json(
             json!({"data": {"subscription": subscription}, "meta": {"total_subscriptions": total}}),
         ),
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Deserialize)]
-struct Page {
+pub struct Page {
     max_results: Option<String>,
     pagination_token: Option<String>,
 }
 
-async fn list(State(sim): State<Sim>, headers: HeaderMap, Query(page): Query<Page>) -> Response {
-    require_bearer!(sim, headers);
+pub async fn list(State(sim): State<Sim>, _: App, Query(page): Query<Page>) -> XResult {
     let max = match page.max_results.as_deref().map(str::parse::<usize>) {
         None => 100,
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => return invalid("max_results must be between 1 and 1000"),
+        Some(_) => return Err(invalid("max_results must be between 1 and 1000")),
     };
     let start = match page.pagination_token.as_deref().map(str::parse::<usize>) {
         None => 0,
         Some(Ok(n)) => n,
-        Some(Err(_)) => return invalid("pagination_token is invalid"),
+        Some(Err(_)) => return Err(invalid("pagination_token is invalid")),
     };
     let world = sim.world();
     let total = world.activity_subscriptions.len();
@@ -268,7 +170,7 @@ async fn list(State(sim): State<Sim>, headers: HeaderMap, Query(page): Query<Pag
     if start + items.len() < total {
         meta["next_token"] = json!((start + items.len()).to_string());
     }
-    Json(json!({"data": items, "meta": meta})).into_response()
+    Ok(Json(json!({"data": items, "meta": meta})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -278,24 +180,18 @@ struct UpdateBody {
     webhook_id: Option<String>,
 }
 
-async fn update(
+pub async fn update(
     State(sim): State<Sim>,
-    headers: HeaderMap,
+    _: App,
     Path(id): Path<String>,
     body: String,
-) -> Response {
-    require_bearer!(sim, headers);
-    let body: UpdateBody = match serde_json::from_str(&body) {
-        Ok(body) => body,
-        Err(e) => {
-            return invalid(&format!(
-                "invalid body (only tag and webhook_id can change): {e}"
-            ));
-        }
-    };
-    if let Some(response) = check_tag_and_webhook(&sim, &body.tag, &body.webhook_id) {
-        return response;
-    }
+) -> XResult {
+    let body: UpdateBody = serde_json::from_str(&body).map_err(|e| {
+        invalid(format!(
+            "invalid body (only tag and webhook_id can change): {e}"
+        ))
+    })?;
+    check_tag_and_webhook(&sim, &body.tag, &body.webhook_id)?;
     let now = sim.clock.now().to_rfc3339();
     let mut world = sim.world();
     let Some(subscription) = world
@@ -303,7 +199,7 @@ async fn update(
         .iter_mut()
         .find(|s| s.subscription_id == id)
     else {
-        return not_found(&id);
+        return Err(not_found(&id));
     };
     if body.tag.is_some() {
         subscription.tag = body.tag;
@@ -312,46 +208,39 @@ async fn update(
         subscription.webhook_id = body.webhook_id;
     }
     subscription.updated_at = now;
-    Json(json!({"data": {"subscription": subscription.clone()}})).into_response()
+    Ok(Json(json!({"data": {"subscription": subscription.clone()}})).into_response())
 }
 
-fn not_found(id: &str) -> Response {
-    x_error(
+fn not_found(id: &str) -> XApiError {
+    XApiError::reason(
         StatusCode::NOT_FOUND,
         "SubscriptionNotFound",
-        &format!("Subscription {id} was not found."),
+        format!("Subscription {id} was not found."),
     )
 }
 
-async fn delete_one(
-    State(sim): State<Sim>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    require_bearer!(sim, headers);
+pub async fn delete_one(State(sim): State<Sim>, _: App, Path(id): Path<String>) -> XResult {
     let mut world = sim.world();
     let before = world.activity_subscriptions.len();
     world
         .activity_subscriptions
         .retain(|s| s.subscription_id != id);
     if world.activity_subscriptions.len() == before {
-        return not_found(&id);
+        return Err(not_found(&id));
     }
     let total = world.activity_subscriptions.len();
-    Json(json!({"data": {"deleted": true}, "meta": {"total_subscriptions": total}})).into_response()
+    Ok(
+        Json(json!({"data": {"deleted": true}, "meta": {"total_subscriptions": total}}))
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]
-struct Ids {
+pub struct Ids {
     ids: Option<String>,
 }
 
-async fn delete_many(
-    State(sim): State<Sim>,
-    headers: HeaderMap,
-    Query(ids): Query<Ids>,
-) -> Response {
-    require_bearer!(sim, headers);
+pub async fn delete_many(State(sim): State<Sim>, _: App, Query(ids): Query<Ids>) -> XResult {
     let ids: Vec<String> = ids
         .ids
         .unwrap_or_default()
@@ -360,7 +249,7 @@ async fn delete_many(
         .map(str::to_owned)
         .collect();
     if !(1..=100).contains(&ids.len()) {
-        return invalid("ids must name 1 to 100 subscriptions");
+        return Err(invalid("ids must name 1 to 100 subscriptions"));
     }
     let mut world = sim.world();
     let mut deleted = Vec::new();
@@ -389,5 +278,5 @@ async fn delete_many(
     if !errors.is_empty() {
         body["errors"] = json!(errors);
     }
-    Json(body).into_response()
+    Ok(Json(body).into_response())
 }
