@@ -3,7 +3,7 @@
 //! observable event, and docs/architecture.md's metrics table names exactly
 //! the metrics the code defines.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
@@ -134,4 +134,214 @@ fn the_architecture_docs_list_exactly_the_metrics_the_code_defines() {
         undocumented.is_empty() && unknown.is_empty(),
         "docs/architecture.md's metrics table and the code differ:\n  defined in an events.rs, not in the table: {undocumented:?}\n  in the table, defined nowhere: {unknown:?}"
     );
+}
+
+/// The modules of one crate (`a`, `a::b`) and their files, the crate root
+/// (`lib.rs`, `main.rs`) left out: it declares the modules and holds what
+/// they share.
+fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
+    let mut files = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    walk(src, &mut files);
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let relative = path.strip_prefix(src).ok()?.with_extension("");
+            let mut parts: Vec<String> = relative
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            if parts.last().is_some_and(|p| p == "mod") {
+                parts.pop();
+            }
+            if parts == ["lib"] || parts == ["main"] {
+                return None;
+            }
+            Some((parts.join("::"), path))
+        })
+        .collect()
+}
+
+/// The paths a source names after `crate::`, groups (`crate::{a, b::c}`)
+/// spread out. Test modules are left out: they may use anything.
+fn crate_paths(text: &str) -> Vec<String> {
+    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let mut paths = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("crate::") {
+        rest = &rest[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 1;
+            let end = group
+                .char_indices()
+                .find(|(_, c)| {
+                    depth += match c {
+                        '{' => 1,
+                        '}' => -1,
+                        _ => 0,
+                    };
+                    depth == 0
+                })
+                .map_or(group.len(), |(i, _)| i);
+            let mut depth = 0;
+            let mut item = String::new();
+            for c in group[..end].chars().chain([',']) {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        paths.push(path_prefix(item.trim()));
+                        item.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                item.push(c);
+            }
+        } else {
+            paths.push(path_prefix(rest));
+        }
+    }
+    paths
+}
+
+/// `a::b::c` of `a::b::c(...)`, `a::b::{x, y}`, `a::b as z`.
+fn path_prefix(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+        .collect::<String>()
+        .trim_end_matches(':')
+        .to_owned()
+}
+
+/// Module → modules of the same crate it names (not its own parents or
+/// children).
+fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let modules = modules(src);
+    modules
+        .iter()
+        .map(|(name, path)| {
+            let text = std::fs::read_to_string(path).expect("readable source");
+            let uses = crate_paths(&text)
+                .into_iter()
+                .filter_map(|named| {
+                    let parts: Vec<&str> = named.split("::").collect();
+                    (1..=parts.len())
+                        .rev()
+                        .map(|n| parts[..n].join("::"))
+                        .find(|candidate| modules.contains_key(candidate))
+                })
+                .filter(|used| {
+                    used != name
+                        && !name.starts_with(&format!("{used}::"))
+                        && !used.starts_with(&format!("{name}::"))
+                })
+                .collect();
+            (name.clone(), uses)
+        })
+        .collect()
+}
+
+/// The strongly connected components with more than one module (Tarjan).
+fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct Search<'a> {
+        graph: &'a BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        found: Vec<Vec<String>>,
+    }
+    impl<'a> Search<'a> {
+        fn visit(&mut self, v: &'a str) {
+            let n = self.index.len();
+            self.index.insert(v, n);
+            self.low.insert(v, n);
+            self.stack.push(v);
+            for w in self.graph.get(v).into_iter().flatten() {
+                let w = w.as_str();
+                if !self.index.contains_key(w) {
+                    self.visit(w);
+                    let low = self.low[v].min(self.low[w]);
+                    self.low.insert(v, low);
+                } else if self.stack.contains(&w) {
+                    let low = self.low[v].min(self.index[w]);
+                    self.low.insert(v, low);
+                }
+            }
+            if self.low[v] == self.index[v] {
+                let mut component = Vec::new();
+                while let Some(w) = self.stack.pop() {
+                    component.push(w.to_owned());
+                    if w == v {
+                        break;
+                    }
+                }
+                if component.len() > 1 {
+                    component.sort();
+                    self.found.push(component);
+                }
+            }
+        }
+    }
+    let mut search = Search {
+        graph,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        found: Vec::new(),
+    };
+    for v in graph.keys() {
+        if !search.index.contains_key(v.as_str()) {
+            search.visit(v);
+        }
+    }
+    search.found
+}
+
+#[test]
+fn the_cycle_finder_finds_a_cycle_and_reads_grouped_imports() {
+    assert_eq!(
+        crate_paths("use crate::{a, b::{c, d}, e as f};\nlet x = crate::g::h(1);"),
+        ["a", "b::", "e", "g::h"].map(|s| s.trim_end_matches(':').to_owned())
+    );
+    let graph: BTreeMap<String, BTreeSet<String>> = [
+        ("a", vec!["b"]),
+        ("b", vec!["c"]),
+        ("c", vec!["a"]),
+        ("d", vec!["a"]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.into_iter().map(str::to_owned).collect()))
+    .collect();
+    assert_eq!(cycles(&graph), vec![vec!["a", "b", "c"]]);
+}
+
+#[test]
+fn no_two_modules_of_a_crate_import_each_other() {
+    let mut crates: Vec<PathBuf> = std::fs::read_dir(root().join("crates"))
+        .expect("crates/")
+        .flatten()
+        .map(|e| e.path().join("src"))
+        .collect();
+    crates.push(root().join("src"));
+    let mut found = Vec::new();
+    let mut modules = 0;
+    for src in &crates {
+        let graph = module_graph(src);
+        modules += graph.len();
+        for cycle in cycles(&graph) {
+            found.push(format!("{}: {}", src.display(), cycle.join(" <-> ")));
+        }
+    }
+    assert!(modules > 60, "only {modules} modules found");
+    assert!(found.is_empty(), "import cycles:\n{}", found.join("\n"));
 }
