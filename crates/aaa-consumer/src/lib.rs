@@ -10,6 +10,7 @@ mod health;
 mod lag;
 mod normalized;
 mod pipeline;
+mod reduce;
 pub mod seen;
 mod store;
 mod writer;

@@ -1,33 +1,36 @@
-//! Writes normalized rows for the events that were new in this batch, in
-//! the same transaction. Rows that update state (users, relationships,
-//! subscriptions, webhooks) are reduced per key in Rust first, because one
-//! `INSERT ... ON CONFLICT DO UPDATE` may not touch a row twice.
+//! Writes the normalized rows of the events that were new in this batch,
+//! in the same transaction: [`crate::reduce`] makes them one per key, and
+//! each table gets one `INSERT … SELECT FROM UNNEST(…)` of column arrays.
 
 use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 
-use aaa_events::Record;
-use aaa_events::normalize::{
-    DeletionRow, RelationshipRow, TweetRow, UserRow, current_relationships,
-};
+use aaa_events::normalize::{DeletionRow, RelationshipRow, TweetRow, current_relationships};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
+use sqlx::postgres::{PgArguments, Postgres};
 
-use crate::batch::EventRow;
+use crate::reduce::{NewEvent, Rows, reduce};
 use crate::seen::{Existing, Seen};
-
-/// A new event and its id in `events`.
-pub struct NewEvent<'a> {
-    pub id: i64,
-    pub row: &'a EventRow,
-    /// The latest time it can have happened, when earlier than its own
-    /// (`store::latest_possible`): state changes are dated no later.
-    pub latest: Option<DateTime<Utc>>,
-}
 
 fn col<T, R>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(f).collect()
+}
+
+type Insert<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// Runs one statement for `rows`, its columns bound by `bind`; nothing
+/// when there are no rows.
+async fn insert<'q, R>(
+    tx: &mut PgConnection,
+    rows: &'q [R],
+    sql: &'static str,
+    bind: impl FnOnce(Insert<'q>, &'q [R]) -> Insert<'q>,
+) -> Result<(), sqlx::Error> {
+    if !rows.is_empty() {
+        bind(sqlx::query(sql), rows).execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// `seen`: what the whole batch (duplicates included) saw.
@@ -36,281 +39,219 @@ pub async fn write(
     seen: &Seen,
     new: &[NewEvent<'_>],
 ) -> Result<(), sqlx::Error> {
-    register_webhooks_and_subscriptions(tx, seen, new).await?;
-    let mut users: BTreeMap<&str, (UserRow, i64)> = BTreeMap::new();
-    // One row per post: the real post over a repost's stub of it.
-    let mut tweets: BTreeMap<&str, (&TweetRow, i64)> = BTreeMap::new();
-    let mut mentions = Vec::new();
-    let mut favorites = Vec::new();
-    let mut apps = BTreeMap::new();
-    let mut dms = Vec::new();
-    let mut receipts = Vec::new();
-    let mut relationships: Vec<(RelationshipRow, i64)> = Vec::new();
-    // Per relationship change: X sent no time for it (dated on arrival).
-    let mut undated: Vec<bool> = Vec::new();
-    let mut deletions = Vec::new();
-    let mut jobs = Vec::new();
-    for event in new {
-        for record in &event.row.records {
-            match record {
-                Record::User(u) => match users.entry(u.user_id.as_str()) {
-                    Entry::Vacant(vacant) => {
-                        vacant.insert((u.clone(), event.id));
-                    }
-                    Entry::Occupied(mut known) => {
-                        let (snapshot, id) = known.get_mut();
-                        if u.observed_at > snapshot.observed_at {
-                            *id = event.id;
-                        }
-                        *snapshot = snapshot.merged(u);
-                    }
-                },
-                Record::Tweet(t) => match tweets.get(t.tweet_id.as_str()) {
-                    Some((known, _)) if !known.is_stub() || t.is_stub() => {}
-                    _ => {
-                        tweets.insert(&t.tweet_id, (t, event.id));
-                    }
-                },
-                Record::Mention(m) => mentions.push((m, event.id)),
-                Record::Favorite(f) => favorites.push((f, event.id)),
-                Record::App(a) => match apps.entry(a.app_id.as_str()) {
-                    Entry::Vacant(vacant) => {
-                        vacant.insert(a);
-                    }
-                    Entry::Occupied(mut known) => {
-                        if a.observed_at > known.get().observed_at {
-                            known.insert(a);
-                        }
-                    }
-                },
-                Record::DirectMessage(d) => dms.push((d, event.id)),
-                Record::DmReadReceipt(r) => receipts.push((r, event.id)),
-                Record::Relationship(r) => {
-                    // Dated no later than it can have happened (a replayed
-                    // copy of an undated change: inside its window).
-                    let mut r = r.clone();
-                    if let Some(latest) = event.latest {
-                        r.event_time = r.event_time.min(latest);
-                    }
-                    relationships.push((r, event.id));
-                    undated.push(event.row.dated_on_arrival);
-                }
-                Record::TweetDeletion(d) => deletions.push((d, event.id)),
-                Record::Revoke(_) => {} // applied with subscriptions
-                Record::ReplayJob(j) => jobs.push((j, event.id, event.row.received_at)),
-            }
-        }
-    }
-
-    // In key order, as every batch takes these rows: two batches writing at
-    // once then wait on each other instead of deadlocking.
-    let mut tweets: Vec<(&TweetRow, i64)> = tweets.into_values().collect();
-    tweets.sort_by(|a, b| a.0.tweet_id.cmp(&b.0.tweet_id));
-    if !tweets.is_empty() {
-        sqlx::query(
-            "INSERT INTO tweets (tweet_id, author_id, created_at, text, is_longform, entities, display_text_range,
-                                 in_reply_to_status_id, in_reply_to_user_id, quoted_status_id, retweeted_status_id, event_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bool[], $6::jsonb[],
-                                  $7::jsonb[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[])
-             ON CONFLICT (tweet_id) DO UPDATE SET
-                 author_id = EXCLUDED.author_id, created_at = EXCLUDED.created_at, text = EXCLUDED.text,
-                 is_longform = EXCLUDED.is_longform, entities = EXCLUDED.entities,
-                 display_text_range = EXCLUDED.display_text_range,
-                 in_reply_to_status_id = EXCLUDED.in_reply_to_status_id,
-                 in_reply_to_user_id = EXCLUDED.in_reply_to_user_id,
-                 quoted_status_id = EXCLUDED.quoted_status_id,
-                 retweeted_status_id = EXCLUDED.retweeted_status_id, event_id = EXCLUDED.event_id
-             -- Only a repost's stub gives way, and only to the real post; a
-             -- deleted post stays erased.
-             WHERE tweets.author_id IS NULL AND tweets.created_at IS NULL AND tweets.text = ''
-               AND tweets.deleted_at IS NULL
-               AND NOT (EXCLUDED.author_id IS NULL AND EXCLUDED.created_at IS NULL AND EXCLUDED.text = '')",
-        )
-        .bind(col(&tweets, |(t, _)| t.tweet_id.clone()))
-        .bind(col(&tweets, |(t, _)| t.author_id.clone()))
-        .bind(col::<Option<DateTime<Utc>>, _>(&tweets, |(t, _)| t.created_at))
-        .bind(col(&tweets, |(t, _)| t.text.clone()))
-        .bind(col(&tweets, |(t, _)| t.is_longform))
-        .bind(col::<Value, _>(&tweets, |(t, _)| t.entities.clone()))
-        .bind(col::<Option<Value>, _>(&tweets, |(t, _)| t.display_text_range.clone()))
-        .bind(col(&tweets, |(t, _)| t.in_reply_to_status_id.clone()))
-        .bind(col(&tweets, |(t, _)| t.in_reply_to_user_id.clone()))
-        .bind(col(&tweets, |(t, _)| t.quoted_status_id.clone()))
-        .bind(col(&tweets, |(t, _)| t.retweeted_status_id.clone()))
-        .bind(col(&tweets, |(_, id)| *id))
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !mentions.is_empty() {
-        sqlx::query(
-            "INSERT INTO mentions (tweet_id, user_id, blocked, event_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::int8[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(col(&mentions, |(m, _)| m.tweet_id.clone()))
-        .bind(col(&mentions, |(m, _)| m.user_id.clone()))
-        .bind(col(&mentions, |(m, _)| m.blocked))
-        .bind(col(&mentions, |(_, id)| *id))
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !favorites.is_empty() {
-        sqlx::query(
-            "INSERT INTO favorites (favorite_id, user_id, tweet_id, created_at, event_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(col(&favorites, |(f, _)| f.favorite_id.clone()))
-        .bind(col(&favorites, |(f, _)| f.user_id.clone()))
-        .bind(col(&favorites, |(f, _)| f.tweet_id.clone()))
-        .bind(col::<Option<DateTime<Utc>>, _>(&favorites, |(f, _)| f.created_at))
-        .bind(col(&favorites, |(_, id)| *id))
-        .execute(&mut *tx)
-        .await?;
-    }
-    let apps: Vec<_> = apps.into_values().collect();
-    if !apps.is_empty() {
-        sqlx::query(
-            // An app already stored as it is now is skipped before the
-            // upsert, which would lock its row until commit even to write
-            // the same values, and make concurrent batches wait on it.
-            // The newest observation wins, whichever batch commits last; one
-            // of unknown time never replaces one of known time.
-            "INSERT INTO apps (app_id, name, url, observed_at)
-             SELECT x.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS x(app_id, name, url, observed_at)
-             WHERE NOT EXISTS (SELECT 1 FROM apps a WHERE a.app_id = x.app_id
-                               AND a.name IS NOT DISTINCT FROM x.name AND a.url IS NOT DISTINCT FROM x.url
-                               AND a.observed_at IS NOT DISTINCT FROM x.observed_at)
-             ON CONFLICT (app_id) DO UPDATE SET name = EXCLUDED.name, url = EXCLUDED.url, observed_at = EXCLUDED.observed_at
-             WHERE apps.observed_at IS NULL
-                OR (EXCLUDED.observed_at IS NOT NULL AND EXCLUDED.observed_at > apps.observed_at)",
-        )
-        .bind(col(&apps, |a| a.app_id.clone()))
-        .bind(col(&apps, |a| a.name.clone()))
-        .bind(col(&apps, |a| a.url.clone()))
-        .bind(col::<Option<DateTime<Utc>>, _>(&apps, |a| a.observed_at))
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !dms.is_empty() {
-        sqlx::query(
-            "INSERT INTO direct_messages (dm_id, sender_id, recipient_id, source_app_id, text, entities, attachment, created_at, event_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[],
-                                  $8::timestamptz[], $9::int8[])
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(col(&dms, |(d, _)| d.dm_id.clone()))
-        .bind(col(&dms, |(d, _)| d.sender_id.clone()))
-        .bind(col(&dms, |(d, _)| d.recipient_id.clone()))
-        .bind(col(&dms, |(d, _)| d.source_app_id.clone()))
-        .bind(col(&dms, |(d, _)| d.text.clone()))
-        .bind(col::<Value, _>(&dms, |(d, _)| d.entities.clone()))
-        .bind(col::<Option<Value>, _>(&dms, |(d, _)| d.attachment.clone()))
-        .bind(col::<Option<DateTime<Utc>>, _>(&dms, |(d, _)| d.created_at))
-        .bind(col(&dms, |(_, id)| *id))
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !receipts.is_empty() {
-        sqlx::query(
-            "INSERT INTO dm_read_receipts (sender_id, recipient_id, last_read_event_id, created_at, event_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(col(&receipts, |(r, _)| r.sender_id.clone()))
-        .bind(col(&receipts, |(r, _)| r.recipient_id.clone()))
-        .bind(col(&receipts, |(r, _)| r.last_read_event_id.clone()))
-        .bind(col(&receipts, |(r, _)| r.created_at))
-        .bind(col(&receipts, |(_, id)| *id))
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !relationships.is_empty() {
-        write_relationships(tx, &relationships, &undated).await?;
-    }
+    let rows = reduce(new);
+    // Rows of webhooks and subscriptions the batch saw first (an existing
+    // row is left alone and not locked: `crate::seen` widens "last seen"
+    // outside the batch transaction).
+    seen.write_to(tx, Existing::Keep).await?;
+    write_revocations(tx, &rows).await?;
+    insert(
+        tx,
+        &rows.tweets,
+        "INSERT INTO tweets (tweet_id, author_id, created_at, text, is_longform, entities, display_text_range,
+                             in_reply_to_status_id, in_reply_to_user_id, quoted_status_id, retweeted_status_id, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::bool[], $6::jsonb[],
+                              $7::jsonb[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int8[])
+         ON CONFLICT (tweet_id) DO UPDATE SET
+             author_id = EXCLUDED.author_id, created_at = EXCLUDED.created_at, text = EXCLUDED.text,
+             is_longform = EXCLUDED.is_longform, entities = EXCLUDED.entities,
+             display_text_range = EXCLUDED.display_text_range,
+             in_reply_to_status_id = EXCLUDED.in_reply_to_status_id,
+             in_reply_to_user_id = EXCLUDED.in_reply_to_user_id,
+             quoted_status_id = EXCLUDED.quoted_status_id,
+             retweeted_status_id = EXCLUDED.retweeted_status_id, event_id = EXCLUDED.event_id
+         -- Only a repost's stub gives way, and only to the real post; a
+         -- deleted post stays erased.
+         WHERE tweets.author_id IS NULL AND tweets.created_at IS NULL AND tweets.text = ''
+           AND tweets.deleted_at IS NULL
+           AND NOT (EXCLUDED.author_id IS NULL AND EXCLUDED.created_at IS NULL AND EXCLUDED.text = '')",
+        |q, tweets| {
+            q.bind(col(tweets, |(t, _)| t.tweet_id.clone()))
+                .bind(col(tweets, |(t, _)| t.author_id.clone()))
+                .bind(col::<Option<DateTime<Utc>>, _>(tweets, |(t, _)| t.created_at))
+                .bind(col(tweets, |(t, _)| t.text.clone()))
+                .bind(col(tweets, |(t, _)| t.is_longform))
+                .bind(col::<Value, _>(tweets, |(t, _)| t.entities.clone()))
+                .bind(col::<Option<Value>, _>(tweets, |(t, _)| t.display_text_range.clone()))
+                .bind(col(tweets, |(t, _)| t.in_reply_to_status_id.clone()))
+                .bind(col(tweets, |(t, _)| t.in_reply_to_user_id.clone()))
+                .bind(col(tweets, |(t, _)| t.quoted_status_id.clone()))
+                .bind(col(tweets, |(t, _)| t.retweeted_status_id.clone()))
+                .bind(col(tweets, |(_, id)| *id))
+        },
+    )
+    .await?;
+    insert(
+        tx,
+        &rows.mentions,
+        "INSERT INTO mentions (tweet_id, user_id, blocked, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::int8[]) ON CONFLICT DO NOTHING",
+        |q, mentions| {
+            q.bind(col(mentions, |(m, _)| m.tweet_id.clone()))
+                .bind(col(mentions, |(m, _)| m.user_id.clone()))
+                .bind(col(mentions, |(m, _)| m.blocked))
+                .bind(col(mentions, |(_, id)| *id))
+        },
+    )
+    .await?;
+    insert(
+        tx,
+        &rows.favorites,
+        "INSERT INTO favorites (favorite_id, user_id, tweet_id, created_at, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[]) ON CONFLICT DO NOTHING",
+        |q, favorites| {
+            q.bind(col(favorites, |(f, _)| f.favorite_id.clone()))
+                .bind(col(favorites, |(f, _)| f.user_id.clone()))
+                .bind(col(favorites, |(f, _)| f.tweet_id.clone()))
+                .bind(col::<Option<DateTime<Utc>>, _>(favorites, |(f, _)| f.created_at))
+                .bind(col(favorites, |(_, id)| *id))
+        },
+    )
+    .await?;
+    insert(
+        tx,
+        &rows.apps,
+        // An app already stored as it is now is skipped before the upsert,
+        // which would lock its row until commit even to write the same
+        // values, and make concurrent batches wait on it. The newest
+        // observation wins, whichever batch commits last; one of unknown
+        // time never replaces one of known time.
+        "INSERT INTO apps (app_id, name, url, observed_at)
+         SELECT x.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS x(app_id, name, url, observed_at)
+         WHERE NOT EXISTS (SELECT 1 FROM apps a WHERE a.app_id = x.app_id
+                           AND a.name IS NOT DISTINCT FROM x.name AND a.url IS NOT DISTINCT FROM x.url
+                           AND a.observed_at IS NOT DISTINCT FROM x.observed_at)
+         ON CONFLICT (app_id) DO UPDATE SET name = EXCLUDED.name, url = EXCLUDED.url, observed_at = EXCLUDED.observed_at
+         WHERE apps.observed_at IS NULL
+            OR (EXCLUDED.observed_at IS NOT NULL AND EXCLUDED.observed_at > apps.observed_at)",
+        |q, apps| {
+            q.bind(col(apps, |a| a.app_id.clone()))
+                .bind(col(apps, |a| a.name.clone()))
+                .bind(col(apps, |a| a.url.clone()))
+                .bind(col::<Option<DateTime<Utc>>, _>(apps, |a| a.observed_at))
+        },
+    )
+    .await?;
+    insert(
+        tx,
+        &rows.direct_messages,
+        "INSERT INTO direct_messages (dm_id, sender_id, recipient_id, source_app_id, text, entities, attachment, created_at, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[],
+                              $8::timestamptz[], $9::int8[])
+         ON CONFLICT DO NOTHING",
+        |q, dms| {
+            q.bind(col(dms, |(d, _)| d.dm_id.clone()))
+                .bind(col(dms, |(d, _)| d.sender_id.clone()))
+                .bind(col(dms, |(d, _)| d.recipient_id.clone()))
+                .bind(col(dms, |(d, _)| d.source_app_id.clone()))
+                .bind(col(dms, |(d, _)| d.text.clone()))
+                .bind(col::<Value, _>(dms, |(d, _)| d.entities.clone()))
+                .bind(col::<Option<Value>, _>(dms, |(d, _)| d.attachment.clone()))
+                .bind(col::<Option<DateTime<Utc>>, _>(dms, |(d, _)| d.created_at))
+                .bind(col(dms, |(_, id)| *id))
+        },
+    )
+    .await?;
+    insert(
+        tx,
+        &rows.read_receipts,
+        "INSERT INTO dm_read_receipts (sender_id, recipient_id, last_read_event_id, created_at, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[]) ON CONFLICT DO NOTHING",
+        |q, receipts| {
+            q.bind(col(receipts, |(r, _)| r.sender_id.clone()))
+                .bind(col(receipts, |(r, _)| r.recipient_id.clone()))
+                .bind(col(receipts, |(r, _)| r.last_read_event_id.clone()))
+                .bind(col(receipts, |(r, _)| r.created_at))
+                .bind(col(receipts, |(_, id)| *id))
+        },
+    )
+    .await?;
+    write_relationships(tx, &rows.relationships).await?;
     // Every post each new event holds, at any depth: the compliance erase
     // finds every copy of a deleted post through it.
-    let mut held: Vec<(&str, i64)> = new
-        .iter()
-        .flat_map(|event| event.row.posts.iter().map(|post| (post.as_str(), event.id)))
-        .collect();
-    held.sort_unstable();
-    if !held.is_empty() {
-        sqlx::query(
-            "INSERT INTO event_posts (post_id, event_id)
-             SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING",
+    insert(
+        tx,
+        &rows.held_posts,
+        "INSERT INTO event_posts (post_id, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::int8[]) ON CONFLICT DO NOTHING",
+        |q, held| {
+            q.bind(col(held, |(post, _)| *post))
+                .bind(col(held, |(_, id)| *id))
+        },
+    )
+    .await?;
+    if !rows.deletions.is_empty() {
+        insert(
+            tx,
+            &rows.deletions,
+            "INSERT INTO tweet_deletions (tweet_id, user_id, deleted_at, event_id)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[]) ON CONFLICT DO NOTHING",
+            |q, deletions| {
+                q.bind(col(deletions, |(d, _)| d.tweet_id.clone()))
+                    .bind(col(deletions, |(d, _)| d.user_id.clone()))
+                    .bind(col(deletions, |(d, _)| d.deleted_at))
+                    .bind(col(deletions, |(_, id)| *id))
+            },
         )
-        .bind(col(&held, |(post, _)| *post))
-        .bind(col(&held, |(_, id)| *id))
-        .execute(&mut *tx)
         .await?;
+        take_deleted_posts(tx, &rows.deletions).await?;
     }
-    if !deletions.is_empty() || !tweets.is_empty() || !held.is_empty() {
-        if !deletions.is_empty() {
-            sqlx::query(
-                "INSERT INTO tweet_deletions (tweet_id, user_id, deleted_at, event_id)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::int8[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(col(&deletions, |(d, _)| d.tweet_id.clone()))
-            .bind(col(&deletions, |(d, _)| d.user_id.clone()))
-            .bind(col(&deletions, |(d, _)| d.deleted_at))
-            .bind(col(&deletions, |(_, id)| *id))
-            .execute(&mut *tx)
-            .await?;
-            take_deleted_posts(tx, &deletions).await?;
-        }
-        apply_deletions(tx, &tweets, &held, &deletions).await?;
+    if !rows.deletions.is_empty() || !rows.tweets.is_empty() || !rows.held_posts.is_empty() {
+        apply_deletions(tx, &rows.tweets, &rows.held_posts, &rows.deletions).await?;
     }
-    if !jobs.is_empty() {
-        sqlx::query(
-            "INSERT INTO replay_jobs (job_id, webhook_id, job_state, description, reported_at, event_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int8[])
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(col(&jobs, |(j, _, _)| j.job_id.clone()))
-        .bind(col(&jobs, |(j, _, _)| j.webhook_id.clone()))
-        .bind(col(&jobs, |(j, _, _)| j.job_state.clone()))
-        .bind(col(&jobs, |(j, _, _)| j.description.clone()))
-        .bind(col(&jobs, |(_, _, at)| *at))
-        .bind(col(&jobs, |(_, id, _)| *id))
-        .execute(&mut *tx)
-        .await?;
-    }
+    insert(
+        tx,
+        &rows.replay_jobs,
+        "INSERT INTO replay_jobs (job_id, webhook_id, job_state, description, reported_at, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::int8[])
+         ON CONFLICT DO NOTHING",
+        |q, jobs| {
+            q.bind(col(jobs, |(j, _, _)| j.job_id.clone()))
+                .bind(col(jobs, |(j, _, _)| j.webhook_id.clone()))
+                .bind(col(jobs, |(j, _, _)| j.job_state.clone()))
+                .bind(col(jobs, |(j, _, _)| j.description.clone()))
+                .bind(col(jobs, |(_, _, at)| *at))
+                .bind(col(jobs, |(_, id, _)| *id))
+        },
+    )
+    .await?;
     // Last: every batch of every replica touches the same accounts' rows,
     // and an upserted row stays locked until commit; written last, they are
     // held for the commit only. (On this 2-core machine replicas did not
     // scale either way: docs/benchmarks.md, "Consumer replicas".)
-    let users: Vec<_> = users.into_values().collect();
-    if !users.is_empty() {
-        sqlx::query(
-            "INSERT INTO users (user_id, screen_name, name, profile, observed_at, event_id)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::int8[])
-             ON CONFLICT (user_id) DO UPDATE SET
-                 -- The newer snapshot's fields win; a field one lacks keeps
-                 -- the other's (a stub has only the id): nothing known is erased.
-                 screen_name = CASE WHEN EXCLUDED.observed_at > users.observed_at
-                     THEN COALESCE(EXCLUDED.screen_name, users.screen_name)
-                     ELSE COALESCE(users.screen_name, EXCLUDED.screen_name) END,
-                 name = CASE WHEN EXCLUDED.observed_at > users.observed_at
-                     THEN COALESCE(EXCLUDED.name, users.name)
-                     ELSE COALESCE(users.name, EXCLUDED.name) END,
-                 profile = CASE WHEN EXCLUDED.observed_at > users.observed_at
-                     THEN users.profile || jsonb_strip_nulls(EXCLUDED.profile)
-                     ELSE EXCLUDED.profile || jsonb_strip_nulls(users.profile) END,
-                 observed_at = GREATEST(users.observed_at, EXCLUDED.observed_at),
-                 event_id = CASE WHEN EXCLUDED.observed_at > users.observed_at
-                     THEN EXCLUDED.event_id ELSE users.event_id END
-             WHERE EXCLUDED.observed_at > users.observed_at
-                OR (users.screen_name IS NULL AND EXCLUDED.screen_name IS NOT NULL)
-                OR (users.name IS NULL AND EXCLUDED.name IS NOT NULL)",
-        )
-        .bind(col(&users, |(u, _)| u.user_id.clone()))
-        .bind(col(&users, |(u, _)| u.screen_name.clone()))
-        .bind(col(&users, |(u, _)| u.name.clone()))
-        .bind(col::<Value, _>(&users, |(u, _)| u.profile.clone()))
-        .bind(col(&users, |(u, _)| u.observed_at))
-        .bind(col(&users, |(_, id)| *id))
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(())
+    insert(
+        tx,
+        &rows.users,
+        "INSERT INTO users (user_id, screen_name, name, profile, observed_at, event_id)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::timestamptz[], $6::int8[])
+         ON CONFLICT (user_id) DO UPDATE SET
+             -- The newer snapshot's fields win; a field one lacks keeps
+             -- the other's (a stub has only the id): nothing known is erased.
+             screen_name = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                 THEN COALESCE(EXCLUDED.screen_name, users.screen_name)
+                 ELSE COALESCE(users.screen_name, EXCLUDED.screen_name) END,
+             name = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                 THEN COALESCE(EXCLUDED.name, users.name)
+                 ELSE COALESCE(users.name, EXCLUDED.name) END,
+             profile = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                 THEN users.profile || jsonb_strip_nulls(EXCLUDED.profile)
+                 ELSE EXCLUDED.profile || jsonb_strip_nulls(users.profile) END,
+             observed_at = GREATEST(users.observed_at, EXCLUDED.observed_at),
+             event_id = CASE WHEN EXCLUDED.observed_at > users.observed_at
+                 THEN EXCLUDED.event_id ELSE users.event_id END
+         WHERE EXCLUDED.observed_at > users.observed_at
+            OR (users.screen_name IS NULL AND EXCLUDED.screen_name IS NOT NULL)
+            OR (users.name IS NULL AND EXCLUDED.name IS NOT NULL)",
+        |q, users| {
+            q.bind(col(users, |(u, _)| u.user_id.clone()))
+                .bind(col(users, |(u, _)| u.screen_name.clone()))
+                .bind(col(users, |(u, _)| u.name.clone()))
+                .bind(col::<Value, _>(users, |(u, _)| u.profile.clone()))
+                .bind(col(users, |(u, _)| u.observed_at))
+                .bind(col(users, |(_, id)| *id))
+        },
+    )
+    .await
 }
 
 /// A deletion takes its post's row in `tweets` (marking it deleted), and a
@@ -446,102 +387,74 @@ pub async fn erase_again(tx: &mut PgConnection, posts: &[&str]) -> Result<(), sq
     Ok(())
 }
 
-/// `undated[i]`: X sent no time for `changes[i]` (the watermark's
-/// maintenance drops such a change when it repeats the pair's state before
-/// it: the other envelope's copy of the same change).
+/// Every change as it came (`undated`: X sent no time for it; the
+/// watermark's maintenance drops such a change when it repeats the pair's
+/// state before it, the other envelope's copy of the same change), then
+/// each pair's current state.
 async fn write_relationships(
     tx: &mut PgConnection,
-    changes: &[(RelationshipRow, i64)],
-    undated: &[bool],
+    changes: &[(RelationshipRow, i64, bool)],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    insert(
+        tx,
+        changes,
         "INSERT INTO relationship_events (relationship, source_id, target_id, active, event_time, event_id, undated)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[], $6::int8[], $7::bool[])
          ON CONFLICT DO NOTHING",
+        |q, changes| {
+            q.bind(col(changes, |(r, _, _)| r.relationship.as_str().to_owned()))
+                .bind(col(changes, |(r, _, _)| r.source_id.clone()))
+                .bind(col(changes, |(r, _, _)| r.target_id.clone()))
+                .bind(col(changes, |(r, _, _)| r.active))
+                .bind(col(changes, |(r, _, _)| r.event_time))
+                .bind(col(changes, |(_, id, _)| *id))
+                .bind(col(changes, |(_, _, undated)| *undated))
+        },
     )
-    .bind(col(changes, |(r, _)| r.relationship.as_str().to_owned()))
-    .bind(col(changes, |(r, _)| r.source_id.clone()))
-    .bind(col(changes, |(r, _)| r.target_id.clone()))
-    .bind(col(changes, |(r, _)| r.active))
-    .bind(col(changes, |(r, _)| r.event_time))
-    .bind(col(changes, |(_, id)| *id))
-    .bind(undated)
-    .execute(&mut *tx)
     .await?;
     let current: Vec<(&RelationshipRow, i64)> =
-        current_relationships(changes.iter().map(|(r, id)| (r, *id)), |(r, _)| r);
+        current_relationships(changes.iter().map(|(r, id, _)| (r, *id)), |(r, _)| r);
     // The stored state changes only for a change of higher precedence: later
     // event time, or the removal at the same time.
-    sqlx::query(
+    insert(
+        tx,
+        &current,
         "INSERT INTO relationships (relationship, source_id, target_id, active, event_time, event_id)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[], $6::int8[])
          ON CONFLICT (relationship, source_id, target_id) DO UPDATE
              SET active = EXCLUDED.active, event_time = EXCLUDED.event_time, event_id = EXCLUDED.event_id
              WHERE (EXCLUDED.event_time, NOT EXCLUDED.active) > (relationships.event_time, NOT relationships.active)",
+        |q, current| {
+            q.bind(col(current, |(r, _)| r.relationship.as_str().to_owned()))
+                .bind(col(current, |(r, _)| r.source_id.clone()))
+                .bind(col(current, |(r, _)| r.target_id.clone()))
+                .bind(col(current, |(r, _)| r.active))
+                .bind(col(current, |(r, _)| r.event_time))
+                .bind(col(current, |(_, id)| *id))
+        },
     )
-    .bind(col(&current, |(r, _)| r.relationship.as_str().to_owned()))
-    .bind(col(&current, |(r, _)| r.source_id.clone()))
-    .bind(col(&current, |(r, _)| r.target_id.clone()))
-    .bind(col(&current, |(r, _)| r.active))
-    .bind(col(&current, |(r, _)| r.event_time))
-    .bind(col(&current, |(_, id)| *id))
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await
 }
 
-/// Creates the rows of webhooks and subscriptions the batch saw first (an
-/// existing row is left alone and not locked: `crate::seen` widens "last
-/// seen" outside the batch transaction), and records revocations, which
-/// are state and belong to the events that carry them.
-async fn register_webhooks_and_subscriptions(
-    tx: &mut PgConnection,
-    seen: &Seen,
-    new: &[NewEvent<'_>],
-) -> Result<(), sqlx::Error> {
-    seen.write_to(tx, Existing::Keep).await?;
-    // The newest revocation per subscription in this batch.
-    // (webhook, user) → (revoked at, revoking app, received at)
-    type Revocation<'a> = (DateTime<Utc>, Option<&'a str>, DateTime<Utc>);
-    let mut revoked: BTreeMap<(&str, &str), Revocation<'_>> = BTreeMap::new();
-    for event in new {
-        let Some(webhook) = event.row.webhook_id.as_deref() else {
-            continue;
-        };
-        for record in &event.row.records {
-            if let Record::Revoke(revoke) = record {
-                let this = (
-                    revoke.revoked_at,
-                    revoke.app_id.as_deref(),
-                    event.row.received_at,
-                );
-                let entry = revoked
-                    .entry((webhook, revoke.user_id.as_str()))
-                    .or_insert(this);
-                if entry.0 < revoke.revoked_at {
-                    *entry = this;
-                }
-            }
-        }
-    }
-    if !revoked.is_empty() {
-        let rows: Vec<_> = revoked.into_iter().collect();
-        // A revocation for an account no event of this webhook named yet
-        // still creates its row. An older revocation never replaces a newer one.
-        sqlx::query(
-            "INSERT INTO subscriptions AS s (webhook_id, user_id, first_seen_at, last_seen_at, revoked_at, revoked_app_id)
-             SELECT w, u, at, at, revoked, app FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[]) AS r(w, u, revoked, app, at)
-             ON CONFLICT (webhook_id, user_id) DO UPDATE SET
-                 revoked_at = EXCLUDED.revoked_at, revoked_app_id = EXCLUDED.revoked_app_id
-             WHERE s.revoked_at IS NULL OR s.revoked_at < EXCLUDED.revoked_at",
-        )
-        .bind(col(&rows, |((w, _), _)| w.to_string()))
-        .bind(col(&rows, |((_, u), _)| u.to_string()))
-        .bind(col(&rows, |(_, (at, _, _))| *at))
-        .bind(col(&rows, |(_, (_, app, _))| app.map(str::to_owned)))
-        .bind(col(&rows, |(_, (_, _, received))| *received))
-        .execute(&mut *tx)
-        .await?;
-    }
-    Ok(())
+/// Records revocations, which are state and belong to the events that
+/// carry them. A revocation for an account no event of this webhook named
+/// yet still creates its row. An older revocation never replaces a newer one.
+async fn write_revocations(tx: &mut PgConnection, rows: &Rows<'_>) -> Result<(), sqlx::Error> {
+    insert(
+        tx,
+        &rows.revocations,
+        "INSERT INTO subscriptions AS s (webhook_id, user_id, first_seen_at, last_seen_at, revoked_at, revoked_app_id)
+         SELECT w, u, at, at, revoked, app FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[]) AS r(w, u, revoked, app, at)
+         ON CONFLICT (webhook_id, user_id) DO UPDATE SET
+             revoked_at = EXCLUDED.revoked_at, revoked_app_id = EXCLUDED.revoked_app_id
+         WHERE s.revoked_at IS NULL OR s.revoked_at < EXCLUDED.revoked_at",
+        |q, revocations| {
+            q.bind(col(revocations, |((w, _), _)| w.to_string()))
+                .bind(col(revocations, |((_, u), _)| u.to_string()))
+                .bind(col(revocations, |(_, (at, _, _))| *at))
+                .bind(col(revocations, |(_, (_, app, _))| app.map(str::to_owned)))
+                .bind(col(revocations, |(_, (_, _, received))| *received))
+        },
+    )
+    .await
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::batch::{BatchPlan, DeadLetterRow, EventRow};
-use crate::normalized::{self, NewEvent};
+use crate::normalized;
+use crate::reduce::NewEvent;
 use crate::seen::Seen;
 
 /// Whether retrying a failed write can succeed. A permanent error is the
