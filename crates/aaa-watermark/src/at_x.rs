@@ -11,7 +11,6 @@ use aaa_common::observe::InternalEvent;
 use aaa_replay_window::Window;
 use aaa_xapi::{ReplayJob, Webhook, XClient, XError};
 use chrono::{DateTime, TimeDelta, Utc};
-use sqlx::PgConnection;
 
 use crate::decisions::{
     XRequestOutcome, registered_at, revalidation_due, validity_samples, x_clock_skew,
@@ -20,15 +19,16 @@ use crate::events::{
     Revalidated, WebhookInvalidAtX, WebhookListUnread, WebhookUnknownAtX, WebhookValidity,
     XBudgetUsedUp, XClockSkew, XOutcomeNotRecorded,
 };
-use crate::{Error, WatermarkArgs, store};
+use crate::ports::{RoundStore, XApi};
+use crate::{Error, WatermarkArgs};
 
 /// Endpoint names in `x_api_requests` (and aaa-xapi's metrics).
 const WEBHOOKS_LIST: &str = "webhooks_list";
 const WEBHOOKS_VALIDATE: &str = "webhooks_validate";
 pub const REPLAY_SUBMIT: &str = "replay_submit";
 
-pub struct AtX {
-    x: XClient,
+pub struct AtX<X = XClient> {
+    x: X,
     clock: Clock,
     /// X's webhook list, fetched at most every `validity_every` for all
     /// webhooks together (X allows 15 reads per 15 minutes).
@@ -58,18 +58,42 @@ pub struct Reserved {
     id: i64,
 }
 
-impl AtX {
-    pub fn new(args: &WatermarkArgs, x: XClient, clock: Clock) -> AtX {
+impl<X: XApi> AtX<X> {
+    pub fn new(args: &WatermarkArgs, x: X, clock: Clock) -> AtX<X> {
+        AtX::with(
+            x,
+            clock,
+            TimeDelta::seconds(args.validity_secs.max(1)),
+            i64::from(args.webhooks_list_limit.max(1)),
+            TimeDelta::seconds(args.backoff_secs),
+        )
+    }
+
+    /// `validity_every`: how often X's webhook list is read; `list_limit`:
+    /// reads (and re-validations) per 15 minutes; `backoff`: after a failed
+    /// re-validation.
+    pub fn with(
+        x: X,
+        clock: Clock,
+        validity_every: TimeDelta,
+        list_limit: i64,
+        backoff: TimeDelta,
+    ) -> AtX<X> {
         AtX {
             x,
             clock,
             listed: tokio::sync::Mutex::new(Listed::default()),
-            validity_every: TimeDelta::seconds(args.validity_secs.max(1)),
-            list_limit: i64::from(args.webhooks_list_limit.max(1)),
+            validity_every,
+            list_limit,
             skew: Mutex::new(TimeDelta::zero()),
             revalidate_after: Mutex::new(HashMap::new()),
-            backoff: TimeDelta::seconds(args.backoff_secs),
+            backoff,
         }
+    }
+
+    #[cfg(test)]
+    pub fn fake(&self) -> &X {
+        &self.x
     }
 
     /// X's time now, as far as its clock differs from ours.
@@ -94,12 +118,12 @@ impl AtX {
     /// is exactly one HTTP request.
     pub async fn reserve(
         &self,
-        conn: &mut PgConnection,
+        store: &mut impl RoundStore,
         endpoint: &'static str,
         limit: i64,
         now: DateTime<Utc>,
     ) -> Result<Option<Reserved>, Error> {
-        let reserved = store::reserve_x_request(conn, endpoint, limit, now).await?;
+        let reserved = store.reserve_x_request(endpoint, limit, now).await?;
         if reserved.is_none() {
             XBudgetUsedUp { endpoint, limit }.emit();
         }
@@ -111,12 +135,12 @@ impl AtX {
     /// matters to the budget: it is logged, never fatal.
     pub async fn record<T>(
         &self,
-        conn: &mut PgConnection,
+        store: &mut impl RoundStore,
         reserved: Reserved,
         answer: &Result<T, XError>,
     ) {
         let outcome = XRequestOutcome::of(answer);
-        if let Err(error) = store::record_x_outcome(conn, reserved.id, outcome.as_str()).await {
+        if let Err(error) = store.record_x_outcome(reserved.id, outcome.as_str()).await {
             XOutcomeNotRecorded {
                 endpoint: reserved.endpoint,
                 error: &error,
@@ -130,7 +154,7 @@ impl AtX {
     /// serves every webhook. `None` until X first answered.
     async fn webhooks(
         &self,
-        conn: &mut PgConnection,
+        store: &mut impl RoundStore,
         now: DateTime<Utc>,
     ) -> Result<Option<(DateTime<Utc>, Vec<Webhook>)>, Error> {
         let mut listed = self.listed.lock().await;
@@ -139,13 +163,13 @@ impl AtX {
             .is_none_or(|at| now - at >= self.validity_every);
         if due
             && let Some(reserved) = self
-                .reserve(conn, WEBHOOKS_LIST, self.list_limit, now)
+                .reserve(store, WEBHOOKS_LIST, self.list_limit, now)
                 .await?
         {
             listed.asked_at = Some(now);
             let answer = self.x.list_webhooks().await;
             self.measure_skew();
-            self.record(conn, reserved, &answer).await;
+            self.record(store, reserved, &answer).await;
             match answer {
                 Ok(webhooks) => listed.answer = Some((now, webhooks)),
                 Err(error) => WebhookListUnread { error: &error }.emit(),
@@ -158,22 +182,22 @@ impl AtX {
     /// lists it invalid); returns when X registered it.
     pub async fn check_validity(
         &self,
-        conn: &mut PgConnection,
+        store: &mut impl RoundStore,
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, Error> {
-        let Some((checked_at, listed)) = self.webhooks(conn, now).await? else {
+        let Some((checked_at, listed)) = self.webhooks(store, now).await? else {
             return Ok(None);
         };
         let Some(found) = listed.iter().find(|w| w.id == webhook) else {
             WebhookUnknownAtX { webhook }.emit();
             return Ok(None);
         };
-        let revalidated = !found.valid && self.revalidate(conn, webhook, now).await?;
+        let revalidated = !found.valid && self.revalidate(store, webhook, now).await?;
         let (valid, samples) = validity_samples(found.valid, revalidated, checked_at, now);
         WebhookValidity { webhook, valid }.emit();
         for (at, valid) in samples {
-            store::record_validity(conn, webhook, at, valid).await?;
+            store.record_validity(webhook, at, valid).await?;
         }
         Ok(registered_at(found.created_at.as_deref()))
     }
@@ -182,7 +206,7 @@ impl AtX {
     /// backed it off or the budget is used up; `true` when X re-validated it.
     async fn revalidate(
         &self,
-        conn: &mut PgConnection,
+        store: &mut impl RoundStore,
         webhook: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, Error> {
@@ -202,13 +226,13 @@ impl AtX {
             return Ok(false);
         }
         let Some(reserved) = self
-            .reserve(conn, WEBHOOKS_VALIDATE, self.list_limit, now)
+            .reserve(store, WEBHOOKS_VALIDATE, self.list_limit, now)
             .await?
         else {
             return Ok(false);
         };
         let answer = self.x.validate_webhook(webhook).await;
-        self.record(conn, reserved, &answer).await;
+        self.record(store, reserved, &answer).await;
         let failure = match answer {
             Ok(true) => None,
             result => Some(format!("{:?}", result.map_err(|e| e.to_string()))),

@@ -11,10 +11,9 @@ use chrono::{DateTime, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use sqlx::PgConnection;
 
 use crate::events::FenceNotWritten;
-use crate::{Error, WatermarkArgs, store};
+use crate::{Error, WatermarkArgs};
 
 pub struct Fences {
     producer: FutureProducer,
@@ -87,10 +86,11 @@ impl Fences {
         all
     }
 
-    /// The time up to which the consumer has stored everything: the oldest
-    /// of the newest fences on every partition.
-    pub async fn horizon(&self, conn: &mut PgConnection) -> Result<Option<DateTime<Utc>>, Error> {
-        let (oldest, partitions) = store::fences(conn, &self.topic).await?;
-        Ok(oldest.filter(|_| partitions as usize >= self.partitions.len()))
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.partitions.len()
     }
 }

@@ -4,25 +4,26 @@
 
 use aaa_common::observe::InternalEvent;
 
+use crate::Error;
 use crate::decisions::{JobOutcome, JobSeen, JobState, JobStep, backoff, follow_job};
 use crate::events::{JobCompleteAtX, JobReconciled, JobRequeued};
+use crate::ports::{Fencer, RoundStore, XApi};
 use crate::round::Round;
-use crate::{Error, store};
 
 /// Follows the job in flight; `true` while one is still running.
-pub(crate) async fn follow_in_flight(
-    round: &mut Round<'_>,
+pub(crate) async fn follow_in_flight<S: RoundStore, X: XApi, F: Fencer>(
+    round: &mut Round<'_, S, X, F>,
     horizon: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<bool, Error> {
     let (webhook, lease, now) = (round.webhook, round.lease, round.now);
-    let Some(job) = store::in_flight(round.conn, webhook).await? else {
+    let Some(job) = round.store.in_flight(webhook).await? else {
         return Ok(false);
     };
-    let job_state = store::job_state(round.conn, job.job_id.as_deref()).await?;
+    let job_state = round.store.job_state(job.job_id.as_deref()).await?;
     let job_id = job.job_id.as_deref().unwrap_or_default();
     let heartbeats = match (job.fence_at, job.submitted_at) {
         (Some(_), Some(submitted_at)) => {
-            store::heartbeats_since(round.conn, webhook, submitted_at).await?
+            round.store.heartbeats_since(webhook, submitted_at).await?
         }
         _ => Vec::new(),
     };
@@ -46,15 +47,14 @@ pub(crate) async fn follow_in_flight(
             // was read; a delivery still in flight then would be missed.
             let fenced_at = round.clock.now();
             if round.fences.write(fenced_at).await {
-                let applied = store::set_fence(round.conn, lease, &job, fenced_at).await?;
+                let applied = round.store.set_fence(lease, &job, fenced_at).await?;
                 round.applied(applied)?;
                 JobCompleteAtX { webhook, job_id }.emit();
             }
             Ok(true)
         }
         JobStep::Reconcile => {
-            let Some((recovered, duplicates)) =
-                store::reconcile(round.conn, lease, &job, now).await?
+            let Some((recovered, duplicates)) = round.store.reconcile(lease, &job, now).await?
             else {
                 return Err(round.lease_lost());
             };
@@ -75,7 +75,7 @@ pub(crate) async fn follow_in_flight(
             // outsider holding their slots) may still be there, and
             // each submission spends X's budget.
             let again = now + backoff(round.settings.backoff, job.attempts);
-            let applied = store::requeue(round.conn, lease, &job, again, why).await?;
+            let applied = round.store.requeue(lease, &job, again, why).await?;
             round.applied(applied)?;
             requeued(JobOutcome::ReceiversMissed, None).emit();
             Ok(false)
@@ -83,14 +83,14 @@ pub(crate) async fn follow_in_flight(
         JobStep::Incomplete(state) => {
             // X does not retry replayed events.
             let why = format!("X reported {state}");
-            let applied = store::requeue(round.conn, lease, &job, now, &why).await?;
+            let applied = round.store.requeue(lease, &job, now, &why).await?;
             round.applied(applied)?;
             requeued(JobOutcome::Incomplete, Some(&state)).emit();
             Ok(false)
         }
         JobStep::Lost => {
             let why = "no completion message in time";
-            let applied = store::requeue(round.conn, lease, &job, now, why).await?;
+            let applied = round.store.requeue(lease, &job, now, why).await?;
             round.applied(applied)?;
             requeued(JobOutcome::Lost, None).emit();
             Ok(false)

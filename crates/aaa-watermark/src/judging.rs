@@ -9,16 +9,17 @@ use crate::coverage::{Interval, uncovered};
 use crate::decisions::{invalid_periods, judging_floor, unknown_periods};
 use crate::events::{CoverageJudged, Expiry, GapNotReplayableYet, MinutesExpired, WindowPlanned};
 use crate::planner::{Step, WindowKind, plan, plan_audits};
+use crate::ports::{Fencer, RoundStore, XApi};
 use crate::round::Round;
-use crate::store::{self, WindowState};
+use crate::store::WindowState;
 use crate::{Error, store::Progress};
 
 /// The stretch of the webhook's timeline the watermark judges: from its
 /// registration at X (or, when X did not say, the first heartbeat: a
 /// receiver that died before its first heartbeat still leaves a gap) to
 /// the time up to which the consumer has stored everything.
-pub(crate) async fn tracked(
-    round: &mut Round<'_>,
+pub(crate) async fn tracked<S: RoundStore, X: XApi, F: Fencer>(
+    round: &mut Round<'_, S, X, F>,
     registered_at: Option<DateTime<Utc>>,
     horizon: Option<DateTime<Utc>>,
     progress: Progress,
@@ -30,7 +31,7 @@ pub(crate) async fn tracked(
         );
         return Ok(None);
     };
-    let first_heartbeat = store::first_heartbeat(round.conn, round.webhook).await?;
+    let first_heartbeat = round.store.first_heartbeat(round.webhook).await?;
     let Some(origin) = [first_heartbeat, registered_at].into_iter().flatten().min() else {
         return Ok(None);
     };
@@ -44,13 +45,16 @@ pub(crate) async fn tracked(
 /// Finds uncovered minutes of `judged` not yet planned, and records them
 /// as pending (or expired) windows. Returns every window since its
 /// start, those just recorded included.
-pub(crate) async fn record_gaps(
-    round: &mut Round<'_>,
+pub(crate) async fn record_gaps<S: RoundStore, X: XApi, F: Fencer>(
+    round: &mut Round<'_, S, X, F>,
     judged: Interval,
 ) -> Result<Vec<Interval>, Error> {
     let (webhook, now, start) = (round.webhook, round.now, judged.from);
-    let heartbeats = store::heartbeats_since(round.conn, webhook, start).await?;
-    let checks = store::validity_since(round.conn, webhook, start - TimeDelta::hours(1)).await?;
+    let heartbeats = round.store.heartbeats_since(webhook, start).await?;
+    let checks = round
+        .store
+        .validity_since(webhook, start - TimeDelta::hours(1))
+        .await?;
     let mut invalid = invalid_periods(&checks, now);
     // Validity nobody could check (X unreachable, rate limited) is
     // suspect: X may have stopped delivering then.
@@ -59,7 +63,7 @@ pub(crate) async fn record_gaps(
         now,
         round.settings.validity_unknown_after,
     ));
-    let mut settled = store::windows_since(round.conn, webhook, start).await?;
+    let mut settled = round.store.windows_since(webhook, start).await?;
     let gaps = uncovered(start, judged.to, &heartbeats, &invalid, &settled);
     CoverageJudged {
         webhook,
@@ -109,8 +113,8 @@ pub(crate) async fn record_gaps(
 
 /// Opens an audit window for every closed slot of `judged` no window (of
 /// `windows`, all since its start) replayed yet.
-pub(crate) async fn record_audits(
-    round: &mut Round<'_>,
+pub(crate) async fn record_audits<S: RoundStore, X: XApi, F: Fencer>(
+    round: &mut Round<'_, S, X, F>,
     judged: Interval,
     windows: &[Interval],
 ) -> Result<(), Error> {

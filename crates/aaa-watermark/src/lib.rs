@@ -18,7 +18,10 @@ mod jobs;
 mod judging;
 pub mod maintenance;
 pub mod planner;
+mod ports;
 mod round;
+#[cfg(test)]
+mod round_tests;
 mod service;
 pub mod store;
 mod submit;

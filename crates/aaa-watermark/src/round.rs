@@ -6,12 +6,11 @@ use std::collections::HashMap;
 
 use aaa_common::Clock;
 use chrono::{DateTime, TimeDelta, Utc};
-use sqlx::PgConnection;
 
 use crate::at_x::AtX;
 use crate::coverage::Interval;
-use crate::fences::Fences;
 use crate::planner::WindowKind;
+use crate::ports::RoundStore;
 use crate::store::{self, Lease, WindowState};
 use crate::{Error, WatermarkArgs};
 
@@ -56,18 +55,18 @@ impl Settings {
     }
 }
 
-pub struct Round<'a> {
-    pub conn: &'a mut PgConnection,
+pub struct Round<'a, S, X, F> {
+    pub store: &'a mut S,
     pub lease: &'a Lease,
     pub webhook: &'a str,
     pub now: DateTime<Utc>,
     pub settings: &'a Settings,
-    pub x: &'a AtX,
-    pub fences: &'a Fences,
+    pub x: &'a AtX<X>,
+    pub fences: &'a F,
     pub clock: Clock,
 }
 
-impl Round<'_> {
+impl<S: RoundStore, X, F> Round<'_, S, X, F> {
     /// Another replica took the lease over during this round.
     pub fn lease_lost(&self) -> Error {
         Error::LeaseLost(self.webhook.to_owned())
@@ -91,7 +90,11 @@ impl Round<'_> {
         kind: WindowKind,
         state: WindowState,
     ) -> Result<bool, Error> {
-        match store::insert_window(self.conn, self.lease, window, kind, state, self.now).await? {
+        match self
+            .store
+            .insert_window(self.lease, window, kind, state, self.now)
+            .await?
+        {
             store::Planned::Inserted => Ok(true),
             store::Planned::AlreadyPlanned => Ok(false),
             store::Planned::LeaseLost => Err(self.lease_lost()),

@@ -20,6 +20,7 @@ use crate::events::{
 };
 use crate::fences::Fences;
 use crate::planner::earliest_from;
+use crate::ports::{self, Fencer, RoundStore, XApi};
 use crate::round::{Round, Settings};
 use crate::store::{self, Progress};
 use crate::{Error, WatermarkArgs, jobs, judging, submit};
@@ -106,7 +107,7 @@ impl Watermark {
         };
         let started = Instant::now();
         let mut round = Round {
-            conn: &mut conn,
+            store: &mut *conn,
             lease: &lease,
             webhook,
             now,
@@ -135,18 +136,21 @@ impl Watermark {
 
 /// The round's story. `progress`: as read at the start of this tick (only
 /// the lease holder changes it).
-async fn run(round: &mut Round<'_>, progress: Progress) -> Result<(), Error> {
+pub(crate) async fn run<S: RoundStore, X: XApi, F: Fencer>(
+    round: &mut Round<'_, S, X, F>,
+    progress: Progress,
+) -> Result<(), Error> {
     let progress = begin_tracking(round, progress).await?;
     let registered_at = round
         .x
-        .check_validity(round.conn, round.webhook, round.now)
+        .check_validity(round.store, round.webhook, round.now)
         .await?;
     // Read once: the job in flight and the judging both wait for it.
-    let horizon = round.fences.horizon(round.conn).await?;
+    let horizon = ports::horizon(round.store, round.fences).await?;
     let busy = jobs::follow_in_flight(round, horizon).await?;
     if let Some(judged) = judging::tracked(round, registered_at, horizon, progress).await? {
         let windows = judging::record_gaps(round, judged).await?;
-        store::advance_judged(round.conn, round.webhook, judged.to).await?;
+        round.store.advance_judged(round.webhook, judged.to).await?;
         judging::record_audits(round, judged, &windows).await?;
     }
     if !busy {
@@ -164,14 +168,17 @@ async fn run(round: &mut Round<'_>, progress: Progress) -> Result<(), Error> {
 /// since then is expired and counted, not skipped. Nothing is judged yet,
 /// so it is also how far judging got. Returns the progress the round goes
 /// on with.
-async fn begin_tracking(round: &mut Round<'_>, progress: Progress) -> Result<Progress, Error> {
+async fn begin_tracking<S: RoundStore, X: XApi, F: Fencer>(
+    round: &mut Round<'_, S, X, F>,
+    progress: Progress,
+) -> Result<Progress, Error> {
     if progress.judged_to.is_some() {
         return Ok(progress);
     }
     let from = earliest_from(round.now);
-    if !store::begin_tracking(round.conn, round.webhook, from).await? {
+    if !round.store.begin_tracking(round.webhook, from).await? {
         // Another replica's first round came first.
-        return Ok(store::progress(round.conn, round.webhook).await?);
+        return Ok(round.store.progress(round.webhook).await?);
     }
     TrackingBegan {
         webhook: round.webhook,
@@ -187,9 +194,11 @@ async fn begin_tracking(round: &mut Round<'_>, progress: Progress) -> Result<Pro
 /// The webhook's windows by kind and state, and how long its oldest open
 /// gap can still be replayed (only gaps: an audit that ages out loses
 /// nothing coverage did not judge).
-async fn report(round: &mut Round<'_>) -> Result<(), Error> {
-    let counts = store::window_counts(round.conn, round.webhook).await?;
-    let oldest = store::oldest_open_gap(round.conn, round.webhook).await?;
+async fn report<S: RoundStore, X: XApi, F: Fencer>(
+    round: &mut Round<'_, S, X, F>,
+) -> Result<(), Error> {
+    let counts = round.store.window_counts(round.webhook).await?;
+    let oldest = round.store.oldest_open_gap(round.webhook).await?;
     WindowsCounted {
         webhook: round.webhook,
         counts: &counts,

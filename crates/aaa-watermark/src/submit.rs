@@ -13,15 +13,18 @@ use crate::decisions::{
 };
 use crate::events::{Expiry, MinutesExpired, ReplayHeld, ReplayRefused, ReplaySubmitted};
 use crate::planner::{WindowKind, earliest_from};
+use crate::ports::{Fencer, RoundStore, XApi};
 use crate::round::Round;
-use crate::store::{self, WindowState};
+use crate::store::WindowState;
 
-pub(crate) async fn submit_next(round: &mut Round<'_>) -> Result<(), Error> {
+pub(crate) async fn submit_next<S: RoundStore, X: XApi, F: Fencer>(
+    round: &mut Round<'_, S, X, F>,
+) -> Result<(), Error> {
     let (webhook, lease, now) = (round.webhook, round.lease, round.now);
-    let Some(next) = store::next_pending(round.conn, webhook, now).await? else {
+    let Some(next) = round.store.next_pending(webhook, now).await? else {
         return Ok(());
     };
-    let gaps_waiting = store::gaps_waiting(round.conn).await?;
+    let gaps_waiting = round.store.gaps_waiting().await?;
     if let Some(hold) = gap_hold(next.kind, &gaps_waiting, &round.settings.webhooks) {
         ReplayHeld {
             webhook,
@@ -37,7 +40,7 @@ pub(crate) async fn submit_next(round: &mut Round<'_>) -> Result<(), Error> {
         Edge::Fits => next.interval(),
         Edge::Expired => {
             let why = "aged past 24 h before it could be replayed";
-            let applied = store::expire(round.conn, lease, next.id, why).await?;
+            let applied = round.store.expire(lease, next.id, why).await?;
             round.applied(applied)?;
             MinutesExpired {
                 webhook,
@@ -53,7 +56,7 @@ pub(crate) async fn submit_next(round: &mut Round<'_>) -> Result<(), Error> {
             // The oldest minutes aged out while the window waited:
             // recorded (and, for a gap, counted) as expired, never
             // dropped silently.
-            let applied = store::trim_start(round.conn, lease, &next, rest.from).await?;
+            let applied = round.store.trim_start(lease, &next, rest.from).await?;
             round.applied(applied)?;
             if aged_minutes_count(next.kind)
                 && round
@@ -78,7 +81,7 @@ pub(crate) async fn submit_next(round: &mut Round<'_>) -> Result<(), Error> {
     let limit = replay_budget(next.kind, round.settings.replay_limit);
     let Some(reserved) = round
         .x
-        .reserve(round.conn, REPLAY_SUBMIT, limit, now)
+        .reserve(round.store, REPLAY_SUBMIT, limit, now)
         .await?
     else {
         ReplayHeld {
@@ -104,7 +107,10 @@ pub(crate) async fn submit_next(round: &mut Round<'_>) -> Result<(), Error> {
         Ok(job) => {
             // First, before anything else can fail: X runs this job
             // now, and a window not marked would be submitted again.
-            let marked = store::mark_submitted(round.conn, next.id, &job.job_id, now).await?;
+            let marked = round
+                .store
+                .mark_submitted(next.id, &job.job_id, now)
+                .await?;
             ReplaySubmitted {
                 webhook,
                 job,
@@ -132,11 +138,13 @@ pub(crate) async fn submit_next(round: &mut Round<'_>) -> Result<(), Error> {
             .emit();
             let again = now + retry.delay;
             let why = error.to_string();
-            let applied =
-                store::retry_later(round.conn, lease, next.id, again, &why, retry.conflict).await?;
+            let applied = round
+                .store
+                .retry_later(lease, next.id, again, &why, retry.conflict)
+                .await?;
             round.applied(applied)?;
         }
     }
-    round.x.record(round.conn, reserved, &answer).await;
+    round.x.record(round.store, reserved, &answer).await;
     Ok(())
 }
