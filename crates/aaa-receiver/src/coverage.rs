@@ -64,7 +64,7 @@ impl Coverage {
     }
 
     /// Takes every webhook's tally for the interval `[from, to)`.
-    fn take(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<control::Heartbeat> {
+    pub(crate) fn take(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<control::Heartbeat> {
         let mut tallies = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
         tallies
             .iter_mut()

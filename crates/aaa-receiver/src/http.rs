@@ -32,11 +32,11 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use crate::events::{
     CrcAnswered, DeliveryHandled, InFlight, Outcome, ProduceAcknowledged, RequestShed,
 };
-use crate::producer::RawProducer;
+use crate::producer::{RawProducer, RecordSink};
 use crate::webhooks::Webhook;
 
-pub struct AppState {
-    pub producer: Arc<RawProducer>,
+pub struct AppState<P = RawProducer> {
+    pub producer: Arc<P>,
     pub topic: String,
     pub clock: Clock,
     pub coverage: Arc<crate::coverage::Coverage>,
@@ -68,7 +68,7 @@ impl RequestLimits {
     }
 }
 
-pub fn router(state: Arc<AppState>, webhooks: Vec<Webhook>) -> Router {
+pub fn router<P: RecordSink>(state: Arc<AppState<P>>, webhooks: Vec<Webhook>) -> Router {
     let limits = state.limits;
     // One semaphore for every route: `Router::layer` wraps each route on its
     // own, and tower's plain concurrency limit would give each its own.
@@ -84,7 +84,7 @@ pub fn router(state: Arc<AppState>, webhooks: Vec<Webhook>) -> Router {
         };
         app = app.merge(
             Router::new()
-                .route(&webhook.path, get(crc).post(deliver))
+                .route(&webhook.path, get(crc).post(deliver::<P>))
                 .layer(
                     ServiceBuilder::new()
                         // Outermost: a shed request is answered, never queued.
@@ -108,8 +108,8 @@ pub fn router(state: Arc<AppState>, webhooks: Vec<Webhook>) -> Router {
 /// Answers a request turned away at the concurrency limit. A POST carrying
 /// a signature shaped like X's may be X's delivery: it is recorded in the
 /// heartbeat as refused, so its minute becomes a gap and is replayed.
-fn shed(
-    state: &AppState,
+fn shed<P>(
+    state: &AppState<P>,
     webhook: &Webhook,
     method: &Method,
     request_headers: &HeaderMap,
@@ -261,8 +261,8 @@ fn header_map(request_headers: &HeaderMap) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn deliver(
-    State(state): State<Arc<AppState>>,
+async fn deliver<P: RecordSink>(
+    State(state): State<Arc<AppState<P>>>,
     Extension(webhook): Extension<Arc<Webhook>>,
     request_headers: HeaderMap,
     body: Body,
@@ -371,7 +371,7 @@ async fn deliver(
 }
 
 /// The headers every record from a webhook carries: which, and when.
-fn received_headers(state: &AppState, webhook: &Webhook) -> OwnedHeaders {
+fn received_headers<P>(state: &AppState<P>, webhook: &Webhook) -> OwnedHeaders {
     let received_at_ms = state.clock.now().timestamp_millis().to_string();
     OwnedHeaders::new()
         .insert(Header {
@@ -395,8 +395,8 @@ fn unavailable() -> Response {
 /// X sent a body over the limit: it cannot be stored, but it must not
 /// vanish. Its trace (size, hash, headers) goes through Kafka to
 /// `dead_letters`; 413 only once the broker has it, 503 (retry) otherwise.
-async fn keep_oversized_trace(
-    state: &AppState,
+async fn keep_oversized_trace<P: RecordSink>(
+    state: &AppState<P>,
     webhook: &Webhook,
     request_headers: &HeaderMap,
     size: u64,

@@ -7,6 +7,8 @@
 mod coverage;
 mod events;
 mod http;
+#[cfg(test)]
+mod http_tests;
 mod producer;
 mod serve;
 mod stream;

@@ -22,6 +22,30 @@ pub struct RawProducer {
     produce_timeout: Duration,
 }
 
+/// Where deliveries go: a record is acknowledged (the broker has it) or
+/// refused. The receiver answers X only after this says.
+pub trait RecordSink: Send + Sync + 'static {
+    fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> impl std::future::Future<Output = Result<(), ProduceError>> + Send;
+}
+
+impl RecordSink for RawProducer {
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), ProduceError> {
+        RawProducer::send(self, topic, key, payload, headers).await
+    }
+}
+
 /// Why a record was not acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
