@@ -5,10 +5,69 @@
 use std::collections::BTreeMap;
 
 use aaa_common::kafka::control;
-use aaa_events::{Record, normalize, parse_envelope};
+use aaa_events::{EnvelopeError, Record, normalize, parse_envelope};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+/// Why a delivery (or one of its activities) became a dead letter
+/// (`dead_letters.error_kind`, `aaa_consumer_dead_letters_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterKind {
+    NotJson,
+    NotAnObject,
+    NoActivity,
+    BadForUserId,
+    /// A record with no payload.
+    Empty,
+    InvalidActivity,
+    Unnormalizable,
+    BadControlRecord,
+    TooLarge,
+    RejectedByDatabase,
+    NulCharacter,
+}
+
+impl DeadLetterKind {
+    pub const ALL: [DeadLetterKind; 11] = [
+        DeadLetterKind::NotJson,
+        DeadLetterKind::NotAnObject,
+        DeadLetterKind::NoActivity,
+        DeadLetterKind::BadForUserId,
+        DeadLetterKind::Empty,
+        DeadLetterKind::InvalidActivity,
+        DeadLetterKind::Unnormalizable,
+        DeadLetterKind::BadControlRecord,
+        DeadLetterKind::TooLarge,
+        DeadLetterKind::RejectedByDatabase,
+        DeadLetterKind::NulCharacter,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterKind::NotJson => "not_json",
+            DeadLetterKind::NotAnObject => "not_an_object",
+            DeadLetterKind::NoActivity => "no_activity",
+            DeadLetterKind::BadForUserId => "bad_for_user_id",
+            DeadLetterKind::Empty => "empty",
+            DeadLetterKind::InvalidActivity => "invalid_activity",
+            DeadLetterKind::Unnormalizable => "unnormalizable",
+            DeadLetterKind::BadControlRecord => "bad_control_record",
+            DeadLetterKind::TooLarge => "too_large",
+            DeadLetterKind::RejectedByDatabase => "rejected_by_database",
+            DeadLetterKind::NulCharacter => "nul_character",
+        }
+    }
+
+    fn of(error: &EnvelopeError) -> DeadLetterKind {
+        match error {
+            EnvelopeError::NotJson(_) => DeadLetterKind::NotJson,
+            EnvelopeError::NotAnObject => DeadLetterKind::NotAnObject,
+            EnvelopeError::NoActivity(_) => DeadLetterKind::NoActivity,
+            EnvelopeError::BadForUserId(_) => DeadLetterKind::BadForUserId,
+        }
+    }
+}
 
 /// One record as read from the raw topic.
 #[derive(Debug, Clone)]
@@ -131,14 +190,14 @@ fn storable(text: &str) -> String {
 fn dead_letter(
     record: &RawRecord,
     index: i32,
-    error_kind: &'static str,
+    error_kind: DeadLetterKind,
     reason: String,
 ) -> DeadLetterRow {
     let raw = record.payload.as_deref().unwrap_or_default();
     DeadLetterRow {
         webhook_id: record.webhook_id.as_deref().map(storable),
         activity_index: index,
-        error_kind,
+        error_kind: error_kind.as_str(),
         reason: storable(&reason),
         raw: raw.to_vec(),
         raw_sha256: hex::encode(Sha256::digest(raw)),
@@ -161,7 +220,12 @@ fn has_nul_escape(json: &str) -> bool {
 /// A record Postgres refused for good (`reason`: the error and its
 /// SQLSTATE), kept whole with its raw bytes so nothing behind it waits.
 pub fn rejected_dead_letter(record: &RawRecord, reason: &str) -> DeadLetterRow {
-    dead_letter(record, -1, "rejected_by_database", reason.to_owned())
+    dead_letter(
+        record,
+        -1,
+        DeadLetterKind::RejectedByDatabase,
+        reason.to_owned(),
+    )
 }
 
 /// The trace of an authentic body the receiver refused as too large. Keyed
@@ -179,7 +243,7 @@ fn oversized_dead_letter(record: &RawRecord, trace: &control::Oversized) -> Dead
         trace.limit,
         headers.join("; ")
     );
-    let mut row = dead_letter(record, -1, "too_large", reason);
+    let mut row = dead_letter(record, -1, DeadLetterKind::TooLarge, reason);
     row.raw_sha256 = storable(&trace.sha256);
     row
 }
@@ -196,22 +260,26 @@ fn plan_control(
             "{}: {err}",
             record.record_type.as_deref().unwrap_or_default()
         );
-        plan.dead_letters
-            .push(dead_letter(record, -1, "bad_control_record", reason));
+        plan.dead_letters.push(dead_letter(
+            record,
+            -1,
+            DeadLetterKind::BadControlRecord,
+            reason,
+        ));
     }
 }
 
 fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
     let raw = record.payload.as_deref().unwrap_or_default();
-    let dead = |index: i32, error_kind: &'static str, reason: String| {
+    let dead = |index: i32, error_kind: DeadLetterKind, reason: String| {
         dead_letter(record, index, error_kind, reason)
     };
     let mut envelope = match parse_envelope(raw) {
         Ok(envelope) => envelope,
         Err(err) => {
             let (kind, reason) = match record.payload {
-                None => ("empty", "record has no payload".to_owned()),
-                Some(_) => (err.as_label(), err.to_string()),
+                None => (DeadLetterKind::Empty, "record has no payload".to_owned()),
+                Some(_) => (DeadLetterKind::of(&err), err.to_string()),
             };
             plan.dead_letters.push(dead(-1, kind, reason));
             return;
@@ -229,8 +297,11 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
                     match normalize(activity, envelope.for_user_id.as_deref(), &envelope.context) {
                         Ok(records) => records,
                         Err(err) => {
-                            plan.dead_letters
-                                .push(dead(index, "unnormalizable", err.to_string()));
+                            plan.dead_letters.push(dead(
+                                index,
+                                DeadLetterKind::Unnormalizable,
+                                err.to_string(),
+                            ));
                             Vec::new()
                         }
                     };
@@ -244,7 +315,7 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
                 if has_nul_escape(&payload_text) {
                     plan.dead_letters.push(dead(
                         index,
-                        "nul_character",
+                        DeadLetterKind::NulCharacter,
                         "activity holds \\u0000, which Postgres text cannot hold".to_owned(),
                     ));
                     continue;
@@ -272,9 +343,11 @@ fn plan_record(record: &RawRecord, plan: &mut BatchPlan) {
                     records,
                 });
             }
-            Err(err) => plan
-                .dead_letters
-                .push(dead(index, "invalid_activity", err.to_string())),
+            Err(err) => plan.dead_letters.push(dead(
+                index,
+                DeadLetterKind::InvalidActivity,
+                err.to_string(),
+            )),
         }
     }
 }
@@ -393,5 +466,20 @@ mod tests {
         let plan = plan(&[record(1, 0, Some(body)), record(2, 0, Some(body))]);
         assert_eq!(plan.events[0].natural_key, plan.events[1].natural_key);
         assert_eq!(plan.events[0].kind, "follow_events");
+    }
+
+    #[test]
+    fn dead_letter_kinds_have_one_label_each_and_agree_with_the_parser() {
+        let labels: std::collections::BTreeSet<&str> =
+            DeadLetterKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(labels.len(), DeadLetterKind::ALL.len());
+        for error in [
+            EnvelopeError::NotJson(String::new()),
+            EnvelopeError::NotAnObject,
+            EnvelopeError::NoActivity(String::new()),
+            EnvelopeError::BadForUserId(String::new()),
+        ] {
+            assert_eq!(DeadLetterKind::of(&error).as_str(), error.as_label());
+        }
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use aaa_common::observe::InternalEvent;
 
+use crate::batch::DeadLetterKind;
 use crate::store::WriteStats;
 
 pub const EVENTS: &str = "aaa_consumer_events_total";
@@ -233,19 +234,7 @@ pub fn register() {
         metrics::counter!(counter).increment(0);
     }
     metrics::gauge!(STALLED_SECONDS).set(0.0);
-    for kind in [
-        "not_json",
-        "not_an_object",
-        "no_activity",
-        "empty",
-        "invalid_activity",
-        "unnormalizable",
-        "bad_control_record",
-        "bad_for_user_id",
-        "too_large",
-        "rejected_by_database",
-        "nul_character",
-    ] {
-        metrics::counter!(DEAD_LETTERS, "error_kind" => kind).increment(0);
+    for kind in DeadLetterKind::ALL {
+        metrics::counter!(DEAD_LETTERS, "error_kind" => kind.as_str()).increment(0);
     }
 }
