@@ -89,6 +89,19 @@ impl Results {
 
     pub fn markdown(&self) -> String {
         let mut md = String::new();
+        self.summary(&mut md);
+        self.receiver_section(&mut md);
+        self.consumer_section(&mut md);
+        self.e2e_section(&mut md);
+        self.recovery_section(&mut md);
+        self.soak_section(&mut md);
+        self.replicas_section(&mut md);
+        self.scale_section(&mut md);
+        md
+    }
+
+    /// The title and the table of ratios and goals.
+    fn summary(&self, md: &mut String) {
         let h = &self.host;
         let _ = writeln!(
             md,
@@ -210,6 +223,10 @@ impl Results {
                 );
             }
         }
+    }
+
+    /// Receiver runs, each against its baselines.
+    fn receiver_section(&self, md: &mut String) {
         if let Some(r) = &self.receiver {
             let _ = writeln!(
                 md,
@@ -241,36 +258,15 @@ impl Results {
                 cores(r.produce_baseline_broker_cpu_cores)
             );
         }
-        let consumer_rows = |md: &mut String, c: &ConsumerReport| {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.1} |",
-                c.writers,
-                c.accounts,
-                c.deliveries,
-                c.events,
-                c.rows,
-                c.seconds,
-                c.events_per_second,
-                c.rows_per_second,
-                1e6 * c.seconds / c.events.max(1) as f64,
-                c.ratio_to_copy,
-                c.mean_batch_records
-                    .map(|b| format!("{b:.0}"))
-                    .unwrap_or_default(),
-                c.db_cpu_cores,
-                c.consumer_cpu_cores.unwrap_or(0.0),
-                c.consumer_memory
-                    .map(|m| m.peak_rss_bytes as f64 / 1048576.0)
-                    .unwrap_or(0.0),
-            );
-        };
-        let consumer_header = "| Writers | Accounts | Deliveries | Events | Rows | Seconds | Events/s | Rows/s | µs/event | ÷ COPY | Mean batch | DB cores | Consumer cores | Peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+    }
+
+    /// Consumer runs, per writer count, with where the time went.
+    fn consumer_section(&self, md: &mut String) {
         if let Some(c) = &self.consumer {
-            let _ = writeln!(md, "\n## Consumer\n\n{consumer_header}");
-            consumer_rows(&mut md, c);
+            let _ = writeln!(md, "\n## Consumer\n\n{CONSUMER_HEADER}");
+            consumer_row(md, c);
             for other in &self.writers {
-                consumer_rows(&mut md, other);
+                consumer_row(md, other);
             }
             let _ = writeln!(
                 md,
@@ -333,6 +329,10 @@ impl Results {
                 crate::pgprofile::markdown(&c.pg_profile, c.deliveries)
             );
         }
+    }
+
+    /// End to end, per offered rate.
+    fn e2e_section(&self, md: &mut String) {
         if let Some(e) = &self.e2e {
             let _ = writeln!(
                 md,
@@ -366,6 +366,10 @@ impl Results {
                     .unwrap_or_else(|| "none of those offered".into())
             );
         }
+    }
+
+    /// Gap recovery by replay.
+    fn recovery_section(&self, md: &mut String) {
         if let Some(r) = &self.recovery {
             let _ = writeln!(
                 md,
@@ -381,6 +385,10 @@ impl Results {
                 r.missing_after
             );
         }
+    }
+
+    /// A week of operation, per day.
+    fn soak_section(&self, md: &mut String) {
         if let Some(r) = &self.soak {
             let _ = writeln!(
                 md,
@@ -410,6 +418,10 @@ impl Results {
                 );
             }
         }
+    }
+
+    /// Consumer replicas in one group.
+    fn replicas_section(&self, md: &mut String) {
         if let Some(one) = self.replicas.first() {
             let _ = writeln!(
                 md,
@@ -437,15 +449,47 @@ impl Results {
                 );
             }
         }
+    }
+
+    /// The consumer stage as events and accounts grow.
+    fn scale_section(&self, md: &mut String) {
         if !self.scale.is_empty() {
-            let _ = writeln!(md, "\n## Scale curve (consumer stage)\n\n{consumer_header}");
+            let _ = writeln!(md, "\n## Scale curve (consumer stage)\n\n{CONSUMER_HEADER}");
             for c in &self.scale {
-                consumer_rows(&mut md, c);
+                consumer_row(md, c);
             }
             let _ = writeln!(md, "\n{}", scale_growth(&self.scale));
         }
-        md
     }
+}
+
+/// The columns of a consumer run (the consumer section and the scale curve).
+const CONSUMER_HEADER: &str = "| Writers | Accounts | Deliveries | Events | Rows | Seconds | Events/s | Rows/s | µs/event | ÷ COPY | Mean batch | DB cores | Consumer cores | Peak RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+/// One consumer run as a row under [`CONSUMER_HEADER`].
+fn consumer_row(md: &mut String, c: &ConsumerReport) {
+    let _ = writeln!(
+        md,
+        "| {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.1} |",
+        c.writers,
+        c.accounts,
+        c.deliveries,
+        c.events,
+        c.rows,
+        c.seconds,
+        c.events_per_second,
+        c.rows_per_second,
+        1e6 * c.seconds / c.events.max(1) as f64,
+        c.ratio_to_copy,
+        c.mean_batch_records
+            .map(|b| format!("{b:.0}"))
+            .unwrap_or_default(),
+        c.db_cpu_cores,
+        c.consumer_cpu_cores.unwrap_or(0.0),
+        c.consumer_memory
+            .map(|m| m.peak_rss_bytes as f64 / 1048576.0)
+            .unwrap_or(0.0),
+    );
 }
 
 /// How the per-event cost grows from the smallest to the largest run, per
