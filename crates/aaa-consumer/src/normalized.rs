@@ -111,16 +111,19 @@ pub async fn write(
     insert(
         tx,
         &rows.apps,
-        // An app already stored as it is now is skipped before the upsert,
-        // which would lock its row until commit even to write the same
-        // values, and make concurrent batches wait on it. The newest
-        // observation wins, whichever batch commits last; one of unknown
-        // time never replaces one of known time.
+        // An app whose stored observation is as new as this one (or the
+        // same) is skipped before the upsert: the upsert locks a
+        // conflicting row until commit even when its WHERE then changes
+        // nothing, and concurrent batches carrying the same apps waited on
+        // each other for it. The newest observation wins, whichever batch
+        // commits last; one of unknown time never replaces one of known time.
         "INSERT INTO apps (app_id, name, url, observed_at)
          SELECT x.* FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS x(app_id, name, url, observed_at)
          WHERE NOT EXISTS (SELECT 1 FROM apps a WHERE a.app_id = x.app_id
-                           AND a.name IS NOT DISTINCT FROM x.name AND a.url IS NOT DISTINCT FROM x.url
-                           AND a.observed_at IS NOT DISTINCT FROM x.observed_at)
+                           AND ((a.name IS NOT DISTINCT FROM x.name AND a.url IS NOT DISTINCT FROM x.url
+                                 AND a.observed_at IS NOT DISTINCT FROM x.observed_at)
+                                OR x.observed_at IS NULL AND a.observed_at IS NOT NULL
+                                OR a.observed_at >= x.observed_at))
          ON CONFLICT (app_id) DO UPDATE SET name = EXCLUDED.name, url = EXCLUDED.url, observed_at = EXCLUDED.observed_at
          WHERE apps.observed_at IS NULL
             OR (EXCLUDED.observed_at IS NOT NULL AND EXCLUDED.observed_at > apps.observed_at)",
