@@ -1,0 +1,20 @@
+-- no-transaction
+-- Time-range indexes on `events` as BRIN instead of B-trees (this file and
+-- the next three). Rows are appended roughly in the order they are
+-- received, and X's event times follow, so a block range summary (min/max
+-- per 128 pages) finds a time range nearly as well as a B-tree at a tiny
+-- fraction of the write cost: the two B-trees were two of the five index
+-- inserts of every stored event (docs/benchmarks.md, "Consumer levers",
+-- row 13). Per-account reads keep their B-tree (`events_by_account_time`).
+--
+-- Built CONCURRENTLY, outside a transaction, one statement per file: a
+-- plain build would hold off every consumer write while it scans a year of
+-- `events`. If a build fails (`aaa migrate` waits at most
+-- AAA_MIGRATE_LOCK_WAIT_SECS for transactions older than it), it leaves an
+-- invalid index of that name and the next `aaa migrate` stops on "already
+-- exists": drop it (`DROP INDEX CONCURRENTLY events_by_event_time`) and run
+-- `aaa migrate` again (docs/runbook.md).
+--
+-- `autosummarize` summarizes each filled block range in the background;
+-- rows in a range not summarized yet are always read, never missed.
+CREATE INDEX CONCURRENTLY events_by_event_time ON events USING brin (event_time) WITH (autosummarize = on);
