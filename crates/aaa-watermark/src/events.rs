@@ -428,29 +428,48 @@ impl InternalEvent for JobReconciled<'_> {
 pub struct JobRequeued<'a> {
     pub webhook: &'a str,
     pub job_id: &'a str,
-    pub outcome: JobOutcome,
-    /// X's state, for [`JobOutcome::Incomplete`].
-    pub job_state: Option<&'a str>,
+    pub why: Requeue<'a>,
+}
+
+/// Why a job's window goes back to pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeue<'a> {
+    /// Complete at X, but the receivers refused deliveries while it ran.
+    ReceiversMissed,
+    /// X ended it in this other state.
+    Incomplete { state: &'a str },
+    /// No completion message within the job timeout.
+    Lost,
+}
+
+impl Requeue<'_> {
+    pub fn outcome(self) -> JobOutcome {
+        match self {
+            Requeue::ReceiversMissed => JobOutcome::ReceiversMissed,
+            Requeue::Incomplete { .. } => JobOutcome::Incomplete,
+            Requeue::Lost => JobOutcome::Lost,
+        }
+    }
 }
 
 impl InternalEvent for JobRequeued<'_> {
     fn emit(self) {
         let (webhook, job_id) = (self.webhook, self.job_id);
-        metrics::counter!(REPLAY_JOBS, "webhook" => webhook.to_owned(), "outcome" => self.outcome.as_str())
+        metrics::counter!(REPLAY_JOBS, "webhook" => webhook.to_owned(), "outcome" => self.why.outcome().as_str())
             .increment(1);
-        match self.outcome {
-            JobOutcome::ReceiversMissed => tracing::warn!(
+        match self.why {
+            Requeue::ReceiversMissed => tracing::warn!(
                 message = "replay job complete at X, but the receivers refused deliveries while it ran (shed or broker down); the same window will be submitted again",
                 webhook,
                 job_id
             ),
-            JobOutcome::Incomplete => tracing::warn!(
+            Requeue::Incomplete { state } => tracing::warn!(
                 message = "replay job not complete; the same window will be submitted again",
                 webhook,
                 job_id,
-                state = self.job_state.unwrap_or_default()
+                state
             ),
-            JobOutcome::Lost | JobOutcome::Reconciled => tracing::warn!(
+            Requeue::Lost => tracing::warn!(
                 message = "no completion for the replay job; treating it as lost and resubmitting (a conflict will tell if it still runs)",
                 webhook,
                 job_id

@@ -5,8 +5,8 @@
 use aaa_common::observe::InternalEvent;
 
 use crate::Error;
-use crate::decisions::{JobOutcome, JobSeen, JobState, JobStep, backoff, follow_job};
-use crate::events::{JobCompleteAtX, JobReconciled, JobRequeued};
+use crate::decisions::{JobSeen, JobState, JobStep, backoff, follow_job};
+use crate::events::{JobCompleteAtX, JobReconciled, JobRequeued, Requeue};
 use crate::ports::{Fencer, RoundStore, XApi};
 use crate::round::Round;
 
@@ -34,11 +34,10 @@ pub(crate) async fn follow_in_flight<S: RoundStore, X: XApi, F: Fencer>(
         horizon,
         heartbeats: &heartbeats,
     };
-    let requeued = |outcome, job_state| JobRequeued {
+    let requeued = |why| JobRequeued {
         webhook,
         job_id,
-        outcome,
-        job_state,
+        why,
     };
     match follow_job(seen, now, round.settings.job_timeout) {
         JobStep::Running | JobStep::AwaitConsumer => Ok(true),
@@ -77,7 +76,7 @@ pub(crate) async fn follow_in_flight<S: RoundStore, X: XApi, F: Fencer>(
             let again = now + backoff(round.settings.backoff, job.attempts);
             let applied = round.store.requeue(lease, &job, again, why).await?;
             round.applied(applied)?;
-            requeued(JobOutcome::ReceiversMissed, None).emit();
+            requeued(Requeue::ReceiversMissed).emit();
             Ok(false)
         }
         JobStep::Incomplete(state) => {
@@ -85,14 +84,14 @@ pub(crate) async fn follow_in_flight<S: RoundStore, X: XApi, F: Fencer>(
             let why = format!("X reported {state}");
             let applied = round.store.requeue(lease, &job, now, &why).await?;
             round.applied(applied)?;
-            requeued(JobOutcome::Incomplete, Some(&state)).emit();
+            requeued(Requeue::Incomplete { state: &state }).emit();
             Ok(false)
         }
         JobStep::Lost => {
             let why = "no completion message in time";
             let applied = round.store.requeue(lease, &job, now, why).await?;
             round.applied(applied)?;
-            requeued(JobOutcome::Lost, None).emit();
+            requeued(Requeue::Lost).emit();
             Ok(false)
         }
     }
