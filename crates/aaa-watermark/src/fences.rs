@@ -13,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::events::FenceNotWritten;
+use crate::ports::Fencer;
 use crate::{Error, WatermarkArgs};
 
 pub struct Fences {
@@ -57,10 +58,12 @@ impl Fences {
             partitions,
         })
     }
+}
 
+impl Fencer for Fences {
     /// A fence on every partition, stamped `now`; `true` when every
     /// partition acknowledged its fence.
-    pub async fn write(&self, now: DateTime<Utc>) -> bool {
+    async fn write(&self, now: DateTime<Utc>) -> bool {
         let payload = match serde_json::to_vec(&control::Fence { at: now }) {
             Ok(payload) => payload,
             Err(_) => return false,
@@ -86,11 +89,11 @@ impl Fences {
         all
     }
 
-    pub fn topic(&self) -> &str {
+    fn topic(&self) -> &str {
         &self.topic
     }
 
-    pub fn partitions(&self) -> usize {
+    fn partitions(&self) -> usize {
         self.partitions.len()
     }
 }

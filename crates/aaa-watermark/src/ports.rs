@@ -1,6 +1,6 @@
 //! The round's edges as traits: the state in Postgres ([`RoundStore`]),
 //! X ([`XApi`]) and the fences ([`Fencer`]). The service plugs in Postgres,
-//! X's client and Kafka; the round's unit tests plug in fakes in memory.
+//! X's client and Kafka (`fences.rs`); the round's unit tests plug in fakes in memory.
 
 use std::future::Future;
 
@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::coverage::{Heartbeat, Interval};
-use crate::fences::Fences;
 use crate::planner::WindowKind;
 use crate::store::{self, InFlight, Lease, PendingWindow, Planned, Progress, WindowState};
 
@@ -404,18 +403,6 @@ pub trait Fencer: Sync {
     fn write(&self, now: DateTime<Utc>) -> impl Future<Output = bool> + Send;
     fn topic(&self) -> &str;
     fn partitions(&self) -> usize;
-}
-
-impl Fencer for Fences {
-    async fn write(&self, now: DateTime<Utc>) -> bool {
-        Fences::write(self, now).await
-    }
-    fn topic(&self) -> &str {
-        Fences::topic(self)
-    }
-    fn partitions(&self) -> usize {
-        Fences::partitions(self)
-    }
 }
 
 /// The time up to which the consumer has stored everything: the oldest of
