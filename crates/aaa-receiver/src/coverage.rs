@@ -16,7 +16,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Coverage as Counts, Outcome};
-use crate::producer::RawProducer;
+use crate::producer::{RawProducer, RecordSink};
 
 #[derive(Default)]
 struct Tally {

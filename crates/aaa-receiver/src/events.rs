@@ -370,20 +370,26 @@ impl InternalEvent for StreamDisconnected {
     }
 }
 
-/// The lock-out began (why, and how long it stays away), or ended (`None`).
-pub struct StreamLockedOut<'a> {
-    pub ended: Option<(&'a dyn std::fmt::Display, Duration)>,
+/// X refused the stream for too many connections: the reader stays away
+/// for `wait`.
+pub struct StreamLockOutBegan<'a> {
+    pub reason: &'a dyn std::fmt::Display,
+    pub wait: Duration,
 }
 
-impl InternalEvent for StreamLockedOut<'_> {
+impl InternalEvent for StreamLockOutBegan<'_> {
     fn emit(self) {
-        match self.ended {
-            Some((reason, wait)) => {
-                tracing::error!(message = "X refuses the activity stream: too many connections of this app (at most 2, and an abruptly dropped one counts for 15 to 20 minutes); staying away for the lock-out", reason = %reason, retry_in_ms = wait.as_millis() as u64);
-                metrics::gauge!(STREAM_LOCKED_OUT).set(1.0);
-            }
-            None => metrics::gauge!(STREAM_LOCKED_OUT).set(0.0),
-        }
+        tracing::error!(message = "X refuses the activity stream: too many connections of this app (at most 2, and an abruptly dropped one counts for 15 to 20 minutes); staying away for the lock-out", reason = %self.reason, retry_in_ms = self.wait.as_millis() as u64);
+        metrics::gauge!(STREAM_LOCKED_OUT).set(1.0);
+    }
+}
+
+/// The lock-out is over; the reader connects again.
+pub struct StreamLockOutEnded;
+
+impl InternalEvent for StreamLockOutEnded {
+    fn emit(self) {
+        metrics::gauge!(STREAM_LOCKED_OUT).set(0.0);
     }
 }
 

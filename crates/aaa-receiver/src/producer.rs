@@ -34,18 +34,6 @@ pub trait RecordSink: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), ProduceError>> + Send;
 }
 
-impl RecordSink for RawProducer {
-    async fn send(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: &[u8],
-        headers: OwnedHeaders,
-    ) -> Result<(), ProduceError> {
-        RawProducer::send(self, topic, key, payload, headers).await
-    }
-}
-
 /// Why a record was not acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
@@ -93,36 +81,6 @@ impl RawProducer {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
-    }
-
-    /// Produces one record and waits for the broker's acknowledgement, at most
-    /// the produce timeout.
-    pub async fn send(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: &[u8],
-        headers: OwnedHeaders,
-    ) -> Result<(), ProduceError> {
-        let producer = self.producer();
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(payload)
-            .headers(headers);
-        // Queue wait is part of the same budget: never block longer than X allows.
-        let delivery = producer.send(record, Timeout::After(self.produce_timeout));
-        let outcome =
-            match tokio::time::timeout(self.produce_timeout + Duration::from_millis(500), delivery)
-                .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((err, _record))) => Err(ProduceError::Kafka(err)),
-                Err(_) => Err(ProduceError::Timeout(self.produce_timeout)),
-            };
-        if outcome.is_err() {
-            self.rebuild_if_fatal(&producer);
-        }
-        outcome
     }
 
     /// Replaces `failed` if it reports a fatal error and is still current.
@@ -197,5 +155,37 @@ impl RawProducer {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
+    }
+}
+
+impl RecordSink for RawProducer {
+    /// Produces one record and waits for the broker's acknowledgement, at most
+    /// the produce timeout.
+    async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<(), ProduceError> {
+        let producer = self.producer();
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        // Queue wait is part of the same budget: never block longer than X allows.
+        let delivery = producer.send(record, Timeout::After(self.produce_timeout));
+        let outcome =
+            match tokio::time::timeout(self.produce_timeout + Duration::from_millis(500), delivery)
+                .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((err, _record))) => Err(ProduceError::Kafka(err)),
+                Err(_) => Err(ProduceError::Timeout(self.produce_timeout)),
+            };
+        if outcome.is_err() {
+            self.rebuild_if_fatal(&producer);
+        }
+        outcome
     }
 }

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{
     Disconnect, StreamConnected, StreamDisconnected, StreamErrorMessage, StreamLineProduced,
-    StreamLinesDropped, StreamLockedOut,
+    StreamLinesDropped, StreamLockOutBegan, StreamLockOutEnded,
 };
-use crate::producer::RawProducer;
+use crate::producer::{RawProducer, RecordSink};
 
 /// The `aaa-webhook-id` header of records read from the stream.
 pub const STREAM_ID: &str = "stream";
@@ -127,15 +127,16 @@ pub async fn run(
             // extend it: stay away for the whole of it, once.
             Ended::LockedOut { reset, .. } => {
                 let wait = lockout_wait(*reset, source.lockout, clock);
-                StreamLockedOut {
-                    ended: Some((&ended, wait)),
+                StreamLockOutBegan {
+                    reason: &ended,
+                    wait,
                 }
                 .emit();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                StreamLockedOut { ended: None }.emit();
+                StreamLockOutEnded.emit();
                 continue;
             }
             _ => backoff + jitter,
