@@ -531,7 +531,6 @@ impl InternalEvent for GapNotReplayableYet<'_> {
 /// Minutes past X's 24 h replay limit: lost for good.
 pub struct MinutesExpired<'a> {
     pub webhook: &'a str,
-    pub kind: WindowKind,
     pub window: Interval,
     pub why: Expiry,
     /// Counted in `aaa_watermark_expired_minutes_total`: a gap's minutes,
@@ -545,8 +544,8 @@ pub struct MinutesExpired<'a> {
 pub enum Expiry {
     /// Found uncovered when already older than 24 h.
     FoundTooOld,
-    /// A pending window aged out before it could be submitted.
-    AgedWaiting,
+    /// A pending window of this kind aged out before it could be submitted.
+    AgedWaiting(WindowKind),
     /// The oldest minutes of a pending window aged out; the rest is replayed.
     OldestAgedWaiting,
 }
@@ -558,18 +557,18 @@ impl InternalEvent for MinutesExpired<'_> {
             metrics::counter!(EXPIRED_MINUTES, "webhook" => webhook.to_owned())
                 .increment(self.window.minutes().max(0) as u64);
         }
-        match (self.why, self.kind) {
-            (Expiry::FoundTooOld, _) => {
+        match self.why {
+            Expiry::FoundTooOld => {
                 tracing::error!(message = "gap older than X's 24 h replay limit: these minutes cannot be recovered", webhook, from = %from, to = %to)
             }
             // Coverage judged these minutes already; only the extra check is lost.
-            (Expiry::AgedWaiting, WindowKind::Audit) => {
+            Expiry::AgedWaiting(WindowKind::Audit) => {
                 tracing::warn!(message = "audit window aged past 24 h before it could be replayed (replay budget too small for the audit rate?)", webhook, from = %from, to = %to)
             }
-            (Expiry::AgedWaiting, WindowKind::Gap) => {
+            Expiry::AgedWaiting(WindowKind::Gap) => {
                 tracing::error!(message = "window aged past 24 h before it could be replayed", webhook, from = %from, to = %to)
             }
-            (Expiry::OldestAgedWaiting, _) => {
+            Expiry::OldestAgedWaiting => {
                 tracing::error!(message = "the oldest minutes of a window aged past 24 h before it could be replayed", webhook, from = %from, to = %to)
             }
         }

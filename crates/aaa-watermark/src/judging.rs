@@ -92,7 +92,6 @@ pub(crate) async fn record_gaps<S: RoundStore, X: XApi, F: Fencer>(
                     .await?;
                 MinutesExpired {
                     webhook,
-                    kind: WindowKind::Gap,
                     window,
                     why: Expiry::FoundTooOld,
                     counted: new,

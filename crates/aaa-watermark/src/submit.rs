@@ -44,9 +44,8 @@ pub(crate) async fn submit_next<S: RoundStore, X: XApi, F: Fencer>(
             round.applied(applied)?;
             MinutesExpired {
                 webhook,
-                kind: next.kind,
                 window: next.interval(),
-                why: Expiry::AgedWaiting,
+                why: Expiry::AgedWaiting(next.kind),
                 counted: aged_minutes_count(next.kind),
             }
             .emit();
@@ -65,7 +64,6 @@ pub(crate) async fn submit_next<S: RoundStore, X: XApi, F: Fencer>(
             {
                 MinutesExpired {
                     webhook,
-                    kind: next.kind,
                     window: aged,
                     why: Expiry::OldestAgedWaiting,
                     counted: true,
