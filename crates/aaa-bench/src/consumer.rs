@@ -143,15 +143,17 @@ async fn preload(broker: &Broker, bodies: &[Vec<u8>], keys: &[String]) -> Result
 /// settings and a group of its own, doing nothing with them.
 async fn read_only_baseline(broker: &Broker, n: usize) -> Result<f64, Error> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    for (key, value) in aaa_common::kafka::CONSUMER_FETCH {
+        config.set(key, value);
+    }
+    let consumer: StreamConsumer = config
         .set("bootstrap.servers", broker.bootstrap())
         .set("group.id", "bench-read-only")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
-        .set("queued.max.messages.kbytes", "8192")
-        .set("fetch.max.bytes", "8388608")
         .create()?;
     consumer.subscribe(&[TOPIC])?;
     // From the first record, as the consumer is timed (group join excluded).

@@ -44,6 +44,73 @@ pub struct RateReport {
     /// From the last send to the last row visible.
     pub drain_seconds: f64,
     pub sustained: bool,
+    /// What the receiver saw during this rate.
+    pub receiver: ReceiverView,
+}
+
+/// The receiver's own account of a rate, from its /metrics before and after:
+/// why first attempts were refused, and how long the broker took to
+/// acknowledge (each delivery holds one of the receiver's slots meanwhile).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReceiverView {
+    /// Turned away at the concurrency limit (every slot taken).
+    pub shed: f64,
+    /// Answered 503 because the broker did not acknowledge.
+    pub broker_refused: f64,
+    /// Mean time from produce to the broker's acknowledgement.
+    pub produce_mean_ms: f64,
+    /// Share of acknowledgements that took longer than 50 ms.
+    pub produce_over_50ms: f64,
+}
+
+/// Running totals on the receiver's /metrics page.
+#[derive(Debug, Default, Clone, Copy)]
+struct ReceiverTotals {
+    shed: f64,
+    broker_refused: f64,
+    produce_seconds: f64,
+    produced: f64,
+    produced_over_50ms: f64,
+}
+
+impl ReceiverTotals {
+    async fn scrape(admin: &str) -> ReceiverTotals {
+        // The receiver's metric names (docs/architecture.md).
+        const PRODUCE_SECONDS: &str = "aaa_receiver_produce_duration_seconds";
+        const REQUESTS: &str = "aaa_receiver_requests_total";
+        const SHED: &str = "aaa_receiver_requests_shed_total";
+        let text = match reqwest::get(format!("{admin}/metrics")).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let sum = |select: &dyn Fn(&str) -> bool| aaa_testkit::sum_samples(&text, select);
+        let (count, bucket) = (
+            format!("{PRODUCE_SECONDS}_count"),
+            format!("{PRODUCE_SECONDS}_bucket"),
+        );
+        let produced = sum(&|l| l.starts_with(&count));
+        let within_50ms = sum(&|l| l.starts_with(&bucket) && l.contains("le=\"0.05\""));
+        ReceiverTotals {
+            shed: sum(&|l| l.starts_with(SHED)),
+            broker_refused: sum(&|l| l.starts_with(REQUESTS) && l.contains("outcome=\"refused\"")),
+            produce_seconds: sum(&|l| l.starts_with(&format!("{PRODUCE_SECONDS}_sum"))),
+            produced,
+            produced_over_50ms: produced - within_50ms,
+        }
+    }
+}
+
+impl ReceiverView {
+    fn between(before: ReceiverTotals, after: ReceiverTotals) -> ReceiverView {
+        let produced = after.produced - before.produced;
+        let share = |n: f64| if produced > 0.0 { n / produced } else { 0.0 };
+        ReceiverView {
+            shed: after.shed - before.shed,
+            broker_refused: after.broker_refused - before.broker_refused,
+            produce_mean_ms: share(after.produce_seconds - before.produce_seconds) * 1e3,
+            produce_over_50ms: share(after.produced_over_50ms - before.produced_over_50ms),
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -196,6 +263,7 @@ async fn offer(
     // The poller's starting point is read before the first send.
     tokio::time::sleep(POLL * 2).await;
 
+    let receiver_before = ReceiverTotals::scrape(&stack.receiver_admin).await;
     let prepared = Arc::new(prepared);
     let n = prepared.len();
     let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
@@ -249,6 +317,10 @@ async fn offer(
     let send_seconds = began.elapsed().as_secs_f64();
     let sending_ended = Instant::now();
     while tasks.join_next().await.is_some() {}
+    let receiver = ReceiverView::between(
+        receiver_before,
+        ReceiverTotals::scrape(&stack.receiver_admin).await,
+    );
 
     // What must show up (keys of deliveries answered 200), and when sent.
     let mut due: HashMap<Key, Instant> = HashMap::new();
@@ -340,6 +412,7 @@ async fn offer(
             && achieved >= 0.95 * rate as f64
             && p50_2 <= 2.0 * p50_1 + 50.0
             && drain_seconds < 2.0,
+        receiver,
     })
 }
 

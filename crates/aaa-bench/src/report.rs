@@ -360,6 +360,22 @@ impl Results {
             }
             let _ = writeln!(
                 md,
+                "\nThe receiver's account (first attempts refused: shed at its concurrency limit, or not acknowledged by the broker; every delivery holds a slot until the broker acknowledges):\n\n| Offered/s | Shed | Broker refused | Produce → ack mean ms | Acks over 50 ms |\n|---|---|---|---|---|"
+            );
+            for r in &e.rates {
+                let v = &r.receiver;
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.0} | {:.0} | {:.1} | {:.1} % |",
+                    r.offered_per_second,
+                    v.shed,
+                    v.broker_refused,
+                    v.produce_mean_ms,
+                    100.0 * v.produce_over_50ms
+                );
+            }
+            let _ = writeln!(
+                md,
                 "\nHighest sustained offered rate: {}.",
                 e.max_sustained_per_second
                     .map(|r| format!("{r}/s"))

@@ -5,6 +5,20 @@ use rdkafka::ClientConfig;
 
 use crate::Error;
 
+/// How the consumer fetches (`scripts/bench.sh` reads with the same
+/// settings for its read-only baseline).
+pub const CONSUMER_FETCH: [(&str, &str); 3] = [
+    // librdkafka prefetches up to 64 MiB by default: the consumer's memory
+    // under a backlog (measured by scripts/bench.sh). A few thousand
+    // deliveries ahead keep every batch full.
+    ("queued.max.messages.kbytes", "8192"),
+    ("fetch.max.bytes", "8388608"),
+    // Once that queue is full, librdkafka postpones the next fetch by this
+    // much (1 s by default): with a queue this small, batches then waited
+    // 100-400 ms for records while the broker had them (docs/benchmarks.md).
+    ("fetch.queue.backoff.ms", "10"),
+];
+
 /// Headers the receiver attaches to every raw record.
 pub mod headers {
     pub const WEBHOOK_ID: &str = "aaa-webhook-id";

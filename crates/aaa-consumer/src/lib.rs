@@ -149,17 +149,17 @@ pub async fn run(
         return Ok(());
     }
 
-    let mut config = args.kafka.client_config(&[
-        ("auto.offset.reset", "earliest"),
-        // A first group join in seconds rather than tens of seconds.
-        ("session.timeout.ms", "6000"),
-        ("heartbeat.interval.ms", "1000"),
-        // librdkafka prefetches up to 64 MiB by default: the consumer's
-        // memory under a backlog (measured by scripts/bench.sh). A few
-        // thousand deliveries ahead keep every batch full.
-        ("queued.max.messages.kbytes", "8192"),
-        ("fetch.max.bytes", "8388608"),
-    ])?;
+    let mut config = args.kafka.client_config(
+        &[
+            ("auto.offset.reset", "earliest"),
+            // A first group join in seconds rather than tens of seconds.
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "1000"),
+        ]
+        .into_iter()
+        .chain(aaa_common::kafka::CONSUMER_FETCH)
+        .collect::<Vec<_>>(),
+    )?;
     // Not overridable: offsets are committed only after Postgres committed.
     config
         .set("group.id", &args.group_id)
@@ -219,13 +219,12 @@ pub async fn run(
     let batch_wait = Duration::from_millis(args.batch_max_wait_ms);
     let mut in_flight = InFlight::new(writers, commits);
     loop {
-        // A free writer first: reading on would only hold more in memory.
-        while in_flight.is_full() {
-            in_flight.collect_one().await;
-        }
         if in_flight.given_up() {
             break;
         }
+        // The next batch is read and planned while the writers work (one
+        // batch ahead, so memory stays bounded): a writer that finishes
+        // starts on it at once instead of waiting for a read and a plan.
         let Some((records, epoch)) = next_batch(
             &consumer,
             &ownership,
@@ -239,16 +238,16 @@ pub async fn run(
         else {
             break;
         };
+        let plan = batch::plan(&records);
         // A fence says every record before it in its partition is stored
         // (the watermark reconciles replays on it): it is written only
         // after every batch read before it.
-        if records.iter().any(RawRecord::is_fence) {
-            while !in_flight.is_empty() {
-                in_flight.collect_one().await;
-            }
+        let wait_for_all = records.iter().any(RawRecord::is_fence);
+        while in_flight.is_full() || (wait_for_all && !in_flight.is_empty()) {
+            in_flight.collect_one().await;
         }
         if in_flight
-            .start(writer.clone(), records, epoch, clock)
+            .start(writer.clone(), records, plan, epoch, clock)
             .is_err()
         {
             break;

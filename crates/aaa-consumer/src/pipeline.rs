@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 
 use crate::GroupConsumer;
-use crate::batch::{self, RawRecord};
+use crate::batch::{BatchPlan, RawRecord};
 use crate::events::{self, CommitFailed, SeenNotWritten};
 use crate::seen::Seen;
 use crate::writer::Writer;
@@ -199,12 +199,12 @@ impl InFlight {
         &mut self,
         writer: Arc<Writer>,
         records: Vec<RawRecord>,
+        plan: BatchPlan,
         epoch: u64,
         clock: Clock,
     ) -> Result<(), GivenUp> {
         let (seq, slot) = self.order.begin(self.capacity)?;
         let write = tokio::spawn(async move {
-            let plan = batch::plan(&records);
             let offsets = plan.commit.clone();
             let newest = plan.events.iter().filter_map(|e| e.event_time).max();
             if !writer.store(slot, &records, plan).await {
