@@ -36,7 +36,7 @@ pub use batch::{BatchPlan, RawRecord, plan};
 use events::{BatchGivenUp, KafkaReadFailed};
 use health::{ConsumerReadiness, Progress};
 pub use lag::partition_lag;
-use pipeline::{Committer, InFlight, Ownership};
+use pipeline::{Committer, GroupOffsets, InFlight, Ownership};
 use seen::Seen;
 pub use store::{WriteStats, write as write_batch};
 use writer::Writer;
@@ -207,10 +207,12 @@ pub async fn run(
     let (commits, commit_queue) = tokio::sync::mpsc::unbounded_channel();
     let committer = tokio::spawn(pipeline::run_committer(
         Committer {
-            consumer: consumer.clone(),
+            offsets: Arc::new(GroupOffsets {
+                consumer: consumer.clone(),
+                ownership: ownership.clone(),
+            }),
             pool: pool.clone(),
             seen,
-            ownership: ownership.clone(),
             backoff_max: backoff_max.min(Duration::from_secs(5)),
         },
         commit_queue,

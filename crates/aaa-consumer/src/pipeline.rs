@@ -247,13 +247,37 @@ impl InFlight {
     }
 }
 
-/// What the committer needs.
-pub struct Committer {
+/// Where the committer commits offsets: the consumer group
+/// (`GroupOffsets`), or a fake in tests.
+pub trait OffsetSink: Send + Sync + 'static {
+    /// Commits `offsets` (those of partitions still owned), blocking until
+    /// the broker answered; `false` if it failed.
+    fn commit(&self, offsets: Offsets) -> bool;
+}
+
+/// The consumer group's committed offsets.
+pub struct GroupOffsets {
     pub consumer: Arc<GroupConsumer>,
+    pub ownership: Arc<Ownership>,
+}
+
+impl OffsetSink for GroupOffsets {
+    fn commit(&self, offsets: Offsets) -> bool {
+        // Held through the commit: a revocation waits for it, so a
+        // partition is never committed after it was revoked.
+        let state = self.ownership.lock();
+        let mut owned = offsets;
+        Ownership::retain_owned(&state, &mut owned);
+        commit(&self.consumer, &owned)
+    }
+}
+
+/// What the committer needs.
+pub struct Committer<O> {
+    pub offsets: Arc<O>,
     pub pool: PgPool,
     /// What stored batches saw of webhooks and subscriptions.
     pub seen: Arc<Mutex<Seen>>,
-    pub ownership: Arc<Ownership>,
     pub backoff_max: Duration,
 }
 
@@ -269,8 +293,8 @@ pub struct Committer {
 /// meanwhile; until it succeeds nothing is committed, and a crash re-reads
 /// the records (and sees them again). Ends when every sender is gone and
 /// the last offsets are committed, or `final_attempts` more attempts failed.
-pub async fn run_committer(
-    committer: Committer,
+pub async fn run_committer<O: OffsetSink>(
+    committer: Committer<O>,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Offsets>,
     final_attempts: u32,
 ) {
@@ -322,10 +346,9 @@ pub async fn run_committer(
     }
 }
 
-impl Committer {
-    /// Writes what was seen, then commits `offsets` (those of partitions
-    /// still owned). `false` if either failed: nothing is lost, both are
-    /// tried again.
+impl<O: OffsetSink> Committer<O> {
+    /// Writes what was seen, then commits `offsets`. `false` if either
+    /// failed: nothing is lost, both are tried again.
     async fn commit_once(&self, offsets: &Offsets) -> bool {
         let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()));
         if !seen.is_empty()
@@ -338,22 +361,14 @@ impl Committer {
                 .merge(seen);
             return false;
         }
-        let consumer = self.consumer.clone();
-        let ownership = self.ownership.clone();
+        let sink = self.offsets.clone();
         let offsets = offsets.clone();
-        tokio::task::spawn_blocking(move || {
-            // Held through the commit: a revocation waits for it, so a
-            // partition is never committed after it was revoked.
-            let state = ownership.lock();
-            let mut owned = offsets;
-            Ownership::retain_owned(&state, &mut owned);
-            commit(&consumer, &owned)
-        })
-        .await
-        .unwrap_or_else(|error| {
-            tracing::error!(message = "offset commit task failed", error = %error);
-            false
-        })
+        tokio::task::spawn_blocking(move || sink.commit(offsets))
+            .await
+            .unwrap_or_else(|error| {
+                tracing::error!(message = "offset commit task failed", error = %error);
+                false
+            })
     }
 }
 
@@ -478,5 +493,87 @@ mod tests {
         let mut offsets = ready(&[(1, 9)], after);
         Ownership::retain_owned(&ownership.lock(), &mut offsets);
         assert_eq!(offsets, ready(&[(1, 9)], after));
+    }
+
+    /// Fails the first `failures` commits; records the ones that succeeded.
+    #[derive(Default)]
+    struct FlakyGroup {
+        failures: Mutex<u32>,
+        attempts: Mutex<u32>,
+        committed: Mutex<Vec<Offsets>>,
+        attempted: tokio::sync::Notify,
+    }
+
+    impl OffsetSink for FlakyGroup {
+        fn commit(&self, offsets: Offsets) -> bool {
+            *self.attempts.lock().unwrap() += 1;
+            self.attempted.notify_one();
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return false;
+            }
+            self.committed.lock().unwrap().push(offsets);
+            true
+        }
+    }
+
+    fn committer(group: &Arc<FlakyGroup>) -> Committer<FlakyGroup> {
+        Committer {
+            offsets: group.clone(),
+            // Never connected: nothing was seen, so nothing is written.
+            pool: sqlx::postgres::PgPoolOptions::new()
+                .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+                .unwrap(),
+            seen: Default::default(),
+            backoff_max: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_offset_commit_is_retried_with_the_offsets_that_arrived_meanwhile() {
+        let group = Arc::new(FlakyGroup {
+            failures: Mutex::new(1),
+            ..FlakyGroup::default()
+        });
+        let (queue, offsets) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(run_committer(committer(&group), offsets, 3));
+        queue.send(ready(&[(0, 10), (2, 3)], 0)).unwrap();
+        // The first commit fails; later offsets arrive while it waits.
+        group.attempted.notified().await;
+        queue.send(ready(&[(0, 20), (1, 5)], 0)).unwrap();
+        drop(queue);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the committer ends once its queue is closed and committed")
+            .unwrap();
+        // Partition 2's offset from the failed commit is not dropped, and
+        // partition 0 takes the later offset.
+        assert_eq!(
+            *group.committed.lock().unwrap(),
+            vec![ready(&[(0, 20), (1, 5), (2, 3)], 0)]
+        );
+        assert_eq!(*group.attempts.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_committer_that_keeps_failing_gives_up_after_its_queue_closed() {
+        let group = Arc::new(FlakyGroup {
+            failures: Mutex::new(u32::MAX),
+            ..FlakyGroup::default()
+        });
+        let (queue, offsets) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(run_committer(committer(&group), offsets, 3));
+        queue.send(ready(&[(0, 10)], 0)).unwrap();
+        group.attempted.notified().await;
+        drop(queue);
+        // Shutdown is not held up forever by a broker that refuses commits:
+        // the records are read again after the restart.
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the committer gives up after its final attempts")
+            .unwrap();
+        assert!(group.committed.lock().unwrap().is_empty());
+        assert_eq!(*group.attempts.lock().unwrap(), 1 + 3);
     }
 }
