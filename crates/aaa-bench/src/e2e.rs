@@ -131,7 +131,13 @@ struct Prepared {
 pub async fn run(settings: &Settings, rates: &[u64]) -> Result<E2eReport, Error> {
     let stack = Stack::start(
         &settings.aaa_bin.display().to_string(),
-        StackOptions::default(),
+        // Deployed as it is run: the topic's partitions and the consumer's
+        // batch size (the test stack's defaults are smaller).
+        StackOptions {
+            partitions: settings.e2e_partitions,
+            batch_max_records: settings.consumer_batch,
+            ..StackOptions::default()
+        },
     )
     .await;
     let start = chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::days(20_000);
