@@ -92,7 +92,9 @@ impl ReceiverTotals {
         let within_50ms = sum(&|l| l.starts_with(&bucket) && l.contains("le=\"0.05\""));
         ReceiverTotals {
             shed: sum(&|l| l.starts_with(SHED)),
-            broker_refused: sum(&|l| l.starts_with(REQUESTS) && l.contains("outcome=\"refused\"")),
+            broker_refused: sum(&|l| {
+                l.starts_with(REQUESTS) && l.contains("outcome=\"broker_unavailable\"")
+            }),
             produce_seconds: sum(&|l| l.starts_with(&format!("{PRODUCE_SECONDS}_sum"))),
             produced,
             produced_over_50ms: produced - within_50ms,
@@ -131,8 +133,8 @@ struct Prepared {
 pub async fn run(settings: &Settings, rates: &[u64]) -> Result<E2eReport, Error> {
     let stack = Stack::start(
         &settings.aaa_bin.display().to_string(),
-        // Deployed as it is run: the topic's partitions and the consumer's
-        // batch size (the test stack's defaults are smaller).
+        // The consumer's batch as deployed (the test stack's is 100), and
+        // the raw topic's partitions as asked.
         StackOptions {
             partitions: settings.e2e_partitions,
             batch_max_records: settings.consumer_batch,
