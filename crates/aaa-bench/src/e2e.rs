@@ -75,15 +75,19 @@ struct ReceiverTotals {
 
 impl ReceiverTotals {
     async fn scrape(admin: &str) -> ReceiverTotals {
-        // The receiver's metric names (docs/architecture.md).
-        const PRODUCE_SECONDS: &str = "aaa_receiver_produce_duration_seconds";
-        const REQUESTS: &str = "aaa_receiver_requests_total";
-        const SHED: &str = "aaa_receiver_requests_shed_total";
         let text = match reqwest::get(format!("{admin}/metrics")).await {
             Ok(response) => response.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        let sum = |select: &dyn Fn(&str) -> bool| aaa_testkit::sum_samples(&text, select);
+        ReceiverTotals::from_metrics(&text)
+    }
+
+    fn from_metrics(text: &str) -> ReceiverTotals {
+        // The receiver's metric names (docs/architecture.md).
+        const PRODUCE_SECONDS: &str = "aaa_receiver_produce_duration_seconds";
+        const REQUESTS: &str = "aaa_receiver_requests_total";
+        const SHED: &str = "aaa_receiver_requests_shed_total";
+        let sum = |select: &dyn Fn(&str) -> bool| aaa_testkit::sum_samples(text, select);
         let (count, bucket) = (
             format!("{PRODUCE_SECONDS}_count"),
             format!("{PRODUCE_SECONDS}_bucket"),
@@ -426,4 +430,30 @@ async fn offer(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_receiver_view_reads_sheds_broker_refusals_and_slow_acknowledgements() {
+        let page = |shed: u32, refused: u32, acks: u32, fast: u32, seconds: f64| {
+            format!(
+                "aaa_receiver_requests_shed_total {shed}\n\
+                 aaa_receiver_requests_total{{webhook=\"w\",route=\"delivery\",outcome=\"broker_unavailable\"}} {refused}\n\
+                 aaa_receiver_requests_total{{webhook=\"w\",route=\"delivery\",outcome=\"ok\"}} {acks}\n\
+                 aaa_receiver_produce_duration_seconds_bucket{{webhook=\"w\",le=\"0.05\"}} {fast}\n\
+                 aaa_receiver_produce_duration_seconds_sum{{webhook=\"w\"}} {seconds}\n\
+                 aaa_receiver_produce_duration_seconds_count{{webhook=\"w\"}} {acks}\n"
+            )
+        };
+        let before = ReceiverTotals::from_metrics(&page(1, 0, 10, 10, 0.1));
+        let after = ReceiverTotals::from_metrics(&page(5, 2, 110, 85, 4.1));
+        let view = ReceiverView::between(before, after);
+        assert_eq!(view.shed, 4.0);
+        assert_eq!(view.broker_refused, 2.0);
+        assert!((view.produce_mean_ms - 40.0).abs() < 1e-9, "{view:?}");
+        assert!((view.produce_over_50ms - 0.25).abs() < 1e-9, "{view:?}");
+    }
 }
