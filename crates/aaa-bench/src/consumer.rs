@@ -344,7 +344,13 @@ async fn wal_since(db: &TestDb, lsn: &str) -> Result<f64, Error> {
 /// One consumer's /metrics page; empty if it cannot be read (a replica
 /// that went away counts nothing rather than stopping the benchmark).
 async fn scrape(admin: std::net::SocketAddr) -> String {
-    match reqwest::get(format!("http://{admin}/metrics")).await {
+    metrics_page(&format!("http://{admin}")).await
+}
+
+/// The /metrics page of a service at `base` (`http://host:port`); empty if
+/// it cannot be read.
+pub(crate) async fn metrics_page(base: &str) -> String {
+    match reqwest::get(format!("{base}/metrics")).await {
         Ok(response) => response.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }
@@ -363,7 +369,7 @@ async fn inserted_events(admins: &[std::net::SocketAddr]) -> f64 {
 }
 
 /// Sum of the series `name` in a /metrics page.
-fn series_sum(text: &str, name: &str) -> f64 {
+pub(crate) fn series_sum(text: &str, name: &str) -> f64 {
     aaa_testkit::sum_samples(text, |l| l.starts_with(name))
 }
 

@@ -75,31 +75,26 @@ struct ReceiverTotals {
 
 impl ReceiverTotals {
     async fn scrape(admin: &str) -> ReceiverTotals {
-        let text = match reqwest::get(format!("{admin}/metrics")).await {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        ReceiverTotals::from_metrics(&text)
+        ReceiverTotals::from_metrics(&crate::consumer::metrics_page(admin).await)
     }
 
     fn from_metrics(text: &str) -> ReceiverTotals {
+        use crate::consumer::series_sum;
         // The receiver's metric names (docs/architecture.md).
         const PRODUCE_SECONDS: &str = "aaa_receiver_produce_duration_seconds";
         const REQUESTS: &str = "aaa_receiver_requests_total";
         const SHED: &str = "aaa_receiver_requests_shed_total";
-        let sum = |select: &dyn Fn(&str) -> bool| aaa_testkit::sum_samples(text, select);
-        let (count, bucket) = (
-            format!("{PRODUCE_SECONDS}_count"),
-            format!("{PRODUCE_SECONDS}_bucket"),
-        );
-        let produced = sum(&|l| l.starts_with(&count));
-        let within_50ms = sum(&|l| l.starts_with(&bucket) && l.contains("le=\"0.05\""));
+        let produced = series_sum(text, &format!("{PRODUCE_SECONDS}_count"));
+        let bucket = format!("{PRODUCE_SECONDS}_bucket");
+        let within_50ms = aaa_testkit::sum_samples(text, |l| {
+            l.starts_with(&bucket) && l.contains("le=\"0.05\"")
+        });
         ReceiverTotals {
-            shed: sum(&|l| l.starts_with(SHED)),
-            broker_refused: sum(&|l| {
+            shed: series_sum(text, SHED),
+            broker_refused: aaa_testkit::sum_samples(text, |l| {
                 l.starts_with(REQUESTS) && l.contains("outcome=\"broker_unavailable\"")
             }),
-            produce_seconds: sum(&|l| l.starts_with(&format!("{PRODUCE_SECONDS}_sum"))),
+            produce_seconds: series_sum(text, &format!("{PRODUCE_SECONDS}_sum")),
             produced,
             produced_over_50ms: produced - within_50ms,
         }
