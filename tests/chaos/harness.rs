@@ -425,14 +425,15 @@ impl Run {
         // given up and answered 503. X retries most deliveries (then they
         // count as delivered), but not a replay job's completion message,
         // and nothing once it aged out. So Postgres may hold more than X saw
-        // delivered, and only what X attempted: never anything it did not
-        // send.
-        let attempted_undelivered = attempted_undelivered_keys(&truth);
+        // delivered, and only what X sent: never anything it did not.
+        // "Sent" is read again after `stored`: the watermark keeps working
+        // after the settle (an audit every 12 real seconds), and a job
+        // started since the first reading may already have its completion
+        // message stored.
+        let sent = sent_keys(&self.sim.truth().await);
         let extra: Vec<_> = stored
             .iter()
-            .filter(|k| {
-                !expected.contains(k) && !attempted_undelivered.iter().any(|(_, a)| a == *k)
-            })
+            .filter(|k| !expected.contains(k) && !sent.contains(k))
             .collect();
         let unexpected = expected.iter().any(|k| !stored.contains(k)) || !extra.is_empty();
         if unexpected {
@@ -514,7 +515,7 @@ impl Run {
         }
         // What reached Postgres: every delivery, and what was stored though
         // X never saw it succeed.
-        let stored_undelivered: std::collections::HashSet<u64> = attempted_undelivered
+        let stored_undelivered: std::collections::HashSet<u64> = attempted_undelivered_keys(&truth)
             .iter()
             .filter(|(_, key)| stored.contains(key))
             .map(|(seq, _)| *seq)
@@ -735,6 +736,16 @@ fn attempted_undelivered_keys(truth: &[Value]) -> Vec<(u64, Key)> {
         .filter(|o| o["attempts"].as_array().is_some_and(|a| !a.is_empty()))
         .filter_map(|o| Some((o["seq"].as_u64()?, keys_of(o))))
         .flat_map(|(seq, keys)| keys.into_iter().map(move |key| (seq, key)))
+        .collect()
+}
+
+/// The keys of what X sent: every owed delivery it attempted, or is
+/// attempting (pending: its answer may not be recorded yet).
+fn sent_keys(truth: &[Value]) -> std::collections::HashSet<Key> {
+    truth
+        .iter()
+        .filter(|o| o["pending"] == true || o["attempts"].as_array().is_some_and(|a| !a.is_empty()))
+        .flat_map(keys_of)
         .collect()
 }
 
