@@ -440,6 +440,32 @@ async fn readers_cannot_stall_the_watermark_and_a_frozen_holder_is_replaced() {
     first.thaw();
 }
 
+/// A replica paused for longer than its tick (SIGSTOP here; a paused VM or a
+/// starved process alike) goes on with its rounds once it runs again. The
+/// scheduler's own fixed-interval jobs started one late round after such a
+/// pause and then none, for good, with /healthz green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_replica_goes_on_with_its_rounds() {
+    let stack = Stack::start(BIN, StackOptions::scaled(SPEED)).await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
+    let watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let admin = format!("http://{}", watermark.addr("admin").await);
+    let rounds = || aaa_testkit::metric(&admin, "aaa_watermark_round_seconds_count");
+    eventually(WAIT, "a first round", || async {
+        (rounds().await >= 1.0).then_some(())
+    })
+    .await;
+    watermark.freeze();
+    // The pause's length (four ticks), not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    watermark.thaw();
+    let after_thaw = rounds().await;
+    eventually(WAIT, "three more rounds after the pause", || async {
+        (rounds().await >= after_thaw + 3.0).then_some(())
+    })
+    .await;
+}
+
 /// Maintenance deletes, as `aaa_watermark`, what only the watermark needs once
 /// it is past the horizon, in batches, and nothing a round may still read:
 /// pending windows, and a stopped webhook's history back to 26 h before

@@ -9,6 +9,7 @@
 //! keep at most one job in flight per webhook.
 
 mod at_x;
+mod cadence;
 pub mod compliance;
 pub mod coverage;
 pub mod decisions;
@@ -37,7 +38,7 @@ use aaa_common::observe::InternalEvent;
 use aaa_db::DatabaseArgs;
 use aaa_xapi::{Credentials, XApiArgs, XClient};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_cron_scheduler::JobScheduler;
 use tokio_util::sync::CancellationToken;
 
 pub use service::Watermark;
@@ -270,13 +271,10 @@ pub async fn run(
         .await
         .map_err(|e| Error::Scheduler(e.to_string()))?;
     let ticking = watermark.clone();
-    let job = Job::new_repeated_async(
-        Duration::from_millis(args.tick_ms.max(1000)),
-        move |_id, _scheduler| {
-            let watermark = ticking.clone();
-            Box::pin(async move { watermark.tick().await })
-        },
-    )
+    let job = cadence::every(Duration::from_millis(args.tick_ms.max(1000)), move || {
+        let watermark = ticking.clone();
+        async move { watermark.tick().await }
+    })
     .map_err(|e| Error::Scheduler(e.to_string()))?;
     scheduler
         .add(job)
@@ -304,11 +302,11 @@ pub async fn run(
         }),
         running: tokio::sync::Mutex::new(()),
     });
-    let maintenance_job = Job::new_repeated_async(
+    let maintenance_job = cadence::every(
         Duration::from_secs(args.maintenance_secs.max(1)),
-        move |_id, _scheduler| {
+        move || {
             let run = run.clone();
-            Box::pin(async move { run.run().await })
+            async move { run.run().await }
         },
     )
     .map_err(|e| Error::Scheduler(e.to_string()))?;
