@@ -230,19 +230,46 @@ async fn watermark_holder_frozen_mid_replay_and_thawed() {
     let before_thaw = reconciled().await;
     assert!(!before_thaw.is_empty());
     frozen.thaw();
-    // The thawed replica runs the rest of its round, then ticks again and
-    // finds the lease taken.
+    // The thawed replica runs the rest of its round (fenced: it finds the
+    // lease lost at its first state change), then ticks again. That tick
+    // finds the lease taken, or, when the new holder's last renewal is older
+    // than the lease (a slow round on a loaded machine), takes it back under
+    // a new generation: the holder of record is then the thawed replica
+    // again. A replica ticks only after its previous round ended, so each of
+    // these says the frozen round is over.
     let admin = format!("http://{}", frozen.addr("admin").await);
-    eventually(
+    let last = std::sync::Mutex::new(String::new());
+    let noticed = tokio::time::timeout(
         Duration::from_secs(60),
-        "the thawed replica to notice",
-        || async {
-            let held = aaa_testkit::metric(&admin, "aaa_watermark_lease_held").await;
-            let lost = aaa_testkit::metric(&admin, "aaa_watermark_lease_lost_total").await;
-            (held == 0.0 || lost > 0.0).then_some(())
-        },
+        eventually(
+            Duration::from_secs(120),
+            "the thawed replica to end its frozen round",
+            || async {
+                let held = aaa_testkit::metric(&admin, "aaa_watermark_lease_held").await;
+                let lost = aaa_testkit::metric(&admin, "aaa_watermark_lease_lost_total").await;
+                let holder = holder().await;
+                *last.lock().unwrap_or_else(|p| p.into_inner()) =
+                    format!("lease held {held}, lost {lost}, holder of record {holder:?}");
+                (held == 0.0 || lost > 0.0 || holder.as_deref() == Some(frozen_name.as_str()))
+                    .then_some(())
+            },
+        ),
     )
     .await;
+    assert!(
+        noticed.is_ok(),
+        "the thawed replica {frozen_name} never ended its frozen round within 60 s: {}\nits last log lines:\n{}",
+        last.lock().unwrap_or_else(|p| p.into_inner()),
+        frozen
+            .output()
+            .iter()
+            .rev()
+            .take(40)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     run.wait_sim(TimeDelta::minutes(10)).await;
     let after_thaw = reconciled().await;
     assert!(
