@@ -26,32 +26,32 @@ const EVERY_SECOND: &str = "* * * * * *";
 /// or a 15 s cadence would often run every 16 s.
 const SLACK: Duration = Duration::from_millis(500);
 
-/// Lets through at most one firing per interval (less the slack).
+/// Lets through at most one firing per interval (less the slack), the first
+/// one interval after `since`, as the scheduler's fixed-interval jobs did.
 #[derive(Debug)]
 pub struct Cadence {
     every: Duration,
-    last_start: Mutex<Option<Instant>>,
+    last_start: Mutex<Instant>,
 }
 
 impl Cadence {
-    pub fn new(every: Duration) -> Cadence {
+    pub fn new(every: Duration, since: Instant) -> Cadence {
         Cadence {
             every,
-            last_start: Mutex::new(None),
+            last_start: Mutex::new(since),
         }
     }
 
     /// Whether a firing at `now` starts the work; if so, it is the last
-    /// start from now on. The first firing always does.
+    /// start from now on.
     pub fn due(&self, now: Instant) -> bool {
         let mut last_start = self
             .last_start
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let due =
-            last_start.is_none_or(|at| now.saturating_duration_since(at) + SLACK >= self.every);
+        let due = now.saturating_duration_since(*last_start) + SLACK >= self.every;
         if due {
-            *last_start = Some(now);
+            *last_start = now;
         }
         due
     }
@@ -64,7 +64,7 @@ where
     W: Fn() -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let cadence = Arc::new(Cadence::new(every));
+    let cadence = Arc::new(Cadence::new(every, Instant::now()));
     let work = Arc::new(work);
     Job::new_async(EVERY_SECOND, move |_id, _scheduler| {
         let cadence = cadence.clone();
@@ -84,15 +84,18 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     #[test]
-    fn the_first_firing_starts_the_work() {
-        assert!(Cadence::new(15 * SECOND).due(Instant::now()));
+    fn the_first_run_is_one_interval_after_the_start() {
+        let start = Instant::now();
+        let cadence = Cadence::new(15 * SECOND, start);
+        assert!(!cadence.due(start));
+        assert!(!cadence.due(start + SECOND));
+        assert!(cadence.due(start + 15 * SECOND));
     }
 
     #[test]
     fn one_firing_per_interval_gets_through() {
-        let cadence = Cadence::new(15 * SECOND);
         let start = Instant::now();
-        assert!(cadence.due(start));
+        let cadence = Cadence::new(15 * SECOND, start);
         let through: Vec<u32> = (1..=45)
             .filter(|s| cadence.due(start + *s * SECOND))
             .collect();
@@ -101,9 +104,8 @@ mod tests {
 
     #[test]
     fn a_firing_up_to_half_a_second_early_counts() {
-        let cadence = Cadence::new(15 * SECOND);
         let start = Instant::now();
-        assert!(cadence.due(start));
+        let cadence = Cadence::new(15 * SECOND, start);
         assert!(!cadence.due(start + Duration::from_millis(14_400)));
         assert!(cadence.due(start + Duration::from_millis(14_500)));
     }
@@ -113,9 +115,8 @@ mod tests {
     /// start, and does not try to catch up on what the pause skipped.
     #[test]
     fn after_a_long_pause_the_work_goes_on_at_its_interval() {
-        let cadence = Cadence::new(SECOND);
         let start = Instant::now();
-        assert!(cadence.due(start));
+        let cadence = Cadence::new(SECOND, start);
         let resumed = start + 3_600 * SECOND;
         assert!(cadence.due(resumed));
         assert!(!cadence.due(resumed + Duration::from_millis(100)));
