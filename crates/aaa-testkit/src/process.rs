@@ -17,9 +17,15 @@ pub struct Service {
     name: String,
     child: Option<Child>,
     output: Arc<Mutex<Vec<String>>>,
+    /// The threads reading its stdout and stderr: they end at the pipes'
+    /// end, which may come after the process has exited.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+fn collect(
+    stream: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
     // AAA_TEST_ECHO=name shows that service's output live, for debugging.
     let echo = std::env::var("AAA_TEST_ECHO").ok();
     std::thread::spawn(move || {
@@ -29,7 +35,7 @@ fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
             }
             into.lock().unwrap_or_else(|p| p.into_inner()).push(line);
         }
-    });
+    })
 }
 
 impl Service {
@@ -53,12 +59,15 @@ impl Service {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let output = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stdout.take().expect("piped stdout"), output.clone());
-        collect(child.stderr.take().expect("piped stderr"), output.clone());
+        let readers = vec![
+            collect(child.stdout.take().expect("piped stdout"), output.clone()),
+            collect(child.stderr.take().expect("piped stderr"), output.clone()),
+        ];
         Service {
             name: name.to_owned(),
             child: Some(child),
             output,
+            readers,
         }
     }
 
@@ -149,14 +158,25 @@ impl Service {
         kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
     }
 
-    /// Waits for the process to exit on its own.
+    /// Waits for the process to exit on its own, and for everything it
+    /// wrote to be in [`Self::output`].
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("service running");
-        eventually(timeout, &format!("{} to exit", self.name), || {
+        let status = eventually(timeout, &format!("{} to exit", self.name), || {
             let status = child.try_wait().expect("try_wait");
             async move { status }
         })
-        .await
+        .await;
+        // The pipes end when the last process holding them does: bounded in
+        // case the service left a child behind.
+        let readers = std::mem::take(&mut self.readers);
+        let drained = tokio::task::spawn_blocking(move || {
+            for reader in readers {
+                let _ = reader.join();
+            }
+        });
+        let _ = tokio::time::timeout(timeout, drained).await;
+        status
     }
 }
 
