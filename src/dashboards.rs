@@ -224,10 +224,11 @@ pub const DASHBOARDS: &[Dashboard] = &[
                 unit: "short",
             },
             Panel {
-                title: "Watermark: lease held (per replica) and age of judged timeline",
+                title: "Watermark: lease held (per replica), age of judged timeline, time since a replica last started a round",
                 queries: &[
                     "sum by (webhook) (aaa_watermark_lease_held{webhook=~\"$webhook\"})",
                     "max by (webhook) (aaa_watermark_judged_age_seconds{webhook=~\"$webhook\"})",
+                    "min(aaa_watermark_stalled_seconds)",
                 ],
                 unit: "short",
             },

@@ -292,7 +292,7 @@ async fn every_panel_and_alert_works_against_a_real_prometheus() {
         );
     }
     let alerts = alert_expressions();
-    assert_eq!(alerts.len(), 15);
+    assert_eq!(alerts.len(), 17);
     for expr in &alerts {
         for name in metric_names(expr) {
             assert!(

@@ -1012,6 +1012,77 @@ async fn a_round_still_running_makes_the_next_ticks_skip() {
     );
 }
 
+/// A round that never ends (here a lock wait, with the timeouts turned
+/// off) keeps every later round from starting, while the replica exports
+/// its last, healthy-looking gauges. /healthz fails once no round has
+/// started for `AAA_WATERMARK_STALL_SECS` (2 s here), so Kubernetes
+/// restarts the replica, and `aaa_watermark_stalled_seconds` says how long;
+/// once the round ends, rounds start again and /healthz recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_that_never_ends_fails_healthz() {
+    let stack = Stack::start(
+        BIN,
+        StackOptions {
+            watermark_env: vec![
+                ("AAA_WATERMARK_STALL_SECS", "2".into()),
+                ("AAA_DATABASE_LOCK_TIMEOUT_MS", "0".into()),
+                ("AAA_DATABASE_STATEMENT_TIMEOUT_MS", "0".into()),
+            ],
+            ..StackOptions::scaled(SPEED)
+        },
+    )
+    .await;
+    let sim = stack.start_sim(SMALL_SIM_ARGS).await;
+    let watermark = stack.spawn_watermark(&sim, "watermark-a");
+    let admin = format!("http://{}", watermark.addr("admin").await);
+    let healthz = || async {
+        let response = reqwest::get(format!("{admin}/healthz")).await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let rounds = || aaa_testkit::metric(&admin, "aaa_watermark_round_seconds_count");
+    eventually(WAIT, "a first round, and /healthz ok", || async {
+        (rounds().await >= 1.0 && healthz().await.0 == 200).then_some(())
+    })
+    .await;
+    let mut lock = stack.db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE watermark_progress IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    eventually(WAIT, "a round waiting on the lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE '%watermark_progress%'
+               AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&stack.db.pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    let reason = eventually(WAIT, "/healthz to report the stall", || async {
+        let (status, body) = healthz().await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(
+        reason.starts_with("no watermark round started for"),
+        "{reason}"
+    );
+    eventually(WAIT, "the stall gauge past the limit", || async {
+        let stalled = aaa_testkit::metric(&admin, "aaa_watermark_stalled_seconds").await;
+        (stalled >= 2.0).then_some(())
+    })
+    .await;
+    let blocked_at = rounds().await;
+    lock.rollback().await.unwrap();
+    eventually(WAIT, "rounds again, and /healthz ok", || async {
+        (rounds().await > blocked_at && healthz().await.0 == 200).then_some(())
+    })
+    .await;
+}
+
 /// Maintenance is scheduled every second whether or not the last run
 /// ended. With `tweet_deletions` locked, a run waits on it; the runs due
 /// meanwhile are skipped and counted, not started beside it (each would hold

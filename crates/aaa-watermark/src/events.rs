@@ -111,6 +111,7 @@ pub const ROUND_FAILURES: &str = "aaa_watermark_round_failures_total";
 pub const ROUND_SECONDS: &str = "aaa_watermark_round_seconds";
 pub const ROUND_ROWS_READ: &str = "aaa_watermark_round_rows_read";
 pub const JUDGED_AGE: &str = "aaa_watermark_judged_age_seconds";
+pub const STALLED_SECONDS: &str = "aaa_watermark_stalled_seconds";
 pub const LEASE_HELD: &str = "aaa_watermark_lease_held";
 pub const X_CLOCK_SKEW: &str = "aaa_watermark_x_clock_skew_seconds";
 pub const WEBHOOK_VALID: &str = "aaa_watermark_webhook_valid";
@@ -175,6 +176,17 @@ impl InternalEvent for JudgedUpTo<'_> {
     fn emit(self) {
         metrics::gauge!(JUDGED_AGE, "webhook" => self.webhook.to_owned())
             .set(self.age.as_seconds_f64().max(0.0));
+    }
+}
+
+/// How long ago this replica last started a round (real time).
+pub struct Stalled {
+    pub for_: std::time::Duration,
+}
+
+impl InternalEvent for Stalled {
+    fn emit(self) {
+        metrics::gauge!(STALLED_SECONDS).set(self.for_.as_secs_f64());
     }
 }
 

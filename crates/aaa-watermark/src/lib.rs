@@ -17,6 +17,7 @@ mod events;
 mod fences;
 mod jobs;
 mod judging;
+mod liveness;
 pub mod maintenance;
 pub mod planner;
 mod ports;
@@ -63,6 +64,10 @@ pub enum Error {
     AuditOverride(String),
     #[error("webhook {0}: another replica took the lease over during this round")]
     LeaseLost(String),
+    #[error(
+        "--stall-secs {stall_secs} must be more than one tick ({tick_ms} ms): a round starts every tick"
+    )]
+    StallLimit { stall_secs: u64, tick_ms: u64 },
     #[error("AAA_X_PRICES: {0}")]
     Prices(#[from] aaa_events::billing::PriceError),
 }
@@ -86,6 +91,12 @@ pub struct WatermarkArgs {
     /// scheduler's repeated jobs stop firing below one second).
     #[arg(long, env = "AAA_WATERMARK_TICK_MS", default_value_t = 15_000)]
     pub tick_ms: u64,
+    /// /healthz fails once this replica has started no round for this many
+    /// real seconds (a round that never ends, or a scheduler that stopped),
+    /// so Kubernetes restarts it; `aaa_watermark_stalled_seconds` reports
+    /// the time since the last start. More than one tick.
+    #[arg(long, env = "AAA_WATERMARK_STALL_SECS", default_value_t = 300)]
+    pub stall_secs: u64,
     /// A submitted job with no completion message after this many simulated
     /// seconds is treated as lost and its window submitted again.
     #[arg(long, env = "AAA_WATERMARK_JOB_TIMEOUT_SECS", default_value_t = 3_600)]
@@ -222,15 +233,36 @@ impl WatermarkArgs {
     }
 }
 
-struct DbReadiness(sqlx::PgPool);
+/// The interval between rounds (at least 1 s); the stall limit must be
+/// longer, or /healthz would fail between any two rounds.
+fn tick_within_stall_limit(tick_ms: u64, stall_secs: u64) -> Result<Duration, Error> {
+    let tick = Duration::from_millis(tick_ms.max(1000));
+    if Duration::from_secs(stall_secs) <= tick {
+        return Err(Error::StallLimit {
+            stall_secs,
+            tick_ms,
+        });
+    }
+    Ok(tick)
+}
 
-impl Readiness for DbReadiness {
+/// /readyz: the database answers. /healthz: rounds still start.
+struct WatermarkReadiness {
+    pool: sqlx::PgPool,
+    liveness: Arc<liveness::RoundLiveness>,
+}
+
+impl Readiness for WatermarkReadiness {
+    fn health(&self) -> Result<(), String> {
+        self.liveness.health(std::time::Instant::now())
+    }
+
     fn check(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
             sqlx::query("SELECT 1")
-                .execute(&self.0)
+                .execute(&self.pool)
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("database unreachable: {e}"))
@@ -244,6 +276,7 @@ pub async fn run(
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let tick = tick_within_stall_limit(args.tick_ms, args.stall_secs)?;
     let prices = aaa_events::billing::prices(&args.x_prices)?;
     let pool = args.database.pool()?;
     aaa_db::ensure_schema_current(&pool).await?;
@@ -263,15 +296,23 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         metrics,
-        DbReadiness(pool),
+        WatermarkReadiness {
+            pool,
+            liveness: watermark.liveness(),
+        },
         shutdown.clone(),
     ));
+    let stall_task = tokio::spawn(
+        watermark
+            .liveness()
+            .report(Duration::from_secs(1), shutdown.clone()),
+    );
 
     let scheduler = JobScheduler::new()
         .await
         .map_err(|e| Error::Scheduler(e.to_string()))?;
     let ticking = watermark.clone();
-    let job = cadence::every(Duration::from_millis(args.tick_ms.max(1000)), move || {
+    let job = cadence::every(tick, move || {
         let watermark = ticking.clone();
         async move { watermark.tick().await }
     })
@@ -323,6 +364,7 @@ pub async fn run(
     let _ = scheduler.shutdown().await;
     watermark.release_leases().await;
     admin_task.abort();
+    stall_task.abort();
     tracing::info!(message = "watermark stopped");
     Ok(())
 }
@@ -496,4 +538,26 @@ pub async fn erase_deleted_posts(
     }
     .emit();
     Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stall_limit_must_be_longer_than_a_tick() {
+        assert_eq!(
+            tick_within_stall_limit(15_000, 300).ok(),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(
+            tick_within_stall_limit(1, 2).ok(),
+            Some(Duration::from_secs(1))
+        );
+        let error = tick_within_stall_limit(15_000, 15).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--stall-secs 15 must be more than one tick (15000 ms): a round starts every tick"
+        );
+    }
 }

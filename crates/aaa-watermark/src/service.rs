@@ -5,6 +5,7 @@
 //! webhook), `jobs` (the job in flight), `judging` (gaps and audits) and
 //! `submit` (the next window), each working on a [`Round`].
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aaa_common::Clock;
@@ -19,6 +20,7 @@ use crate::events::{
     TrackingBegan, WindowsCounted,
 };
 use crate::fences::Fences;
+use crate::liveness::RoundLiveness;
 use crate::planner::earliest_from;
 use crate::ports::{self, Fencer, RoundStore, XApi};
 use crate::round::{Round, Settings};
@@ -37,6 +39,8 @@ pub struct Watermark {
     /// the previous one finished, and a replica must never run two rounds
     /// at once (its lease renews for itself).
     round_running: tokio::sync::Mutex<()>,
+    /// When the last round started, for /healthz and the stall gauge.
+    liveness: Arc<RoundLiveness>,
 }
 
 impl Watermark {
@@ -55,7 +59,15 @@ impl Watermark {
             replica: args.replica_id(),
             lease: Duration::from_secs(args.lease_secs.max(1)),
             round_running: tokio::sync::Mutex::new(()),
+            liveness: Arc::new(RoundLiveness::new(
+                Duration::from_secs(args.stall_secs),
+                Instant::now(),
+            )),
         })
+    }
+
+    pub fn liveness(&self) -> Arc<RoundLiveness> {
+        self.liveness.clone()
     }
 
     /// One round over every webhook, unless the previous one still runs
@@ -66,6 +78,7 @@ impl Watermark {
             TickSkipped.emit();
             return;
         };
+        self.liveness.round_started(Instant::now());
         let now = self.clock.now();
         let _ = self.fences.write(now).await;
         for webhook in &self.settings.webhooks {
