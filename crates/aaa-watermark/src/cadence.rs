@@ -13,7 +13,6 @@
 //! firing per interval through.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio_cron_scheduler::{Job, JobSchedulerError};
@@ -31,49 +30,43 @@ const SLACK: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct Cadence {
     every: Duration,
-    last_start: Mutex<Instant>,
+    last_start: Instant,
 }
 
 impl Cadence {
     pub fn new(every: Duration, since: Instant) -> Cadence {
         Cadence {
             every,
-            last_start: Mutex::new(since),
+            last_start: since,
         }
     }
 
     /// Whether a firing at `now` starts the work; if so, it is the last
     /// start from now on.
-    pub fn due(&self, now: Instant) -> bool {
-        let mut last_start = self
-            .last_start
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let due = now.saturating_duration_since(*last_start) + SLACK >= self.every;
+    pub fn due(&mut self, now: Instant) -> bool {
+        let due = now.saturating_duration_since(self.last_start) + SLACK >= self.every;
         if due {
-            *last_start = now;
+            self.last_start = now;
         }
         due
     }
 }
 
 /// A scheduler job that starts `work` every `every` (to the second), however
-/// late any one start was.
-pub fn every<W, F>(every: Duration, work: W) -> Result<Job, JobSchedulerError>
+/// late any one start was. The scheduler calls a job's closure one firing at
+/// a time, so the closure owns its cadence.
+pub fn every<W, F>(every: Duration, mut work: W) -> Result<Job, JobSchedulerError>
 where
-    W: Fn() -> F + Send + Sync + 'static,
+    W: FnMut() -> F + Send + Sync + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    let cadence = Arc::new(Cadence::new(every, Instant::now()));
-    let work = Arc::new(work);
+    let mut cadence = Cadence::new(every, Instant::now());
     Job::new_async(EVERY_SECOND, move |_id, _scheduler| {
-        let cadence = cadence.clone();
-        let work = work.clone();
-        Box::pin(async move {
-            if cadence.due(Instant::now()) {
-                work().await;
-            }
-        })
+        if cadence.due(Instant::now()) {
+            Box::pin(work())
+        } else {
+            Box::pin(std::future::ready(()))
+        }
     })
 }
 
@@ -86,7 +79,7 @@ mod tests {
     #[test]
     fn the_first_run_is_one_interval_after_the_start() {
         let start = Instant::now();
-        let cadence = Cadence::new(15 * SECOND, start);
+        let mut cadence = Cadence::new(15 * SECOND, start);
         assert!(!cadence.due(start));
         assert!(!cadence.due(start + SECOND));
         assert!(cadence.due(start + 15 * SECOND));
@@ -95,7 +88,7 @@ mod tests {
     #[test]
     fn one_firing_per_interval_gets_through() {
         let start = Instant::now();
-        let cadence = Cadence::new(15 * SECOND, start);
+        let mut cadence = Cadence::new(15 * SECOND, start);
         let through: Vec<u32> = (1..=45)
             .filter(|s| cadence.due(start + *s * SECOND))
             .collect();
@@ -105,7 +98,7 @@ mod tests {
     #[test]
     fn a_firing_up_to_half_a_second_early_counts() {
         let start = Instant::now();
-        let cadence = Cadence::new(15 * SECOND, start);
+        let mut cadence = Cadence::new(15 * SECOND, start);
         assert!(!cadence.due(start + Duration::from_millis(14_400)));
         assert!(cadence.due(start + Duration::from_millis(14_500)));
     }
@@ -116,7 +109,7 @@ mod tests {
     #[test]
     fn after_a_long_pause_the_work_goes_on_at_its_interval() {
         let start = Instant::now();
-        let cadence = Cadence::new(SECOND, start);
+        let mut cadence = Cadence::new(SECOND, start);
         let resumed = start + 3_600 * SECOND;
         assert!(cadence.due(resumed));
         assert!(!cadence.due(resumed + Duration::from_millis(100)));
