@@ -593,26 +593,43 @@ async fn maintenance_prunes_only_what_no_round_can_read() {
 
 /// With an event retention, old events keep their identity (so a late
 /// duplicate is still recognised, and normalized rows keep their event_id)
-/// and lose their payload; each run starts where the last stopped.
+/// and lose their payload, and the index of the posts it held
+/// (`event_posts`) with it; each run starts where the last stopped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_retention_drops_old_payloads_and_keeps_identity() {
     use aaa_watermark::maintenance::drop_old_payloads;
     let db = TestDb::migrated().await;
     let now = Utc::now();
     let stored = |days: i64| now - TimeDelta::days(days);
-    // Stored in id order: six 40 days ago, then four yesterday.
+    // Stored in id order: six 40 days ago, then four yesterday; each a like
+    // of a post of its own, indexed as the consumer indexes it.
     for (i, age) in [40, 40, 40, 40, 40, 40, 1, 1, 1, 1].into_iter().enumerate() {
-        sqlx::query(
+        let payload =
+            json!({"id": i, "favorited_status": {"id_str": format!("70{i}"), "text": "hi"}});
+        let id: i64 = sqlx::query_scalar(
             "INSERT INTO events (for_user_id, kind, natural_key, payload, context, activity_index, kafka_topic, kafka_partition, kafka_offset, received_at, stored_at)
-             VALUES ('1', 'favorite_events', $1, '{\"id\": 1}', '{\"users\": {}}', 0, 't', 0, $2, $3, $3)",
+             VALUES ('1', 'favorite_events', $1, $4::text::json, '{\"users\": {}}', 0, 't', 0, $2, $3, $3) RETURNING id",
         )
         .bind(format!("fav-{i}"))
         .bind(i as i64)
         .bind(stored(age))
-        .execute(&db.pool)
+        .bind(payload.to_string())
+        .fetch_one(&db.pool)
         .await
         .unwrap();
+        sqlx::query("INSERT INTO event_posts (post_id, event_id) VALUES ($1, $2)")
+            .bind(format!("70{i}"))
+            .bind(id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
     }
+    let indexed = || async {
+        sqlx::query_scalar::<_, String>("SELECT post_id FROM event_posts ORDER BY post_id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+    };
     let writer = db.watermark_pool().await;
     // Batches of 4: the run continues past a full batch and stops at the
     // first row too young.
@@ -632,6 +649,11 @@ async fn event_retention_drops_old_payloads_and_keeps_identity() {
     for (key, payload, _) in &rows[6..] {
         assert!(payload.is_some(), "{key} is young");
     }
+    assert_eq!(
+        indexed().await,
+        ["706", "707", "708", "709"],
+        "the posts of dropped payloads are no longer indexed"
+    );
     assert_eq!(drop_old_payloads(&writer, stored(30), 4).await.unwrap(), 0);
     let done_to: i64 =
         sqlx::query_scalar("SELECT done_to FROM retention_progress WHERE table_name = 'events'")

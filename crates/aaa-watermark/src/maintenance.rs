@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use aaa_common::observe::InternalEvent;
+use aaa_events::erase::posts_in;
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 
@@ -140,8 +141,9 @@ pub async fn prune(
     Ok(deleted)
 }
 
-/// Drops the payload and context of events stored before `cutoff`, `batch`
-/// rows per transaction; returns how many. Rows are taken in id order from
+/// Drops the payload and context of events stored before `cutoff`, and
+/// their posts' rows in `event_posts`, `batch` events per transaction;
+/// returns how many payloads. Rows are taken in id order from
 /// where the last run stopped (`retention_progress`), and only as long as
 /// they are old enough, so a run reads what is new since the last, never
 /// the whole table. (Ids follow `stored_at`; a row stored out of order by a
@@ -172,6 +174,7 @@ pub async fn drop_old_payloads(
         let Some(&(upto, _)) = next[..old].last() else {
             break;
         };
+        forget_held_posts(&mut tx, done_to, upto).await?;
         let dropped = sqlx::query(
             "UPDATE events SET payload = NULL, context = '{}'::jsonb
              WHERE id > $1 AND id <= $2 AND payload IS NOT NULL",
@@ -196,6 +199,45 @@ pub async fn drop_old_payloads(
         }
     }
     Ok(total)
+}
+
+/// Removes the `event_posts` rows of the events in `(after, upto]` that
+/// still hold a payload: they index the payload's posts for the compliance
+/// erase, and without the payload there is nothing left to erase. Found as
+/// the consumer wrote them (`posts_in` of the payload), through the primary
+/// key; a payload that does not parse keeps its rows (it cannot have any
+/// the consumer wrote, which parsed it).
+async fn forget_held_posts(
+    tx: &mut sqlx::PgConnection,
+    after: i64,
+    upto: i64,
+) -> Result<(), sqlx::Error> {
+    let payloads: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, payload::text FROM events WHERE id > $1 AND id <= $2 AND payload IS NOT NULL",
+    )
+    .bind(after)
+    .bind(upto)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (posts, events): (Vec<String>, Vec<i64>) = payloads
+        .iter()
+        .filter_map(|(id, payload)| {
+            let value = serde_json::from_str::<serde_json::Value>(payload).ok()?;
+            Some(posts_in(&value).into_iter().map(move |post| (post, *id)))
+        })
+        .flatten()
+        .unzip();
+    if !posts.is_empty() {
+        sqlx::query(
+            "DELETE FROM event_posts
+             WHERE (post_id, event_id) IN (SELECT * FROM UNNEST($1::text[], $2::int8[]))",
+        )
+        .bind(&posts)
+        .bind(&events)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Rows per table as Postgres estimates them (no scan): what grows and
