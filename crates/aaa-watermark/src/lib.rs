@@ -65,7 +65,7 @@ pub enum Error {
     #[error("webhook {0}: another replica took the lease over during this round")]
     LeaseLost(String),
     #[error(
-        "--stall-secs {stall_secs} must be more than one tick ({tick_ms} ms): a round starts every tick"
+        "--stall-secs (AAA_WATERMARK_STALL_SECS) {stall_secs} must be more than one tick ({tick_ms} ms): a round starts every tick"
     )]
     StallLimit { stall_secs: u64, tick_ms: u64 },
     #[error("AAA_X_PRICES: {0}")]
@@ -557,7 +557,7 @@ mod tests {
         let error = tick_within_stall_limit(15_000, 15).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "--stall-secs 15 must be more than one tick (15000 ms): a round starts every tick"
+            "--stall-secs (AAA_WATERMARK_STALL_SECS) 15 must be more than one tick (15000 ms): a round starts every tick"
         );
     }
 }

@@ -12,6 +12,7 @@ use std::time::Instant;
 use aaa_common::observe::InternalEvent;
 use aaa_events::erase::posts_in;
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::TryStreamExt;
 use sqlx::PgPool;
 
 use crate::events::{PayloadsDropped, PruningEnded, RepeatedChangesDropped, RowsPruned, TableSize};
@@ -212,21 +213,24 @@ async fn forget_held_posts(
     after: i64,
     upto: i64,
 ) -> Result<(), sqlx::Error> {
-    let payloads: Vec<(i64, String)> = sqlx::query_as(
+    // Streamed: one payload in memory at a time, however large the batch's.
+    let mut payloads = sqlx::query_as::<_, (i64, String)>(
         "SELECT id, payload::text FROM events WHERE id > $1 AND id <= $2 AND payload IS NOT NULL",
     )
     .bind(after)
     .bind(upto)
-    .fetch_all(&mut *tx)
-    .await?;
-    let (posts, events): (Vec<String>, Vec<i64>) = payloads
-        .iter()
-        .filter_map(|(id, payload)| {
-            let value = serde_json::from_str::<serde_json::Value>(payload).ok()?;
-            Some(posts_in(&value).into_iter().map(move |post| (post, *id)))
-        })
-        .flatten()
-        .unzip();
+    .fetch(&mut *tx);
+    let (mut posts, mut events) = (Vec::new(), Vec::new());
+    while let Some((id, payload)) = payloads.try_next().await? {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&payload) else {
+            continue;
+        };
+        for post in posts_in(&value) {
+            posts.push(post);
+            events.push(id);
+        }
+    }
+    drop(payloads);
     if !posts.is_empty() {
         sqlx::query(
             "DELETE FROM event_posts
