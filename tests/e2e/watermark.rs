@@ -631,9 +631,22 @@ async fn event_retention_drops_old_payloads_and_keeps_identity() {
             .unwrap()
     };
     let writer = db.watermark_pool().await;
-    // Batches of 4: the run continues past a full batch and stops at the
-    // first row too young.
-    assert_eq!(drop_old_payloads(&writer, stored(30), 4).await.unwrap(), 6);
+    let budget = Duration::from_secs(60);
+    // Batches of 4. With its time spent, a run starts no second batch; the
+    // next continues from there, past a full batch, and stops at the first
+    // row too young.
+    assert_eq!(
+        drop_old_payloads(&writer, stored(30), 4, Duration::ZERO)
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        drop_old_payloads(&writer, stored(30), 4, budget)
+            .await
+            .unwrap(),
+        2
+    );
     let rows: Vec<(String, Option<String>, String)> =
         sqlx::query_as("SELECT natural_key, payload::text, context::text FROM events ORDER BY id")
             .fetch_all(&db.pool)
@@ -654,7 +667,12 @@ async fn event_retention_drops_old_payloads_and_keeps_identity() {
         ["706", "707", "708", "709"],
         "the posts of dropped payloads are no longer indexed"
     );
-    assert_eq!(drop_old_payloads(&writer, stored(30), 4).await.unwrap(), 0);
+    assert_eq!(
+        drop_old_payloads(&writer, stored(30), 4, budget)
+            .await
+            .unwrap(),
+        0
+    );
     let done_to: i64 =
         sqlx::query_scalar("SELECT done_to FROM retention_progress WHERE table_name = 'events'")
             .fetch_one(&db.pool)
@@ -666,7 +684,7 @@ async fn event_retention_drops_old_payloads_and_keeps_identity() {
         .unwrap();
     assert_eq!(done_to, sixth, "the next run starts after the last old row");
     // Once the young rows age, the next run takes them.
-    assert_eq!(drop_old_payloads(&writer, now, 4).await.unwrap(), 4);
+    assert_eq!(drop_old_payloads(&writer, now, 4, budget).await.unwrap(), 4);
 }
 
 /// A watermark installed against a webhook X registered more than 25 h ago

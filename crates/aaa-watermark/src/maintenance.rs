@@ -148,13 +148,18 @@ pub async fn prune(
 /// where the last run stopped (`retention_progress`), and only as long as
 /// they are old enough, so a run reads what is new since the last, never
 /// the whole table. (Ids follow `stored_at`; a row stored out of order by a
-/// concurrent transaction is handled when the marker reaches it.)
+/// concurrent transaction is handled when the marker reaches it.) No batch
+/// starts once `budget` is spent: a retention first set on a large table
+/// catches up over several runs, and each run still reaches its later
+/// steps (the compliance erase) instead of holding every run after it off.
 pub async fn drop_old_payloads(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     batch: i64,
+    budget: std::time::Duration,
 ) -> Result<u64, sqlx::Error> {
     let batch = batch.max(1);
+    let started = Instant::now();
     let mut total = 0;
     loop {
         let mut tx = pool.begin().await?;
@@ -195,7 +200,7 @@ pub async fn drop_old_payloads(
         tx.commit().await?;
         total += dropped;
         PayloadsDropped { rows: dropped }.emit();
-        if old < next.len() || next.len() < batch as usize {
+        if old < next.len() || next.len() < batch as usize || started.elapsed() >= budget {
             break;
         }
     }
