@@ -281,6 +281,27 @@ impl Run {
         self.clock.now()
     }
 
+    /// Waits until a watermark's first round has marked where tracking
+    /// began. Nothing before that mark is ever judged (a watermark installed
+    /// late cannot know what X owed before it), so a scenario that stops the
+    /// watermark to age a gap past X's 24 h must let it mark first: on a
+    /// loaded machine a watermark killed at once may not have.
+    pub async fn tracking_began(&self) {
+        eventually(
+            WAIT,
+            "the watermark to mark where tracking began",
+            || async {
+                let marked = self
+                    .stack
+                    .db
+                    .count("SELECT count(*) FROM watermark_progress WHERE tracked_from IS NOT NULL")
+                    .await;
+                (marked > 0).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// How far the watermark has judged the webhook's timeline.
     pub async fn judged_to(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         sqlx::query_scalar("SELECT max(judged_to) FROM watermark_progress")

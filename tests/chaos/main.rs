@@ -743,6 +743,7 @@ async fn gap_aged_past_24_hours() {
         ..StackOptions::scaled(3000.0)
     })
     .await;
+    run.tracking_began().await;
     run.watermark.kill();
     run.receiver_outage(TimeDelta::hours(2)).await;
     run.wait_sim(TimeDelta::hours(25)).await;
