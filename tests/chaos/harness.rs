@@ -343,13 +343,12 @@ impl Run {
                         .fetch_one(&self.stack.db.pool)
                         .await
                         .unwrap_or_default();
-                let log = self.watermark.output();
                 panic!(
                     "{what}: judged to {judged:?}, waiting for {at}; judged_to last moved {:?} ago, {:?} after the wait began (also: {}); the consumer's fences (all partitions) stored up to {fenced:?}\nthe watermark's last log lines:\n{}",
                     moved.elapsed(),
                     started.elapsed(),
                     also().await,
-                    log[log.len().saturating_sub(40)..].join("\n")
+                    self.watermark.output_tail(40)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

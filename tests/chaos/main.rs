@@ -260,15 +260,7 @@ async fn watermark_holder_frozen_mid_replay_and_thawed() {
         noticed.is_ok(),
         "the thawed replica {frozen_name} never ended its frozen round within 60 s: {}\nits last log lines:\n{}",
         last.lock().unwrap_or_else(|p| p.into_inner()),
-        frozen
-            .output()
-            .iter()
-            .rev()
-            .take(40)
-            .rev()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        frozen.output_tail(40)
     );
     run.wait_sim(TimeDelta::minutes(10)).await;
     let after_thaw = reconciled().await;

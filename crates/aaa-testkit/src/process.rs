@@ -78,6 +78,12 @@ impl Service {
             .clone()
     }
 
+    /// Its last `n` lines of output, for a failure message.
+    pub fn output_tail(&self, n: usize) -> String {
+        let output = self.output();
+        output[output.len().saturating_sub(n)..].join("\n")
+    }
+
     fn log_events(&self) -> Vec<Value> {
         self.output()
             .iter()
