@@ -747,7 +747,7 @@ async fn gap_aged_past_24_hours() {
     // until then, windows that wait for the replay slot keep aging out.)
     // Judging reaches `restarted_at` once the consumer stored a fence
     // written after it, behind 25 simulated hours of traffic: on a loaded
-    // machine that takes as long as the consumer needs.
+    // machine that takes as long as the other catch-ups here.
     run.await_judged(
         restarted_at,
         "the watermark to count expired minutes (the alert's signal)",
