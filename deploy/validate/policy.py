@@ -15,10 +15,13 @@ MIN_RECEIVER_REPLICAS = 2
 MIN_TOPIC_REPLICAS = 3
 MIN_INSYNC_REPLICAS = 2
 MIN_RETENTION_MS = 72 * 3600 * 1000
-# The receiver accepts bodies up to 1 MiB (AAA_MAX_BODY_BYTES) and produces
-# them with up to 64 KiB of key and headers; a smaller topic limit turns such
-# deliveries into 503s forever.
-MIN_TOPIC_MESSAGE_BYTES = 1024 * 1024 + 64 * 1024
+# The receiver produces bodies up to AAA_MAX_VERIFIED_BYTES (an authentic
+# body over AAA_MAX_BODY_BYTES is kept whole as a dead letter) with up to
+# 64 KiB of key and headers; a smaller topic limit turns such deliveries
+# into 503s forever. The receiver's defaults when its env does not say:
+RECORD_OVERHEAD_BYTES = 64 * 1024
+RECEIVER_DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+RECEIVER_DEFAULT_MAX_VERIFIED_BYTES = 2 * 1024 * 1024
 SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "DATABASE_URL")
 # What each service may do on Kafka, and nothing more: (resource type,
 # resource name or None for the cluster, operation). "raw" stands for the
@@ -195,10 +198,69 @@ def check_topics(objs):
             findings.append(f"{name(topic)}: replication factor below {MIN_TOPIC_REPLICAS}")
         if int(config.get("min.insync.replicas", 1)) < MIN_INSYNC_REPLICAS:
             findings.append(f"{name(topic)}: min.insync.replicas below {MIN_INSYNC_REPLICAS}")
-        if int(config.get("max.message.bytes", 1048588)) < MIN_TOPIC_MESSAGE_BYTES:
-            findings.append(f"{name(topic)}: max.message.bytes below the receiver's 1 MiB bodies plus headers")
+        largest = receiver_largest_record(objs)
+        if int(config.get("max.message.bytes", 1048588)) < largest:
+            findings.append(f"{name(topic)}: max.message.bytes below the receiver's largest record ({largest} bytes: AAA_MAX_VERIFIED_BYTES plus headers)")
         if int(config.get("retention.ms", 0)) < MIN_RETENTION_MS:
             findings.append(f"{name(topic)}: retention shorter than 72 h")
+    return findings
+
+
+def receivers(objs):
+    return [o for o in objs if o["kind"] == "Deployment" and pod_labels(o).get("app.kubernetes.io/name") == "receiver"]
+
+
+def receiver_verified_bytes(objs, receiver):
+    """The largest body the receiver reads whole (AAA_MAX_VERIFIED_BYTES, at
+    least AAA_MAX_BODY_BYTES), as the receiver computes it."""
+    body = int(config_value(objs, receiver, "AAA_MAX_BODY_BYTES") or RECEIVER_DEFAULT_MAX_BODY_BYTES)
+    verified = int(config_value(objs, receiver, "AAA_MAX_VERIFIED_BYTES") or RECEIVER_DEFAULT_MAX_VERIFIED_BYTES)
+    return max(body, verified)
+
+
+def receiver_largest_record(objs):
+    sizes = [receiver_verified_bytes(objs, r) for r in receivers(objs)] or [RECEIVER_DEFAULT_MAX_VERIFIED_BYTES]
+    return max(sizes) + RECORD_OVERHEAD_BYTES
+
+
+def nginx_size(text):
+    """nginx's size syntax (client_max_body_size): bytes, or k/m/g suffixed."""
+    text = str(text).strip().lower()
+    units = {"k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+    if text and text[-1] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text)
+
+
+def check_body_limits(objs):
+    """The ingress lets through exactly what the receiver reads whole: a
+    smaller ingress limit refuses X's signed bodies with 413 before the
+    receiver sees them (no trace, no gap); a larger one lets unread bodies
+    through only to be refused by the receiver."""
+    findings = []
+    for ingress in objs:
+        if ingress["kind"] != "Ingress":
+            continue
+        annotation = ingress["metadata"].get("annotations", {}).get("nginx.ingress.kubernetes.io/proxy-body-size")
+        backends = {
+            path["backend"]["service"]["name"]
+            for rule in ingress["spec"].get("rules", [])
+            for path in rule.get("http", {}).get("paths", [])
+        }
+        for receiver in receivers(objs):
+            if not same_namespace(receiver, ingress) or not any(
+                svc["kind"] == "Service" and svc["metadata"]["name"] in backends and same_namespace(svc, receiver)
+                and selects({"matchLabels": svc["spec"].get("selector", {})}, pod_labels(receiver))
+                for svc in objs
+            ):
+                continue
+            verified = receiver_verified_bytes(objs, receiver)
+            # nginx's default limit is 1m.
+            allowed = nginx_size(annotation if annotation is not None else "1m")
+            if allowed != verified:
+                findings.append(
+                    f"{name(ingress)}: proxy-body-size {annotation or '1m (default)'} = {allowed} bytes, but {name(receiver)} reads bodies up to {verified} bytes (AAA_MAX_VERIFIED_BYTES): make them agree"
+                )
     return findings
 
 
@@ -290,6 +352,7 @@ RULES = (
     check_replicas,
     check_topics,
     check_graceful_shutdown,
+    check_body_limits,
     check_kafka_access,
     check_no_secret_values,
 )

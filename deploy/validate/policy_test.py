@@ -118,6 +118,18 @@ class PolicyTest(unittest.TestCase):
         del find(self.objs, "KafkaTopic", "aaa-raw")["spec"]["config"]["max.message.bytes"]
         self.assertFinding("max.message.bytes below")
 
+    def test_ingress_smaller_than_the_receivers_verified_limit(self):
+        ingress = find(self.objs, "Ingress", "aaa-receiver")
+        ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] = "1m"
+        self.assertFinding("proxy-body-size 1m = 1048576 bytes, but Deployment/aaa-receiver reads bodies up to 2097152 bytes")
+
+    def test_receiver_verifying_more_than_the_ingress_lets_through(self):
+        env = container(self.objs, "aaa-receiver")["env"]
+        next(e for e in env if e["name"] == "AAA_MAX_VERIFIED_BYTES")["value"] = "8388608"
+        findings = policy.check(self.objs)
+        self.assertTrue(any("make them agree" in f for f in findings), findings)
+        self.assertTrue(any("max.message.bytes below the receiver's largest record" in f for f in findings), findings)
+
     def test_grace_shorter_than_drain(self):
         pod = find(self.objs, "Deployment", "aaa-receiver")["spec"]["template"]["spec"]
         pod["terminationGracePeriodSeconds"] = 10

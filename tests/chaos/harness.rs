@@ -46,6 +46,9 @@ pub struct Settled {
     /// `aaa_watermark_expired_minutes_total` of the running watermark once
     /// settled (what the AaaGapExpired alert sees).
     pub expired_counted: f64,
+    /// Replay jobs X reported Complete that the running watermark judged
+    /// unproven by the receivers and submitted again.
+    pub receivers_missed: f64,
     /// Relationship changes X sent no time for (XAA follows, blocks, mutes)
     /// kept in `relationship_events`, none repeating the state before it.
     pub undated_changes: i64,
@@ -60,6 +63,7 @@ impl std::fmt::Debug for Settled {
             .field("duplicates_absorbed", &self.duplicates_absorbed)
             .field("failed_attempts", &self.failed_attempts)
             .field("gap_windows", &self.gap_windows)
+            .field("receivers_missed", &self.receivers_missed)
             .field("audit_windows", &self.audit_windows)
             .field("undated_changes", &self.undated_changes)
             .field("recovered_by_audits", &self.recovered_by_audits)
@@ -95,7 +99,7 @@ pub struct Run {
     /// behind a load balancer (`start_replicated`), which lives as long as
     /// the run.
     pub receivers: Vec<(Service, std::net::SocketAddr)>,
-    _balancer: Option<Balancer>,
+    pub balancer: Option<Balancer>,
     /// Consumers in the stack's group besides the stack's own.
     pub consumers: Vec<Service>,
 }
@@ -115,6 +119,12 @@ impl Run {
     }
 
     /// With extra simulator arguments (e.g. `--format both`).
+    /// The stack for a scenario to arrange before traffic starts
+    /// ([`Run::start_behind_balancer`]).
+    pub async fn stack(options: StackOptions) -> Stack {
+        Stack::start(BIN, options).await
+    }
+
     pub async fn start_with_sim(options: StackOptions, sim_args: &[&str]) -> Run {
         Run::launch(Stack::start(BIN, options).await, sim_args, Vec::new(), None).await
     }
@@ -127,13 +137,7 @@ impl Run {
         consumers: usize,
     ) -> Run {
         let mut stack = Stack::start(BIN, options).await;
-        let own: std::net::SocketAddr = stack
-            .webhook_url
-            .trim_start_matches("http://")
-            .split('/')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .expect("the receiver's address");
+        let own = stack.receiver_addr();
         let mut replicas = Vec::new();
         for i in 1..receivers {
             replicas.push(
@@ -152,6 +156,20 @@ impl Run {
             run.consumers.push(run.stack.spawn_consumer());
         }
         run
+    }
+
+    /// The stack's receiver and `replicas` (already started) behind a load
+    /// balancer X delivers to, in that order.
+    pub async fn start_behind_balancer(
+        mut stack: Stack,
+        replicas: Vec<(Service, std::net::SocketAddr)>,
+    ) -> Run {
+        let upstreams = std::iter::once(stack.receiver_addr())
+            .chain(replicas.iter().map(|(_, a)| *a))
+            .collect();
+        let balancer = Balancer::start(upstreams).await;
+        stack.webhook_url = format!("http://{}/webhooks/x", balancer.addr);
+        Run::launch(stack, &[], replicas, Some(balancer)).await
     }
 
     async fn launch(
@@ -180,7 +198,7 @@ impl Run {
             relationships_comparable: !sim_args.contains(&"--format"),
             poison: Vec::new(),
             receivers,
-            _balancer: balancer,
+            balancer,
             consumers: Vec::new(),
         }
     }
@@ -757,6 +775,11 @@ impl Run {
         let lost_count = lost.len();
         let watermark_admin = format!("http://{}", self.watermark.addr("admin").await);
         let expired_counted = metric(&watermark_admin, "aaa_watermark_expired_minutes_total").await;
+        let receivers_missed = aaa_testkit::metric_where(&watermark_admin, |l| {
+            l.starts_with("aaa_watermark_replay_jobs_total")
+                && l.contains("outcome=\"receivers_missed\"")
+        })
+        .await;
         Settled {
             truth,
             events_by_kind,
@@ -769,6 +792,7 @@ impl Run {
             lost: lost_count,
             expired_minutes,
             expired_counted,
+            receivers_missed,
             undated_changes,
         }
     }

@@ -127,11 +127,16 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
         next_good().await;
     }
 
-    // Too large: 413. Unsigned, counted only; signed by X, its trace is kept.
+    // Over the body limit: unsigned, 413 and counted only; signed by X,
+    // received (200) and kept whole as a dead letter.
     let huge = vec![b'{'; 2 * 1024 * 1024];
     assert_eq!(post(&url, huge.clone(), &signed(b"other")).await, 413);
     next_good().await;
-    assert_eq!(post(&url, huge.clone(), &signed(&huge)).await, 413);
+    assert_eq!(post(&url, huge.clone(), &signed(&huge)).await, 200);
+    next_good().await;
+    // Past what the receiver reads at all (AAA_MAX_VERIFIED_BYTES): 413.
+    let huger = vec![b'{'; 2 * 1024 * 1024 + 1];
+    assert_eq!(post(&url, huger.clone(), &signed(&huger)).await, 413);
     next_good().await;
 
     // A CRC answer replayed as a delivery's signature: refused.
@@ -206,7 +211,7 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let good_sent = unauthenticated.len() + 3 + garbage.len() + 1;
+    let good_sent = unauthenticated.len() + 4 + garbage.len() + 1;
     eventually(
         Duration::from_secs(60),
         "good deliveries and dead letters",
@@ -231,11 +236,21 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
     let mut stored_sorted = stored;
     stored_sorted.sort();
     assert_eq!(stored_sorted, expected, "dead letters keep the raw bytes");
+    let kept: Vec<u8> =
+        sqlx::query_scalar("SELECT raw FROM dead_letters WHERE error_kind = 'too_large'")
+            .fetch_one(&stack.db.pool)
+            .await
+            .unwrap();
+    assert!(
+        kept == huge,
+        "X's oversized body is kept whole ({} bytes)",
+        kept.len()
+    );
     assert_eq!(
         stack.delivery_outcomes("bad_signature").await,
         unauthenticated.len() as f64
     );
-    assert_eq!(stack.delivery_outcomes("too_large").await, 1.0);
+    assert_eq!(stack.delivery_outcomes("too_large").await, 2.0);
     assert_eq!(stack.delivery_outcomes("too_large_authentic").await, 1.0);
     assert_eq!(stack.delivery_outcomes("bad_request").await, 1.0);
     assert_eq!(stack.delivery_outcomes("forged").await, 1.0);
@@ -244,8 +259,8 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
         (good_sent + garbage.len()) as f64
     );
 
-    // Of all the refusals, only the authentic oversized body reaches the
-    // heartbeats (and so may become a replay): junk is counted, not a gap.
+    // None of the refusals reaches the heartbeats (a gap, so a replay):
+    // junk is counted only, and X's oversized body was received.
     eventually(
         Duration::from_secs(60),
         "heartbeats covering every accepted delivery",
@@ -254,7 +269,7 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
                 .db
                 .count("SELECT coalesce(sum(accepted), 0)::int8 FROM coverage_heartbeats")
                 .await;
-            (accepted == (good_sent + garbage.len()) as i64).then_some(())
+            (accepted == (good_sent + garbage.len() + 1) as i64).then_some(())
         },
     )
     .await;
@@ -263,11 +278,7 @@ async fn hostile_requests_are_refused_counted_and_good_ones_land() {
             .fetch_all(&stack.db.pool)
             .await
             .unwrap();
-    assert_eq!(
-        refused,
-        [(1, serde_json::json!({"too_large_authentic": 1}))],
-        "only X's oversized delivery counts against coverage"
-    );
+    assert_eq!(refused, [], "nothing counts against coverage");
 }
 
 /// Past the concurrency limit, requests are shed at once with 503 (X

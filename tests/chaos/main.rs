@@ -1094,3 +1094,218 @@ fn shuffled(n: u8, seed: u64) -> Vec<u8> {
     }
     order
 }
+
+/// How the replica that refused replayed deliveries ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplicaEnd {
+    /// SIGKILL before its next heartbeat: its refusals die with it.
+    Killed,
+    /// SIGTERM while refused deliveries are in flight: the drain's refusals
+    /// reach Postgres only in its closing heartbeat.
+    Terminated,
+}
+
+/// Two receivers behind the balancer; a replay job in flight; the replica
+/// that receives the replayed deliveries cannot reach the broker (its own
+/// way to it frozen: the broker refuses it only), answers 503, and ends.
+/// The other replica serves on, healthy, all along: under the old rule its
+/// heartbeats proved the time and the window was reconciled over the loss
+/// (X gives a replayed delivery one attempt). Every receiver live in a
+/// minute must prove it: the window is replayed again, nothing is lost.
+async fn replayed_deliveries_refused_by_a_replica_that_then(end: ReplicaEnd) -> harness::Settled {
+    let stack = Run::stack(StackOptions {
+        audit_minutes: 0,
+        ..StackOptions::scaled(300.0)
+    })
+    .await;
+    let proxy = aaa_testkit::KafkaProxy::start(&stack.broker).await;
+    let through_proxy = [("AAA_KAFKA_BROKERS", proxy.bootstrap())];
+    let replica = stack
+        .spawn_receiver_replica_with("receiver-1", None, &through_proxy)
+        .await;
+    let mut run = Run::start_behind_balancer(stack, vec![replica]).await;
+    let own = run.stack.receiver_addr();
+    let (mut refusing, at) = run.receivers.pop().expect("the second replica");
+    // Kept here for the run's life (settle consumes the run).
+    let balancer = run.balancer.take().expect("a balancer");
+    // Both down long enough that X gives up on live deliveries: a gap
+    // only a replay recovers. From here on X reaches only receiver-1.
+    balancer.set_upstreams(vec![at]);
+    refusing.kill();
+    run.receiver_outage(TimeDelta::minutes(10)).await;
+    let (mut refusing, _) = run
+        .stack
+        .spawn_receiver_replica_with("receiver-1", Some(at), &through_proxy)
+        .await;
+    run.sim.set_faults(json!({"replay_delay_ms": 30})).await;
+    run.stack.replay_in_flight(Duration::from_secs(120)).await;
+    proxy.pause();
+    let admin = format!("http://{}", refusing.addr("admin").await);
+    let refused = || async {
+        aaa_testkit::metric_where(&admin, |l| {
+            l.starts_with("aaa_receiver_requests_total")
+                && l.contains("outcome=\"broker_unavailable\"")
+        })
+        .await
+    };
+    match end {
+        ReplicaEnd::Killed => {
+            eventually(
+                Duration::from_secs(60),
+                "receiver-1 to refuse deliveries",
+                || async { (refused().await > 0.0).then_some(()) },
+            )
+            .await;
+            refusing.kill();
+            balancer.set_upstreams(vec![own]);
+            proxy.resume();
+        }
+        ReplicaEnd::Terminated => {
+            eventually(
+                Duration::from_secs(60),
+                "deliveries waiting on receiver-1's broker",
+                || async {
+                    (aaa_testkit::metric(&admin, "aaa_receiver_in_flight_requests").await > 0.0)
+                        .then_some(())
+                },
+            )
+            .await;
+            // As Kubernetes does: the pod leaves the Service, then stops.
+            balancer.set_upstreams(vec![own]);
+            refusing.sigterm();
+            // Its admin server is gone with the shutdown; its log tells.
+            eventually(
+                Duration::from_secs(60),
+                "the drain to refuse what waited",
+                || async {
+                    refusing
+                        .output()
+                        .iter()
+                        .any(|l| l.contains("delivery not acknowledged by the broker"))
+                        .then_some(())
+                },
+            )
+            .await;
+            // The broker is reachable again for the closing heartbeat.
+            proxy.resume();
+            let status = refusing.wait_exit(Duration::from_secs(30)).await;
+            assert!(status.success(), "receiver-1 stopped cleanly: {status:?}");
+            let drained = || async {
+                sqlx::query_as::<_, (i64, serde_json::Value)>(
+                    "SELECT refused, refused_by FROM coverage_heartbeats WHERE replica_id = 'receiver-1' AND closing",
+                )
+                .fetch_all(&run.stack.db.pool)
+                .await
+                .unwrap()
+            };
+            let stored = tokio::time::timeout(
+                Duration::from_secs(60),
+                eventually(
+                    Duration::from_secs(120),
+                    "the closing heartbeat stored",
+                    || async {
+                        let rows = drained().await;
+                        (!rows.is_empty()).then_some(rows)
+                    },
+                ),
+            )
+            .await;
+            assert!(
+                stored
+                    .as_ref()
+                    .is_ok_and(|rows| rows.iter().any(|(refused, _)| *refused > 0)),
+                "the closing heartbeat carries the drain's refusals: {stored:?}\n{}",
+                refusing.output_tail(30)
+            );
+        }
+    }
+    let settled = run
+        .settle(match end {
+            ReplicaEnd::Killed => "replica refusing replayed deliveries, then SIGKILLed",
+            ReplicaEnd::Terminated => "replica refusing replayed deliveries, then SIGTERMed",
+        })
+        .await;
+    assert!(
+        settled.receivers_missed >= 1.0,
+        "the job receiver-1 refused was replayed again, not reconciled: {settled:?}"
+    );
+    settled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_refusing_replayed_deliveries_killed_before_its_heartbeat() {
+    let settled = replayed_deliveries_refused_by_a_replica_that_then(ReplicaEnd::Killed).await;
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_refusing_replayed_deliveries_terminated_during_its_drain() {
+    let settled = replayed_deliveries_refused_by_a_replica_that_then(ReplicaEnd::Terminated).await;
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}
+
+/// The lease holder's way to the broker freezes: it cannot write fences,
+/// so it could never reconcile a replay job. After a few failed fence
+/// writes it releases its lease and fails /healthz; the other replica
+/// takes the webhook over and finishes the replays; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watermark_holder_cannot_write_fences() {
+    let mut run = Run::start().await;
+    let proxy = aaa_testkit::KafkaProxy::start(&run.stack.broker).await;
+    // Only the holder goes through the proxy: replace the run's watermark.
+    run.watermark.kill();
+    run.watermark = run.stack.spawn_watermark_with(
+        &run.sim,
+        "watermark-a",
+        &[("AAA_KAFKA_BROKERS", proxy.bootstrap())],
+    );
+    let (pool, webhook) = (run.stack.db.pool.clone(), run.stack.webhook_id.clone());
+    let holder = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT holder FROM watermark_leases WHERE webhook_id = $1 AND expires_at > now()",
+        )
+        .bind(&webhook)
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "watermark-a to hold the lease",
+        || async { (holder().await.as_deref() == Some("watermark-a")).then_some(()) },
+    )
+    .await;
+    let second = run.stack.spawn_watermark(&run.sim, "watermark-b");
+    run.receiver_outage(TimeDelta::minutes(10)).await;
+    proxy.pause();
+    // Each fence write now waits out the producer's 10 s; after 3 in a row
+    // watermark-a gives up its lease and fails /healthz (Kubernetes would
+    // restart it).
+    let admin = format!("http://{}", run.watermark.addr("admin").await);
+    eventually(
+        Duration::from_secs(120),
+        "watermark-a to fail /healthz",
+        || async {
+            let health = reqwest::get(format!("{admin}/healthz")).await.ok()?;
+            (health.status() == 503).then_some(())
+        },
+    )
+    .await;
+    let unwritten = aaa_testkit::metric(&admin, "aaa_watermark_fences_unwritten_total").await;
+    assert!(unwritten > 0.0, "unwritten fences are counted");
+    assert_eq!(
+        aaa_testkit::metric(&admin, "aaa_watermark_lease_held").await,
+        0.0,
+        "watermark-a holds no lease"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "watermark-b to hold the lease",
+        || async { (holder().await.as_deref() == Some("watermark-b")).then_some(()) },
+    )
+    .await;
+    proxy.resume();
+    let settled = run.settle("watermark holder cannot write fences").await;
+    drop(second);
+    assert!(settled.recovered_by_replay > 0, "{settled:?}");
+}

@@ -311,10 +311,10 @@ async fn bad_input_is_refused_counted_or_dead_lettered_never_lost() {
         .status();
     assert_eq!(unsigned, 401);
 
-    // 2 MiB body signed by X → 413, and its trace is kept. Its own client:
-    // the receiver closes that connection, which must not be reused.
+    // 2 MiB body signed by X (over the 1 MiB body limit, within the 2 MiB
+    // read whole) → 200, kept whole as a dead letter.
     let huge = vec![b' '; 2 * 1024 * 1024];
-    assert_eq!(stack.sender().post(&huge).await.unwrap(), 413);
+    assert_eq!(stack.sender().post(&huge).await.unwrap(), 200);
     // The same size unsigned: 413, no trace.
     let unsigned_huge = client
         .post(&stack.webhook_url)
@@ -353,14 +353,15 @@ async fn bad_input_is_refused_counted_or_dead_lettered_never_lost() {
             .unwrap();
     assert_eq!(raw, garbage);
     assert_eq!(kind, "not_json");
-    let (hash, reason): (String, String) = sqlx::query_as(
-        "SELECT raw_sha256, reason FROM dead_letters WHERE error_kind = 'too_large'",
+    let (hash, reason, kept): (String, String, Vec<u8>) = sqlx::query_as(
+        "SELECT raw_sha256, reason, raw FROM dead_letters WHERE error_kind = 'too_large'",
     )
     .fetch_one(&stack.db.pool)
     .await
     .unwrap();
     assert_eq!(hash, hex::encode(sha2::Sha256::digest(&huge)));
     assert!(reason.contains("2097152 bytes"), "{reason}");
+    assert!(kept == huge, "kept whole: {} bytes", kept.len());
     let forged_key = aaa_events::parse_envelope(&forged).unwrap().activities[0]
         .as_ref()
         .unwrap()

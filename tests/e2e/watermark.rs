@@ -997,25 +997,57 @@ async fn x_budget_is_reserved_atomically_across_replicas() {
     let db = TestDb::migrated().await;
     let writer = db.watermark_pool().await;
     let now = Utc::now();
+    let lease = {
+        let mut conn = writer.acquire().await.unwrap();
+        store::take_lease(&mut conn, "w", "a", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("a free lease")
+    };
     let asks = (0..24).map(|_| {
         let writer = writer.clone();
+        let lease = lease.clone();
         tokio::spawn(async move {
             let mut conn = writer.acquire().await.unwrap();
-            store::reserve_x_request(&mut conn, "replay_submit", 5, now)
+            store::reserve_x_request(&mut conn, &lease, "replay_submit", 5, now)
                 .await
                 .unwrap()
         })
     });
-    let granted = futures::future::join_all(asks)
+    let answers: Vec<store::Reservation> = futures::future::join_all(asks)
         .await
         .into_iter()
-        .filter(|r| r.as_ref().unwrap().is_some())
+        .map(|r| r.unwrap())
+        .collect();
+    let granted = answers
+        .iter()
+        .filter(|r| matches!(r, store::Reservation::Reserved(_)))
         .count();
     assert_eq!(granted, 5, "exactly the limit, however many ask at once");
+    assert!(
+        answers.iter().all(|r| *r != store::Reservation::LeaseLost),
+        "{answers:?}"
+    );
     let recorded = db
         .count("SELECT count(*) FROM x_api_requests WHERE endpoint = 'replay_submit'")
         .await;
     assert_eq!(recorded, 5);
+    // The lease changed hands (another replica took it after it expired):
+    // the former holder's reservation is refused and spends nothing.
+    sqlx::query("UPDATE watermark_leases SET holder = 'b', generation = generation + 1 WHERE webhook_id = 'w'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut conn = writer.acquire().await.unwrap();
+    let thawed = store::reserve_x_request(&mut conn, &lease, "webhooks_validate", 5, now)
+        .await
+        .unwrap();
+    assert_eq!(thawed, store::Reservation::LeaseLost);
+    assert_eq!(
+        db.count("SELECT count(*) FROM x_api_requests WHERE endpoint = 'webhooks_validate'")
+            .await,
+        0
+    );
 
     let reader = sqlx::PgPool::connect(&db.reader_url().await).await.unwrap();
     let error = sqlx::query("SELECT 1 FROM x_api_budgets FOR UPDATE")

@@ -173,7 +173,11 @@ pub async fn run(settings: &Settings, scratch: &Path) -> Result<ReceiverReport, 
             // As many slots as the largest connection count measured, with
             // the body budget that takes (this machine has the memory).
             ("AAA_MAX_CONCURRENT_REQUESTS", "1024".into()),
-            ("AAA_BODY_BUFFER_BYTES", (1u64 << 30).to_string()),
+            // 1024 slots of 1 MiB, and the 2 oversized slots (1 MiB more each).
+            (
+                "AAA_BODY_BUFFER_BYTES",
+                ((1u64 << 30) + (2 << 20)).to_string(),
+            ),
         ],
     );
     let public = receiver.addr("public").await;

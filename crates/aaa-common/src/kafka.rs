@@ -41,11 +41,23 @@ pub mod control {
 
     pub const HEARTBEAT: &str = "heartbeat";
     pub const FENCE: &str = "fence";
-    /// An authentic delivery over the body limit: its trace, not its bytes.
+    /// An authentic delivery over the body limit: its trace, not its bytes
+    /// (written by receivers before oversized bodies were kept whole).
     pub const OVERSIZED: &str = "oversized";
+    /// An authentic delivery over the body limit, its bytes whole: kept as
+    /// a dead letter, not parsed.
+    pub const OVERSIZED_BODY: &str = "oversized-body";
 
     /// A receiver replica served `webhook_id` from `from` to `to` (service
     /// clock), accepting and refusing this many deliveries.
+    ///
+    /// A replica's life (`replica_id`, `started_at`) opens with a heartbeat
+    /// of `seq` 0 covering no time, written before it serves anything, and
+    /// ends with one marked `closing`, written after it drained. A life
+    /// whose heartbeats stop without a closing one leaves the time from its
+    /// last heartbeat to `next_due` unproven, whatever other replicas say.
+    /// Fields after `refused_by` are absent from heartbeats of receivers
+    /// older than the life rule; they read as one unclosed life per replica.
     #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
     pub struct Heartbeat {
         pub replica_id: String,
@@ -56,6 +68,19 @@ pub mod control {
         pub refused: u64,
         #[serde(default)]
         pub refused_by: std::collections::BTreeMap<String, u64>,
+        /// When this life of the replica began (service clock).
+        #[serde(default)]
+        pub started_at: Option<DateTime<Utc>>,
+        /// 0 for the opening heartbeat, then one more per heartbeat.
+        #[serde(default)]
+        pub seq: u64,
+        /// The replica drained and stops: nothing follows.
+        #[serde(default)]
+        pub closing: bool,
+        /// By when the next heartbeat will have been written if the replica
+        /// lives (its interval and the longest a write may take).
+        #[serde(default)]
+        pub next_due: Option<DateTime<Utc>>,
     }
 
     /// A validly signed body the receiver refused as too large (413). It

@@ -165,6 +165,15 @@ pub fn plan(records: &[RawRecord]) -> BatchPlan {
                     .push(oversized_dead_letter(record, &trace));
                 Ok(())
             }),
+            Some(control::OVERSIZED_BODY) => plan.dead_letters.push(dead_letter(
+                record,
+                -1,
+                DeadLetterKind::TooLarge,
+                format!(
+                    "body of {} bytes signed by X, over the receiver's body limit: kept whole, not parsed",
+                    record.payload.as_deref().map_or(0, <[u8]>::len)
+                ),
+            )),
             Some(control::FENCE) => plan_control(record, &mut plan, |plan, bytes| {
                 let fence: control::Fence = serde_json::from_slice(bytes)?;
                 let latest = plan
@@ -409,6 +418,28 @@ mod tests {
         assert_eq!(
             commit,
             [(("aaa.raw".into(), 0), 9), (("aaa.raw".into(), 1), 5)]
+        );
+    }
+
+    #[test]
+    fn an_oversized_body_is_a_dead_letter_whole_and_keyed_by_its_hash() {
+        let body = format!(r#"{{"for_user_id":"1","pad":"{}"}}"#, "x".repeat(3000));
+        let mut oversized = record(7, 1, Some(&body));
+        oversized.record_type = Some(control::OVERSIZED_BODY.into());
+        let plan = plan(&[oversized]);
+        assert!(plan.events.is_empty(), "not parsed");
+        let dead = &plan.dead_letters[0];
+        assert_eq!(dead.error_kind, "too_large");
+        assert_eq!(dead.raw, body.as_bytes(), "the bytes X sent");
+        assert_eq!(
+            dead.raw_sha256,
+            hex::encode(Sha256::digest(body.as_bytes()))
+        );
+        assert_eq!(dead.activity_index, -1);
+        assert!(
+            dead.reason.contains(&format!("{} bytes", body.len())),
+            "{}",
+            dead.reason
         );
     }
 

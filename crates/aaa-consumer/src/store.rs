@@ -292,8 +292,10 @@ async fn write_control(tx: &mut sqlx::PgConnection, plan: &BatchPlan) -> Result<
     let beats = &plan.heartbeats;
     if !beats.is_empty() {
         sqlx::query(
-            "INSERT INTO coverage_heartbeats (replica_id, webhook_id, covered_from, covered_to, accepted, refused, refused_by)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::int8[], $6::int8[], $7::jsonb[])
+            "INSERT INTO coverage_heartbeats (replica_id, webhook_id, covered_from, covered_to, accepted, refused, refused_by,
+                                              replica_started_at, seq, closing, next_due)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::int8[], $6::int8[], $7::jsonb[],
+                                  $8::timestamptz[], $9::int8[], $10::bool[], $11::timestamptz[])
              ON CONFLICT DO NOTHING",
         )
         .bind(column(beats, |h| h.replica_id.clone()))
@@ -303,6 +305,11 @@ async fn write_control(tx: &mut sqlx::PgConnection, plan: &BatchPlan) -> Result<
         .bind(column(beats, |h| h.accepted as i64))
         .bind(column(beats, |h| h.refused as i64))
         .bind(column::<_, Value>(beats, |h| serde_json::json!(h.refused_by)))
+        .bind(column(beats, |h| h.started_at))
+        // Heartbeats of receivers older than the life rule carry no life.
+        .bind(column(beats, |h| h.started_at.map(|_| h.seq as i64)))
+        .bind(column(beats, |h| h.closing))
+        .bind(column(beats, |h| h.next_due))
         .execute(&mut *tx)
         .await?;
     }

@@ -21,7 +21,8 @@ pub enum Outcome {
     Forged,
     /// Over the body limit and not shown to be X's.
     TooLarge,
-    /// Over the body limit and signed by X: its trace is a dead letter.
+    /// Over the body limit and signed by X: kept whole as a dead letter,
+    /// answered 200.
     TooLargeAuthentic,
     BadRequest,
     BrokerUnavailable,
@@ -69,9 +70,9 @@ impl Outcome {
     pub fn coverage(self) -> Coverage {
         match self {
             Outcome::Ok => Coverage::Accepted,
-            Outcome::BrokerUnavailable | Outcome::TooLargeAuthentic | Outcome::Shed => {
-                Coverage::Refused
-            }
+            // Kept whole as a dead letter: received.
+            Outcome::TooLargeAuthentic => Coverage::Accepted,
+            Outcome::BrokerUnavailable | Outcome::Shed => Coverage::Refused,
             Outcome::BadSignature
             | Outcome::Forged
             | Outcome::TooLarge
@@ -121,8 +122,7 @@ impl InternalEvent for DeliveryHandled<'_> {
                 detail = self.detail.unwrap_or_default()
             ),
             Outcome::TooLargeAuthentic => tracing::warn!(
-                message =
-                    "delivery signed by X over the body limit: its trace is kept as a dead letter",
+                message = "delivery signed by X over the body limit: kept whole as a dead letter, answered 200",
                 webhook = self.webhook,
                 request_id = self.request_id,
                 detail = self.detail.unwrap_or_default()
@@ -223,6 +223,35 @@ impl InternalEvent for HeartbeatNotWritten<'_> {
     fn emit(self) {
         tracing::warn!(message = "heartbeat not written: this interval will count as a gap", webhook = %self.webhook, error = %self.error);
         metrics::counter!(HEARTBEAT_FAILURES).increment(1);
+    }
+}
+
+/// This run of the replica announced itself (its opening heartbeat was
+/// written): from here on the watermark holds it to account.
+pub struct LifeOpened {
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl InternalEvent for LifeOpened {
+    fn emit(self) {
+        tracing::info!(message = "heartbeats opened this replica's life", started_at = %self.started_at);
+    }
+}
+
+/// The closing heartbeat after the drain: written, this life's last
+/// stretch is proven; not written, it counts as a gap.
+pub struct LifeClosed {
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub written: bool,
+}
+
+impl InternalEvent for LifeClosed {
+    fn emit(self) {
+        if self.written {
+            tracing::info!(message = "closing heartbeat written: the drain is accounted for", started_at = %self.started_at);
+        } else {
+            tracing::warn!(message = "closing heartbeat not written: this replica's last stretch will count as a gap", started_at = %self.started_at);
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 //! (bodies over the limit are never buffered), and in number (requests past
 //! the concurrency limit are shed with 503, which X retries).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use axum::body::{Body, HttpBody as _};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -25,7 +24,6 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use rdkafka::message::{Header, OwnedHeaders};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
@@ -40,6 +38,8 @@ pub struct AppState<P = RawProducer> {
     pub topic: String,
     pub clock: Clock,
     pub coverage: Arc<crate::coverage::Coverage>,
+    /// One permit per oversized body held at once (`max_oversized`).
+    pub oversized_slots: Arc<tokio::sync::Semaphore>,
     pub limits: RequestLimits,
 }
 
@@ -48,9 +48,11 @@ pub struct AppState<P = RawProducer> {
 pub struct RequestLimits {
     /// Largest body stored; larger ones get 413.
     pub max_body_bytes: usize,
-    /// Up to this many bytes of an oversized body are still read to learn
-    /// whether X signed it (then its trace is kept); beyond, 413 at once.
+    /// Up to this many bytes of an oversized body are still read whole: X's
+    /// is kept as a dead letter; beyond, 413 at once.
     pub max_verified_bytes: u64,
+    /// Oversized bodies held at once; one more gets 503.
+    pub max_oversized: usize,
     /// How long a delivery's body may take to arrive in full; then 408.
     pub body_timeout: Duration,
     /// How long the broker's acknowledgement is awaited; then 503.
@@ -170,20 +172,28 @@ async fn crc(
 /// A request body as far as the receiver read it.
 enum ReadBody {
     Complete(Bytes),
-    /// Over the limit. `authentic`: the whole body was read and X signed it.
+    /// Over the body limit, within the verified limit, read whole (holding
+    /// one of the oversized slots until it is produced).
+    Oversized {
+        body: Bytes,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    },
+    /// Over a limit and not kept. `authentic`: the whole body was read and
+    /// X signed it (every oversized slot was taken).
     TooLarge {
         size: u64,
-        sha256: String,
         authentic: bool,
     },
     Failed(String),
 }
 
-/// Buffers up to `max_body_bytes`; past that, keeps only a running
-/// signature check and hash so an oversized delivery from X leaves a trace.
+/// Buffers up to `max_body_bytes`; past that, holds the body whole while
+/// an oversized slot is free (else keeps only a running signature check),
+/// up to `max_verified_bytes`.
 async fn read_body(
     body: Body,
     limits: &RequestLimits,
+    oversized_slots: &Arc<tokio::sync::Semaphore>,
     webhook: &Webhook,
     signature: Option<&[u8]>,
 ) -> ReadBody {
@@ -192,13 +202,13 @@ async fn read_body(
     if declared > limits.max_verified_bytes {
         return ReadBody::TooLarge {
             size: declared,
-            sha256: String::new(),
             authentic: false,
         };
     }
     let mut body = body;
     let mut buffered = BytesMut::new();
-    let mut overflow: Option<(aaa_signing::SignedStream, Sha256)> = None;
+    let mut slot: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    let mut unheld: Option<aaa_signing::SignedStream> = None;
     let mut size: u64 = 0;
     while let Some(frame) = body.frame().await {
         let chunk = match frame {
@@ -212,53 +222,63 @@ async fn read_body(
         if size > limits.max_verified_bytes {
             return ReadBody::TooLarge {
                 size,
-                sha256: String::new(),
                 authentic: false,
             };
         }
-        match &mut overflow {
-            Some((signed, hash)) => {
-                signed.update(&chunk);
-                hash.update(&chunk);
-            }
-            None if buffered.len() + chunk.len() > limits.max_body_bytes => {
-                let mut signed = aaa_signing::SignedStream::new(&webhook.verify_secrets());
-                let mut hash = Sha256::new();
-                for part in [&buffered[..], &chunk[..]] {
-                    signed.update(part);
-                    hash.update(part);
-                }
-                buffered = BytesMut::new();
-                overflow = Some((signed, hash));
-            }
-            None => buffered.extend_from_slice(&chunk),
+        if let Some(signed) = &mut unheld {
+            signed.update(&chunk);
+            continue;
         }
+        if slot.is_none() && buffered.len() + chunk.len() > limits.max_body_bytes {
+            match oversized_slots.clone().try_acquire_owned() {
+                Ok(permit) => slot = Some(permit),
+                Err(_) => {
+                    let mut signed = aaa_signing::SignedStream::new(&webhook.verify_secrets());
+                    signed.update(&buffered);
+                    signed.update(&chunk);
+                    buffered = BytesMut::new();
+                    unheld = Some(signed);
+                    continue;
+                }
+            }
+        }
+        buffered.extend_from_slice(&chunk);
     }
-    match overflow {
-        None => ReadBody::Complete(buffered.freeze()),
-        Some((signed, hash)) => ReadBody::TooLarge {
+    match (unheld, slot) {
+        (Some(signed), _) => ReadBody::TooLarge {
             size,
-            sha256: hex::encode(hash.finalize()),
             authentic: signed.verify(signature).is_ok(),
         },
+        (None, Some(slot)) => ReadBody::Oversized {
+            body: buffered.freeze(),
+            slot,
+        },
+        (None, None) => ReadBody::Complete(buffered.freeze()),
     }
 }
 
-/// Every header of the request as text, for an oversized delivery's trace.
-fn header_map(request_headers: &HeaderMap) -> BTreeMap<String, String> {
-    request_headers
-        .iter()
-        .take(64)
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes())
-                    .chars()
-                    .take(512)
-                    .collect(),
-            )
-        })
-        .collect()
+/// One delivery's answer: records its outcome in the heartbeat tally and
+/// reports it, once.
+struct Answer<P> {
+    state: Arc<AppState<P>>,
+    webhook: Arc<Webhook>,
+    request_id: String,
+    arrived: Instant,
+}
+
+impl<P> Answer<P> {
+    fn done(&self, outcome: Outcome, detail: Option<&str>, bytes: usize) {
+        self.state.coverage.record(&self.webhook.id, outcome);
+        DeliveryHandled {
+            webhook: &self.webhook.id,
+            request_id: &self.request_id,
+            outcome,
+            detail,
+            bytes,
+            elapsed: self.arrived.elapsed(),
+        }
+        .emit();
+    }
 }
 
 async fn deliver<P: RecordSink>(
@@ -268,105 +288,186 @@ async fn deliver<P: RecordSink>(
     body: Body,
 ) -> Response {
     let _in_flight = InFlight::enter();
-    let arrived = Instant::now();
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let done = |outcome: Outcome, detail: Option<&str>, bytes: usize| {
-        state.coverage.record(&webhook.id, outcome);
-        DeliveryHandled {
-            webhook: &webhook.id,
-            request_id: &request_id,
-            outcome,
-            detail,
-            bytes,
-            elapsed: arrived.elapsed(),
-        }
-        .emit();
+    let answer = Answer {
+        state,
+        webhook,
+        request_id: uuid::Uuid::new_v4().to_string(),
+        arrived: Instant::now(),
     };
+    let (state, webhook) = (&answer.state, &answer.webhook);
     let signature = request_headers
         .get(aaa_signing::SIGNATURE_HEADER)
         .map(|v| v.as_bytes());
 
-    let read = read_body(body, &state.limits, &webhook, signature);
+    let read = read_body(
+        body,
+        &state.limits,
+        &state.oversized_slots,
+        webhook,
+        signature,
+    );
     let Ok(read) = tokio::time::timeout(state.limits.body_timeout, read).await else {
         // X sends whole bodies at once: one still trickling is not X's.
-        done(
+        answer.done(
             Outcome::BadRequest,
             Some("body not complete within the body deadline"),
             0,
         );
         return (StatusCode::REQUEST_TIMEOUT, "request body too slow").into_response();
     };
-    let body = match read {
-        ReadBody::Complete(body) => body,
+    let (body, oversized) = match read {
+        ReadBody::Complete(body) => (body, None),
+        ReadBody::Oversized { body, slot } => (body, Some(slot)),
         ReadBody::Failed(reason) => {
-            done(Outcome::BadRequest, Some(&reason), 0);
+            answer.done(Outcome::BadRequest, Some(&reason), 0);
             return (StatusCode::BAD_REQUEST, "request body could not be read").into_response();
         }
         ReadBody::TooLarge {
             size,
             authentic: false,
-            ..
         } => {
             let detail = format!("{size} bytes, not signed by X or not read");
-            done(Outcome::TooLarge, Some(&detail), 0);
+            answer.done(Outcome::TooLarge, Some(&detail), 0);
             return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
         }
         ReadBody::TooLarge {
             size,
-            sha256,
             authentic: true,
         } => {
-            return keep_oversized_trace(&state, &webhook, &request_headers, size, sha256, done)
-                .await;
+            // X's, but no memory to hold it now: X retries a 503.
+            let detail = format!("{size} bytes signed by X; every oversized slot was taken");
+            answer.done(Outcome::Shed, Some(&detail), 0);
+            return unavailable();
         }
     };
 
     if let Err(err) = aaa_signing::verify(&webhook.verify_secrets(), signature, &body) {
-        done(Outcome::BadSignature, Some(err.as_label()), body.len());
+        if oversized.is_some() {
+            let detail = format!("{} bytes, not signed by X", body.len());
+            answer.done(Outcome::TooLarge, Some(&detail), 0);
+            return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+        }
+        answer.done(Outcome::BadSignature, Some(err.as_label()), body.len());
         return (StatusCode::UNAUTHORIZED, "invalid signature").into_response();
     }
     // The CRC route signs token-shaped strings; such a "delivery" is one of
     // them replayed, never X's (X sends JSON objects).
     if aaa_signing::could_be_crc_token(&body) {
-        done(Outcome::Forged, Some("body is a CRC token"), body.len());
+        answer.done(Outcome::Forged, Some("body is a CRC token"), body.len());
         return (StatusCode::UNAUTHORIZED, "invalid signature").into_response();
     }
 
-    // Only the key is read from the body; bytes go to Kafka untouched.
-    let key = aaa_events::probe_partition_key(&body).unwrap_or_else(|| webhook.id.clone());
-    let record_headers = received_headers(&state, &webhook)
+    let record_headers = received_headers(state, webhook)
         .insert(Header {
             key: headers::REQUEST_ID,
-            value: Some(request_id.as_str()),
+            value: Some(answer.request_id.as_str()),
         })
         .insert(Header {
             key: headers::SIGNATURE,
             value: Some("ok"),
         });
+    let produce = match oversized {
+        // Kept whole, unread, as a dead letter: X's, too large to be
+        // parsed here, and answered 200 (a refusal would be re-sent by
+        // every replay of its window until the window expired).
+        Some(slot) => Produce::Oversized {
+            body,
+            headers: record_headers.insert(Header {
+                key: headers::RECORD_TYPE,
+                value: Some(control::OVERSIZED_BODY),
+            }),
+            _slot: slot,
+        },
+        None => Produce::Delivery {
+            // Only the key is read from the body; bytes go to Kafka untouched.
+            key: aaa_events::probe_partition_key(&body).unwrap_or_else(|| webhook.id.clone()),
+            body,
+            headers: record_headers,
+        },
+    };
+    finish(answer, produce).await
+}
 
+/// What an authentic request leaves in Kafka.
+enum Produce {
+    Delivery {
+        key: String,
+        body: Bytes,
+        headers: OwnedHeaders,
+    },
+    /// An authentic body over the body limit, kept whole for a dead letter.
+    Oversized {
+        body: Bytes,
+        headers: OwnedHeaders,
+        /// Held until the broker answered.
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    },
+}
+
+/// Produces and records the outcome in a task of its own: when the peer
+/// gives up first (X after 3 s, or the ingress), hyper drops the handler,
+/// and a produce that then fails must still be recorded as a refusal (a
+/// gap), one that succeeds as accepted.
+async fn finish<P: RecordSink>(answer: Answer<P>, produce: Produce) -> Response {
+    let task = tokio::spawn(async move { produce_and_record(&answer, produce).await });
+    task.await.unwrap_or_else(|_| unavailable())
+}
+
+async fn produce_and_record<P: RecordSink>(answer: &Answer<P>, produce: Produce) -> Response {
+    let (state, webhook) = (&answer.state, &answer.webhook);
     let started = Instant::now();
-    match state
-        .producer
-        .send(&state.topic, &key, &body, record_headers)
-        .await
-    {
-        Ok(()) => {
-            ProduceAcknowledged {
-                webhook: &webhook.id,
-                elapsed: started.elapsed(),
+    match produce {
+        Produce::Delivery { key, body, headers } => {
+            match state
+                .producer
+                .send(&state.topic, &key, &body, headers)
+                .await
+            {
+                Ok(()) => {
+                    ProduceAcknowledged {
+                        webhook: &webhook.id,
+                        elapsed: started.elapsed(),
+                    }
+                    .emit();
+                    answer.done(Outcome::Ok, None, body.len());
+                    StatusCode::OK.into_response()
+                }
+                Err(err) => {
+                    answer.done(
+                        Outcome::BrokerUnavailable,
+                        Some(&err.to_string()),
+                        body.len(),
+                    );
+                    unavailable()
+                }
             }
-            .emit();
-            done(Outcome::Ok, None, body.len());
-            StatusCode::OK.into_response()
         }
-        Err(err) => {
-            done(
-                Outcome::BrokerUnavailable,
-                Some(&err.to_string()),
-                body.len(),
-            );
-            unavailable()
-        }
+        Produce::Oversized {
+            body,
+            headers,
+            _slot,
+        } => match state
+            .producer
+            .send(&state.topic, &webhook.id, &body, headers)
+            .await
+        {
+            Ok(()) => {
+                let detail = format!(
+                    "{} bytes signed by X, over the body limit; kept whole as a dead letter",
+                    body.len()
+                );
+                answer.done(Outcome::TooLargeAuthentic, Some(&detail), body.len());
+                StatusCode::OK.into_response()
+            }
+            Err(err) => {
+                answer.done(
+                    Outcome::BrokerUnavailable,
+                    Some(&err.to_string()),
+                    body.len(),
+                );
+                unavailable()
+            }
+        },
     }
 }
 
@@ -392,54 +493,6 @@ fn unavailable() -> Response {
         .into_response()
 }
 
-/// X sent a body over the limit: it cannot be stored, but it must not
-/// vanish. Its trace (size, hash, headers) goes through Kafka to
-/// `dead_letters`; 413 only once the broker has it, 503 (retry) otherwise.
-async fn keep_oversized_trace<P: RecordSink>(
-    state: &AppState<P>,
-    webhook: &Webhook,
-    request_headers: &HeaderMap,
-    size: u64,
-    sha256: String,
-    done: impl Fn(Outcome, Option<&str>, usize),
-) -> Response {
-    let trace = control::Oversized {
-        webhook_id: webhook.id.clone(),
-        size,
-        sha256,
-        limit: state.limits.max_body_bytes as u64,
-        headers: header_map(request_headers),
-    };
-    let Ok(payload) = serde_json::to_vec(&trace) else {
-        done(Outcome::BrokerUnavailable, Some("trace not encodable"), 0);
-        return unavailable();
-    };
-    let record_headers = received_headers(state, webhook).insert(Header {
-        key: headers::RECORD_TYPE,
-        value: Some(control::OVERSIZED),
-    });
-    match state
-        .producer
-        .send(&state.topic, &webhook.id, &payload, record_headers)
-        .await
-    {
-        Ok(()) => {
-            let detail = format!("{size} bytes signed by X; trace kept as a dead letter");
-            done(Outcome::TooLargeAuthentic, Some(&detail), 0);
-            let mut response = (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
-            response.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            response
-        }
-        Err(err) => {
-            done(Outcome::BrokerUnavailable, Some(&err.to_string()), 0);
-            unavailable()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,6 +506,7 @@ mod tests {
             let limits = RequestLimits {
                 max_body_bytes: 1 << 20,
                 max_verified_bytes: 8 << 20,
+                max_oversized: 2,
                 body_timeout: Duration::from_millis(body_ms),
                 produce_timeout: Duration::from_millis(produce_ms),
                 max_concurrent: 128,

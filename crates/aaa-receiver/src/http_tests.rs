@@ -31,10 +31,12 @@ struct Record {
     headers: BTreeMap<String, String>,
 }
 
-/// Takes every record, or refuses every one (a broker that is down).
+/// Takes every record, or refuses every one (a broker that is down); with
+/// a gate, answers only once the gate is opened (a slow broker).
 #[derive(Default)]
 struct MemorySink {
     refuse: bool,
+    gate: Option<Arc<tokio::sync::Notify>>,
     records: Mutex<Vec<Record>>,
 }
 
@@ -47,6 +49,9 @@ impl RecordSink for MemorySink {
         record_headers: OwnedHeaders,
     ) -> Result<(), ProduceError> {
         assert_eq!(topic, "aaa.raw");
+        if let Some(gate) = &self.gate {
+            gate.notified().await;
+        }
         if self.refuse {
             return Err(ProduceError::Timeout(Duration::from_millis(1)));
         }
@@ -69,21 +74,29 @@ impl RecordSink for MemorySink {
 struct Receiver {
     sink: Arc<MemorySink>,
     coverage: Arc<Coverage>,
+    oversized_slots: Arc<tokio::sync::Semaphore>,
     app: axum::Router,
+}
+
+fn receiver_slots_free(receiver: &Receiver) -> usize {
+    receiver.oversized_slots.available_permits()
 }
 
 impl Receiver {
     fn with(sink: MemorySink) -> Receiver {
         let sink = Arc::new(sink);
         let coverage = Arc::new(Coverage::new("r1".into(), ["w1".to_owned()]));
+        let oversized_slots = Arc::new(tokio::sync::Semaphore::new(1));
         let state = Arc::new(AppState {
             producer: sink.clone(),
             topic: "aaa.raw".into(),
             clock: Clock::Wall,
             coverage: coverage.clone(),
+            oversized_slots: oversized_slots.clone(),
             limits: RequestLimits {
                 max_body_bytes: 1024,
                 max_verified_bytes: 4096,
+                max_oversized: 1,
                 body_timeout: Duration::from_secs(2),
                 produce_timeout: Duration::from_secs(2),
                 max_concurrent: 8,
@@ -94,6 +107,7 @@ impl Receiver {
         Receiver {
             sink,
             coverage,
+            oversized_slots,
             app: router(state, vec![webhook]),
         }
     }
@@ -202,8 +216,11 @@ async fn forged_or_unsigned_deliveries_are_refused_and_never_produced() {
     assert_eq!(receiver.heartbeat(), (0, 0), "not X's: no gap, no replay");
 }
 
+/// An authentic body over the body limit is received: kept whole (as a
+/// dead letter, unparsed), answered 200, counted as accepted. Unsigned, or
+/// past the verified limit, it gets 413 and leaves nothing.
 #[tokio::test]
-async fn an_oversized_body_gets_413_and_only_xs_leaves_a_trace() {
+async fn an_oversized_body_from_x_is_kept_whole_and_answered_200_others_get_413() {
     let receiver = Receiver::with(MemorySink::default());
     let body = format!(r#"{{"for_user_id":"123","pad":"{}"}}"#, "x".repeat(2000));
     let body = body.as_bytes();
@@ -215,16 +232,17 @@ async fn an_oversized_body_gets_413_and_only_xs_leaves_a_trace() {
         receiver.records().is_empty(),
         "an unsigned one leaves nothing"
     );
-    assert_eq!(
-        receiver.post(body, signed(body)).await,
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
+    assert_eq!(receiver.heartbeat(), (0, 0), "not X's: no gap");
+    assert_eq!(receiver.post(body, signed(body)).await, StatusCode::OK);
     let records = receiver.records();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].headers[headers::RECORD_TYPE], control::OVERSIZED);
-    let trace: serde_json::Value = serde_json::from_slice(&records[0].payload).expect("JSON");
-    assert_eq!(trace["size"], body.len());
-    assert_eq!(trace["limit"], 1024);
+    assert_eq!(
+        records[0].headers[headers::RECORD_TYPE],
+        control::OVERSIZED_BODY
+    );
+    assert_eq!(records[0].payload, body, "the bytes X sent, whole");
+    assert_eq!(records[0].headers[headers::SIGNATURE], "ok");
+    assert_eq!(receiver.heartbeat(), (1, 0), "received, not a gap");
     // Too big to be worth reading: refused unread.
     let huge = vec![b'x'; 8192];
     assert_eq!(
@@ -232,4 +250,92 @@ async fn an_oversized_body_gets_413_and_only_xs_leaves_a_trace() {
         StatusCode::PAYLOAD_TOO_LARGE
     );
     assert_eq!(receiver.records().len(), 1);
+}
+
+/// With every oversized slot taken (a slow broker holds one), another
+/// oversized body from X is refused with 503 and counted as refused: X
+/// retries, and its minute is a gap until then.
+#[tokio::test]
+async fn an_oversized_body_from_x_without_a_free_slot_gets_503_and_counts_as_refused() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let receiver = Receiver::with(MemorySink {
+        gate: Some(gate.clone()),
+        ..MemorySink::default()
+    });
+    let body = format!(r#"{{"for_user_id":"123","pad":"{}"}}"#, "x".repeat(2000));
+    let body = body.into_bytes();
+    let first = {
+        let app = receiver.app.clone();
+        let request = Request::post(PATH)
+            .header(
+                aaa_signing::SIGNATURE_HEADER,
+                signed(&body).expect("signed"),
+            )
+            .body(Body::from(body.clone()))
+            .expect("a request");
+        tokio::spawn(async move { app.oneshot(request).await.expect("an answer").status() })
+    };
+    // The first holds the one slot while the broker is slow.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline && receiver_slots_free(&receiver) > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        receiver_slots_free(&receiver),
+        0,
+        "the first holds the slot"
+    );
+    assert_eq!(
+        receiver.post(&body, signed(&body)).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        receiver.heartbeat(),
+        (0, 1),
+        "X's delivery, not kept: a gap"
+    );
+    gate.notify_one();
+    assert_eq!(first.await.expect("the first"), StatusCode::OK);
+}
+
+/// Sums the heartbeat tallies until `done` holds, for at most 5 s.
+async fn tally_until(receiver: &Receiver, done: impl Fn((u64, u64)) -> bool) -> (u64, u64) {
+    let mut sum = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !done(sum) && tokio::time::Instant::now() < deadline {
+        let (accepted, refused) = receiver.heartbeat();
+        sum = (sum.0 + accepted, sum.1 + refused);
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sum
+}
+
+/// X (or the ingress) gives up after 3 s and closes the connection, and
+/// hyper drops the handler; the broker then refuses the record. The
+/// refusal must still reach the heartbeat, or no gap opens for a delivery
+/// X counts as failed (and a replayed one X never sends again).
+#[tokio::test]
+async fn a_delivery_whose_client_gave_up_is_recorded_when_the_broker_then_refuses() {
+    for (refuse, expected) in [(true, (0, 1)), (false, (1, 0))] {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let receiver = Receiver::with(MemorySink {
+            refuse,
+            gate: Some(gate.clone()),
+            ..MemorySink::default()
+        });
+        let body = br#"{"for_user_id":"123","favorite_events":[]}"#;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            receiver.post(body, signed(body)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the broker is still deciding");
+        gate.notify_one();
+        assert_eq!(
+            tally_until(&receiver, |t| t != (0, 0)).await,
+            expected,
+            "broker refused: {refuse}"
+        );
+    }
 }

@@ -67,11 +67,20 @@ pub struct ReceiverArgs {
     #[arg(long, env = "AAA_MAX_BODY_BYTES", default_value_t = 1024 * 1024,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(MIN_BODY_BYTES as u64..))]
     pub max_body_bytes: usize,
-    /// Oversized bodies up to this size are still read (not stored) to learn
-    /// whether X signed them: if so, their trace becomes a dead letter.
-    /// Larger ones get 413 unread.
-    #[arg(long, env = "AAA_MAX_VERIFIED_BYTES", default_value_t = 8 * 1024 * 1024)]
+    /// Bodies over AAA_MAX_BODY_BYTES up to this size are still read whole:
+    /// one X signed is kept whole as a dead letter (`too_large`), answered
+    /// 200 and counted as received (every replay would re-send it and a
+    /// refusal would replay its window until it expires). Larger ones get
+    /// 413 unread. The ingress's body limit must be the same (checked by
+    /// scripts/deploy-check.sh), and the raw topic's `max.message.bytes`
+    /// at least this plus 64 KiB.
+    #[arg(long, env = "AAA_MAX_VERIFIED_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_verified_bytes: u64,
+    /// Oversized bodies held at once (each up to AAA_MAX_VERIFIED_BYTES);
+    /// one more is answered 503 (X retries) and counted as refused.
+    #[arg(long, env = "AAA_MAX_OVERSIZED_REQUESTS", default_value_t = 2,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_oversized_requests: usize,
     /// How long a delivery's body may take to arrive in full once its
     /// headers did; then 408. X sends whole bodies at once (and wants an
     /// answer within 3 s), so a body that trickles in (slowloris) is not
@@ -89,11 +98,13 @@ pub struct ReceiverArgs {
     #[arg(long, env = "AAA_MAX_CONCURRENT_REQUESTS", default_value_t = 128,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_concurrent_requests: usize,
-    /// Memory the receiver may spend on request bodies it holds at once
-    /// (AAA_MAX_CONCURRENT_REQUESTS × AAA_MAX_BODY_BYTES at most): half the
+    /// Memory the receiver may spend on request bodies it holds at once:
+    /// AAA_MAX_CONCURRENT_REQUESTS × AAA_MAX_BODY_BYTES, plus
+    /// AAA_MAX_OVERSIZED_REQUESTS × what an oversized body holds beyond
+    /// AAA_MAX_BODY_BYTES (the defaults: 128 MiB + 2 MiB). About half the
     /// pod's memory limit (deploy/base: 256 MiB) is a safe value. A
     /// configuration that could buffer more is refused at start.
-    #[arg(long, env = "AAA_BODY_BUFFER_BYTES", default_value_t = 128 * 1024 * 1024)]
+    #[arg(long, env = "AAA_BODY_BUFFER_BYTES", default_value_t = 130 * 1024 * 1024)]
     pub body_buffer_bytes: u64,
     /// How long to wait for the broker's acknowledgement before answering 503.
     /// Keep it under X's 3 s delivery limit.
@@ -140,17 +151,25 @@ impl ReceiverArgs {
     /// outsider filling every slot with a full body must not get the pod
     /// killed for memory).
     fn request_limits(&self) -> Result<http::RequestLimits, Error> {
-        let buffered =
+        let max_verified = self.max_verified_bytes.max(self.max_body_bytes as u64);
+        let slots =
             (self.max_concurrent_requests as u64).saturating_mul(self.max_body_bytes as u64);
+        let beyond = max_verified - self.max_body_bytes as u64;
+        let oversized = (self.max_oversized_requests as u64).saturating_mul(beyond);
+        let buffered = slots.saturating_add(oversized);
         if buffered > self.body_buffer_bytes {
             return Err(Error::Config(format!(
-                "AAA_MAX_CONCURRENT_REQUESTS ({}) × AAA_MAX_BODY_BYTES ({}) = {buffered} bytes of bodies at once, over AAA_BODY_BUFFER_BYTES ({}); lower one of the first two or raise the budget (with the pod's memory limit)",
-                self.max_concurrent_requests, self.max_body_bytes, self.body_buffer_bytes
+                "AAA_MAX_CONCURRENT_REQUESTS ({}) × AAA_MAX_BODY_BYTES ({}) = {slots} bytes of bodies at once, plus AAA_MAX_OVERSIZED_REQUESTS ({}) × {beyond} bytes beyond the body limit (AAA_MAX_VERIFIED_BYTES {max_verified}): {buffered} bytes, over AAA_BODY_BUFFER_BYTES ({}); lower one of the others or raise the budget (with the pod's memory limit)",
+                self.max_concurrent_requests,
+                self.max_body_bytes,
+                self.max_oversized_requests,
+                self.body_buffer_bytes
             )));
         }
         Ok(http::RequestLimits {
             max_body_bytes: self.max_body_bytes,
-            max_verified_bytes: self.max_verified_bytes.max(self.max_body_bytes as u64),
+            max_verified_bytes: max_verified,
+            max_oversized: self.max_oversized_requests,
             body_timeout: Duration::from_millis(self.body_timeout_ms.max(1)),
             produce_timeout: Duration::from_millis(self.produce_timeout_ms),
             max_concurrent: self.max_concurrent_requests,
@@ -182,7 +201,7 @@ pub async fn run(
     let producer = Arc::new(producer::RawProducer::new(
         args.kafka.client_config(&[])?,
         produce_timeout,
-        args.max_body_bytes,
+        limits.max_verified_bytes as usize,
     )?);
     producer.warm_up(&args.kafka.raw_topic).await;
     for webhook in &webhooks {
@@ -208,16 +227,33 @@ pub async fn run(
         topic: args.kafka.raw_topic.clone(),
         clock,
         coverage: coverage.clone(),
+        oversized_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_oversized)),
         limits,
     });
-    let heartbeats = tokio::spawn(coverage::heartbeat_loop(
+    let mut life = coverage::Life::new(
         coverage,
         producer.clone(),
         args.kafka.raw_topic.clone(),
         clock,
-        Duration::from_secs(args.heartbeat_interval_secs.max(1)),
-        shutdown.clone(),
-    ));
+        coverage::Pace {
+            interval: Duration::from_secs(args.heartbeat_interval_secs.max(1)),
+            // A send waits for the broker up to the produce timeout (and
+            // half a second more for the delivery report).
+            write_budget: produce_timeout + Duration::from_millis(500) + coverage::SCHEDULING_SLACK,
+        },
+    );
+    // Nothing is served before this life is announced: a replica that dies
+    // before its first interval must still leave its stretch unproven.
+    if !life.open(&shutdown).await {
+        return Ok(());
+    }
+    let heartbeats = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            life.beat_until(&shutdown).await;
+            life
+        })
+    };
     let stream_task = match &args.stream_url {
         Some(url) => {
             let bearer = std::env::var("AAA_X_BEARER_TOKEN")
@@ -271,11 +307,19 @@ pub async fn run(
         // It stops on shutdown; what it produced is flushed below.
         let _ = tokio::time::timeout(drain, task).await;
     }
+    // After the drain, so the closing heartbeat carries the drain's tally.
+    match heartbeats.await {
+        Ok(life) => {
+            life.close().await;
+        }
+        Err(error) => {
+            tracing::error!(message = "heartbeat task failed; this life stays unclosed", error = %error)
+        }
+    }
     if let Err(err) = producer.flush(drain).await {
         tracing::error!(message = "producer flush on shutdown failed", error = %err);
     }
     admin_task.abort();
-    heartbeats.abort();
     tracing::info!(message = "receiver stopped");
     Ok(())
 }

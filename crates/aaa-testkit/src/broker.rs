@@ -83,10 +83,10 @@ impl Broker {
             .set("bootstrap.servers", self.bootstrap())
             .create()
             .expect("admin client");
-        // As deploy/kafka/kafka-topic.yaml: records up to 2 MiB, room for
-        // the receiver's 1 MiB bodies with their headers.
+        // As deploy/kafka/kafka-topic.yaml: the receiver's largest record,
+        // a 2 MiB body (AAA_MAX_VERIFIED_BYTES) with its headers.
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1))
-            .set("max.message.bytes", "2097152");
+            .set("max.message.bytes", "2162688");
         let results = admin
             .create_topics(
                 [&topic],
@@ -141,6 +141,74 @@ impl Broker {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+}
+
+/// A Kafka-protocol proxy (nisshi's) in front of a test's broker, for one
+/// client: it advertises itself, so that client talks to the broker only
+/// through it. Freezing it (SIGSTOP) cuts that one client off while every
+/// other keeps working: the broker "refuses" only that client's writes.
+pub struct KafkaProxy {
+    child: Child,
+    port: u16,
+}
+
+impl KafkaProxy {
+    pub async fn start(broker: &Broker) -> KafkaProxy {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let origin = format!("tcp://{}", broker.bootstrap());
+        let child = Command::new(nisshi_bin())
+            .args([
+                "proxy",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--origin-url",
+                &origin,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nisshi proxy");
+        let addr = format!("127.0.0.1:{port}");
+        eventually(
+            Duration::from_secs(20),
+            "proxy to accept connections",
+            || {
+                let addr = addr.clone();
+                async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) }
+            },
+        )
+        .await;
+        KafkaProxy { child, port }
+    }
+
+    /// `host:port` for the client's `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Nothing passes until [`KafkaProxy::resume`].
+    pub fn pause(&self) {
+        kill(self.pid(), Signal::SIGSTOP).expect("SIGSTOP proxy");
+    }
+
+    pub fn resume(&self) {
+        kill(self.pid(), Signal::SIGCONT).expect("SIGCONT proxy");
+    }
+}
+
+impl Drop for KafkaProxy {
+    fn drop(&mut self) {
+        let _ = kill(self.pid(), Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use balancer::Balancer;
-pub use broker::Broker;
+pub use broker::{Broker, KafkaProxy};
 pub use postgres::PgServer;
 pub use process::Service;
 pub use sim::{

@@ -247,6 +247,16 @@ impl Stack {
             .await;
     }
 
+    /// Where the stack's own receiver listens (its webhook URL's address
+    /// until a balancer takes that place).
+    pub fn receiver_addr(&self) -> std::net::SocketAddr {
+        self.receiver_env
+            .iter()
+            .find(|(k, _)| *k == "AAA_LISTEN")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("the receiver's address")
+    }
+
     /// A new receiver process on the same port (after [`Service::kill`]).
     pub async fn restart_receiver(&mut self) {
         self.receiver = Service::spawn("receiver", &self.bin, &["receiver"], &self.receiver_env);
@@ -273,9 +283,22 @@ impl Stack {
         name: &str,
         at: Option<std::net::SocketAddr>,
     ) -> (Service, std::net::SocketAddr) {
+        self.spawn_receiver_replica_with(name, at, &[]).await
+    }
+
+    /// A receiver replica with more settings (`extra` wins), e.g. its own
+    /// way to the broker through a [`crate::KafkaProxy`].
+    pub async fn spawn_receiver_replica_with(
+        &self,
+        name: &str,
+        at: Option<std::net::SocketAddr>,
+        extra: &[(&'static str, String)],
+    ) -> (Service, std::net::SocketAddr) {
         let mut env =
             self.receiver_env_on(at.map_or_else(|| "127.0.0.1:0".to_owned(), |a| a.to_string()));
         env.push(("AAA_REPLICA_ID", name.to_owned()));
+        env.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        env.extend(extra.iter().cloned());
         let service = Service::spawn(name, &self.bin, &["receiver"], &env);
         let addr = service.addr("public").await;
         (service, addr)
@@ -303,6 +326,16 @@ impl Stack {
 
     /// A watermark replica watching this stack's webhook at `sim`.
     pub fn spawn_watermark(&self, sim: &crate::SimProcess, replica: &str) -> Service {
+        self.spawn_watermark_with(sim, replica, &[])
+    }
+
+    /// A watermark replica with more settings (`extra` wins).
+    pub fn spawn_watermark_with(
+        &self,
+        sim: &crate::SimProcess,
+        replica: &str,
+        extra: &[(&'static str, String)],
+    ) -> Service {
         let mut env = vec![
             ("AAA_ADMIN_LISTEN", "127.0.0.1:0".to_owned()),
             ("AAA_DATABASE_URL", self.watermark_url.clone()),
@@ -326,9 +359,14 @@ impl Stack {
                 "AAA_WATERMARK_AUDIT_MINUTES",
                 self.options.audit_minutes.to_string(),
             ),
+            // Receivers on loopback with a 2.5 s produce timeout report
+            // within 5 real seconds; the default (10 s) would hold every
+            // replay job's reconciliation 10 real seconds at least.
+            ("AAA_WATERMARK_RECEIVER_MARGIN_MS", "5000".to_owned()),
         ];
         env.extend(self.options.clock_env());
         env.extend(self.options.watermark_env.iter().cloned());
+        env.extend(extra.iter().cloned());
         Service::spawn(replica, &self.bin, &["watermark"], &env)
     }
 

@@ -20,6 +20,7 @@ use crate::events::{
     XBudgetUsedUp, XClockSkew, XOutcomeNotRecorded,
 };
 use crate::ports::{RoundStore, XApi};
+use crate::store::{Lease, Reservation};
 use crate::{Error, WatermarkArgs};
 
 /// Endpoint names in `x_api_requests` (and aaa-xapi's metrics).
@@ -119,15 +120,19 @@ impl<X: XApi> AtX<X> {
     pub async fn reserve(
         &self,
         store: &mut impl RoundStore,
+        lease: &Lease,
         endpoint: &'static str,
         limit: i64,
         now: DateTime<Utc>,
     ) -> Result<Option<Reserved>, Error> {
-        let reserved = store.reserve_x_request(endpoint, limit, now).await?;
-        if reserved.is_none() {
-            XBudgetUsedUp { endpoint, limit }.emit();
+        match store.reserve_x_request(lease, endpoint, limit, now).await? {
+            Reservation::Reserved(id) => Ok(Some(Reserved { endpoint, id })),
+            Reservation::BudgetUsed => {
+                XBudgetUsedUp { endpoint, limit }.emit();
+                Ok(None)
+            }
+            Reservation::LeaseLost => Err(Error::LeaseLost(lease.webhook.clone())),
         }
-        Ok(reserved.map(|id| Reserved { endpoint, id }))
     }
 
     /// Records X's answer to a reserved request. The request itself is
@@ -155,6 +160,7 @@ impl<X: XApi> AtX<X> {
     async fn webhooks(
         &self,
         store: &mut impl RoundStore,
+        lease: &Lease,
         now: DateTime<Utc>,
     ) -> Result<Option<(DateTime<Utc>, Vec<Webhook>)>, Error> {
         let mut listed = self.listed.lock().await;
@@ -163,7 +169,7 @@ impl<X: XApi> AtX<X> {
             .is_none_or(|at| now - at >= self.validity_every);
         if due
             && let Some(reserved) = self
-                .reserve(store, WEBHOOKS_LIST, self.list_limit, now)
+                .reserve(store, lease, WEBHOOKS_LIST, self.list_limit, now)
                 .await?
         {
             listed.asked_at = Some(now);
@@ -183,17 +189,18 @@ impl<X: XApi> AtX<X> {
     pub async fn check_validity(
         &self,
         store: &mut impl RoundStore,
-        webhook: &str,
+        lease: &Lease,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, Error> {
-        let Some((checked_at, listed)) = self.webhooks(store, now).await? else {
+        let webhook = lease.webhook.as_str();
+        let Some((checked_at, listed)) = self.webhooks(store, lease, now).await? else {
             return Ok(None);
         };
         let Some(found) = listed.iter().find(|w| w.id == webhook) else {
             WebhookUnknownAtX { webhook }.emit();
             return Ok(None);
         };
-        let revalidated = !found.valid && self.revalidate(store, webhook, now).await?;
+        let revalidated = !found.valid && self.revalidate(store, lease, now).await?;
         let (valid, samples) = validity_samples(found.valid, revalidated, checked_at, now);
         WebhookValidity { webhook, valid }.emit();
         for (at, valid) in samples {
@@ -207,9 +214,10 @@ impl<X: XApi> AtX<X> {
     async fn revalidate(
         &self,
         store: &mut impl RoundStore,
-        webhook: &str,
+        lease: &Lease,
         now: DateTime<Utc>,
     ) -> Result<bool, Error> {
+        let webhook = lease.webhook.as_str();
         let not_before = self
             .revalidate_after
             .lock()
@@ -226,7 +234,7 @@ impl<X: XApi> AtX<X> {
             return Ok(false);
         }
         let Some(reserved) = self
-            .reserve(store, WEBHOOKS_VALIDATE, self.list_limit, now)
+            .reserve(store, lease, WEBHOOKS_VALIDATE, self.list_limit, now)
             .await?
         else {
             return Ok(false);

@@ -8,7 +8,7 @@
 use aaa_xapi::{Reason, XError};
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::coverage::{Heartbeat, Interval, healthy_stretches};
+use crate::coverage::{Heartbeat, Interval, prove};
 use crate::planner::{WindowKind, earliest_from};
 
 /// Longest wait between two submissions of the same window.
@@ -27,8 +27,9 @@ pub enum JobStep {
     /// X said Complete: write fences now, after the completion was seen,
     /// so every replayed delivery X sent before it is behind them.
     FenceNow,
-    /// Fenced; the consumer has not stored the fences yet, or the
-    /// receivers' heartbeats do not reach the fence yet.
+    /// Fenced; the consumer has not stored the fences yet, or a receiver
+    /// life live while the job ran has not reported past the fence and the
+    /// margin yet (nor closed, nor is certainly gone).
     AwaitConsumer,
     /// Everything replayed is stored, and the receivers kept every
     /// delivery while the job ran: the window is done.
@@ -44,25 +45,6 @@ pub enum JobStep {
     /// No completion within the job timeout: submit again (a conflict tells
     /// whether it still runs).
     Lost,
-}
-
-/// How long after the fence a round waits for the receivers' heartbeats to
-/// reach it (they report every few seconds) before judging the replay with
-/// what they reported.
-pub const HEARTBEAT_GRACE: TimeDelta = TimeDelta::minutes(10);
-
-/// Whether receivers reported every instant of `during` and kept
-/// everything that may have been X's in it: `during` lies inside the
-/// healthy heartbeats (merged over replicas), and no heartbeat overlapping
-/// it reports a refusal.
-pub fn receivers_kept_up(during: Interval, heartbeats: &[Heartbeat]) -> bool {
-    let covered = healthy_stretches(heartbeats)
-        .iter()
-        .any(|h| h.from <= during.from && during.to <= h.to);
-    let refused = heartbeats
-        .iter()
-        .any(|h| !h.healthy && h.covered.overlaps(&during));
-    covered && !refused
 }
 
 /// What a replay job's completion message said (`replay_jobs.job_state`).
@@ -216,31 +198,45 @@ pub struct JobSeen<'a> {
     pub horizon: Option<DateTime<Utc>>,
     /// The receivers' heartbeats from `submitted_at` on.
     pub heartbeats: &'a [Heartbeat],
+    /// How late a receiver's report may come (`Settings::receiver_margin`).
+    pub margin: TimeDelta,
 }
 
-/// Decides about the job in flight.
+impl JobSeen<'_> {
+    /// The time whose deliveries the job's outcome depends on: from its
+    /// submission to its fence, and a margin past it, since X's completion
+    /// message can overtake the last replayed deliveries.
+    pub fn answerable(&self, fence_at: DateTime<Utc>) -> Interval {
+        Interval::new(
+            self.submitted_at.unwrap_or(fence_at).min(fence_at),
+            fence_at + self.margin,
+        )
+    }
+}
+
+/// Decides about the job in flight. Once everything before its fence is
+/// stored, the job is judged by the coverage rule (`coverage::prove`):
+/// every receiver life live while it ran must prove that time, and the
+/// judgement waits until every such life has reported past the fence and
+/// the margin (or closed, or is certainly gone).
 pub fn follow_job(job: JobSeen<'_>, now: DateTime<Utc>, job_timeout: TimeDelta) -> JobStep {
-    match (job.job_state, job.fence_at) {
-        (Some(JobState::Complete), None) => JobStep::FenceNow,
-        (Some(JobState::Complete), Some(fence_at))
-            if job.horizon.is_some_and(|h| h >= fence_at) =>
-        {
-            let reported_to = job.heartbeats.iter().map(|h| h.covered.to).max();
-            let reported = reported_to.is_some_and(|to| to >= fence_at);
-            if !reported && now < fence_at + HEARTBEAT_GRACE {
-                return JobStep::AwaitConsumer;
-            }
-            let during = Interval::new(job.submitted_at.unwrap_or(fence_at), fence_at);
-            if receivers_kept_up(during, job.heartbeats) {
+    match (job.job_state, job.fence_at, job.horizon) {
+        (Some(JobState::Complete), None, _) => JobStep::FenceNow,
+        (Some(JobState::Complete), Some(fence_at), Some(horizon)) if horizon >= fence_at => {
+            let during = job.answerable(fence_at);
+            let proof = prove(job.heartbeats, horizon, job.margin);
+            if proof.known_to < during.to {
+                JobStep::AwaitConsumer
+            } else if proof.proves(during) {
                 JobStep::Reconcile
             } else {
                 JobStep::ReceiversMissedIt
             }
         }
-        (Some(JobState::Complete), Some(_)) => JobStep::AwaitConsumer,
-        (Some(JobState::Other(other)), _) => JobStep::Incomplete(other.to_owned()),
-        (None, _) if job.submitted_at.is_some_and(|at| at < now - job_timeout) => JobStep::Lost,
-        (None, _) => JobStep::Running,
+        (Some(JobState::Complete), Some(_), _) => JobStep::AwaitConsumer,
+        (Some(JobState::Other(other)), _, _) => JobStep::Incomplete(other.to_owned()),
+        (None, _, _) if job.submitted_at.is_some_and(|at| at < now - job_timeout) => JobStep::Lost,
+        (None, _, _) => JobStep::Running,
     }
 }
 
@@ -465,6 +461,7 @@ pub fn invalid_periods(checks: &[(DateTime<Utc>, bool)], now: DateTime<Utc>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::coverage::Life;
 
     fn refused(reason: Reason) -> XError {
         XError::Refused {
@@ -475,11 +472,32 @@ mod tests {
         }
     }
 
-    fn beat(from: i64, to: i64, healthy: bool) -> Heartbeat {
+    /// How late a receiver's report may come, in these tests.
+    const MARGIN: TimeDelta = TimeDelta::minutes(1);
+
+    /// A heartbeat of replica `replica`'s one life over `[from, to)`
+    /// (minutes), its next one due a minute after it.
+    fn beat_of(replica: &str, from: DateTime<Utc>, to: DateTime<Utc>, healthy: bool) -> Heartbeat {
         Heartbeat {
-            covered: Interval::new(t(from), t(to)),
+            life: Life {
+                replica: replica.into(),
+                started_at: Some(t(-60)),
+            },
+            covered: Interval::new(from, to),
             healthy,
+            closing: false,
+            next_due: Some(to + TimeDelta::minutes(1)),
         }
+    }
+
+    fn beat(from: i64, to: i64, healthy: bool) -> Heartbeat {
+        beat_of("r1", t(from), t(to), healthy)
+    }
+
+    fn closing(mut beat: Heartbeat) -> Heartbeat {
+        beat.closing = true;
+        beat.next_due = None;
+        beat
     }
 
     /// A job seen with receivers that kept up from its submission (t0) to
@@ -496,6 +514,7 @@ mod tests {
             submitted_at: Some(t(0)),
             horizon,
             heartbeats,
+            margin: MARGIN,
         }
     }
 
@@ -523,10 +542,20 @@ mod tests {
             follow_job(seen(complete, Some(t(10)), None, &kept_up), t(11), timeout),
             JobStep::AwaitConsumer
         );
+        // Stored up to the fence, but a delivery answered within the
+        // margin after it may still be refused: not yet.
         assert_eq!(
             follow_job(
                 seen(complete, Some(t(10)), Some(t(10)), &kept_up),
                 t(11),
+                timeout
+            ),
+            JobStep::AwaitConsumer
+        );
+        assert_eq!(
+            follow_job(
+                seen(complete, Some(t(10)), Some(t(11)), &kept_up),
+                t(12),
                 timeout
             ),
             JobStep::Reconcile
@@ -534,44 +563,102 @@ mod tests {
     }
 
     #[test]
-    fn a_complete_job_is_replayed_again_when_the_receivers_refused_or_missed_deliveries_meanwhile()
-    {
+    fn a_complete_job_is_replayed_again_when_any_live_receiver_refused_or_missed_deliveries() {
         let timeout = TimeDelta::minutes(30);
         let complete = Some("Complete");
-        let fenced = |heartbeats| seen(complete, Some(t(10)), Some(t(10)), heartbeats);
+        let fenced = |heartbeats| seen(complete, Some(t(10)), Some(t(12)), heartbeats);
         // Deliveries shed (or the broker down) while the job ran: X said
         // Complete, but what it replayed then may be lost.
         let shed = [beat(-5, 4, true), beat(4, 5, false), beat(5, 20, true)];
         assert_eq!(
-            follow_job(fenced(&shed), t(11), timeout),
+            follow_job(fenced(&shed), t(12), timeout),
             JobStep::ReceiversMissedIt
         );
-        // Nobody reported part of the time (every receiver down).
+        // A hole in the one receiver's heartbeats (its broker down).
         let hole = [beat(-5, 3, true), beat(6, 20, true)];
         assert_eq!(
-            follow_job(fenced(&hole), t(11), timeout),
+            follow_job(fenced(&hole), t(12), timeout),
             JobStep::ReceiversMissedIt
         );
-        // Two replicas together cover it: fine.
-        let replicas = [beat(-5, 6, true), beat(5, 20, true)];
+        // r1 stopped at 6 without a closing heartbeat (SIGKILL): r2's
+        // heartbeats do not prove what r1 may have refused until it was
+        // certainly gone (8).
+        let killed = [beat(-5, 6, true), beat_of("r2", t(-5), t(20), true)];
         assert_eq!(
-            follow_job(fenced(&replicas), t(11), timeout),
+            follow_job(fenced(&killed), t(12), timeout),
+            JobStep::ReceiversMissedIt
+        );
+        // The same replica drained and closed at 6: fine.
+        let closed = [
+            closing(beat(-5, 6, true)),
+            beat_of("r2", t(-5), t(20), true),
+        ];
+        assert_eq!(
+            follow_job(fenced(&closed), t(12), timeout),
             JobStep::Reconcile
+        );
+        // Its drain refused a delivery (the closing heartbeat says so).
+        let drain_refused = [
+            beat(-5, 5, true),
+            closing(beat(5, 6, false)),
+            beat_of("r2", t(-5), t(20), true),
+        ];
+        assert_eq!(
+            follow_job(fenced(&drain_refused), t(12), timeout),
+            JobStep::ReceiversMissedIt
         );
         // A refusal before the job was submitted is another window's gap.
         let before = [beat(-5, -1, false), beat(-1, 20, true)];
         assert_eq!(
-            follow_job(fenced(&before), t(11), timeout),
+            follow_job(fenced(&before), t(12), timeout),
             JobStep::Reconcile
         );
-        // Heartbeats do not reach the fence yet: wait for them, for a while.
-        let behind = [beat(-5, 8, true)];
+        // X's completion message overtook a replayed delivery that was
+        // refused just after the fence: it counts against the job. One
+        // past the margin does not.
+        let after_fence = [beat(-5, 10, true), beat(10, 11, false), beat(11, 20, true)];
         assert_eq!(
-            follow_job(fenced(&behind), t(11), timeout),
+            follow_job(fenced(&after_fence), t(12), timeout),
+            JobStep::ReceiversMissedIt
+        );
+        let later = [beat(-5, 11, true), beat(11, 12, false), beat(12, 20, true)];
+        assert_eq!(
+            follow_job(fenced(&later), t(12), timeout),
+            JobStep::Reconcile
+        );
+    }
+
+    /// Every live replica must report past the fence and the margin, not
+    /// the fastest: a lagging one is waited for, however long, and one that
+    /// stopped is waited for until it is certainly gone.
+    #[test]
+    fn the_judgement_waits_for_every_live_replica_not_the_fastest() {
+        let timeout = TimeDelta::minutes(30);
+        let complete = Some("Complete");
+        let at = |horizon, heartbeats| seen(complete, Some(t(10)), Some(horizon), heartbeats);
+        let lagging_at = t(10) + TimeDelta::seconds(30);
+        let lagging = [
+            beat_of("r1", t(-5), lagging_at, true),
+            beat_of("r2", t(-5), t(20), true),
+        ];
+        // r1's next heartbeat is due 11:30, overdue only at 12:30.
+        assert_eq!(
+            follow_job(at(t(12), &lagging), t(40), timeout),
             JobStep::AwaitConsumer
         );
+        // It came: fine.
+        let reported = [
+            beat_of("r1", t(-5), lagging_at, true),
+            beat_of("r1", lagging_at, t(20), true),
+            beat_of("r2", t(-5), t(20), true),
+        ];
         assert_eq!(
-            follow_job(fenced(&behind), t(10) + HEARTBEAT_GRACE, timeout),
+            follow_job(at(t(12), &reported), t(40), timeout),
+            JobStep::Reconcile
+        );
+        // It never came: once overdue, r1 is gone and its stretch unproven.
+        assert_eq!(
+            follow_job(at(t(13), &lagging), t(40), timeout),
             JobStep::ReceiversMissedIt
         );
     }

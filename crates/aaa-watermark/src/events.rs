@@ -233,6 +233,10 @@ impl InternalEvent for TrackingBegan<'_> {
 }
 
 /// A fence the broker did not take: the horizon waits for the next.
+pub const FENCES_UNWRITTEN: &str = "aaa_watermark_fences_unwritten_total";
+pub const FENCE_FAILURES_IN_A_ROW: &str = "aaa_watermark_fence_failures_in_a_row";
+pub const FENCE_PRODUCER_REBUILDS: &str = "aaa_watermark_fence_producer_rebuilds_total";
+
 pub struct FenceNotWritten<'a> {
     pub error: &'a rdkafka::error::KafkaError,
 }
@@ -240,6 +244,48 @@ pub struct FenceNotWritten<'a> {
 impl InternalEvent for FenceNotWritten<'_> {
     fn emit(self) {
         tracing::warn!(message = "fence not written; the processed horizon waits", error = %self.error);
+        metrics::counter!(FENCES_UNWRITTEN).increment(1);
+    }
+}
+
+/// How many fence writes in a row failed (0 after one that succeeded).
+pub struct FenceWrites {
+    pub failures_in_a_row: u32,
+}
+
+impl InternalEvent for FenceWrites {
+    fn emit(self) {
+        metrics::gauge!(FENCE_FAILURES_IN_A_ROW).set(f64::from(self.failures_in_a_row));
+    }
+}
+
+/// The fence producer hit a fatal error (an idempotent producer's state
+/// lost) and was replaced; otherwise it would refuse every fence for good.
+pub struct FenceProducerRebuilt<'a> {
+    pub code: String,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for FenceProducerRebuilt<'_> {
+    fn emit(self) {
+        tracing::error!(message = "fence producer hit a fatal error and was rebuilt", code = %self.code, reason = self.reason);
+        metrics::counter!(FENCE_PRODUCER_REBUILDS).increment(1);
+    }
+}
+
+/// This replica cannot write fences: it gives up its leases (so another
+/// replica takes its webhooks over) and starts no round until a fence is
+/// written again; /healthz fails meanwhile.
+pub struct FencesFailing {
+    pub failures_in_a_row: u32,
+}
+
+impl InternalEvent for FencesFailing {
+    fn emit(self) {
+        tracing::error!(
+            message = "fences keep failing: leases released, no rounds until a fence is written",
+            failures_in_a_row = self.failures_in_a_row
+        );
     }
 }
 
@@ -770,6 +816,9 @@ pub fn register(webhooks: &[String]) {
     metrics::counter!(MAINTENANCE_SKIPPED).increment(0);
     metrics::counter!(MAINTENANCE_FAILURES).increment(0);
     metrics::gauge!(X_CLOCK_SKEW).set(0.0);
+    metrics::counter!(FENCES_UNWRITTEN).increment(0);
+    metrics::counter!(FENCE_PRODUCER_REBUILDS).increment(0);
+    metrics::gauge!(FENCE_FAILURES_IN_A_ROW).set(0.0);
     for webhook in webhooks {
         let w = || webhook.clone();
         metrics::counter!(LEASE_LOST, "webhook" => w()).increment(0);

@@ -23,7 +23,10 @@ pub(crate) async fn follow_in_flight<S: RoundStore, X: XApi, F: Fencer>(
     let job_id = job.job_id.as_deref().unwrap_or_default();
     let heartbeats = match (job.fence_at, job.submitted_at) {
         (Some(_), Some(submitted_at)) => {
-            round.store.heartbeats_since(webhook, submitted_at).await?
+            // A life that stopped shortly before the submission still
+            // answers for the stretch after its last heartbeat.
+            let since = submitted_at - round.settings.receiver_margin;
+            round.store.heartbeats_since(webhook, since).await?
         }
         _ => Vec::new(),
     };
@@ -33,6 +36,7 @@ pub(crate) async fn follow_in_flight<S: RoundStore, X: XApi, F: Fencer>(
         submitted_at: job.submitted_at,
         horizon,
         heartbeats: &heartbeats,
+        margin: round.settings.receiver_margin,
     };
     let requeued = |why| JobRequeued {
         webhook,

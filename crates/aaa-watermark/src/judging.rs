@@ -5,7 +5,7 @@
 use aaa_common::observe::InternalEvent;
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::coverage::{Interval, uncovered};
+use crate::coverage::{Interval, prove, uncovered};
 use crate::decisions::{invalid_periods, judging_floor, unknown_periods};
 use crate::events::{CoverageJudged, Expiry, GapNotReplayableYet, MinutesExpired, WindowPlanned};
 use crate::planner::{Step, WindowKind, plan, plan_audits};
@@ -42,15 +42,31 @@ pub(crate) async fn tracked<S: RoundStore, X: XApi, F: Fencer>(
     )))
 }
 
-/// Finds uncovered minutes of `judged` not yet planned, and records them
-/// as pending (or expired) windows. Returns every window since its
-/// start, those just recorded included.
+/// What judging a stretch found: how far every receiver had reported, and
+/// every window since the stretch's start, those just recorded included.
+pub(crate) struct Judged {
+    /// The stretch actually judged: it ends where the receiver that may
+    /// still report has reported so far (`Proof::known_to`).
+    pub judged: Interval,
+    pub windows: Vec<Interval>,
+}
+
+/// Finds unproven minutes of `judged` not yet planned, and records them
+/// as pending (or expired) windows.
 pub(crate) async fn record_gaps<S: RoundStore, X: XApi, F: Fencer>(
     round: &mut Round<'_, S, X, F>,
     judged: Interval,
-) -> Result<Vec<Interval>, Error> {
+) -> Result<Judged, Error> {
     let (webhook, now, start) = (round.webhook, round.now, judged.from);
-    let heartbeats = round.store.heartbeats_since(webhook, start).await?;
+    let margin = round.settings.receiver_margin;
+    // A life that stopped shortly before `start` still answers for the
+    // stretch after its last heartbeat.
+    let heartbeats = round
+        .store
+        .heartbeats_since(webhook, start - margin)
+        .await?;
+    let proof = prove(&heartbeats, judged.to, margin);
+    let judged = Interval::new(judged.from, judged.to.min(proof.known_to).max(judged.from));
     let checks = round
         .store
         .validity_since(webhook, start - TimeDelta::hours(1))
@@ -64,7 +80,7 @@ pub(crate) async fn record_gaps<S: RoundStore, X: XApi, F: Fencer>(
         round.settings.validity_unknown_after,
     ));
     let mut settled = round.store.windows_since(webhook, start).await?;
-    let gaps = uncovered(start, judged.to, &heartbeats, &invalid, &settled);
+    let gaps = uncovered(start, judged.to, &proof, &invalid, &settled);
     CoverageJudged {
         webhook,
         rows_read: heartbeats.len() + checks.len(),
@@ -107,7 +123,10 @@ pub(crate) async fn record_gaps<S: RoundStore, X: XApi, F: Fencer>(
             .emit(),
         }
     }
-    Ok(settled)
+    Ok(Judged {
+        judged,
+        windows: settled,
+    })
 }
 
 /// Opens an audit window for every closed slot of `judged` no window (of

@@ -153,6 +153,18 @@ pub struct WatermarkArgs {
     /// Real seconds between two maintenance runs (pruning, table sizes).
     #[arg(long, env = "AAA_WATERMARK_MAINTENANCE_SECS", default_value_t = 300)]
     pub maintenance_secs: u64,
+    /// Real milliseconds a receiver's report may come late: clock skew
+    /// between receivers and watermark, and a replayed delivery answered
+    /// after X's completion message overtook it (body and produce
+    /// deadlines). A replica whose next heartbeat is this much overdue is
+    /// gone; refusals this long after a replay job's fence still count
+    /// against the job.
+    #[arg(
+        long,
+        env = "AAA_WATERMARK_RECEIVER_MARGIN_MS",
+        default_value_t = 10_000
+    )]
+    pub receiver_margin_ms: u64,
     /// Hours (service clock) heartbeats, validity samples and settled replay
     /// windows are kept; at least 26, as judging reads back 25 h. Default:
     /// two days past X's 24 h replay horizon.
@@ -187,6 +199,13 @@ pub struct WatermarkArgs {
     /// pod name).
     #[arg(long, env = "AAA_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Fence writes in a row that may fail before this replica releases
+    /// its leases, starts no more rounds (until a fence is written again)
+    /// and fails /healthz: a lease holder that cannot fence reconciles no
+    /// replay job, so another replica must take its webhooks over.
+    #[arg(long, env = "AAA_WATERMARK_FENCE_FAILURES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub fence_failures: u32,
     /// Real seconds a replica's lease on a webhook lasts without renewal
     /// (every round renews it). A replica that dies or freezes is replaced
     /// after at most this long.
@@ -246,15 +265,19 @@ fn tick_within_stall_limit(tick_ms: u64, stall_secs: u64) -> Result<Duration, Er
     Ok(tick)
 }
 
-/// /readyz: the database answers. /healthz: rounds still start.
+/// /readyz: the database answers. /healthz: rounds still start, and
+/// fences can be written.
 struct WatermarkReadiness {
     pool: sqlx::PgPool,
-    liveness: Arc<liveness::RoundLiveness>,
+    watermark: Arc<service::Watermark>,
 }
 
 impl Readiness for WatermarkReadiness {
     fn health(&self) -> Result<(), String> {
-        self.liveness.health(std::time::Instant::now())
+        self.watermark
+            .liveness()
+            .health(std::time::Instant::now())?;
+        self.watermark.fence_health().health()
     }
 
     fn check(
@@ -298,7 +321,7 @@ pub async fn run(
         metrics,
         WatermarkReadiness {
             pool,
-            liveness: watermark.liveness(),
+            watermark: watermark.clone(),
         },
         shutdown.clone(),
     ));

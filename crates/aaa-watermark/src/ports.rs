@@ -11,7 +11,9 @@ use sqlx::PgConnection;
 
 use crate::coverage::{Heartbeat, Interval};
 use crate::planner::WindowKind;
-use crate::store::{self, InFlight, Lease, PendingWindow, Planned, Progress, WindowState};
+use crate::store::{
+    self, InFlight, Lease, PendingWindow, Planned, Progress, Reservation, WindowState,
+};
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
@@ -20,19 +22,21 @@ pub trait RoundStore: Send {
     /// How far the webhook's timeline was judged, and where tracking began.
     fn progress(&mut self, webhook: &str) -> impl Future<Output = Result<Progress>> + Send;
 
-    /// Marks where tracking began; `false` when another replica did first.
+    /// Marks where tracking began, under the lease; `false` when another
+    /// replica did first or the lease was lost.
     fn begin_tracking(
         &mut self,
-        webhook: &str,
+        lease: &Lease,
         from: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Judging got to `to` (never moves back).
+    /// Judging got to `to` (never moves back), under the lease; `false`
+    /// when the lease was lost.
     fn advance_judged(
         &mut self,
-        webhook: &str,
+        lease: &Lease,
         to: DateTime<Utc>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<bool>> + Send;
 
     /// The oldest of the newest fences the consumer stored, and on how many partitions.
     fn fences(
@@ -40,13 +44,15 @@ pub trait RoundStore: Send {
         topic: &str,
     ) -> impl Future<Output = Result<(Option<DateTime<Utc>>, i64)>> + Send;
 
-    /// Counts one request to X if it stays within `limit` per 15 minutes.
+    /// Counts one request to X if it stays within `limit` per 15 minutes
+    /// and the lease is still held.
     fn reserve_x_request(
         &mut self,
+        lease: &Lease,
         endpoint: &str,
         limit: i64,
         at: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Option<i64>>> + Send;
+    ) -> impl Future<Output = Result<Reservation>> + Send;
 
     /// What X answered a reserved request.
     fn record_x_outcome(
@@ -197,12 +203,12 @@ impl RoundStore for PgConnection {
         store::progress(self, webhook).await
     }
 
-    async fn begin_tracking(&mut self, webhook: &str, from: DateTime<Utc>) -> Result<bool> {
-        store::begin_tracking(self, webhook, from).await
+    async fn begin_tracking(&mut self, lease: &Lease, from: DateTime<Utc>) -> Result<bool> {
+        store::begin_tracking(self, lease, from).await
     }
 
-    async fn advance_judged(&mut self, webhook: &str, to: DateTime<Utc>) -> Result<()> {
-        store::advance_judged(self, webhook, to).await
+    async fn advance_judged(&mut self, lease: &Lease, to: DateTime<Utc>) -> Result<bool> {
+        store::advance_judged(self, lease, to).await
     }
 
     async fn fences(&mut self, topic: &str) -> Result<(Option<DateTime<Utc>>, i64)> {
@@ -211,11 +217,12 @@ impl RoundStore for PgConnection {
 
     async fn reserve_x_request(
         &mut self,
+        lease: &Lease,
         endpoint: &str,
         limit: i64,
         at: DateTime<Utc>,
-    ) -> Result<Option<i64>> {
-        store::reserve_x_request(self, endpoint, limit, at).await
+    ) -> Result<Reservation> {
+        store::reserve_x_request(self, lease, endpoint, limit, at).await
     }
 
     async fn record_x_outcome(&mut self, id: i64, outcome: &str) -> Result<()> {

@@ -26,10 +26,19 @@ pub struct Settings {
     /// Kept inside X's 24 h replay edge when submitting.
     pub edge_margin: TimeDelta,
     pub validity_unknown_after: TimeDelta,
+    /// Simulated time that covers a receiver's late report: clock skew
+    /// between receivers and watermark, and a delivery answered after X's
+    /// completion message overtook it (`AAA_WATERMARK_RECEIVER_MARGIN_MS`).
+    pub receiver_margin: TimeDelta,
 }
 
 impl Settings {
-    pub fn new(args: &WatermarkArgs) -> Result<Settings, Error> {
+    pub fn new(args: &WatermarkArgs, clock: Clock) -> Result<Settings, Error> {
+        let margin = std::time::Duration::from_millis(args.receiver_margin_ms);
+        let margin = match clock {
+            Clock::Wall => margin,
+            Clock::Scaled { speed, .. } => margin.mul_f64(speed),
+        };
         Ok(Settings {
             webhooks: args.webhooks.clone(),
             job_timeout: TimeDelta::seconds(args.job_timeout_secs),
@@ -43,6 +52,7 @@ impl Settings {
                 .collect(),
             edge_margin: TimeDelta::seconds(args.edge_margin_secs.max(0)),
             validity_unknown_after: TimeDelta::seconds(args.validity_unknown_secs.max(1)),
+            receiver_margin: TimeDelta::from_std(margin).unwrap_or(TimeDelta::hours(1)),
         })
     }
 

@@ -12,12 +12,12 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 
 use crate::Error;
 use crate::at_x::AtX;
-use crate::coverage::{Heartbeat, Interval};
+use crate::coverage::{Heartbeat, Interval, Life};
 use crate::planner::WindowKind;
 use crate::ports::{Fencer, RoundStore, XApi};
 use crate::round::{Round, Settings};
 use crate::service::run;
-use crate::store::{InFlight, Lease, PendingWindow, Planned, Progress, WindowState};
+use crate::store::{InFlight, Lease, PendingWindow, Planned, Progress, Reservation, WindowState};
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
@@ -53,9 +53,19 @@ struct FakeStore {
     job_states: HashMap<String, String>,
     /// (endpoint, at, outcome)
     x_requests: Vec<(String, DateTime<Utc>, String)>,
+    /// Another replica takes the lease over just before this step: a
+    /// store method's name, or `reserve:<endpoint>`.
+    lease_taken_before: Option<&'static str>,
 }
 
 impl FakeStore {
+    /// The lease changes hands if the scene says so for `step`.
+    fn step(&mut self, step: &str) {
+        if self.lease_taken_before == Some(step) {
+            self.lease = Some(("replica-b".to_owned(), 99));
+        }
+    }
+
     fn held(&self, lease: &Lease) -> bool {
         self.lease == Some((lease.holder.clone(), lease.generation))
     }
@@ -74,8 +84,9 @@ impl RoundStore for FakeStore {
     async fn progress(&mut self, _: &str) -> Result<Progress> {
         Ok(self.progress)
     }
-    async fn begin_tracking(&mut self, _: &str, from: DateTime<Utc>) -> Result<bool> {
-        if self.progress.judged_to.is_some() {
+    async fn begin_tracking(&mut self, lease: &Lease, from: DateTime<Utc>) -> Result<bool> {
+        self.step("begin_tracking");
+        if self.progress.judged_to.is_some() || !self.held(lease) {
             return Ok(false);
         }
         self.progress = Progress {
@@ -84,30 +95,39 @@ impl RoundStore for FakeStore {
         };
         Ok(true)
     }
-    async fn advance_judged(&mut self, _: &str, to: DateTime<Utc>) -> Result<()> {
+    async fn advance_judged(&mut self, lease: &Lease, to: DateTime<Utc>) -> Result<bool> {
+        self.step("advance_judged");
+        if !self.held(lease) {
+            return Ok(false);
+        }
         self.progress.judged_to = self.progress.judged_to.max(Some(to));
-        Ok(())
+        Ok(true)
     }
     async fn fences(&mut self, _: &str) -> Result<(Option<DateTime<Utc>>, i64)> {
         Ok(self.fences)
     }
     async fn reserve_x_request(
         &mut self,
+        lease: &Lease,
         endpoint: &str,
         limit: i64,
         at: DateTime<Utc>,
-    ) -> Result<Option<i64>> {
+    ) -> Result<Reservation> {
+        self.step(&format!("reserve:{endpoint}"));
+        if !self.held(lease) {
+            return Ok(Reservation::LeaseLost);
+        }
         let recent = self
             .x_requests
             .iter()
             .filter(|(e, t, _)| e == endpoint && *t > at - crate::store::RATE_WINDOW)
             .count();
         if recent as i64 >= limit {
-            return Ok(None);
+            return Ok(Reservation::BudgetUsed);
         }
         self.x_requests
             .push((endpoint.to_owned(), at, "sent".to_owned()));
-        Ok(Some(self.x_requests.len() as i64 - 1))
+        Ok(Reservation::Reserved(self.x_requests.len() as i64 - 1))
     }
     async fn record_x_outcome(&mut self, id: i64, outcome: &str) -> Result<()> {
         self.x_requests[id as usize].2 = outcome.to_owned();
@@ -137,8 +157,8 @@ impl RoundStore for FakeStore {
         Ok(self
             .heartbeats
             .iter()
-            .copied()
-            .filter(|h| h.covered.to >= since)
+            .filter(|h| h.covered.to >= since || h.next_due.is_some_and(|d| d >= since))
+            .cloned()
             .collect())
     }
     async fn windows_since(&mut self, _: &str, since: DateTime<Utc>) -> Result<Vec<Interval>> {
@@ -450,13 +470,22 @@ fn settings() -> Settings {
         audit_spans: HashMap::new(),
         edge_margin: TimeDelta::seconds(60),
         validity_unknown_after: TimeDelta::minutes(30),
+        receiver_margin: TimeDelta::seconds(30),
     }
 }
 
+/// A healthy heartbeat of the one receiver's one life, the next due a
+/// minute after it.
 fn beat(from: DateTime<Utc>, to: DateTime<Utc>) -> Heartbeat {
     Heartbeat {
+        life: Life {
+            replica: "receiver-1".to_owned(),
+            started_at: Some(DateTime::UNIX_EPOCH),
+        },
         covered: Interval::new(from, to),
         healthy: true,
+        closing: false,
+        next_due: Some(to + TimeDelta::minutes(1)),
     }
 }
 
@@ -644,6 +673,58 @@ async fn a_round_that_lost_its_lease_plans_and_submits_nothing() {
     );
     assert!(scene.store.windows.is_empty());
     assert!(submitted(&x).is_empty());
+}
+
+/// A former holder (frozen, then thawed mid-round) finds the lease taken
+/// at each step that changes state: it marks no tracking start, moves
+/// judging nowhere, spends none of X's budget and sends X nothing.
+#[tokio::test]
+async fn a_round_whose_lease_changes_hands_mid_round_stops_at_the_next_step() {
+    // Before the replay is submitted: X never sees the request.
+    let mut scene = Scene::new();
+    scene.store.lease_taken_before = Some("reserve:replay_submit");
+    let x = at_x(FakeX::answering(
+        scene.now - TimeDelta::hours(48),
+        vec![Ok(job("j1"))],
+    ));
+    let result = scene.round(&x, scene.now).await;
+    assert!(matches!(result, Err(Error::LeaseLost(_))), "{result:?}");
+    assert!(submitted(&x).is_empty(), "nothing sent to X");
+    assert!(
+        scene
+            .store
+            .x_requests
+            .iter()
+            .all(|(e, _, _)| e != "replay_submit"),
+        "no budget spent: {:?}",
+        scene.store.x_requests
+    );
+    assert_eq!(scene.store.only_window().state, WindowState::Pending);
+
+    // Before judging is advanced (nothing to plan: fully covered).
+    let mut scene = Scene::new();
+    scene.store.heartbeats = vec![beat(scene.now - TimeDelta::hours(5), scene.now)];
+    scene.store.lease_taken_before = Some("advance_judged");
+    let judged_before = scene.store.progress.judged_to;
+    let x = at_x(FakeX::answering(
+        scene.now - TimeDelta::hours(48),
+        Vec::new(),
+    ));
+    let result = scene.round(&x, scene.now).await;
+    assert!(matches!(result, Err(Error::LeaseLost(_))), "{result:?}");
+    assert_eq!(scene.store.progress.judged_to, judged_before);
+
+    // Before tracking begins (the first round ever).
+    let mut scene = Scene::new();
+    scene.store.progress = Progress::default();
+    scene.store.lease_taken_before = Some("begin_tracking");
+    let x = at_x(FakeX::answering(
+        scene.now - TimeDelta::hours(48),
+        Vec::new(),
+    ));
+    let result = scene.round(&x, scene.now).await;
+    assert!(matches!(result, Err(Error::LeaseLost(_))), "{result:?}");
+    assert_eq!(scene.store.progress, Progress::default());
 }
 
 #[tokio::test]

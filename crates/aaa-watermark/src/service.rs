@@ -16,8 +16,8 @@ use sqlx::PgPool;
 
 use crate::at_x::AtX;
 use crate::events::{
-    JudgedUpTo, LeaseChecked, LeaseLostMidRound, RoundEnded, RoundFailed, TickSkipped,
-    TrackingBegan, WindowsCounted,
+    FencesFailing, JudgedUpTo, LeaseChecked, LeaseLostMidRound, RoundEnded, RoundFailed,
+    TickSkipped, TrackingBegan, WindowsCounted,
 };
 use crate::fences::Fences;
 use crate::liveness::RoundLiveness;
@@ -55,7 +55,7 @@ impl Watermark {
             fences: Fences::connect(args).await?,
             at_x: AtX::new(args, x, clock),
             clock,
-            settings: Settings::new(args)?,
+            settings: Settings::new(args, clock)?,
             replica: args.replica_id(),
             lease: Duration::from_secs(args.lease_secs.max(1)),
             round_running: tokio::sync::Mutex::new(()),
@@ -70,6 +70,10 @@ impl Watermark {
         self.liveness.clone()
     }
 
+    pub fn fence_health(&self) -> &crate::fences::FenceHealth {
+        self.fences.health()
+    }
+
     /// One round over every webhook, unless the previous one still runs
     /// (then this tick is skipped and counted). Failures are logged and
     /// retried next round.
@@ -80,7 +84,25 @@ impl Watermark {
         };
         self.liveness.round_started(Instant::now());
         let now = self.clock.now();
-        let _ = self.fences.write(now).await;
+        self.fences.write(now).await;
+        if self.fences.health().failing() {
+            // A holder that cannot fence reconciles no job: another
+            // replica must take its webhooks over, now.
+            FencesFailing {
+                failures_in_a_row: self.fences.health().failures_in_a_row(),
+            }
+            .emit();
+            self.release_leases().await;
+            for webhook in &self.settings.webhooks {
+                LeaseChecked {
+                    webhook,
+                    replica: &self.replica,
+                    held: false,
+                }
+                .emit();
+            }
+            return;
+        }
         for webhook in &self.settings.webhooks {
             match self.tick_webhook(webhook, now).await {
                 Ok(()) => {}
@@ -156,15 +178,19 @@ pub(crate) async fn run<S: RoundStore, X: XApi, F: Fencer>(
     let progress = begin_tracking(round, progress).await?;
     let registered_at = round
         .x
-        .check_validity(round.store, round.webhook, round.now)
+        .check_validity(round.store, round.lease, round.now)
         .await?;
     // Read once: the job in flight and the judging both wait for it.
     let horizon = ports::horizon(round.store, round.fences).await?;
     let busy = jobs::follow_in_flight(round, horizon).await?;
     if let Some(judged) = judging::tracked(round, registered_at, horizon, progress).await? {
-        let windows = judging::record_gaps(round, judged).await?;
-        round.store.advance_judged(round.webhook, judged.to).await?;
-        judging::record_audits(round, judged, &windows).await?;
+        let found = judging::record_gaps(round, judged).await?;
+        let applied = round
+            .store
+            .advance_judged(round.lease, found.judged.to)
+            .await?;
+        round.applied(applied)?;
+        judging::record_audits(round, found.judged, &found.windows).await?;
     }
     if !busy {
         submit::submit_next(round).await?;
@@ -189,9 +215,14 @@ async fn begin_tracking<S: RoundStore, X: XApi, F: Fencer>(
         return Ok(progress);
     }
     let from = earliest_from(round.now);
-    if !round.store.begin_tracking(round.webhook, from).await? {
-        // Another replica's first round came first.
-        return Ok(round.store.progress(round.webhook).await?);
+    if !round.store.begin_tracking(round.lease, from).await? {
+        // Another replica's first round came first, or this one lost the
+        // lease (then nothing marks tracking in its name).
+        let progress = round.store.progress(round.webhook).await?;
+        if progress.judged_to.is_none() {
+            return Err(round.lease_lost());
+        }
+        return Ok(progress);
     }
     TrackingBegan {
         webhook: round.webhook,

@@ -7,7 +7,7 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use crate::coverage::{Heartbeat, Interval};
+use crate::coverage::{Heartbeat, Interval, Life};
 use crate::planner::WindowKind;
 
 /// Where a replay window is in its life (`replay_windows.state`, bound as
@@ -176,37 +176,54 @@ pub async fn progress(conn: &mut PgConnection, webhook: &str) -> Result<Progress
     })
 }
 
+/// The condition that the lease on webhook `$1` is held by holder `$2` at
+/// generation `$3`.
+macro_rules! lease_held {
+    () => {
+        "EXISTS (SELECT 1 FROM watermark_leases l WHERE l.webhook_id = $1 AND l.holder = $2 AND l.generation = $3)"
+    };
+}
+
 /// Records where tracking began (and that nothing is judged yet) unless a
-/// round of any replica did before; `true` when this call did.
+/// round of any replica did before, and only under the round's lease;
+/// `true` when this call did.
 pub async fn begin_tracking(
     conn: &mut PgConnection,
-    webhook: &str,
+    lease: &Lease,
     from: DateTime<Utc>,
 ) -> Result<bool> {
-    let began = sqlx::query(
-        "INSERT INTO watermark_progress (webhook_id, judged_to, tracked_from) VALUES ($1, $2, $2)
-         ON CONFLICT (webhook_id) DO NOTHING",
-    )
-    .bind(webhook)
+    let began = sqlx::query(concat!(
+        "INSERT INTO watermark_progress (webhook_id, judged_to, tracked_from) SELECT $1, $4, $4 WHERE ",
+        lease_held!(),
+        " ON CONFLICT (webhook_id) DO NOTHING"
+    ))
+    .bind(&lease.webhook)
+    .bind(&lease.holder)
+    .bind(lease.generation)
     .bind(from)
     .execute(&mut *conn)
     .await?;
     Ok(began.rows_affected() == 1)
 }
 
+/// Judging got to `to` (never moves back), under the round's lease;
+/// `false` when the lease was lost.
 pub async fn advance_judged(
     conn: &mut PgConnection,
-    webhook: &str,
+    lease: &Lease,
     to: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE watermark_progress SET judged_to = greatest(judged_to, $2) WHERE webhook_id = $1",
-    )
-    .bind(webhook)
+) -> Result<bool> {
+    let result = sqlx::query(concat!(
+        "UPDATE watermark_progress SET judged_to = greatest(judged_to, $4) WHERE webhook_id = $1 AND ",
+        lease_held!()
+    ))
+    .bind(&lease.webhook)
+    .bind(&lease.holder)
+    .bind(lease.generation)
     .bind(to)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(result.rows_affected() == 1)
 }
 
 /// Takes or renews `replica`'s lease on `webhook`: granted when free,
@@ -280,15 +297,16 @@ pub async fn x_requests_since(
 /// Reserves one request to X's `endpoint` if fewer than `limit` were made
 /// (by any replica or operator) in the 15 minutes before `at`, and records
 /// it: the check and the record are one transaction holding the endpoint's
-/// budget row, so two replicas never both take the last request. Returns
-/// the reservation's id (to record X's answer on), or `None` when the
-/// budget is spent.
+/// budget row, so two replicas never both take the last request. Only
+/// under the round's lease, checked in the same transaction: this is the
+/// last step before the request goes to X.
 pub async fn reserve_x_request(
     conn: &mut PgConnection,
+    lease: &Lease,
     endpoint: &str,
     limit: i64,
     at: DateTime<Utc>,
-) -> Result<Option<i64>> {
+) -> Result<Reservation> {
     use sqlx::Connection as _;
     let mut tx = conn.begin().await?;
     sqlx::query("INSERT INTO x_api_budgets (endpoint) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -300,6 +318,17 @@ pub async fn reserve_x_request(
         .bind(endpoint)
         .execute(&mut *tx)
         .await?;
+    // The last check before the request goes to X: a former holder (frozen,
+    // then thawed) must not spend X's budget or take X's one job slot.
+    let held: bool = sqlx::query_scalar(concat!("SELECT ", lease_held!()))
+        .bind(&lease.webhook)
+        .bind(&lease.holder)
+        .bind(lease.generation)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !held {
+        return Ok(Reservation::LeaseLost);
+    }
     // A statement of its own, so it sees what the previous holder of the
     // row committed.
     let reserved: Option<i64> = sqlx::query_scalar(
@@ -314,7 +343,18 @@ pub async fn reserve_x_request(
     .fetch_optional(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(reserved)
+    Ok(reserved.map_or(Reservation::BudgetUsed, Reservation::Reserved))
+}
+
+/// What reserving a request to X came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Counted (the `x_api_requests` id): send it.
+    Reserved(i64),
+    /// X's limit for the endpoint is reached for now.
+    BudgetUsed,
+    /// The round's lease changed hands: send nothing.
+    LeaseLost,
 }
 
 /// Records how a request reserved with [`reserve_x_request`] ended.
@@ -388,14 +428,27 @@ pub async fn first_heartbeat(
         .await
 }
 
-/// Heartbeats that end at or after `since`.
+/// Heartbeats that end at or after `since`, and those whose next one was
+/// due then (a life that stopped just before `since` still answers for
+/// the stretch after its last heartbeat).
 pub async fn heartbeats_since(
     conn: &mut PgConnection,
     webhook: &str,
     since: DateTime<Utc>,
 ) -> Result<Vec<Heartbeat>> {
-    let rows: Vec<(DateTime<Utc>, DateTime<Utc>, i64)> = sqlx::query_as(
-        "SELECT covered_from, covered_to, refused FROM coverage_heartbeats WHERE webhook_id = $1 AND covered_to >= $2",
+    type Row = (
+        String,
+        Option<DateTime<Utc>>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        i64,
+        bool,
+        Option<DateTime<Utc>>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT replica_id, replica_started_at, covered_from, covered_to, refused, closing, next_due
+         FROM coverage_heartbeats
+         WHERE webhook_id = $1 AND (covered_to >= $2 OR next_due >= $2)",
     )
     .bind(webhook)
     .bind(since)
@@ -403,10 +456,18 @@ pub async fn heartbeats_since(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(from, to, refused)| Heartbeat {
-            covered: Interval::new(from, to),
-            healthy: refused == 0,
-        })
+        .map(
+            |(replica, started_at, from, to, refused, closing, next_due)| Heartbeat {
+                life: Life {
+                    replica,
+                    started_at,
+                },
+                covered: Interval::new(from, to),
+                healthy: refused == 0,
+                closing,
+                next_due,
+            },
+        )
         .collect())
 }
 
@@ -603,36 +664,6 @@ pub async fn gaps_waiting(conn: &mut PgConnection) -> Result<Vec<String>> {
     .bind(WindowState::Pending)
     .fetch_all(&mut *conn)
     .await
-}
-
-/// Whether any receiver refused a delivery that may be X's (a
-/// heartbeat with refusals) for `webhook` during `[from, to]`.
-pub async fn refused_during(
-    conn: &mut PgConnection,
-    webhook: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM coverage_heartbeats
-                        WHERE webhook_id = $1 AND refused > 0 AND covered_to >= $2 AND covered_from <= $3)",
-    )
-    .bind(webhook)
-    .bind(from)
-    .bind(to)
-    .fetch_one(&mut *conn)
-    .await
-}
-
-/// The latest time some receiver's heartbeats for `webhook` reach.
-pub async fn heartbeats_reach(
-    conn: &mut PgConnection,
-    webhook: &str,
-) -> Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("SELECT max(covered_to) FROM coverage_heartbeats WHERE webhook_id = $1")
-        .bind(webhook)
-        .fetch_one(&mut *conn)
-        .await
 }
 
 /// Expires a pending window (it aged past what X replays).

@@ -79,7 +79,7 @@ pub(crate) async fn submit_next<S: RoundStore, X: XApi, F: Fencer>(
     let limit = replay_budget(next.kind, round.settings.replay_limit);
     let Some(reserved) = round
         .x
-        .reserve(round.store, REPLAY_SUBMIT, limit, now)
+        .reserve(round.store, lease, REPLAY_SUBMIT, limit, now)
         .await?
     else {
         ReplayHeld {
