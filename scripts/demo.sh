@@ -113,8 +113,10 @@ done
 
 watermark_admin=$(free_port)
 say "starting the watermark (gap detection and replay)"
+# Receivers on loopback report within 3 real seconds (their 2.5 s produce
+# timeout): the default margin (10 s) would hold each replay job 10 s more.
 AAA_ADMIN_LISTEN=127.0.0.1:$watermark_admin AAA_WATERMARK_WEBHOOKS=1146654567674912769 AAA_WATERMARK_TICK_MS=1000 \
-  AAA_X_API_BASE_URL=$sim AAA_X_BEARER_TOKEN=sim-bearer-token "$aaa" watermark >"$state/watermark.log" 2>&1 &
+  AAA_WATERMARK_RECEIVER_MARGIN_MS=3000 AAA_X_API_BASE_URL=$sim AAA_X_BEARER_TOKEN=sim-bearer-token "$aaa" watermark >"$state/watermark.log" 2>&1 &
 pids+=($!)
 
 # Everything an operator needs to drive the simulated X with `aaa webhooks|subscriptions|replay`.

@@ -1119,7 +1119,12 @@ async fn replayed_deliveries_refused_by_a_replica_that_then(end: ReplicaEnd) -> 
     })
     .await;
     let proxy = aaa_testkit::KafkaProxy::start(&stack.broker).await;
-    let through_proxy = [("AAA_KAFKA_BROKERS", proxy.bootstrap())];
+    // Its own way to the broker, and a short produce timeout so that its
+    // refusals (503 once the broker did not answer) come quickly.
+    let through_proxy = [
+        ("AAA_KAFKA_BROKERS", proxy.bootstrap()),
+        ("AAA_PRODUCE_TIMEOUT_MS", "500".to_owned()),
+    ];
     let replica = stack
         .spawn_receiver_replica_with("receiver-1", None, &through_proxy)
         .await;
@@ -1137,7 +1142,12 @@ async fn replayed_deliveries_refused_by_a_replica_that_then(end: ReplicaEnd) -> 
         .stack
         .spawn_receiver_replica_with("receiver-1", Some(at), &through_proxy)
         .await;
-    run.sim.set_faults(json!({"replay_delay_ms": 30})).await;
+    // X (as it may) reports the job Complete although deliveries failed:
+    // only the receivers' heartbeats can tell. receiver-1 loses its broker
+    // while the replay runs.
+    run.sim
+        .set_faults(json!({"replay_delay_ms": 30, "complete_despite_failures": true}))
+        .await;
     run.stack.replay_in_flight(Duration::from_secs(120)).await;
     proxy.pause();
     let admin = format!("http://{}", refusing.addr("admin").await);
@@ -1150,6 +1160,8 @@ async fn replayed_deliveries_refused_by_a_replica_that_then(end: ReplicaEnd) -> 
     };
     match end {
         ReplicaEnd::Killed => {
+            // receiver-1 refuses deliveries and dies (SIGKILL) before its
+            // next heartbeat is due: its refusals are in no heartbeat.
             eventually(
                 Duration::from_secs(60),
                 "receiver-1 to refuse deliveries",
