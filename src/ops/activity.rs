@@ -363,7 +363,8 @@ pub async fn migrate_check(args: &OpsArgs, x: &XClient, webhook: &str) -> Result
         .iter()
         .map(|a| {
             let mut item = json!({"user_id": a.user_id, "product": a.product(), "on_aaa": a.on_aaa,
-                                  "xaa_covered": a.xaa_covered, "event_types": total, "missing": a.missing});
+                                  "xaa_covered": a.xaa_covered, "event_types": total, "missing": a.missing,
+                                  "needs_user_scopes": a.needs_user_scopes});
             if let Some(seen) = &seen {
                 let (aaa, xaa) = seen.get(&a.user_id).copied().unwrap_or_default();
                 item["last_aaa_event_at"] = json!(aaa);
@@ -378,6 +379,18 @@ pub async fn migrate_check(args: &OpsArgs, x: &XClient, webhook: &str) -> Result
         .iter()
         .filter(|a| a.on_aaa && !a.missing.is_empty())
         .count();
+    let need_user = status
+        .accounts
+        .iter()
+        .filter(|a| !a.needs_user_scopes.is_empty())
+        .count();
+    if need_user > 0 {
+        eprintln!(
+            "{need_user} accounts miss private event types (DMs, likes, mutes, blocks): X creates those \
+             only with the account's own OAuth 2.0 token holding the scopes listed (needs_user_scopes), \
+             never with the app's bearer token; X's managed migration (enterprise) carries them over."
+        );
+    }
     eprintln!(
         "webhook {webhook}: {} accounts; {} on Account Activity only, {} on both, {} on the X Activity API only; \
          {uncovered} AAA accounts not fully covered on XAA; the app's oauth.revoke subscription: {}. \
@@ -402,7 +415,13 @@ pub async fn migrate_check(args: &OpsArgs, x: &XClient, webhook: &str) -> Result
         json!({"webhook_id": webhook, "ready": status.ready(), "revoke_covered": status.revoke_covered,
                "accounts": items}),
         || {
-            let mut header = vec!["user_id", "product", "xaa_covered", "missing"];
+            let mut header = vec![
+                "user_id",
+                "product",
+                "xaa_covered",
+                "missing",
+                "needs_user_scopes",
+            ];
             if seen.is_some() {
                 header.extend(["last_aaa_event_at", "last_xaa_event_at"]);
             }
@@ -415,6 +434,7 @@ pub async fn migrate_check(args: &OpsArgs, x: &XClient, webhook: &str) -> Result
                         a.product().to_owned(),
                         format!("{}/{total}", a.xaa_covered),
                         a.missing.join(","),
+                        a.needs_user_scopes.join(","),
                     ];
                     if let Some(seen) = &seen {
                         let (aaa, xaa) = seen.get(&a.user_id).copied().unwrap_or_default();
@@ -449,6 +469,17 @@ pub async fn migrate(
             ""
         }
     );
+    let private = plan
+        .iter()
+        .filter(|n| aaa_xapi::Access::of(&n.event_type).needs_user())
+        .count();
+    if private > 0 {
+        eprintln!(
+            "{private} of them are private event types (DMs, likes, mutes, blocks) created with the app's \
+             bearer token: X refuses those without the account's own OAuth 2.0 token (see \
+             `aaa subscriptions migrate-check`, needs_user_scopes), and they are reported as failed"
+        );
+    }
     let mut created = Vec::new();
     let mut failed = Vec::new();
     if !dry_run {

@@ -700,11 +700,26 @@ async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
             .flatten()
             .map(|a| a["product"].as_str().unwrap_or_default().to_owned())
             .collect();
-        (report["ready"] == true, products, run.stderr)
+        let scopes: std::collections::BTreeSet<String> = report["accounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| a["needs_user_scopes"].to_string())
+            .collect();
+        (report["ready"] == true, products, scopes, run.stderr)
     };
-    let (ready, products, said) = check();
+    let (ready, products, scopes, said) = check();
     assert!(!ready && said.contains("would lose activity"), "{said}");
     assert_eq!(products, ["aaa".to_owned()].into(), "{said}");
+    // X's reference for POST /2/activity/subscriptions: DMs need dm.read,
+    // likes like.read, mutes mute.read, blocks block.read, from the
+    // account's own token; every account misses all four.
+    assert_eq!(
+        scopes,
+        [serde_json::json!(["block.read", "dm.read", "like.read", "mute.read"]).to_string()].into(),
+        "{said}"
+    );
+    assert!(said.contains("needs_user_scopes"), "{said}");
 
     let migrated = operator.ok(
         &["subscriptions", "migrate", "--webhook", webhook, "--json"],
@@ -716,9 +731,15 @@ async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
         (stored_from_xaa().await > 20).then_some(())
     })
     .await;
-    let (ready, products, said) = check();
+    assert!(
+        migrated.stderr.contains("private event types"),
+        "{}",
+        migrated.stderr
+    );
+    let (ready, products, scopes, said) = check();
     assert!(ready && said.contains("would lose nothing"), "{said}");
     assert_eq!(products, ["aaa+xaa".to_owned()].into(), "{said}");
+    assert_eq!(scopes, ["[]".to_owned()].into(), "{said}");
 
     let users = operator
         .ok(
@@ -740,7 +761,7 @@ async fn a_running_deployment_migrates_from_aaa_to_xaa_without_loss() {
             &[],
         );
     }
-    let (_, products, said) = check();
+    let (_, products, _, said) = check();
     assert_eq!(products, ["xaa".to_owned()].into(), "{said}");
     let after_switch = stored_from_xaa().await;
     eventually(WAIT, "XAA-only traffic stored", || async {

@@ -17,6 +17,7 @@ mod events;
 pub mod faults;
 pub mod generate;
 mod http;
+pub mod oauth2;
 mod replay;
 pub mod send;
 pub mod state;

@@ -154,6 +154,8 @@ pub struct World {
     /// X's managed migration in progress: accounts whose Account Activity
     /// subscription X is replacing by X Activity API ones.
     pub cutovers: Vec<Cutover>,
+    /// The app's OAuth 2.0 client and the grants users made to it.
+    pub oauth2: crate::oauth2::OAuth2,
     next_webhook: u64,
     next_job: u64,
     nonces: HashSet<(String, String)>,
@@ -231,6 +233,10 @@ impl World {
             jobs: Vec::new(),
             faults: Faults::default(),
             cutovers: Vec::new(),
+            oauth2: crate::oauth2::OAuth2::new(
+                format!("sim-oauth2-client-{seed:x}"),
+                Some(format!("sim-oauth2-secret-{seed:x}")),
+            ),
             generator,
             activities: 0,
             activity_subscriptions: Vec::new(),

@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::access::Access;
 use crate::{XClient, XError};
 
 /// What a subscription matches on. Unset keys are left out of requests:
@@ -201,6 +202,10 @@ pub struct AccountStatus {
     pub xaa_covered: usize,
     /// Those no XAA subscription covers yet.
     pub missing: Vec<String>,
+    /// The scopes of the account's own OAuth 2.0 token that creating the
+    /// missing private subscriptions takes (X refuses them with the app's
+    /// bearer token; [`crate::Access`]); empty when none is missing.
+    pub needs_user_scopes: Vec<&'static str>,
 }
 
 impl AccountStatus {
@@ -267,10 +272,19 @@ pub fn migration_status(
                 .filter(|n| n.filter.user_id.as_deref() == Some(user.as_str()))
                 .map(|n| n.event_type.clone())
                 .collect();
+            let mut needs_user_scopes: Vec<&'static str> = missing
+                .iter()
+                .map(|t| Access::of(t))
+                .filter(|a| a.needs_user())
+                .map(Access::scope)
+                .collect();
+            needs_user_scopes.sort();
+            needs_user_scopes.dedup();
             AccountStatus {
                 on_aaa: aaa_accounts.contains(&user),
                 xaa_covered: types - missing.len(),
                 missing,
+                needs_user_scopes,
                 user_id: user,
             }
         })

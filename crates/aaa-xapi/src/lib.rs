@@ -5,12 +5,14 @@
 //! the app's bearer token. Every call has a timeout and is counted; reads are
 //! retried with backoff, writes never blindly.
 
+mod access;
 mod activity;
 mod client;
 mod credentials;
 mod error;
 mod events;
 
+pub use access::{Access, OFFLINE_ACCESS, scopes_for, uncovered};
 pub use activity::{
     AccountStatus, ActivityFilter, ActivitySubscription, BulkDeleted, MAX_TAG, MigrationStatus,
     NewActivitySubscription, default_tag, migrated_event_types, migration_status, plan_migration,

@@ -24,6 +24,8 @@ pub fn router(sim: Sim, metrics: PrometheusHandle) -> Router {
         .route("/sim/managed-migration", post(managed_migration))
         .route("/sim/jobs", get(jobs))
         .route("/sim/jobs/release", post(release_jobs))
+        .route("/sim/oauth2/approver", post(oauth2_approver))
+        .route("/sim/oauth2/revoke-user", post(oauth2_revoke_user))
         .route("/sim/truth/summary", get(summary))
         .route("/sim/truth.jsonl", get(truth_jsonl))
         .route("/healthz", get(|| async { "ok" }))
@@ -34,7 +36,38 @@ pub fn router(sim: Sim, metrics: PrometheusHandle) -> Router {
 /// The app's and every account's credentials: a simulator has nothing to hide.
 async fn accounts(State(sim): State<Sim>) -> Json<Value> {
     let world = sim.world();
-    Json(json!({"app": world.app, "accounts": world.accounts}))
+    Json(json!({"app": world.app, "accounts": world.accounts,
+                "oauth2": {"client_id": world.oauth2.client_id, "client_secret": world.oauth2.client_secret}}))
+}
+
+#[derive(Deserialize)]
+struct ApproverBody {
+    user_id: String,
+    /// Grant only these of what is asked; absent: everything asked.
+    scopes: Option<Vec<String>>,
+}
+
+/// Who approves X's OAuth 2.0 authorization page from now on, and what.
+async fn oauth2_approver(State(sim): State<Sim>, Json(body): Json<ApproverBody>) -> Json<Value> {
+    sim.world().oauth2.approver = Some(crate::oauth2::Approver {
+        user_id: body.user_id,
+        scopes: body.scopes.map(|s| s.into_iter().collect()),
+    });
+    Json(json!({"ok": true}))
+}
+
+#[derive(Deserialize)]
+struct RevokeUserBody {
+    user_id: String,
+}
+
+/// The user revokes the app's access in their settings: every token ends.
+async fn oauth2_revoke_user(
+    State(sim): State<Sim>,
+    Json(body): Json<RevokeUserBody>,
+) -> Json<Value> {
+    sim.world().oauth2.revoke_user(&body.user_id);
+    Json(json!({"ok": true}))
 }
 
 #[derive(Deserialize)]

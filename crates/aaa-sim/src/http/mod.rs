@@ -7,6 +7,7 @@ pub mod activity;
 pub mod auth;
 pub mod control;
 pub mod error;
+pub mod oauth2;
 pub mod replay;
 pub mod stream;
 pub mod subscriptions;
@@ -69,6 +70,10 @@ fn x_api(sim: Sim) -> Router {
             put(activity::update).delete(activity::delete_one),
         )
         .route("/2/activity/stream", get(stream::connect))
+        .route("/i/oauth2/authorize", get(oauth2::authorize))
+        .route("/2/oauth2/token", post(oauth2::token))
+        .route("/2/oauth2/revoke", post(oauth2::revoke))
+        .route("/2/users/me", get(oauth2::me))
         .layer(middleware::from_fn_with_state(sim.clone(), x_api_layer))
         .with_state(sim)
 }
