@@ -370,38 +370,34 @@ async fn deliver<P: RecordSink>(
         // Kept whole, unread, as a dead letter: X's, too large to be
         // parsed here, and answered 200 (a refusal would be re-sent by
         // every replay of its window until the window expired).
-        Some(slot) => Produce::Oversized {
-            body,
+        Some(slot) => Produce {
+            key: webhook.id.clone(),
             headers: record_headers.insert(Header {
                 key: headers::RECORD_TYPE,
                 value: Some(control::OVERSIZED_BODY),
             }),
-            _slot: slot,
+            body,
+            oversized: Some(slot),
         },
-        None => Produce::Delivery {
+        None => Produce {
             // Only the key is read from the body; bytes go to Kafka untouched.
             key: aaa_events::probe_partition_key(&body).unwrap_or_else(|| webhook.id.clone()),
             body,
             headers: record_headers,
+            oversized: None,
         },
     };
     finish(answer, produce).await
 }
 
-/// What an authentic request leaves in Kafka.
-enum Produce {
-    Delivery {
-        key: String,
-        body: Bytes,
-        headers: OwnedHeaders,
-    },
-    /// An authentic body over the body limit, kept whole for a dead letter.
-    Oversized {
-        body: Bytes,
-        headers: OwnedHeaders,
-        /// Held until the broker answered.
-        _slot: tokio::sync::OwnedSemaphorePermit,
-    },
+/// What an authentic request leaves in Kafka: a delivery, or an oversized
+/// body kept whole for a dead letter.
+struct Produce {
+    key: String,
+    body: Bytes,
+    headers: OwnedHeaders,
+    /// The oversized slot the body holds until the broker answered.
+    oversized: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Produces and records the outcome in a task of its own: when the peer
@@ -415,59 +411,43 @@ async fn finish<P: RecordSink>(answer: Answer<P>, produce: Produce) -> Response 
 
 async fn produce_and_record<P: RecordSink>(answer: &Answer<P>, produce: Produce) -> Response {
     let (state, webhook) = (&answer.state, &answer.webhook);
+    let Produce {
+        key,
+        body,
+        headers,
+        oversized,
+    } = produce;
     let started = Instant::now();
-    match produce {
-        Produce::Delivery { key, body, headers } => {
-            match state
-                .producer
-                .send(&state.topic, &key, &body, headers)
-                .await
-            {
-                Ok(()) => {
-                    ProduceAcknowledged {
-                        webhook: &webhook.id,
-                        elapsed: started.elapsed(),
-                    }
-                    .emit();
-                    answer.done(Outcome::Ok, None, body.len());
-                    StatusCode::OK.into_response()
-                }
-                Err(err) => {
-                    answer.done(
-                        Outcome::BrokerUnavailable,
-                        Some(&err.to_string()),
-                        body.len(),
-                    );
-                    unavailable()
-                }
-            }
+    match state
+        .producer
+        .send(&state.topic, &key, &body, headers)
+        .await
+    {
+        Ok(()) if oversized.is_some() => {
+            let detail = format!(
+                "{} bytes signed by X, over the body limit; kept whole as a dead letter",
+                body.len()
+            );
+            answer.done(Outcome::TooLargeAuthentic, Some(&detail), body.len());
+            StatusCode::OK.into_response()
         }
-        Produce::Oversized {
-            body,
-            headers,
-            _slot,
-        } => match state
-            .producer
-            .send(&state.topic, &webhook.id, &body, headers)
-            .await
-        {
-            Ok(()) => {
-                let detail = format!(
-                    "{} bytes signed by X, over the body limit; kept whole as a dead letter",
-                    body.len()
-                );
-                answer.done(Outcome::TooLargeAuthentic, Some(&detail), body.len());
-                StatusCode::OK.into_response()
+        Ok(()) => {
+            ProduceAcknowledged {
+                webhook: &webhook.id,
+                elapsed: started.elapsed(),
             }
-            Err(err) => {
-                answer.done(
-                    Outcome::BrokerUnavailable,
-                    Some(&err.to_string()),
-                    body.len(),
-                );
-                unavailable()
-            }
-        },
+            .emit();
+            answer.done(Outcome::Ok, None, body.len());
+            StatusCode::OK.into_response()
+        }
+        Err(err) => {
+            answer.done(
+                Outcome::BrokerUnavailable,
+                Some(&err.to_string()),
+                body.len(),
+            );
+            unavailable()
+        }
     }
 }
 
